@@ -1,0 +1,113 @@
+//! The only module that talks to the kernel, and the only one allowed `unsafe`.
+//!
+//! A [`Driver`] owns one core's UDP socket and runs one loop turn of I/O at a time: wait
+//! (bounded by a timeout, cut short by a [`Waker`]) for datagrams, hand each to the caller's
+//! handler together with an [`Egress`] to queue replies and forwards on, then submit every
+//! queued send of the turn together. Two drivers implement it:
+//! - [`uring`]: io_uring with multishot `recvmsg` into a provided-buffer ring and one
+//!   `io_uring_enter` for all sends of a turn;
+//! - [`mmsg`]: `recvmmsg`/`sendmmsg` on a mio-polled socket, for kernels without io_uring.
+//!
+//! Buffers handed to the kernel are owned by the driver, never borrowed from a caller's
+//! stack frame: `send_split` records a *range* of the datagram being handled, and the driver
+//! keeps that receive buffer alive until the send that reads it has completed.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+pub mod mmsg;
+pub mod socket;
+pub mod uring;
+
+/// Largest datagram received or sent. Larger datagrams are truncated by the kernel and
+/// dropped by the driver as `Oversized`.
+pub const MAX_DATAGRAM: usize = 2048;
+
+/// Largest `head` accepted by [`Egress::send_split`]: an RTP header with CSRCs and header
+/// extensions plus a codec payload descriptor.
+pub const HEAD_CAP: usize = 256;
+
+/// Where the engine queues the datagrams to send in the current loop turn.
+pub trait Egress {
+    /// Queue a datagram made of `head` (copied) followed by `body`, a byte range of the
+    /// datagram currently being handled (shared with the kernel, not copied, where the
+    /// driver can). Returns false, sending nothing, if the turn's send queue is full and
+    /// could not be flushed, `head` is longer than [`HEAD_CAP`], `body` is out of range or
+    /// no datagram is being handled.
+    fn send_split(&mut self, to: SocketAddr, head: &[u8], body: Range<usize>) -> bool;
+
+    /// Queue a datagram written by `fill` into a slot of [`MAX_DATAGRAM`] bytes; `fill`
+    /// returns the length written (0 cancels the send). Returns false if nothing was queued.
+    fn send_with(&mut self, to: SocketAddr, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> bool;
+}
+
+/// Wakes a driver sleeping in [`Driver::turn`] from another thread (an eventfd write).
+pub trait Waker: Send + Sync + 'static {
+    fn wake(&self);
+}
+
+/// Counters a driver keeps about its own work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoStats {
+    pub turns: u64,
+    pub recv_batches: u64,
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    pub send_batches: u64,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    /// Sends the kernel refused (e.g. ENOBUFS, unreachable) — counted, not retried.
+    pub send_errors: u64,
+    /// Datagrams larger than [`MAX_DATAGRAM`], dropped.
+    pub oversized: u64,
+    /// Sends not queued because the queue was full.
+    pub queue_full: u64,
+    /// Largest receive batch seen.
+    pub max_recv_batch: u64,
+    /// Largest send batch submitted.
+    pub max_send_batch: u64,
+}
+
+/// One core's socket and its I/O loop.
+pub trait Driver {
+    type Egress: Egress;
+
+    /// Name for stats and logs ("io_uring", "mmsg").
+    fn name(&self) -> &'static str;
+
+    /// The socket's local address.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// A handle that interrupts a wait in [`Driver::turn`].
+    fn waker(&self) -> std::sync::Arc<dyn Waker>;
+
+    /// One loop turn of I/O: wait up to `timeout` (None: until a datagram or a wake-up;
+    /// zero: do not wait) for datagrams, call `handler(from, datagram, egress)` for each
+    /// datagram received, then submit everything queued. The handler may modify the
+    /// datagram in place. Returns the number of datagrams handled.
+    fn turn<H>(&mut self, timeout: Option<Duration>, handler: &mut H) -> io::Result<usize>
+    where
+        H: FnMut(SocketAddr, &mut [u8], &mut Self::Egress);
+
+    /// Egress for sends outside datagram handling (timers, commands). `send_split` returns
+    /// false here. What is queued goes out with the next [`Driver::flush`] or `turn`.
+    fn egress(&mut self) -> &mut Self::Egress;
+
+    /// Submit everything queued now and wait until the kernel has taken it.
+    fn flush(&mut self) -> io::Result<()>;
+
+    fn stats(&self) -> IoStats;
+}
+
+/// Which driver a core uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring where the kernel supports what we need, else mmsg.
+    Auto,
+    IoUring,
+    Mmsg,
+}

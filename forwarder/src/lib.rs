@@ -1,0 +1,16 @@
+//! Prism's media plane: a thread-per-core packet forwarder.
+//!
+//! Layers, from the bytes up:
+//! - [`wire`]: borrowed, in-place-rewritable views of RTP, RTCP and STUN.
+//! - [`codec`]: keyframe/layer detection and payload-descriptor rewriting.
+//! - [`engine`]: sans-IO forwarding state (tracks, down tracks, simulcast selection,
+//!   retransmission cache), driven by `(now, bytes)`.
+//! - [`io`]: the only place that talks to the kernel (io_uring, or recvmmsg/sendmmsg).
+//! - [`control`]: commands and events between signaling and the cores.
+//!
+//! Unsafe code is denied everywhere except `io`.
+
+pub mod codec;
+pub mod ids;
+pub mod io;
+pub mod wire;
