@@ -1,0 +1,398 @@
+//! Control commands applied to an engine. This is the slow path: it may allocate, and it
+//! validates everything (ids, room membership, SSRC uniqueness), answering each command
+//! with exactly one event: a result or an error naming what was wrong.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use prism_proto::control as pb;
+use pb::command::Body;
+
+use super::downtrack::{DownTrack, DownTrackParams};
+use super::track::{Layer, Track};
+use super::{DownTrackEntry, Engine, Room, Transport};
+use crate::codec::Codec;
+use crate::ids::{Pt, Rid, ShortId, Ssrc};
+
+type CmdResult = Result<pb::event::Body, String>;
+
+fn ok() -> CmdResult {
+    Ok(pb::event::Body::Ok(pb::Ok {}))
+}
+
+impl Engine {
+    /// Applies one command and returns its answer.
+    pub fn handle_command(&mut self, now: Instant, cmd: pb::Command) -> pb::Event {
+        let body = match cmd.body {
+            None => Err("command without a body".to_string()),
+            Some(b) => self.apply_command(now, b),
+        };
+        pb::Event {
+            request_id: cmd.request_id,
+            body: Some(body.unwrap_or_else(|message| pb::event::Body::Error(pb::Error { message }))),
+        }
+    }
+
+    fn apply_command(&mut self, now: Instant, body: Body) -> CmdResult {
+        match body {
+            Body::CreateRoom(c) => {
+                self.rooms.entry(c.room_id).or_default();
+                Ok(pb::event::Body::RoomCreated(pb::RoomCreated {
+                    room_id: c.room_id,
+                    core: self.core,
+                }))
+            }
+            Body::CreatePlainTransport(c) => self.create_transport(c),
+            Body::AddTrack(c) => self.add_track(c),
+            Body::AddDownTrack(c) => self.add_down_track(now, c),
+            Body::SetPreferredLayer(c) => {
+                let (dt, track) = self.down_track_and_track(c.down_track_id)?;
+                let active = self.tracks.get(track).map_or(0, |t| t.active);
+                let e = self.down_tracks.get_mut(dt).ok_or("no such down track")?;
+                e.dt.set_preferred(layer_u8(c.spatial)?, layer_u8(c.temporal)?);
+                e.dt.retarget(active);
+                ok()
+            }
+            Body::SetPaused(c) => {
+                let (dt, _) = self.down_track_and_track(c.down_track_id)?;
+                let e = self.down_tracks.get_mut(dt).ok_or("no such down track")?;
+                e.dt.set_paused(c.paused);
+                ok()
+            }
+            Body::RemoveDownTrack(c) => {
+                let i = *self
+                    .down_track_ids
+                    .get(&c.down_track_id)
+                    .ok_or_else(|| format!("no down track {}", c.down_track_id))?;
+                self.remove_down_track(i);
+                ok()
+            }
+            Body::RemoveTrack(c) => {
+                let i = *self
+                    .track_ids
+                    .get(&c.track_id)
+                    .ok_or_else(|| format!("no track {}", c.track_id))?;
+                self.remove_track(i);
+                ok()
+            }
+            Body::CloseTransport(c) => {
+                let i = *self
+                    .transport_ids
+                    .get(&c.transport_id)
+                    .ok_or_else(|| format!("no transport {}", c.transport_id))?;
+                self.close_transport(i, "closed by control");
+                ok()
+            }
+            Body::CloseRoom(c) => {
+                let room = self
+                    .rooms
+                    .remove(&c.room_id)
+                    .ok_or_else(|| format!("no room {}", c.room_id))?;
+                for t in room.transports {
+                    self.close_transport(t, "room closed");
+                }
+                ok()
+            }
+            Body::GetStats(_) => Ok(pb::event::Body::Stats(self.stats())),
+        }
+    }
+
+    fn down_track_and_track(&self, id: u64) -> Result<(usize, usize), String> {
+        let i = *self
+            .down_track_ids
+            .get(&id)
+            .ok_or_else(|| format!("no down track {id}"))?;
+        let e = self.down_tracks.get(i).ok_or("no such down track")?;
+        Ok((i, e.track))
+    }
+
+    fn create_transport(&mut self, c: pb::CreatePlainTransport) -> CmdResult {
+        if !self.rooms.contains_key(&c.room_id) {
+            return Err(format!("no room {} on core {}", c.room_id, self.core));
+        }
+        if self.transport_ids.contains_key(&c.transport_id) {
+            return Err(format!("transport {} exists", c.transport_id));
+        }
+        let remote = if c.remote.is_empty() {
+            if !c.comedia {
+                return Err("a transport needs a remote address or comedia".into());
+            }
+            None
+        } else {
+            let a: SocketAddr = c
+                .remote
+                .parse()
+                .map_err(|_| format!("bad remote address {:?}", c.remote))?;
+            if self.by_addr.contains_key(&a) {
+                return Err(format!("remote {a} is already used by another transport"));
+            }
+            Some(a)
+        };
+        let i = self.transports.insert(Transport {
+            id: c.transport_id,
+            room: c.room_id,
+            remote,
+            comedia: c.comedia && remote.is_none(),
+            counters: Default::default(),
+            tracks: Vec::new(),
+            down_tracks: Vec::new(),
+        });
+        self.transport_ids.insert(c.transport_id, i);
+        if let Some(a) = remote {
+            self.by_addr.insert(a, i);
+        }
+        if let Some(r) = self.rooms.get_mut(&c.room_id) {
+            r.transports.push(i);
+        }
+        Ok(pb::event::Body::TransportCreated(pb::TransportCreated {
+            transport_id: c.transport_id,
+            local: self.local.to_string(),
+        }))
+    }
+
+    /// The transport index for `id`, checked to belong to `room`.
+    fn transport_in_room(&self, id: u64, room: u64) -> Result<usize, String> {
+        let i = *self
+            .transport_ids
+            .get(&id)
+            .ok_or_else(|| format!("no transport {id}"))?;
+        let t = self.transports.get(i).ok_or("no such transport")?;
+        if t.room != room {
+            return Err(format!("transport {id} is not in room {room}"));
+        }
+        Ok(i)
+    }
+
+    fn add_track(&mut self, c: pb::AddTrack) -> CmdResult {
+        let ti = self.transport_in_room(c.transport_id, c.room_id)?;
+        if self.track_ids.contains_key(&c.track_id) {
+            return Err(format!("track {} exists", c.track_id));
+        }
+        if c.layers.is_empty() || c.layers.len() > 8 {
+            return Err("a track needs 1 to 8 layers".into());
+        }
+        let codec = c.codec.unwrap_or_default();
+        let video = c.kind == pb::MediaKind::Video as i32;
+        let kind = match pb::CodecKind::try_from(codec.kind).unwrap_or_default() {
+            pb::CodecKind::Opus => Codec::Opus,
+            pb::CodecKind::Vp8 => Codec::Vp8,
+            pb::CodecKind::Vp9 => Codec::Vp9,
+            pb::CodecKind::H264 => Codec::H264,
+            pb::CodecKind::Av1 => Codec::Av1,
+            pb::CodecKind::CodecUnspecified => Codec::Other,
+        };
+        let mut layers = c.layers.clone();
+        layers.sort_by_key(|l| l.spatial);
+        for (i, l) in layers.iter().enumerate() {
+            if l.spatial as usize != i {
+                return Err("layers must have spatial indices 0..n without gaps".into());
+            }
+            if self.by_ssrc.contains_key(&(ti, Ssrc(l.ssrc)))
+                || layers.iter().filter(|o| o.ssrc == l.ssrc).count() > 1
+            {
+                return Err(format!("ssrc {} is already published on this transport", l.ssrc));
+            }
+        }
+        let cache = if video {
+            self.cfg.video_cache
+        } else {
+            self.cfg.audio_cache
+        };
+        let track = Track {
+            id: c.track_id,
+            room: c.room_id,
+            transport: ti,
+            video,
+            codec: kind,
+            payload_type: Pt(codec.payload_type as u8),
+            clock_rate: if codec.clock_rate == 0 {
+                if video {
+                    90_000
+                } else {
+                    48_000
+                }
+            } else {
+                codec.clock_rate
+            },
+            layers: layers
+                .iter()
+                .map(|l| {
+                    Layer::new(
+                        Ssrc(l.ssrc),
+                        ShortId::new(l.rid.as_bytes()).map(Rid),
+                        cache,
+                    )
+                })
+                .collect(),
+            subscribers: Vec::new(),
+            active: 0,
+        };
+        let i = self.tracks.insert(track);
+        self.track_ids.insert(c.track_id, i);
+        let pending = self.transports.get(ti).is_some_and(|t| t.comedia && t.remote.is_none());
+        for (li, l) in layers.iter().enumerate() {
+            self.by_ssrc.insert((ti, Ssrc(l.ssrc)), (i, li as u8));
+            if pending {
+                self.comedia.insert(Ssrc(l.ssrc), ti);
+            }
+        }
+        if let Some(t) = self.transports.get_mut(ti) {
+            t.tracks.push(i);
+        }
+        ok()
+    }
+
+    fn add_down_track(&mut self, now: Instant, c: pb::AddDownTrack) -> CmdResult {
+        let ti = self.transport_in_room(c.transport_id, c.room_id)?;
+        let track_i = *self
+            .track_ids
+            .get(&c.track_id)
+            .ok_or_else(|| format!("no track {}", c.track_id))?;
+        if self.down_track_ids.contains_key(&c.down_track_id) {
+            return Err(format!("down track {} exists", c.down_track_id));
+        }
+        let ssrc = Ssrc(c.ssrc);
+        if self.by_out_ssrc.contains_key(&(ti, ssrc)) {
+            return Err(format!("ssrc {} is already sent on this transport", c.ssrc));
+        }
+        let track = self.tracks.get_mut(track_i).ok_or("no such track")?;
+        if track.room != c.room_id {
+            return Err(format!("track {} is not in room {}", c.track_id, c.room_id));
+        }
+        track.refresh_active(now);
+        let pt = if c.payload_type == 0 {
+            track.payload_type
+        } else {
+            Pt(c.payload_type as u8)
+        };
+        let mut dt = DownTrack::new(DownTrackParams {
+            ssrc,
+            payload_type: pt,
+            clock_rate: track.clock_rate,
+            video: track.video,
+            preferred_spatial: layer_u8(c.preferred_spatial)?,
+            preferred_temporal: if c.preferred_temporal == 0 && track.video {
+                // 0 means "unset" in proto3: forward every temporal layer by default.
+                u8::MAX
+            } else {
+                layer_u8(c.preferred_temporal)?
+            },
+        });
+        dt.retarget(track.active);
+        let room = c.room_id;
+        let di = self.down_tracks.insert(DownTrackEntry {
+            id: c.down_track_id,
+            room,
+            track: track_i,
+            transport: ti,
+            dt,
+        });
+        track.subscribers.push(di);
+        self.down_track_ids.insert(c.down_track_id, di);
+        self.by_out_ssrc.insert((ti, ssrc), di);
+        if let Some(t) = self.transports.get_mut(ti) {
+            t.down_tracks.push(di);
+            if t.comedia && t.remote.is_none() {
+                self.comedia.insert(ssrc, ti);
+            }
+        }
+        ok()
+    }
+
+    fn remove_down_track(&mut self, di: usize) {
+        let Some(e) = self.down_tracks.remove(di) else {
+            return;
+        };
+        self.down_track_ids.remove(&e.id);
+        self.by_out_ssrc.remove(&(e.transport, e.dt.params.ssrc));
+        self.comedia.remove(&e.dt.params.ssrc);
+        if let Some(t) = self.tracks.get_mut(e.track) {
+            t.subscribers.retain(|&d| d != di);
+        }
+        if let Some(t) = self.transports.get_mut(e.transport) {
+            t.down_tracks.retain(|&d| d != di);
+        }
+    }
+
+    fn remove_track(&mut self, ti: usize) {
+        let Some(track) = self.tracks.remove(ti) else {
+            return;
+        };
+        self.track_ids.remove(&track.id);
+        for di in track.subscribers {
+            self.remove_down_track(di);
+        }
+        for l in &track.layers {
+            self.by_ssrc.remove(&(track.transport, l.ssrc));
+            self.comedia.remove(&l.ssrc);
+        }
+        if let Some(t) = self.transports.get_mut(track.transport) {
+            t.tracks.retain(|&x| x != ti);
+        }
+    }
+
+    pub(crate) fn close_transport(&mut self, i: usize, reason: &str) {
+        let Some(t) = self.transports.get(i) else {
+            return;
+        };
+        let (tracks, dts, id, room, remote) = (
+            t.tracks.clone(),
+            t.down_tracks.clone(),
+            t.id,
+            t.room,
+            t.remote,
+        );
+        for di in dts {
+            self.remove_down_track(di);
+        }
+        for ti in tracks {
+            self.remove_track(ti);
+        }
+        self.transports.remove(i);
+        self.transport_ids.remove(&id);
+        if let Some(a) = remote {
+            self.by_addr.remove(&a);
+        }
+        self.comedia.retain(|_, v| *v != i);
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.transports.retain(|&x| x != i);
+        }
+        self.emit(pb::Event {
+            request_id: 0,
+            body: Some(pb::event::Body::TransportClosed(pb::TransportClosed {
+                transport_id: id,
+                reason: reason.to_string(),
+            })),
+        });
+    }
+
+    /// This core's counters and every transport's.
+    pub fn stats(&self) -> pb::Stats {
+        pb::Stats {
+            cores: vec![pb::CoreStats {
+                core: self.core,
+                counters: Some(self.counters.to_proto()),
+                rooms: self.rooms.len() as u32,
+                transports: self.transports.len() as u32,
+                tracks: self.tracks.len() as u32,
+                down_tracks: self.down_tracks.len() as u32,
+                ..Default::default()
+            }],
+            transports: self
+                .transports
+                .iter()
+                .map(|(_, t)| pb::TransportStats {
+                    transport_id: t.id,
+                    core: self.core,
+                    remote: t.remote.map(|a| a.to_string()).unwrap_or_default(),
+                    counters: Some(t.counters.to_proto()),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn layer_u8(v: u32) -> Result<u8, String> {
+    u8::try_from(v).map_err(|_| format!("layer index {v} out of range"))
+}
+

@@ -1,0 +1,587 @@
+//! The sans-IO forwarding engine of one core.
+//!
+//! An [`Engine`] owns every room, transport, published track and down track placed on its
+//! core. It is driven from outside with the time and the bytes: [`Engine::handle_datagram`]
+//! for each received datagram, [`Engine::handle_timeout`] when [`Engine::poll_timeout`]
+//! says so, and [`Engine::handle_command`] for control. It owns no socket, thread or clock;
+//! what it sends goes into an [`Egress`], what it reports into an event outbox. That is
+//! what lets the tests run it deterministically in virtual time.
+//!
+//! Per datagram the work is: demultiplex (RFC 7983 first byte, then the source address to
+//! a transport, then the SSRC to a track layer), cache, read the codec payload once, and
+//! for each subscriber decide and apply (`downtrack`). Nothing on that path allocates,
+//! locks, or logs above `trace`.
+
+pub mod cache;
+pub mod downtrack;
+pub mod slab;
+pub mod stats;
+pub mod track;
+
+mod command;
+mod transport;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use prism_proto::control as pb;
+
+use crate::codec::{self, vp8, Codec};
+use crate::ids::Ssrc;
+use crate::io::{Egress, HEAD_CAP, MAX_DATAGRAM};
+use crate::wire::demux::{self, PacketKind};
+use crate::wire::rtcp::{self, RtcpPacket};
+use crate::wire::rtp::RtpPacket;
+
+pub use downtrack::{Decision, DownTrack, DownTrackParams, Forward};
+pub use slab::{FastMap, Slab};
+pub use stats::{Counters, DropReason};
+pub use track::Track;
+pub use transport::Transport;
+
+/// How often the housekeeping timer runs (layer activity, retargeting).
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Engine settings fixed at creation.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Packets kept per video layer for retransmission.
+    pub video_cache: usize,
+    /// Packets kept per audio track for retransmission.
+    pub audio_cache: usize,
+    /// The SSRC the forwarder uses as sender of its own RTCP (PLI, FIR).
+    pub rtcp_ssrc: Ssrc,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            video_cache: 1024,
+            audio_cache: 128,
+            rtcp_ssrc: Ssrc(0x5052_4953), // "PRIS"
+        }
+    }
+}
+
+/// A down track with its wiring.
+#[derive(Debug)]
+pub struct DownTrackEntry {
+    pub id: u64,
+    pub room: u64,
+    pub track: usize,
+    pub transport: usize,
+    pub dt: DownTrack,
+}
+
+#[derive(Debug, Default)]
+pub struct Room {
+    pub transports: Vec<usize>,
+}
+
+/// One core's forwarding state.
+#[derive(Debug)]
+pub struct Engine {
+    pub core: u32,
+    pub local: SocketAddr,
+    cfg: EngineConfig,
+    pub counters: Counters,
+    rooms: FastMap<u64, Room>,
+    transports: Slab<Transport>,
+    tracks: Slab<Track>,
+    down_tracks: Slab<DownTrackEntry>,
+    transport_ids: FastMap<u64, usize>,
+    track_ids: FastMap<u64, usize>,
+    down_track_ids: FastMap<u64, usize>,
+    /// Remote address → transport.
+    by_addr: FastMap<SocketAddr, usize>,
+    /// (transport, SSRC) → (track, layer) for incoming media.
+    by_ssrc: FastMap<(usize, Ssrc), (usize, u8)>,
+    /// (transport, output SSRC) → down track, for feedback from subscribers.
+    by_out_ssrc: FastMap<(usize, Ssrc), usize>,
+    /// SSRC → comedia transport still waiting for its first packet.
+    comedia: FastMap<Ssrc, usize>,
+    outbox: Vec<pb::Event>,
+    next_tick: Option<Instant>,
+}
+
+impl Engine {
+    pub fn new(core: u32, local: SocketAddr, cfg: EngineConfig) -> Self {
+        Self {
+            core,
+            local,
+            cfg,
+            counters: Counters::default(),
+            rooms: FastMap::default(),
+            transports: Slab::default(),
+            tracks: Slab::default(),
+            down_tracks: Slab::default(),
+            transport_ids: FastMap::default(),
+            track_ids: FastMap::default(),
+            down_track_ids: FastMap::default(),
+            by_addr: FastMap::default(),
+            by_ssrc: FastMap::default(),
+            by_out_ssrc: FastMap::default(),
+            comedia: FastMap::default(),
+            outbox: Vec::with_capacity(1024),
+            next_tick: None,
+        }
+    }
+
+    /// Rough load of this core, used to place new rooms: tracks plus down tracks.
+    pub fn load(&self) -> usize {
+        self.tracks.len() + self.down_tracks.len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn transport_count(&self) -> usize {
+        self.transports.len()
+    }
+
+    pub fn track_count(&self) -> usize {
+        self.tracks.len()
+    }
+
+    pub fn down_track_count(&self) -> usize {
+        self.down_tracks.len()
+    }
+
+    /// Counters of the transport with control id `id`.
+    pub fn transport_counters(&self, id: u64) -> Option<&Counters> {
+        let i = *self.transport_ids.get(&id)?;
+        self.transports.get(i).map(|t| &t.counters)
+    }
+
+    pub fn down_track(&self, id: u64) -> Option<&DownTrack> {
+        let i = *self.down_track_ids.get(&id)?;
+        self.down_tracks.get(i).map(|d| &d.dt)
+    }
+
+    /// Events produced since the last call (keyframe requests, closed transports).
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, pb::Event> {
+        self.outbox.drain(..)
+    }
+
+    /// Pushes an event without growing the outbox on the fast path: when it is full the
+    /// event is dropped (events from the fast path are advisory and repeat).
+    fn emit(&mut self, ev: pb::Event) {
+        if self.outbox.len() < self.outbox.capacity() {
+            self.outbox.push(ev);
+        }
+    }
+
+    /// When [`Engine::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_tick
+    }
+
+    /// Periodic work: layer activity and retargeting.
+    pub fn handle_timeout<E: Egress>(&mut self, now: Instant, _egress: &mut E) {
+        if self.next_tick.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_tick = Some(now + TICK);
+        let Engine {
+            tracks,
+            down_tracks,
+            ..
+        } = self;
+        for (_, track) in tracks.iter_mut() {
+            if track.refresh_active(now) {
+                for &d in &track.subscribers {
+                    if let Some(e) = down_tracks.get_mut(d) {
+                        e.dt.retarget(track.active);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_drop(&mut self, transport: Option<usize>, r: DropReason) {
+        self.counters.drop(r);
+        if let Some(t) = transport.and_then(|t| self.transports.get_mut(t)) {
+            t.counters.drop(r);
+        }
+        tracing::trace!(reason = r.name(), "drop");
+    }
+
+    /// Handles one received datagram. `buf` may be modified in place.
+    pub fn handle_datagram<E: Egress>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        egress: &mut E,
+    ) {
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += buf.len() as u64;
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now);
+        }
+        let kind = demux::classify(buf);
+        let transport = match self.by_addr.get(&from) {
+            Some(&t) => t,
+            None => match self.learn_comedia(from, kind, buf) {
+                Some(t) => t,
+                None => {
+                    let r = if kind == PacketKind::Rtp || kind == PacketKind::Rtcp {
+                        DropReason::UnknownSource
+                    } else {
+                        DropReason::UnknownProtocol
+                    };
+                    return self.count_drop(None, r);
+                }
+            },
+        };
+        if let Some(t) = self.transports.get_mut(transport) {
+            t.counters.packets_in += 1;
+            t.counters.bytes_in += buf.len() as u64;
+        }
+        match kind {
+            PacketKind::Rtp => self.on_rtp(now, transport, buf, egress),
+            PacketKind::Rtcp => self.on_rtcp(now, transport, buf, egress),
+            _ => self.count_drop(Some(transport), DropReason::UnknownProtocol),
+        }
+    }
+
+    /// A datagram from an unknown address: bind it to a comedia transport if it carries one
+    /// of that transport's SSRCs.
+    fn learn_comedia(&mut self, from: SocketAddr, kind: PacketKind, buf: &[u8]) -> Option<usize> {
+        if self.comedia.is_empty() {
+            return None;
+        }
+        let ssrc = match kind {
+            PacketKind::Rtp => RtpPacket::new_checked(buf).ok()?.ssrc(),
+            PacketKind::Rtcp => rtcp_reference_ssrc(buf)?,
+            _ => return None,
+        };
+        let t = *self.comedia.get(&ssrc)?;
+        self.comedia.retain(|_, v| *v != t);
+        let tr = self.transports.get_mut(t)?;
+        tr.remote = Some(from);
+        self.by_addr.insert(from, t);
+        tracing::debug!(transport = tr.id, %from, "comedia: remote learnt");
+        Some(t)
+    }
+
+    fn on_rtp<E: Egress>(&mut self, now: Instant, transport: usize, buf: &mut [u8], eg: &mut E) {
+        let pkt = match RtpPacket::new_checked(&buf[..]) {
+            Ok(p) => p,
+            Err(e) => return self.count_drop(Some(transport), e.into()),
+        };
+        let Some(&(ti, layer)) = self.by_ssrc.get(&(transport, pkt.ssrc())) else {
+            return self.count_drop(Some(transport), DropReason::UnknownSsrc);
+        };
+        let Engine {
+            tracks,
+            down_tracks,
+            transports,
+            counters,
+            outbox,
+            cfg,
+            ..
+        } = self;
+        let Some(track) = tracks.get_mut(ti) else {
+            return;
+        };
+        let li = usize::from(layer);
+        let Some(l) = track.layers.get_mut(li) else {
+            return;
+        };
+        let seq = l.seq.unwrap(pkt.sequence_number());
+        let ts = l.ts.unwrap(pkt.timestamp());
+        l.last_packet = Some(now);
+        l.packets += 1;
+        if l.cache.contains(seq) {
+            counters.drop(DropReason::Duplicate);
+            if let Some(t) = transports.get_mut(transport) {
+                t.counters.drop(DropReason::Duplicate);
+            }
+            return;
+        }
+        l.cache.store(seq, pkt.as_bytes());
+        if track.active & (1 << li) == 0 {
+            track.active |= 1 << li;
+            for &d in &track.subscribers {
+                if let Some(e) = down_tracks.get_mut(d) {
+                    e.dt.retarget(track.active);
+                }
+            }
+        }
+
+        let payload = pkt.payload();
+        let (info, vp8d) = if track.codec == Codec::Vp8 {
+            match vp8::parse_descriptor(payload) {
+                Ok(d) => (codec::inspect(Codec::Vp8, payload).unwrap_or_default(), Some(d)),
+                Err(_) => (Default::default(), None),
+            }
+        } else {
+            (codec::inspect(track.codec, payload).unwrap_or_default(), None)
+        };
+        if track.video && payload.is_empty() {
+            // Padding-only probes carry nothing a subscriber needs.
+            counters.drop(DropReason::BadPayload);
+            return;
+        }
+        let header_len = pkt.header_len();
+        let head_len = header_len + vp8d.map_or(0, |d| d.header_len);
+        let total = buf.len();
+        let incoming = downtrack::Incoming {
+            now,
+            layer,
+            seq,
+            ts,
+            info,
+            vp8: vp8d,
+        };
+        let mut head = [0u8; HEAD_CAP];
+        for &di in &track.subscribers {
+            let Some(entry) = down_tracks.get_mut(di) else {
+                continue;
+            };
+            let decision = entry.dt.decide(&incoming);
+            if entry.dt.keyframe_needed {
+                entry.dt.keyframe_needed = false;
+                if let Some(tl) = track.layers.get_mut(usize::from(entry.dt.target_layer())) {
+                    tl.keyframe_wanted = true;
+                }
+            }
+            let Some(out_t) = transports.get_mut(entry.transport) else {
+                continue;
+            };
+            let f = match decision {
+                Decision::Forward(f) => f,
+                Decision::Drop(r) => {
+                    counters.drop(r);
+                    out_t.counters.drop(r);
+                    continue;
+                }
+            };
+            let Some(remote) = out_t.remote else {
+                counters.drop(DropReason::NoRemote);
+                out_t.counters.drop(DropReason::NoRemote);
+                continue;
+            };
+            let sent = if head_len <= HEAD_CAP {
+                let h = &mut head[..head_len];
+                h.copy_from_slice(&buf[..head_len]);
+                downtrack::apply(h, header_len, &f, vp8d.as_ref()).is_ok()
+                    && eg.send_split(remote, h, head_len..total)
+            } else {
+                let src = &buf[..];
+                eg.send_with(remote, &mut |slot: &mut [u8]| {
+                    let Some(dst) = slot.get_mut(..total) else {
+                        return 0;
+                    };
+                    dst.copy_from_slice(src);
+                    match downtrack::apply(dst, header_len, &f, vp8d.as_ref()) {
+                        Ok(()) => total,
+                        Err(_) => 0,
+                    }
+                })
+            };
+            if sent {
+                counters.packets_out += 1;
+                counters.bytes_out += total as u64;
+                out_t.counters.packets_out += 1;
+                out_t.counters.bytes_out += total as u64;
+            } else {
+                counters.drop(DropReason::QueueFull);
+                out_t.counters.drop(DropReason::QueueFull);
+            }
+        }
+        for li in 0..track.layers.len() {
+            request_keyframe(track, li, now, transports, counters, outbox, cfg, eg);
+        }
+    }
+
+    fn on_rtcp<E: Egress>(&mut self, now: Instant, transport: usize, buf: &mut [u8], eg: &mut E) {
+        for pkt in rtcp::packets(buf) {
+            let pkt = match pkt {
+                Ok(p) => p,
+                Err(e) => return self.count_drop(Some(transport), e.into()),
+            };
+            match pkt {
+                RtcpPacket::Nack(n) => {
+                    self.counters.nacks_received += 1;
+                    if let Some(t) = self.transports.get_mut(transport) {
+                        t.counters.nacks_received += 1;
+                    }
+                    let Some(&di) = self.by_out_ssrc.get(&(transport, n.media_ssrc())) else {
+                        self.count_drop(Some(transport), DropReason::UnknownSsrc);
+                        continue;
+                    };
+                    for seq in n.lost() {
+                        self.retransmit(di, seq, eg);
+                    }
+                }
+                RtcpPacket::Pli(p) => self.on_keyframe_feedback(now, transport, p.media_ssrc(), eg),
+                RtcpPacket::Fir(f) => {
+                    for entry in f.entries() {
+                        self.on_keyframe_feedback(now, transport, entry.ssrc, eg);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A subscriber asked for a keyframe (PLI or FIR): ask the publisher of the layer it
+    /// receives, throttled per layer.
+    fn on_keyframe_feedback<E: Egress>(
+        &mut self,
+        now: Instant,
+        transport: usize,
+        media: Ssrc,
+        eg: &mut E,
+    ) {
+        let Some(&di) = self.by_out_ssrc.get(&(transport, media)) else {
+            return self.count_drop(Some(transport), DropReason::UnknownSsrc);
+        };
+        let Engine {
+            tracks,
+            down_tracks,
+            transports,
+            counters,
+            outbox,
+            cfg,
+            ..
+        } = self;
+        let Some(entry) = down_tracks.get(di) else {
+            return;
+        };
+        let layer = entry.dt.current_layer().unwrap_or(entry.dt.target_layer());
+        let Some(track) = tracks.get_mut(entry.track) else {
+            return;
+        };
+        if let Some(l) = track.layers.get_mut(usize::from(layer)) {
+            l.keyframe_wanted = true;
+        }
+        request_keyframe(
+            track,
+            usize::from(layer),
+            now,
+            transports,
+            counters,
+            outbox,
+            cfg,
+            eg,
+        );
+    }
+
+    /// Answers a NACK for output number `seq` of down track `di` from the cache, rewritten
+    /// exactly as it was the first time.
+    fn retransmit<E: Egress>(&mut self, di: usize, seq: u16, eg: &mut E) {
+        let Some(entry) = self.down_tracks.get(di) else {
+            return;
+        };
+        let transport = entry.transport;
+        let found = entry.dt.lookup_sent(seq).and_then(|(layer, src, f)| {
+            let track = self.tracks.get(entry.track)?;
+            let bytes = track.layers.get(usize::from(layer))?.cache.get(src)?;
+            Some((bytes, f, track.codec))
+        });
+        let remote = self.transports.get(transport).and_then(|t| t.remote);
+        let (Some((bytes, f, codec)), Some(remote)) = (found, remote) else {
+            return self.count_drop(Some(transport), DropReason::NotInCache);
+        };
+        let len = bytes.len();
+        let ok = len <= MAX_DATAGRAM
+            && eg.send_with(remote, &mut |slot: &mut [u8]| {
+                let Some(dst) = slot.get_mut(..len) else {
+                    return 0;
+                };
+                dst.copy_from_slice(bytes);
+                let Ok(p) = RtpPacket::new_checked(&dst[..]) else {
+                    return 0;
+                };
+                let header_len = p.header_len();
+                let vp8d = if codec == Codec::Vp8 {
+                    vp8::parse_descriptor(p.payload()).ok()
+                } else {
+                    None
+                };
+                match downtrack::apply(dst, header_len, &f, vp8d.as_ref()) {
+                    Ok(()) => len,
+                    Err(_) => 0,
+                }
+            });
+        if ok {
+            self.counters.retransmits_sent += 1;
+            self.counters.packets_out += 1;
+            self.counters.bytes_out += len as u64;
+            if let Some(t) = self.transports.get_mut(transport) {
+                t.counters.retransmits_sent += 1;
+                t.counters.packets_out += 1;
+                t.counters.bytes_out += len as u64;
+            }
+        } else {
+            self.count_drop(Some(transport), DropReason::QueueFull);
+        }
+    }
+}
+
+/// Sends a PLI for layer `li` to the track's publisher if one is wanted and the throttle
+/// allows, and reports it as an event.
+#[allow(clippy::too_many_arguments)]
+fn request_keyframe<E: Egress>(
+    track: &mut Track,
+    li: usize,
+    now: Instant,
+    transports: &mut Slab<Transport>,
+    counters: &mut Counters,
+    outbox: &mut Vec<pb::Event>,
+    cfg: &EngineConfig,
+    eg: &mut E,
+) {
+    let Some(l) = track.layers.get_mut(li) else {
+        return;
+    };
+    if !l.take_keyframe_request(now) {
+        return;
+    }
+    let media = l.ssrc;
+    counters.keyframe_requests += 1;
+    if let Some(t) = transports.get_mut(track.transport) {
+        t.counters.keyframe_requests += 1;
+        if let Some(remote) = t.remote {
+            let sender = cfg.rtcp_ssrc;
+            eg.send_with(remote, &mut |slot: &mut [u8]| {
+                rtcp::emit_pli(slot, sender, media).unwrap_or(0)
+            });
+        }
+    }
+    if outbox.len() < outbox.capacity() {
+        outbox.push(pb::Event {
+            request_id: 0,
+            body: Some(pb::event::Body::KeyframeNeeded(pb::KeyframeNeeded {
+                track_id: track.id,
+                spatial: li as u32,
+                ssrc: media.0,
+            })),
+        });
+    }
+}
+
+/// The SSRC an RTCP datagram from a not-yet-known comedia peer refers to: the media SSRC of
+/// its first feedback message or report block, or its sender SSRC.
+fn rtcp_reference_ssrc(buf: &[u8]) -> Option<Ssrc> {
+    let mut sender = None;
+    for p in rtcp::packets(buf) {
+        match p.ok()? {
+            RtcpPacket::Nack(n) => return Some(n.media_ssrc()),
+            RtcpPacket::Pli(p) => return Some(p.media_ssrc()),
+            RtcpPacket::ReceiverReport(rr) => {
+                if let Some(b) = rr.report_blocks().next() {
+                    return Some(b.ssrc());
+                }
+                sender = sender.or(Some(rr.sender_ssrc()));
+            }
+            RtcpPacket::SenderReport(sr) => sender = sender.or(Some(sr.ssrc())),
+            _ => {}
+        }
+    }
+    sender
+}

@@ -1,0 +1,215 @@
+//! Typed drop reasons and the counters kept per core and per transport.
+//!
+//! Every early return on the forwarding path names why it dropped the packet with a
+//! [`DropReason`], and the reason is counted where the packet was seen: on its transport
+//! when the source is known, on the core otherwise. Counters are plain integers owned by
+//! the core's thread; control reads them through a `GetStats` command, never by sharing.
+
+use prism_proto::control as pb;
+
+/// Why a datagram, or one subscriber's copy of it, was not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Shorter than its headers claim.
+    Truncated,
+    /// RTP/RTCP version other than 2.
+    BadVersion,
+    /// Any other malformed RTP, RTCP or STUN.
+    Malformed,
+    /// Larger than the largest datagram the forwarder accepts.
+    Oversized,
+    /// Not RTP, RTCP or STUN (RFC 7983 first byte), or a kind this transport does not speak.
+    UnknownProtocol,
+    /// From an address no transport owns.
+    UnknownSource,
+    /// An SSRC no track on this transport publishes.
+    UnknownSsrc,
+    /// The codec payload could not be read.
+    BadPayload,
+    /// The subscriber is on another simulcast layer.
+    LayerNotSelected,
+    /// A temporal layer above the subscriber's preference.
+    TemporalFiltered,
+    /// The subscriber waits for a keyframe before it can start or switch.
+    WaitingForKeyframe,
+    /// The down track is paused.
+    Paused,
+    /// Older than the last sequence-number rebase: it has no place in the output.
+    TooLate,
+    /// The send queue of the turn was full.
+    QueueFull,
+    /// A NACK asked for a packet no longer (or never) in the retransmission cache.
+    NotInCache,
+    /// A duplicate of a packet already forwarded.
+    Duplicate,
+    /// The subscriber's transport has not learnt its remote address yet (comedia).
+    NoRemote,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 17;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Truncated,
+        DropReason::BadVersion,
+        DropReason::Malformed,
+        DropReason::Oversized,
+        DropReason::UnknownProtocol,
+        DropReason::UnknownSource,
+        DropReason::UnknownSsrc,
+        DropReason::BadPayload,
+        DropReason::LayerNotSelected,
+        DropReason::TemporalFiltered,
+        DropReason::WaitingForKeyframe,
+        DropReason::Paused,
+        DropReason::TooLate,
+        DropReason::QueueFull,
+        DropReason::NotInCache,
+        DropReason::Duplicate,
+        DropReason::NoRemote,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable snake_case name used in stats and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::BadVersion => "bad_version",
+            DropReason::Malformed => "malformed",
+            DropReason::Oversized => "oversized",
+            DropReason::UnknownProtocol => "unknown_protocol",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::UnknownSsrc => "unknown_ssrc",
+            DropReason::BadPayload => "bad_payload",
+            DropReason::LayerNotSelected => "layer_not_selected",
+            DropReason::TemporalFiltered => "temporal_filtered",
+            DropReason::WaitingForKeyframe => "waiting_for_keyframe",
+            DropReason::Paused => "paused",
+            DropReason::TooLate => "too_late",
+            DropReason::QueueFull => "queue_full",
+            DropReason::NotInCache => "not_in_cache",
+            DropReason::Duplicate => "duplicate",
+            DropReason::NoRemote => "no_remote",
+        }
+    }
+
+    /// Whether this reason marks bad input (as opposed to a forwarding decision).
+    pub fn is_bad_input(self) -> bool {
+        matches!(
+            self,
+            DropReason::Truncated
+                | DropReason::BadVersion
+                | DropReason::Malformed
+                | DropReason::Oversized
+                | DropReason::UnknownProtocol
+                | DropReason::UnknownSource
+                | DropReason::UnknownSsrc
+                | DropReason::BadPayload
+        )
+    }
+}
+
+impl From<crate::wire::Error> for DropReason {
+    fn from(e: crate::wire::Error) -> Self {
+        match e {
+            crate::wire::Error::Truncated => DropReason::Truncated,
+            crate::wire::Error::BadVersion => DropReason::BadVersion,
+            crate::wire::Error::TooLarge => DropReason::Oversized,
+            _ => DropReason::Malformed,
+        }
+    }
+}
+
+/// Packet counters of one transport or one core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub drops: [u64; DropReason::COUNT],
+    pub nacks_received: u64,
+    pub retransmits_sent: u64,
+    pub keyframe_requests: u64,
+}
+
+impl Counters {
+    #[inline]
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r.index()] += 1;
+    }
+
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r.index()]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    pub fn add(&mut self, o: &Counters) {
+        self.packets_in += o.packets_in;
+        self.bytes_in += o.bytes_in;
+        self.packets_out += o.packets_out;
+        self.bytes_out += o.bytes_out;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+        self.nacks_received += o.nacks_received;
+        self.retransmits_sent += o.retransmits_sent;
+        self.keyframe_requests += o.keyframe_requests;
+    }
+
+    pub fn to_proto(&self) -> pb::Counters {
+        pb::Counters {
+            packets_in: self.packets_in,
+            bytes_in: self.bytes_in,
+            packets_out: self.packets_out,
+            bytes_out: self.bytes_out,
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| self.dropped(**r) > 0)
+                .map(|r| pb::DropCount {
+                    reason: r.name().to_string(),
+                    count: self.dropped(*r),
+                })
+                .collect(),
+            nacks_received: self.nacks_received,
+            retransmits_sent: self.retransmits_sent,
+            keyframe_requests: self.keyframe_requests,
+        }
+    }
+}
+
+/// Reads a drop count back out of a protobuf `Counters` (for tests and tools).
+pub fn proto_drop(c: &pb::Counters, r: DropReason) -> u64 {
+    c.drops
+        .iter()
+        .find(|d| d.reason == r.name())
+        .map_or(0, |d| d.count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_in_index_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn proto_round_trip_keeps_drops() {
+        let mut c = Counters::default();
+        c.drop(DropReason::UnknownSsrc);
+        c.drop(DropReason::UnknownSsrc);
+        let p = c.to_proto();
+        assert_eq!(proto_drop(&p, DropReason::UnknownSsrc), 2);
+        assert_eq!(proto_drop(&p, DropReason::Paused), 0);
+    }
+}

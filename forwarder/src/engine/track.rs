@@ -1,0 +1,132 @@
+//! A published track: its simulcast layers, their receive state and retransmission caches,
+//! and the list of down tracks it feeds.
+//!
+//! Each layer keeps its own sequence and timestamp unwrappers (layers are independent RTP
+//! streams) and its own cache. A layer counts as active while packets arrive; subscribers
+//! are retargeted to active layers so that a publisher that stops sending its top layer
+//! (bandwidth, CPU) does not leave them frozen. Keyframe requests toward the publisher are
+//! throttled per layer: many subscribers waiting for the same keyframe cost one PLI.
+
+use std::time::{Duration, Instant};
+
+use crate::codec::Codec;
+use crate::engine::cache::RetransmitCache;
+use crate::ids::{Pt, Rid, SeqUnwrapper, Ssrc, TsUnwrapper};
+
+/// A layer with no packet for this long is inactive.
+pub const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// At most one keyframe request per layer within this interval.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+
+#[derive(Debug)]
+pub struct Layer {
+    pub ssrc: Ssrc,
+    pub rid: Option<Rid>,
+    pub seq: SeqUnwrapper,
+    pub ts: TsUnwrapper,
+    pub cache: RetransmitCache,
+    pub last_packet: Option<Instant>,
+    pub last_keyframe_request: Option<Instant>,
+    pub keyframe_wanted: bool,
+    pub packets: u64,
+}
+
+impl Layer {
+    pub fn new(ssrc: Ssrc, rid: Option<Rid>, cache_size: usize) -> Self {
+        Self {
+            ssrc,
+            rid,
+            seq: SeqUnwrapper::new(),
+            ts: TsUnwrapper::new(),
+            cache: RetransmitCache::new(cache_size),
+            last_packet: None,
+            last_keyframe_request: None,
+            keyframe_wanted: false,
+            packets: 0,
+        }
+    }
+
+    pub fn is_active(&self, now: Instant) -> bool {
+        self.last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_TIMEOUT)
+    }
+
+    /// Whether a keyframe request may go out now; if so, records it.
+    pub fn take_keyframe_request(&mut self, now: Instant) -> bool {
+        if !self.keyframe_wanted {
+            return false;
+        }
+        let due = self
+            .last_keyframe_request
+            .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
+        if due {
+            self.keyframe_wanted = false;
+            self.last_keyframe_request = Some(now);
+        }
+        due
+    }
+}
+
+#[derive(Debug)]
+pub struct Track {
+    pub id: u64,
+    pub room: u64,
+    /// Index of the publishing transport.
+    pub transport: usize,
+    pub video: bool,
+    pub codec: Codec,
+    pub payload_type: Pt,
+    pub clock_rate: u32,
+    /// Ordered by spatial index: `layers[i]` is spatial layer `i`.
+    pub layers: Vec<Layer>,
+    /// Indices of the down tracks fed by this track.
+    pub subscribers: Vec<usize>,
+    /// Bit `i` set while layer `i` is active.
+    pub active: u8,
+}
+
+impl Track {
+    pub fn layer_of(&self, ssrc: Ssrc) -> Option<usize> {
+        self.layers.iter().position(|l| l.ssrc == ssrc)
+    }
+
+    /// Recomputes which layers are active; true if that changed.
+    pub fn refresh_active(&mut self, now: Instant) -> bool {
+        let mut mask = 0u8;
+        for (i, l) in self.layers.iter().enumerate().take(8) {
+            if l.is_active(now) {
+                mask |= 1 << i;
+            }
+        }
+        let changed = mask != self.active;
+        self.active = mask;
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframe_requests_are_throttled_per_layer() {
+        let t0 = Instant::now();
+        let mut l = Layer::new(Ssrc(1), None, 8);
+        assert!(!l.take_keyframe_request(t0), "nothing wanted");
+        l.keyframe_wanted = true;
+        assert!(l.take_keyframe_request(t0));
+        l.keyframe_wanted = true;
+        assert!(!l.take_keyframe_request(t0 + Duration::from_millis(100)));
+        assert!(l.take_keyframe_request(t0 + KEYFRAME_REQUEST_INTERVAL));
+    }
+
+    #[test]
+    fn layers_go_inactive_after_timeout() {
+        let t0 = Instant::now();
+        let mut l = Layer::new(Ssrc(1), None, 8);
+        assert!(!l.is_active(t0));
+        l.last_packet = Some(t0);
+        assert!(l.is_active(t0 + Duration::from_millis(10)));
+        assert!(!l.is_active(t0 + LAYER_TIMEOUT));
+    }
+}
