@@ -7,10 +7,13 @@
 //!   retransmission cache), driven by `(now, bytes)`.
 //! - [`io`]: the only place that talks to the kernel (io_uring, or recvmmsg/sendmmsg).
 //! - [`control`]: commands and events between signaling and the cores.
+//! - [`runtime`]: the pinned worker threads and the router that places rooms on cores.
 //!
 //! Unsafe code is denied everywhere except `io`.
 
 pub mod codec;
+pub mod engine;
 pub mod ids;
 pub mod io;
+pub mod runtime;
 pub mod wire;

@@ -271,11 +271,9 @@ impl Engine {
             clock_rate: track.clock_rate,
             video: track.video,
             preferred_spatial: layer_u8(c.preferred_spatial)?,
-            preferred_temporal: if c.preferred_temporal == 0 && track.video {
-                // 0 means "unset" in proto3: forward every temporal layer by default.
-                u8::MAX
-            } else {
-                layer_u8(c.preferred_temporal)?
+            preferred_temporal: match c.preferred_temporal {
+                None => u8::MAX,
+                Some(t) => layer_u8(t)?,
             },
         });
         dt.retarget(track.active);

@@ -1,0 +1,359 @@
+//! Starts the media plane: one pinned worker thread per configured core, and a router
+//! thread between control and the workers.
+//!
+//! The router is the only place that knows which core holds which room. It places a new
+//! room on the least-loaded core (each worker publishes its load in an atomic), forwards
+//! every other command to the core of the room the command names, and merges the per-core
+//! answers to `GetStats` into one. Workers never talk to each other.
+
+pub mod worker;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use prism_proto::control as pb;
+use pb::command::Body;
+
+use crate::control::{self, ControlClient, ControlServer};
+use crate::engine::{Engine, EngineConfig};
+use crate::io::mmsg::MmsgDriver;
+use crate::io::socket::{bind_udp, SocketConfig};
+use crate::io::uring::{UringConfig, UringDriver};
+use crate::io::{Driver, DriverKind, Waker};
+use worker::WorkerShared;
+
+/// How the media plane is laid out.
+#[derive(Clone, Debug)]
+pub struct ForwarderConfig {
+    /// CPU ids to run workers on, one worker each. Empty: one per available CPU.
+    pub cores: Vec<usize>,
+    /// Pin each worker to its CPU.
+    pub pin: bool,
+    /// Address the UDP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Worker `i` binds `base_port + i`; 0 lets the kernel choose each port.
+    pub base_port: u16,
+    pub driver: DriverKind,
+    pub recv_buffer: usize,
+    pub send_buffer: usize,
+    pub busy_poll_us: Option<u32>,
+    pub engine: EngineConfig,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        Self {
+            cores: Vec::new(),
+            pin: true,
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            base_port: 0,
+            driver: DriverKind::Auto,
+            recv_buffer: 8 << 20,
+            send_buffer: 8 << 20,
+            busy_poll_us: None,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+struct Worker {
+    commands: Sender<pb::Command>,
+    waker: Arc<dyn Waker>,
+    shared: Arc<WorkerShared>,
+    local: SocketAddr,
+    driver: &'static str,
+    join: Option<JoinHandle<()>>,
+}
+
+/// A running media plane.
+pub struct Forwarder {
+    workers: Vec<Worker>,
+    router: Option<JoinHandle<()>>,
+    stop_router: Sender<()>,
+    client: ControlClient,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("cores", &self.core_addrs())
+            .finish()
+    }
+}
+
+impl Forwarder {
+    /// Binds every worker's socket, starts the workers and the router.
+    pub fn start(cfg: ForwarderConfig) -> io::Result<Self> {
+        let cpus: Vec<usize> = if cfg.cores.is_empty() {
+            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+        } else {
+            cfg.cores.clone()
+        };
+        let kind = cfg.driver.resolve();
+        let (events_tx, events_rx) = bounded::<pb::Event>(65_536);
+        let mut workers = Vec::with_capacity(cpus.len());
+        for (i, &cpu) in cpus.iter().enumerate() {
+            let port = if cfg.base_port == 0 {
+                0
+            } else {
+                cfg.base_port
+                    .checked_add(i as u16)
+                    .ok_or_else(|| io::Error::other("port range overflows"))?
+            };
+            let sock = bind_udp(&SocketConfig {
+                bind: SocketAddr::new(cfg.bind_ip, port),
+                recv_buffer: cfg.recv_buffer,
+                send_buffer: cfg.send_buffer,
+                busy_poll_us: cfg.busy_poll_us,
+                reuse_port: false,
+            })?;
+            let (cmd_tx, cmd_rx) = bounded::<pb::Command>(4096);
+            let shared = Arc::new(WorkerShared::default());
+            let events = events_tx.clone();
+            let pin = cfg.pin;
+            let ecfg = cfg.engine;
+            let worker = match kind {
+                DriverKind::Mmsg => {
+                    let d = MmsgDriver::new(sock)?;
+                    spawn(i, cpu, pin, d, ecfg, cmd_rx, events, shared.clone(), cmd_tx)?
+                }
+                _ => {
+                    let d = UringDriver::new(sock, &UringConfig::default())?;
+                    spawn(i, cpu, pin, d, ecfg, cmd_rx, events, shared.clone(), cmd_tx)?
+                }
+            };
+            workers.push(worker);
+        }
+        let (client, server) = control::channel(4096);
+        let (stop_tx, stop_rx) = bounded(1);
+        let route = Router {
+            server,
+            events: events_rx,
+            cmd: workers
+                .iter()
+                .map(|w| (w.commands.clone(), w.waker.clone(), w.shared.clone()))
+                .collect(),
+            rooms: HashMap::new(),
+            pending_stats: HashMap::new(),
+        };
+        let router = std::thread::Builder::new()
+            .name("prism-router".into())
+            .spawn(move || route.run(stop_rx))?;
+        Ok(Self {
+            workers,
+            router: Some(router),
+            stop_router: stop_tx,
+            client,
+        })
+    }
+
+    /// A handle for sending commands and receiving events.
+    pub fn client(&self) -> ControlClient {
+        self.client.clone()
+    }
+
+    /// Each core's UDP address, in core order.
+    pub fn core_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|w| w.local).collect()
+    }
+
+    /// The I/O driver the cores use.
+    pub fn driver_name(&self) -> &'static str {
+        self.workers.first().map_or("none", |w| w.driver)
+    }
+
+    /// Stops the router and every worker and waits for them.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.stop_router.try_send(());
+        if let Some(r) = self.router.take() {
+            let _ = r.join();
+        }
+        for w in &mut self.workers {
+            w.shared.stop.store(true, Ordering::Relaxed);
+            w.waker.wake();
+        }
+        for w in &mut self.workers {
+            if let Some(j) = w.join.take() {
+                let _ = j.join();
+            }
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn<D: Driver + Send + 'static>(
+    i: usize,
+    cpu: usize,
+    pin: bool,
+    driver: D,
+    ecfg: EngineConfig,
+    cmd_rx: Receiver<pb::Command>,
+    events: Sender<pb::Event>,
+    shared: Arc<WorkerShared>,
+    cmd_tx: Sender<pb::Command>,
+) -> io::Result<Worker> {
+    let local = driver.local_addr();
+    let waker = driver.waker();
+    let name = driver.name();
+    let engine = Engine::new(i as u32, local, ecfg);
+    let sh = shared.clone();
+    let join = std::thread::Builder::new()
+        .name(format!("prism-core-{i}"))
+        .spawn(move || {
+            if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                tracing::warn!(cpu, "could not pin worker to its CPU");
+            }
+            worker::run(driver, engine, cmd_rx, events, sh);
+        })?;
+    Ok(Worker {
+        commands: cmd_tx,
+        waker,
+        shared,
+        local,
+        driver: name,
+        join: Some(join),
+    })
+}
+
+struct Router {
+    server: ControlServer,
+    events: Receiver<pb::Event>,
+    cmd: Vec<(Sender<pb::Command>, Arc<dyn Waker>, Arc<WorkerShared>)>,
+    rooms: HashMap<u64, usize>,
+    /// request id → (answers still expected, merged stats so far).
+    pending_stats: HashMap<u64, (usize, pb::Stats)>,
+}
+
+impl Router {
+    fn run(mut self, stop: Receiver<()>) {
+        let commands = self.server.commands().clone();
+        loop {
+            select! {
+                recv(commands) -> c => match c {
+                    Ok(c) => self.route(c),
+                    Err(_) => return,
+                },
+                recv(self.events) -> e => match e {
+                    Ok(e) => self.from_core(e),
+                    Err(_) => return,
+                },
+                recv(stop) -> _ => return,
+            }
+        }
+    }
+
+    fn reply(&self, ev: pb::Event) {
+        let _ = self.server.send_event(ev);
+    }
+
+    fn to_core(&self, core: usize, cmd: pb::Command) {
+        let Some((tx, waker, _)) = self.cmd.get(core) else {
+            return;
+        };
+        let id = cmd.request_id;
+        if tx.send(cmd).is_err() {
+            self.reply(control::error_event(id, "core stopped"));
+        } else {
+            waker.wake();
+        }
+    }
+
+    fn route(&mut self, cmd: pb::Command) {
+        let id = cmd.request_id;
+        let room = match &cmd.body {
+            None => return self.reply(control::error_event(id, "command without a body")),
+            Some(Body::GetStats(_)) => {
+                self.pending_stats
+                    .insert(id, (self.cmd.len(), pb::Stats::default()));
+                for core in 0..self.cmd.len() {
+                    self.to_core(core, cmd.clone());
+                }
+                return;
+            }
+            Some(Body::CreateRoom(c)) => {
+                let core = if let Some(&core) = self.rooms.get(&c.room_id) {
+                    core
+                } else if c.pin_core {
+                    if c.core as usize >= self.cmd.len() {
+                        return self.reply(control::error_event(
+                            id,
+                            format!("no core {} (have {})", c.core, self.cmd.len()),
+                        ));
+                    }
+                    c.core as usize
+                } else {
+                    self.least_loaded()
+                };
+                self.rooms.insert(c.room_id, core);
+                // Count the room at once so a burst of creations spreads out.
+                if let Some((_, _, sh)) = self.cmd.get(core) {
+                    sh.load.fetch_add(1, Ordering::Relaxed);
+                }
+                return self.to_core(core, cmd);
+            }
+            Some(Body::CloseRoom(c)) => {
+                let r = c.room_id;
+                match self.rooms.remove(&r) {
+                    Some(core) => return self.to_core(core, cmd),
+                    None => r,
+                }
+            }
+            Some(Body::CreatePlainTransport(c)) => c.room_id,
+            Some(Body::AddTrack(c)) => c.room_id,
+            Some(Body::AddDownTrack(c)) => c.room_id,
+            Some(Body::SetPreferredLayer(c)) => c.room_id,
+            Some(Body::SetPaused(c)) => c.room_id,
+            Some(Body::CloseTransport(c)) => c.room_id,
+            Some(Body::RemoveTrack(c)) => c.room_id,
+            Some(Body::RemoveDownTrack(c)) => c.room_id,
+        };
+        match self.rooms.get(&room) {
+            Some(&core) => self.to_core(core, cmd),
+            None => self.reply(control::error_event(id, format!("no room {room}"))),
+        }
+    }
+
+    fn least_loaded(&self) -> usize {
+        self.cmd
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, _, sh))| sh.load.load(Ordering::Relaxed))
+            .map_or(0, |(i, _)| i)
+    }
+
+    fn from_core(&mut self, ev: pb::Event) {
+        if let Some((left, merged)) = self.pending_stats.get_mut(&ev.request_id) {
+            if let Some(pb::event::Body::Stats(s)) = ev.body {
+                merged.cores.extend(s.cores);
+                merged.transports.extend(s.transports);
+            }
+            *left -= 1;
+            if *left == 0 {
+                if let Some((_, mut merged)) = self.pending_stats.remove(&ev.request_id) {
+                    merged.cores.sort_by_key(|c| c.core);
+                    self.reply(pb::Event {
+                        request_id: ev.request_id,
+                        body: Some(pb::event::Body::Stats(merged)),
+                    });
+                }
+            }
+            return;
+        }
+        self.reply(ev);
+    }
+}

@@ -1,0 +1,103 @@
+//! One core's thread: a pinned loop that owns a [`Driver`] and an [`Engine`].
+//!
+//! Each turn reads the clock once, drains the command queue, runs the engine's timers,
+//! then lets the driver wait for datagrams (bounded by the next timer; cut short by the
+//! waker when a command arrives) and hands each one to the engine. Events the engine
+//! produced go back to the router afterwards. Nothing here is shared with other cores.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use prism_proto::control as pb;
+
+use crate::engine::Engine;
+use crate::io::{Driver, IoStats};
+
+/// Longest sleep in one turn when no timer is due.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Commands applied per turn at most, so a burst of control cannot starve media.
+const COMMANDS_PER_TURN: usize = 256;
+
+/// What a worker shares with the router: its load for room placement.
+#[derive(Debug, Default)]
+pub struct WorkerShared {
+    pub load: AtomicUsize,
+    pub stop: AtomicBool,
+}
+
+pub(crate) fn run<D: Driver>(
+    mut driver: D,
+    mut engine: Engine,
+    commands: Receiver<pb::Command>,
+    events: Sender<pb::Event>,
+    shared: Arc<WorkerShared>,
+) {
+    tracing::info!(
+        core = engine.core,
+        local = %driver.local_addr(),
+        driver = driver.name(),
+        "core started"
+    );
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let mut applied = 0;
+        while applied < COMMANDS_PER_TURN {
+            let Ok(cmd) = commands.try_recv() else { break };
+            applied += 1;
+            let stats_request = matches!(cmd.body, Some(pb::command::Body::GetStats(_)));
+            let mut ev = engine.handle_command(now, cmd);
+            if stats_request {
+                fill_io_stats(&mut ev, driver.name(), &driver.stats());
+            }
+            if events.send(ev).is_err() {
+                return;
+            }
+        }
+        if applied > 0 {
+            shared.load.store(engine.load(), Ordering::Relaxed);
+        }
+        engine.handle_timeout(now, driver.egress());
+        let wait = engine
+            .poll_timeout()
+            .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
+        let mut turn_now: Option<Instant> = None;
+        let res = driver.turn(Some(wait), &mut |from: SocketAddr, data: &mut [u8], eg: &mut D::Egress| {
+            let now = *turn_now.get_or_insert_with(Instant::now);
+            engine.handle_datagram(now, from, data, eg);
+        });
+        if let Err(e) = res {
+            tracing::error!(core = engine.core, error = %e, "I/O turn failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for ev in engine.drain_events() {
+            // Unsolicited events are advisory: if the router is behind, drop them.
+            let _ = events.try_send(ev);
+        }
+    }
+    let _ = driver.flush();
+    tracing::info!(core = engine.core, "core stopped");
+}
+
+fn fill_io_stats(ev: &mut pb::Event, driver: &str, io: &IoStats) {
+    if let Some(pb::event::Body::Stats(s)) = ev.body.as_mut() {
+        for c in &mut s.cores {
+            c.loop_turns = io.turns;
+            c.batches_received = io.recv_batches;
+            c.datagrams_received = io.datagrams_received;
+            c.batches_sent = io.send_batches;
+            c.datagrams_sent = io.datagrams_sent;
+            c.driver = driver.to_string();
+            if let Some(counters) = c.counters.as_mut() {
+                if io.oversized > 0 {
+                    counters.drops.push(pb::DropCount {
+                        reason: crate::engine::DropReason::Oversized.name().to_string(),
+                        count: io.oversized,
+                    });
+                }
+            }
+        }
+    }
+}
