@@ -11,6 +11,7 @@
 //! Unsafe code is denied everywhere except `io`.
 
 pub mod codec;
+pub mod control;
 pub mod ids;
 pub mod io;
 pub mod wire;
