@@ -288,7 +288,9 @@ mod tests {
         let body = vec![0u8; MAX_FRAME];
         let mut buf = Vec::new();
         write_raw_frame(&mut buf, &body).unwrap();
-        let got = read_raw_frame(&mut buf.as_slice(), MAX_FRAME).unwrap().unwrap();
+        let got = read_raw_frame(&mut buf.as_slice(), MAX_FRAME)
+            .unwrap()
+            .unwrap();
         assert_eq!(got.len(), MAX_FRAME);
         assert!(matches!(
             write_raw_frame(&mut Vec::new(), &vec![0u8; MAX_FRAME + 1]),

@@ -264,10 +264,7 @@ impl ControlClient {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic elsewhere (every update is one
         // insert/remove), so a poisoned lock is still usable.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn wait(&self, want: Want, deadline: Instant) -> Result<Event, ControlError> {

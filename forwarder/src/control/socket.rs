@@ -480,7 +480,10 @@ fn admit(stream: Stream, hub: &Arc<Hub>, client: &ControlClient, secret: &Option
     };
     let mut router = hub.lock();
     if router.conns.len() >= MAX_CONNECTIONS {
-        tracing::warn!(conn = id, "too many control connections, closing the new one");
+        tracing::warn!(
+            conn = id,
+            "too many control connections, closing the new one"
+        );
         stream.shutdown();
         return;
     }
@@ -593,7 +596,6 @@ fn forward(id: u64, mut cmd: Command, hub: &Hub, client: &ControlClient) -> bool
     hub.lock().routes.insert(global, (id, local));
     cmd.request_id = global;
     // Wait for room in the command queue, but notice a shutdown while the forwarder stalls.
-    let mut cmd = cmd;
     loop {
         match client.tx.send_timeout(cmd, PUMP_TICK) {
             Ok(()) => return true,
@@ -717,7 +719,11 @@ impl SocketControlClient {
 
     /// Sends `body` under a fresh request id and waits up to `timeout` for its answer.
     /// Events received meanwhile are kept for [`Self::next_event`].
-    pub fn request(&mut self, body: command::Body, timeout: Duration) -> Result<Event, ControlError> {
+    pub fn request(
+        &mut self,
+        body: command::Body,
+        timeout: Duration,
+    ) -> Result<Event, ControlError> {
         let deadline = Instant::now() + timeout;
         let id = self.next_id;
         self.next_id += 1;
