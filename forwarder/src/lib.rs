@@ -12,6 +12,7 @@
 //! Unsafe code is denied everywhere except `io`.
 
 pub mod codec;
+pub mod control;
 pub mod engine;
 pub mod ids;
 pub mod io;
