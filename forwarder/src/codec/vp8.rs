@@ -241,7 +241,8 @@ impl Vp8Munger {
                 } else {
                     PICTURE_ID_MOD_7
                 };
-                let out = self.picture_id.map(p & 0x7fff, modulus, switched);
+                // Reduce first so a hand-built descriptor cannot exceed its field width.
+                let out = self.picture_id.map(p % modulus as u16, modulus, switched);
                 out.rem_euclid(PICTURE_ID_MOD_15) as u16
             }
             None => 0,
