@@ -17,4 +17,5 @@ pub mod engine;
 pub mod ids;
 pub mod io;
 pub mod runtime;
+pub mod testing;
 pub mod wire;

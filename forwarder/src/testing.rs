@@ -1,0 +1,241 @@
+//! Synthetic media and a collecting [`Egress`], for tests and benchmarks.
+//!
+//! [`SimulcastSource`] produces what a VP8 simulcast publisher sends: up to three layers
+//! with their own SSRCs, sequence numbers, timestamps bases and picture ids, three temporal
+//! layers (L1T3 pattern), keyframes at a set interval (staggered per layer, as real encoders
+//! are not in lockstep) or on demand, and frames split into packets. Each payload ends with
+//! a tag (layer, frame number, packet index) so a test can tell exactly which source packet
+//! an output packet came from.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use crate::ids::{Pt, Ssrc};
+use crate::io::{Egress, MAX_DATAGRAM};
+
+/// Bytes at the end of each synthetic payload: layer (1), frame (8), packet index (2).
+pub const TAG_LEN: usize = 11;
+
+/// Which source packet a synthetic payload came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tag {
+    pub layer: u8,
+    pub frame: u64,
+    pub index: u16,
+}
+
+impl Tag {
+    /// Reads the tag at the end of an RTP packet's bytes (padding-free packets only).
+    pub fn read(packet: &[u8]) -> Option<Tag> {
+        let t = packet.get(packet.len().checked_sub(TAG_LEN)?..)?;
+        let mut f = [0u8; 8];
+        f.copy_from_slice(&t[1..9]);
+        Some(Tag {
+            layer: t[0],
+            frame: u64::from_be_bytes(f),
+            index: u16::from_be_bytes([t[9], t[10]]),
+        })
+    }
+}
+
+/// One synthetic simulcast layer.
+#[derive(Clone, Debug)]
+pub struct LayerSpec {
+    pub ssrc: Ssrc,
+    /// Packets per frame (delta frames); keyframes get three times as many.
+    pub packets_per_frame: usize,
+    /// Payload bytes per packet, tag included.
+    pub payload_size: usize,
+}
+
+#[derive(Clone, Debug)]
+struct LayerState {
+    spec: LayerSpec,
+    seq: u16,
+    ts: u32,
+    picture_id: u16,
+    tl0: u8,
+    force_key: bool,
+}
+
+/// A VP8 simulcast publisher.
+#[derive(Clone, Debug)]
+pub struct SimulcastSource {
+    layers: Vec<LayerState>,
+    pub payload_type: Pt,
+    /// A keyframe every this many frames per layer (0: only on demand).
+    pub keyframe_interval: u64,
+    /// Timestamp ticks per frame (90 kHz / 30 fps).
+    pub ticks_per_frame: u32,
+    frame: u64,
+}
+
+impl SimulcastSource {
+    /// Layers start from different sequence, timestamp and picture-id bases, chosen near
+    /// their wrap points so that tests cross them.
+    pub fn new(layers: Vec<LayerSpec>, keyframe_interval: u64) -> Self {
+        let layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| LayerState {
+                spec,
+                seq: 65_000u16.wrapping_add(i as u16 * 20_000),
+                ts: u32::MAX - 200_000 + i as u32 * 1_234_567,
+                picture_id: 32_700u16.wrapping_add(i as u16 * 10_000) & 0x7fff,
+                tl0: 250u8.wrapping_add(i as u8 * 100),
+                force_key: true,
+            })
+            .collect();
+        Self {
+            layers,
+            payload_type: Pt(96),
+            keyframe_interval,
+            ticks_per_frame: 3000,
+            frame: 0,
+        }
+    }
+
+    /// Three layers of 1, 2 and 4 packets per frame, 1200-byte payloads.
+    pub fn three_layers(base_ssrc: u32, keyframe_interval: u64) -> Self {
+        Self::new(
+            (0..3)
+                .map(|i| LayerSpec {
+                    ssrc: Ssrc(base_ssrc + i),
+                    packets_per_frame: 1 << i,
+                    payload_size: 1200,
+                })
+                .collect(),
+            keyframe_interval,
+        )
+    }
+
+    pub fn ssrcs(&self) -> Vec<Ssrc> {
+        self.layers.iter().map(|l| l.spec.ssrc).collect()
+    }
+
+    /// The next frame number to be produced.
+    pub fn frame(&self) -> u64 {
+        self.frame
+    }
+
+    /// Makes the next frame of `layer` a keyframe (as a PLI would).
+    pub fn request_keyframe(&mut self, layer: usize) {
+        if let Some(l) = self.layers.get_mut(layer) {
+            l.force_key = true;
+        }
+    }
+
+    /// Temporal layer of a frame in the L1T3 pattern 0, 2, 1, 2.
+    pub fn temporal_of(frame: u64) -> u8 {
+        [0, 2, 1, 2][(frame % 4) as usize]
+    }
+
+    /// Whether `layer` sends a keyframe in `frame` on schedule: layers are staggered by 8
+    /// frames, and the interval is rounded up to a multiple of 4 so that scheduled
+    /// keyframes fall on base-layer frames.
+    pub fn scheduled_keyframe(&self, layer: usize, frame: u64) -> bool {
+        let n = self.keyframe_interval.div_ceil(4) * 4;
+        n > 0 && (frame + layer as u64 * 8) % n == 0
+    }
+
+    /// Produces every packet of the next frame on every layer, interleaved by layer, each
+    /// as `(layer, bytes)`.
+    pub fn next_frame(&mut self) -> Vec<(usize, Vec<u8>)> {
+        let frame = self.frame;
+        self.frame += 1;
+        let mut out = Vec::new();
+        for li in 0..self.layers.len() {
+            let key = self.layers[li].force_key || self.scheduled_keyframe(li, frame);
+            // A keyframe is always a base-layer picture.
+            let tid = if key { 0 } else { Self::temporal_of(frame) };
+            let l = &mut self.layers[li];
+            l.force_key = false;
+            if tid == 0 {
+                l.tl0 = l.tl0.wrapping_add(1);
+            }
+            l.picture_id = (l.picture_id + 1) & 0x7fff;
+            l.ts = l.ts.wrapping_add(self.ticks_per_frame);
+            let n = if key {
+                l.spec.packets_per_frame * 3
+            } else {
+                l.spec.packets_per_frame
+            };
+            for i in 0..n {
+                let mut p = Vec::with_capacity(12 + l.spec.payload_size);
+                p.push(0x80);
+                p.push(self.payload_type.0 | if i + 1 == n { 0x80 } else { 0 });
+                p.extend_from_slice(&l.seq.to_be_bytes());
+                p.extend_from_slice(&l.ts.to_be_bytes());
+                p.extend_from_slice(&l.spec.ssrc.0.to_be_bytes());
+                l.seq = l.seq.wrapping_add(1);
+                // VP8 payload descriptor: X, S on the first packet, PID 0.
+                p.push(0x80 | if i == 0 { 0x10 } else { 0 });
+                // I (picture id), L (TL0PICIDX), T (TID), no K.
+                p.push(0x80 | 0x40 | 0x20);
+                p.extend_from_slice(&(0x8000 | l.picture_id).to_be_bytes());
+                p.push(l.tl0);
+                // TID (2 bits), Y (layer sync) set on TID 1 frames, KEYIDX 0.
+                p.push((tid << 6) | if tid == 1 { 0x20 } else { 0 });
+                if i == 0 {
+                    // VP8 frame tag: show_frame, P = 0 on keyframes; keyframes also carry
+                    // the start code and a 1280x720 size.
+                    p.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x00, 0x00]);
+                    if key {
+                        p.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x00, 0x05, 0xd0, 0x02]);
+                    }
+                }
+                let fill = (12 + l.spec.payload_size).saturating_sub(p.len() + TAG_LEN);
+                p.extend(std::iter::repeat_n((frame as u8) ^ (i as u8), fill));
+                p.push(li as u8);
+                p.extend_from_slice(&frame.to_be_bytes());
+                p.extend_from_slice(&(i as u16).to_be_bytes());
+                out.push((li, p));
+            }
+        }
+        out
+    }
+}
+
+/// An [`Egress`] that keeps every datagram queued, for tests. `send_split` bodies are read
+/// from the copy of the current datagram given to [`CollectEgress::begin`].
+#[derive(Debug, Default)]
+pub struct CollectEgress {
+    current: Vec<u8>,
+    pub sent: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl CollectEgress {
+    /// Sets the datagram that `send_split` bodies refer to.
+    pub fn begin(&mut self, datagram: &[u8]) {
+        self.current.clear();
+        self.current.extend_from_slice(datagram);
+    }
+
+    /// Takes everything sent so far.
+    pub fn take(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::mem::take(&mut self.sent)
+    }
+}
+
+impl Egress for CollectEgress {
+    fn send_split(&mut self, to: SocketAddr, head: &[u8], body: Range<usize>) -> bool {
+        let Some(b) = self.current.get(body) else {
+            return false;
+        };
+        let mut d = head.to_vec();
+        d.extend_from_slice(b);
+        self.sent.push((to, d));
+        true
+    }
+
+    fn send_with(&mut self, to: SocketAddr, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+        let mut d = vec![0u8; MAX_DATAGRAM];
+        let n = fill(&mut d);
+        if n == 0 || n > d.len() {
+            return false;
+        }
+        d.truncate(n);
+        self.sent.push((to, d));
+        true
+    }
+}
