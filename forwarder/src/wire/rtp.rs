@@ -245,11 +245,7 @@ impl<T: AsRef<[u8]>> RtpPacket<T> {
                 .get(self.ext_start..self.header_len)
                 .unwrap_or(&[])
         };
-        ExtIter {
-            data,
-            pos: 0,
-            form,
-        }
+        ExtIter { data, pos: 0, form }
     }
 
     /// Absolute range of the first element with `id`.
@@ -456,8 +452,7 @@ impl RtpRepr {
         let extensions: Vec<_> = p.extensions().map(|(id, d)| (id, d.to_vec())).collect();
         // Canonical form has no empty block, so the flag only means something with elements.
         let two_byte = !extensions.is_empty()
-            && p
-                .extension_profile()
+            && p.extension_profile()
                 .is_some_and(|pr| ExtForm::of(pr) == ExtForm::TwoByte);
         Self {
             marker: p.marker(),
@@ -528,7 +523,11 @@ impl RtpRepr {
         if !self.extensions.is_empty() {
             b0 |= 0x10;
         }
-        write_bytes(out, 0, &[b0, (u8::from(self.marker) << 7) | self.payload_type.0])?;
+        write_bytes(
+            out,
+            0,
+            &[b0, (u8::from(self.marker) << 7) | self.payload_type.0],
+        )?;
         write_sequence_number(out, self.sequence_number)?;
         write_timestamp(out, self.timestamp)?;
         write_ssrc(out, self.ssrc)?;
@@ -815,8 +814,14 @@ mod tests {
 
     #[test]
     fn rejects_short_and_bad_version() {
-        assert_eq!(RtpPacket::new_checked(&[][..]).unwrap_err(), Error::Truncated);
-        assert_eq!(RtpPacket::new_checked(&SIMPLE[..11]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            RtpPacket::new_checked(&[][..]).unwrap_err(),
+            Error::Truncated
+        );
+        assert_eq!(
+            RtpPacket::new_checked(&SIMPLE[..11]).unwrap_err(),
+            Error::Truncated
+        );
         for v in [0u8, 1, 3] {
             let mut pkt = SIMPLE.to_vec();
             pkt[0] = (pkt[0] & 0x3F) | (v << 6);
@@ -826,7 +831,10 @@ mod tests {
 
     #[test]
     fn rejects_truncated_csrc_list() {
-        assert_eq!(RtpPacket::new_checked(&CSRC_PADDED[..19]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            RtpPacket::new_checked(&CSRC_PADDED[..19]).unwrap_err(),
+            Error::Truncated
+        );
         let mut pkt = SIMPLE.to_vec();
         pkt[0] |= 0x02; // 2 CSRCs = 8 bytes, only 4 present
         assert_eq!(RtpPacket::new_checked(pkt).unwrap_err(), Error::Truncated);
@@ -836,7 +844,10 @@ mod tests {
     fn rejects_extension_past_end() {
         let mut pkt = ONE_BYTE.to_vec();
         pkt[15] = 3; // 3 words = 12 bytes, only 9 follow the block header
-        assert_eq!(RtpPacket::new_checked(pkt).unwrap_err(), Error::BadExtension);
+        assert_eq!(
+            RtpPacket::new_checked(pkt).unwrap_err(),
+            Error::BadExtension
+        );
         // Extension bit set but no room for the block header.
         let mut pkt = SIMPLE[..14].to_vec();
         pkt[0] |= 0x10;
@@ -887,11 +898,21 @@ mod tests {
 
     fn exercise<T: AsRef<[u8]>>(p: &RtpPacket<T>) {
         let _ = (p.version(), p.padding(), p.has_extension(), p.marker());
-        let _ = (p.payload_type(), p.sequence_number(), p.timestamp(), p.ssrc());
+        let _ = (
+            p.payload_type(),
+            p.sequence_number(),
+            p.timestamp(),
+            p.ssrc(),
+        );
         for i in 0..17 {
             let _ = p.csrc(i);
         }
-        let _ = (p.header_len(), p.payload_range(), p.payload(), p.padding_len());
+        let _ = (
+            p.header_len(),
+            p.payload_range(),
+            p.payload(),
+            p.padding_len(),
+        );
         let _ = p.extension_profile();
         for (id, d) in p.extensions() {
             assert!(p.extension(id).is_some());
@@ -921,14 +942,20 @@ mod tests {
             }),
         ];
         (
-            (any::<bool>(), 0u8..128, any::<u16>(), any::<u32>(), any::<u32>()),
+            (
+                any::<bool>(),
+                0u8..128,
+                any::<u16>(),
+                any::<u32>(),
+                any::<u32>(),
+            ),
             proptest::collection::vec(any::<u32>(), 0..=15),
             exts,
             proptest::collection::vec(any::<u8>(), 0..64),
             any::<u8>(),
         )
-            .prop_map(|((m, pt, seq, ts, ssrc), csrcs, (extensions, two), payload, pad)| {
-                RtpRepr {
+            .prop_map(
+                |((m, pt, seq, ts, ssrc), csrcs, (extensions, two), payload, pad)| RtpRepr {
                     marker: m,
                     payload_type: Pt(pt),
                     sequence_number: seq,
@@ -939,8 +966,8 @@ mod tests {
                     two_byte_extensions: two,
                     payload,
                     padding: pad,
-                }
-            })
+                },
+            )
     }
 
     proptest! {
