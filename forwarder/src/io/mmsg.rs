@@ -211,6 +211,72 @@ impl MmsgDriver {
         &self.socket
     }
 
+    /// Read and handle batches until the socket is drained or the per-turn cap is hit.
+    fn drain<H>(&mut self, handler: &mut H) -> usize
+    where
+        H: FnMut(SocketAddr, &mut [u8], &mut MmsgEgress),
+    {
+        let mut handled = 0;
+        for _ in 0..self.cfg.max_batches_per_turn {
+            let n = match self.recv_batch() {
+                Ok(n) => n,
+                Err(err) => {
+                    // A pending socket error (e.g. from ICMP) is reported once; carry on.
+                    self.egress.stats.recv_errors += 1;
+                    tracing::trace!(%err, "recvmmsg error");
+                    break;
+                }
+            };
+            if n < self.rx_hdrs.len() {
+                // Short batch: the queue was empty when recvmmsg stopped, so anything
+                // newer raises a fresh edge.
+                self.readable = false;
+            }
+            if n == 0 {
+                break;
+            }
+            let stats = &mut self.egress.stats;
+            stats.recv_batches += 1;
+            stats.max_recv_batch = stats.max_recv_batch.max(n as u64);
+            for i in 0..n {
+                let h = &self.rx_hdrs[i];
+                if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    self.egress.stats.oversized += 1;
+                    continue;
+                }
+                let len = (h.msg_len as usize).min(MAX_DATAGRAM);
+                let namelen =
+                    (h.msg_hdr.msg_namelen as usize).min(mem::size_of::<libc::sockaddr_storage>());
+                // SAFETY: `rx_addrs[i]` is a live sockaddr_storage of which the kernel
+                // filled `namelen` bytes.
+                let name = unsafe {
+                    std::slice::from_raw_parts(ptr::addr_of!(self.rx_addrs[i]).cast(), namelen)
+                };
+                let Some(from) = read_sockaddr(name) else {
+                    self.egress.stats.recv_errors += 1;
+                    continue;
+                };
+                let payload = self.rx_iovs[i].iov_base.cast::<u8>();
+                self.egress.current = Some(Current { payload, len });
+                // SAFETY: the kernel wrote `len` ≤ MAX_DATAGRAM bytes into this buffer,
+                // which is not touched again (by us or the kernel) until the handler
+                // returned and the sends pointing into it were flushed.
+                let data = unsafe { std::slice::from_raw_parts_mut(payload, len) };
+                handler(from, data, &mut self.egress);
+                self.egress.current = None;
+                self.egress.stats.datagrams_received += 1;
+                self.egress.stats.bytes_received += len as u64;
+                handled += 1;
+            }
+            // The next recvmmsg reuses these buffers: send everything pointing into them.
+            self.egress.flush_queue();
+            if !self.readable {
+                break;
+            }
+        }
+        handled
+    }
+
     /// One `recvmmsg`; Ok(0) when nothing is waiting.
     fn recv_batch(&mut self) -> io::Result<usize> {
         for h in self.rx_hdrs.iter_mut() {
@@ -265,72 +331,21 @@ impl Driver for MmsgDriver {
         self.egress.stats.turns += 1;
         // Sends queued outside a turn go first, so a long wait does not delay them.
         self.egress.flush_queue();
-        if !self.readable {
+        let mut handled = if self.readable {
+            self.drain(handler)
+        } else {
+            0
+        };
+        if handled == 0 && !self.readable {
             match self.poll.poll(&mut self.events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
             self.readable = self.events.iter().any(|e| e.token() == SOCKET);
-        }
-
-        let mut handled = 0;
-        for _ in 0..self.cfg.max_batches_per_turn {
-            if !self.readable {
-                break;
+            if self.readable {
+                handled = self.drain(handler);
             }
-            let n = match self.recv_batch() {
-                Ok(n) => n,
-                Err(err) => {
-                    // A pending socket error (e.g. from ICMP) is reported once; carry on.
-                    self.egress.stats.recv_errors += 1;
-                    tracing::trace!(%err, "recvmmsg error");
-                    break;
-                }
-            };
-            if n < self.rx_hdrs.len() {
-                // Short batch: the queue was empty when recvmmsg stopped, so anything
-                // newer raises a fresh edge.
-                self.readable = false;
-            }
-            if n == 0 {
-                break;
-            }
-            let stats = &mut self.egress.stats;
-            stats.recv_batches += 1;
-            stats.max_recv_batch = stats.max_recv_batch.max(n as u64);
-            for i in 0..n {
-                let h = &self.rx_hdrs[i];
-                if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                    self.egress.stats.oversized += 1;
-                    continue;
-                }
-                let len = (h.msg_len as usize).min(MAX_DATAGRAM);
-                let namelen =
-                    (h.msg_hdr.msg_namelen as usize).min(mem::size_of::<libc::sockaddr_storage>());
-                // SAFETY: `rx_addrs[i]` is a live sockaddr_storage of which the kernel
-                // filled `namelen` bytes.
-                let name = unsafe {
-                    std::slice::from_raw_parts(ptr::addr_of!(self.rx_addrs[i]).cast(), namelen)
-                };
-                let Some(from) = read_sockaddr(name) else {
-                    self.egress.stats.recv_errors += 1;
-                    continue;
-                };
-                let payload = self.rx_iovs[i].iov_base.cast::<u8>();
-                self.egress.current = Some(Current { payload, len });
-                // SAFETY: the kernel wrote `len` ≤ MAX_DATAGRAM bytes into this buffer,
-                // which is not touched again (by us or the kernel) until the handler
-                // returned and the sends pointing into it were flushed.
-                let data = unsafe { std::slice::from_raw_parts_mut(payload, len) };
-                handler(from, data, &mut self.egress);
-                self.egress.current = None;
-                self.egress.stats.datagrams_received += 1;
-                self.egress.stats.bytes_received += len as u64;
-                handled += 1;
-            }
-            // The next recvmmsg reuses these buffers: send everything pointing into them.
-            self.egress.flush_queue();
         }
         Ok(handled)
     }
