@@ -14,14 +14,21 @@
 
 #![allow(unsafe_code)]
 
+use std::alloc::{self, Layout};
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::ptr::NonNull;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 pub mod mmsg;
 pub mod socket;
 pub mod uring;
+
+pub use mmsg::{MmsgConfig, MmsgDriver};
+pub use socket::{bind_udp, SocketConfig};
+pub use uring::{UringConfig, UringDriver};
 
 /// Largest datagram received or sent. Larger datagrams are truncated by the kernel and
 /// dropped by the driver as `Oversized`.
@@ -70,6 +77,11 @@ pub struct IoStats {
     pub max_recv_batch: u64,
     /// Largest send batch submitted.
     pub max_send_batch: u64,
+    /// Times the kernel had no free receive buffer (io_uring: ENOBUFS ended the multishot
+    /// receive, which was re-armed once buffers came back).
+    pub recv_no_buffers: u64,
+    /// Receive errors reported by the kernel (counted, the loop carries on).
+    pub recv_errors: u64,
 }
 
 /// One core's socket and its I/O loop.
@@ -111,3 +123,61 @@ pub enum DriverKind {
     IoUring,
     Mmsg,
 }
+
+impl DriverKind {
+    /// The concrete driver this kind stands for here: `Auto` becomes `IoUring` when
+    /// [`uring_available`] says the kernel supports what we need, else `Mmsg`.
+    pub fn resolve(self) -> DriverKind {
+        match self {
+            DriverKind::Auto if uring_available() => DriverKind::IoUring,
+            DriverKind::Auto => DriverKind::Mmsg,
+            kind => kind,
+        }
+    }
+}
+
+/// Whether io_uring with multishot `recvmsg`, provided-buffer rings and `sendmsg` works in
+/// this process (kernel version, seccomp, `io_uring_disabled`). Probed once, then cached.
+pub fn uring_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(uring::probe)
+}
+
+/// A zeroed, fixed heap region shared with the kernel.
+///
+/// Kept as a raw pointer rather than a `Box` or `Vec` so that handing `&mut` views of one
+/// part to the engine never asserts exclusive access to the parts the kernel is reading
+/// or writing at the same time. It never moves or grows; it is freed on drop, so owners
+/// must make sure the kernel is done with it first (or leak it).
+#[derive(Debug)]
+pub(crate) struct RawBuf {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl RawBuf {
+    /// Allocate `len` zeroed bytes aligned to `align` (a power of two).
+    pub(crate) fn zeroed(len: usize, align: usize) -> io::Result<Self> {
+        let layout = Layout::from_size_align(len.max(1), align)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad buffer layout"))?;
+        // SAFETY: the layout has a non-zero size (`max(1)`).
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(Self { ptr, layout })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for RawBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from `alloc_zeroed` with this very layout and is freed once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+// SAFETY: `RawBuf` is plain owned memory with no thread affinity; the drivers that hold it
+// decide who may touch it.
+unsafe impl Send for RawBuf {}
