@@ -10,7 +10,7 @@ use pb::command::Body;
 
 use super::downtrack::{DownTrack, DownTrackParams};
 use super::track::{Layer, Track};
-use super::{DownTrackEntry, Engine, Room, Transport};
+use super::{DownTrackEntry, Engine, Transport};
 use crate::codec::Codec;
 use crate::ids::{Pt, Rid, ShortId, Ssrc};
 

@@ -21,7 +21,7 @@ use pb::command::Body;
 
 use crate::control::{self, ControlClient, ControlServer};
 use crate::engine::{Engine, EngineConfig};
-use crate::io::mmsg::MmsgDriver;
+use crate::io::mmsg::{MmsgConfig, MmsgDriver};
 use crate::io::socket::{bind_udp, SocketConfig};
 use crate::io::uring::{UringConfig, UringDriver};
 use crate::io::{Driver, DriverKind, Waker};
@@ -119,7 +119,7 @@ impl Forwarder {
             let ecfg = cfg.engine;
             let worker = match kind {
                 DriverKind::Mmsg => {
-                    let d = MmsgDriver::new(sock)?;
+                    let d = MmsgDriver::new(sock, &MmsgConfig::default())?;
                     spawn(i, cpu, pin, d, ecfg, cmd_rx, events, shared.clone(), cmd_tx)?
                 }
                 _ => {
