@@ -43,7 +43,7 @@ impl Engine {
                 }))
             }
             Body::CreatePlainTransport(c) => self.create_transport(c),
-            Body::AddTrack(c) => self.add_track(c),
+            Body::AddTrack(c) => self.add_track(now, c),
             Body::AddDownTrack(c) => self.add_down_track(now, c),
             Body::SetPreferredLayer(c) => {
                 let (dt, track) = self.down_track_and_track(c.down_track_id)?;
@@ -163,7 +163,7 @@ impl Engine {
         Ok(i)
     }
 
-    fn add_track(&mut self, c: pb::AddTrack) -> CmdResult {
+    fn add_track(&mut self, now: Instant, c: pb::AddTrack) -> CmdResult {
         let ti = self.transport_in_room(c.transport_id, c.room_id)?;
         if self.track_ids.contains_key(&c.track_id) {
             return Err(format!("track {} exists", c.track_id));
@@ -225,7 +225,8 @@ impl Engine {
                 })
                 .collect(),
             subscribers: Vec::new(),
-            active: 0,
+            active: Track::all_layers(layers.len()),
+            created: now,
         };
         let i = self.tracks.insert(track);
         self.track_ids.insert(c.track_id, i);

@@ -229,7 +229,7 @@ impl Engine {
                     let r = if kind == PacketKind::Rtp || kind == PacketKind::Rtcp {
                         DropReason::UnknownSource
                     } else {
-                        DropReason::UnknownProtocol
+                        unknown_kind_reason(buf)
                     };
                     return self.count_drop(None, r);
                 }
@@ -242,7 +242,7 @@ impl Engine {
         match kind {
             PacketKind::Rtp => self.on_rtp(now, transport, buf, egress),
             PacketKind::Rtcp => self.on_rtcp(now, transport, buf, egress),
-            _ => self.count_drop(Some(transport), DropReason::UnknownProtocol),
+            _ => self.count_drop(Some(transport), unknown_kind_reason(buf)),
         }
     }
 
@@ -562,6 +562,15 @@ fn request_keyframe<E: Egress>(
                 ssrc: media.0,
             })),
         });
+    }
+}
+
+/// Why a datagram that is neither RTP nor RTCP is dropped: a first byte of 0xC0 or more
+/// is RTP/RTCP with version 3, anything else another protocol (RFC 7983).
+fn unknown_kind_reason(buf: &[u8]) -> DropReason {
+    match buf.first() {
+        Some(b) if *b >= 0xc0 => DropReason::BadVersion,
+        _ => DropReason::UnknownProtocol,
     }
 }
 

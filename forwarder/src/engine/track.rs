@@ -83,9 +83,22 @@ pub struct Track {
     pub subscribers: Vec<usize>,
     /// Bit `i` set while layer `i` is active.
     pub active: u8,
+    /// When the track was added: a layer not seen yet counts as active for
+    /// [`LAYER_TIMEOUT`] after that, so that subscribers are not moved off a layer whose
+    /// first packet is simply a few microseconds behind another layer's.
+    pub created: Instant,
 }
 
 impl Track {
+    /// Every layer set: the initial `active` mask.
+    pub fn all_layers(n: usize) -> u8 {
+        if n >= 8 {
+            u8::MAX
+        } else {
+            (1u8 << n) - 1
+        }
+    }
+
     pub fn layer_of(&self, ssrc: Ssrc) -> Option<usize> {
         self.layers.iter().position(|l| l.ssrc == ssrc)
     }
@@ -93,8 +106,9 @@ impl Track {
     /// Recomputes which layers are active; true if that changed.
     pub fn refresh_active(&mut self, now: Instant) -> bool {
         let mut mask = 0u8;
+        let young = now.saturating_duration_since(self.created) < LAYER_TIMEOUT;
         for (i, l) in self.layers.iter().enumerate().take(8) {
-            if l.is_active(now) {
+            if l.is_active(now) || (young && l.last_packet.is_none()) {
                 mask |= 1 << i;
             }
         }
