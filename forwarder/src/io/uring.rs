@@ -466,6 +466,13 @@ impl UringEgress {
     /// `timeout` (None: no bound). Timeouts and interruptions are not errors.
     fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
         let sends = self.unsubmitted;
+        if want == 0 {
+            let sq = self.ring.submission();
+            if sq.is_empty() && !sq.cq_overflow() {
+                // Nothing to submit or flush: spare the system call.
+                return Ok(());
+            }
+        }
         let res = match timeout {
             Some(d) if want > 0 => {
                 let ts = types::Timespec::from(d);
