@@ -285,6 +285,35 @@ fn oversized_is_counted_and_skipped<D: Driver + Send + 'static>(make: Make<D>) {
     assert_eq!(stats.datagrams_sent, 11);
 }
 
+/// io_uring only: with 4 receive buffers a burst of 64 exhausts them, the kernel ends the
+/// multishot receive with ENOBUFS, and the driver re-arms it once buffers came back. The
+/// datagrams wait in the socket meanwhile, so none is lost.
+#[test]
+fn io_uring_rearms_after_running_out_of_buffers() {
+    if !uring_available() {
+        eprintln!("io_uring unavailable here: skipping");
+        return;
+    }
+    let cfg = UringConfig {
+        recv_buffers: 4,
+        ..UringConfig::default()
+    };
+    let driver = UringDriver::new(bind_udp(&loopback()).unwrap(), &cfg).unwrap();
+    let server = Server::spawn(driver, echo);
+    let client = client();
+    for burst in 0..16u32 {
+        let sent: Vec<Vec<u8>> = (burst * 64..burst * 64 + 64).map(datagram).collect();
+        for d in &sent {
+            client.send_to(d, server.addr).unwrap();
+        }
+        expect_all(&client, &sent, "echo with 4 buffers");
+    }
+    let stats = server.stop();
+    assert_eq!(stats.datagrams_received, 1024);
+    assert_eq!(stats.datagrams_sent, 1024);
+    assert!(stats.recv_no_buffers > 0, "{stats:?}");
+}
+
 macro_rules! for_both_drivers {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {

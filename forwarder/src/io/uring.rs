@@ -404,10 +404,10 @@ impl UringEgress {
         entry.set_len(RX_BUF_LEN as u32);
         entry.set_bid(bid);
         self.ring_tail = self.ring_tail.wrapping_add(1);
-        // SAFETY: `base` is the first entry of a registered buffer ring, so `tail` points at
-        // its 2-byte aligned tail field, which the kernel reads concurrently: it must be
+        // SAFETY: `base` is the first entry of our registered buffer ring, so `tail` points
+        // at its 2-byte aligned tail field, which the kernel reads concurrently: it is only
         // accessed atomically, and the release store publishes the entry written above.
-        let tail = unsafe { &*BufRingEntry_tail(base).cast::<AtomicU16>() };
+        let tail = unsafe { &*types::BufRingEntry::tail(base).cast::<AtomicU16>() };
         tail.store(self.ring_tail, Ordering::Release);
         self.rx_out -= 1;
     }
@@ -466,6 +466,13 @@ impl UringEgress {
     /// `timeout` (None: no bound). Timeouts and interruptions are not errors.
     fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
         let sends = self.unsubmitted;
+        if want == 0 {
+            let sq = self.ring.submission();
+            if sq.is_empty() && !sq.cq_overflow() {
+                // Nothing to submit or flush: spare the system call.
+                return Ok(());
+            }
+        }
         let res = match timeout {
             Some(d) if want > 0 => {
                 let ts = types::Timespec::from(d);
@@ -668,14 +675,6 @@ impl UringEgress {
         }
         !self.recv_armed && !self.wake_armed && self.inflight == 0
     }
-}
-
-/// `BufRingEntry::tail` under a name that says what it is.
-#[allow(non_snake_case)]
-fn BufRingEntry_tail(base: *const types::BufRingEntry) -> *const u16 {
-    // SAFETY: callers pass the first entry of our buffer ring allocation; `tail` only
-    // computes a field address inside it.
-    unsafe { types::BufRingEntry::tail(base) }
 }
 
 impl Drop for UringEgress {
