@@ -80,7 +80,7 @@ impl SimulcastSource {
             .map(|(i, spec)| LayerState {
                 spec,
                 seq: 65_000u16.wrapping_add(i as u16 * 20_000),
-                ts: u32::MAX - 200_000 + i as u32 * 1_234_567,
+                ts: (u32::MAX - 200_000).wrapping_add(i as u32 * 1_234_567),
                 picture_id: 32_700u16.wrapping_add(i as u16 * 10_000) & 0x7fff,
                 tl0: 250u8.wrapping_add(i as u8 * 100),
                 force_key: true,

@@ -6,12 +6,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use pb::command::Body;
 use prism_forwarder::codec::vp8;
 use prism_forwarder::engine::{Engine, EngineConfig};
 use prism_forwarder::testing::{CollectEgress, SimulcastSource, Tag};
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
-use pb::command::Body;
 
 const PUB: &str = "127.0.0.1:5000";
 const SUB: &str = "127.0.0.1:6000";
@@ -32,8 +32,19 @@ fn cmd(engine: &mut Engine, now: Instant, body: Body) -> pb::Event {
 }
 
 fn setup(now: Instant, src: &SimulcastSource, preferred: u32) -> Engine {
-    let mut e = Engine::new(0, "127.0.0.1:7000".parse().unwrap(), EngineConfig::default());
-    cmd(&mut e, now, Body::CreateRoom(pb::CreateRoom { room_id: 1, ..Default::default() }));
+    let mut e = Engine::new(
+        0,
+        "127.0.0.1:7000".parse().unwrap(),
+        EngineConfig::default(),
+    );
+    cmd(
+        &mut e,
+        now,
+        Body::CreateRoom(pb::CreateRoom {
+            room_id: 1,
+            ..Default::default()
+        }),
+    );
     for (id, remote) in [(10, PUB), (20, SUB)] {
         cmd(
             &mut e,
@@ -171,13 +182,21 @@ fn simulcast_switches_on_keyframe_with_continuous_numbering() {
     assert!(outputs[0].keyframe && outputs[0].tag.layer == 0);
     for w in outputs.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        assert_eq!(b.seq, a.seq.wrapping_add(1), "sequence +1 per forwarded packet");
+        assert_eq!(
+            b.seq,
+            a.seq.wrapping_add(1),
+            "sequence +1 per forwarded packet"
+        );
         let dts = b.ts.wrapping_sub(a.ts);
         assert!(dts < 1 << 31, "timestamps monotonic: {} -> {}", a.ts, b.ts);
         let same_picture = a.tag.layer == b.tag.layer && a.tag.frame == b.tag.frame;
         let dpid = b.picture_id.wrapping_sub(a.picture_id) & 0x7fff;
         if same_picture {
-            assert_eq!((dpid, dts), (0, 0), "one picture keeps its id and timestamp");
+            assert_eq!(
+                (dpid, dts),
+                (0, 0),
+                "one picture keeps its id and timestamp"
+            );
         } else {
             assert_eq!(dpid, 1, "picture id +1 per picture, also across a switch");
             assert!(dts > 0);
@@ -185,7 +204,10 @@ fn simulcast_switches_on_keyframe_with_continuous_numbering() {
         let dtl0 = b.tl0.wrapping_sub(a.tl0);
         assert!(dtl0 <= 1, "TL0PICIDX continuous: {} -> {}", a.tl0, b.tl0);
         if a.tag.layer != b.tag.layer {
-            assert!(b.keyframe && b.tag.index == 0, "switch only at a keyframe start");
+            assert!(
+                b.keyframe && b.tag.index == 0,
+                "switch only at a keyframe start"
+            );
         }
     }
     // Each switch happens at the first keyframe of the target layer produced at or after
@@ -193,7 +215,10 @@ fn simulcast_switches_on_keyframe_with_continuous_numbering() {
     let mut current = 0u8;
     let mut switches = 0;
     for o in &outputs {
-        assert_eq!(o.frame_sent_at, o.tag.frame, "forwarded in the turn it arrived");
+        assert_eq!(
+            o.frame_sent_at, o.tag.frame,
+            "forwarded in the turn it arrived"
+        );
         if o.tag.layer == current {
             continue;
         }
@@ -202,19 +227,30 @@ fn simulcast_switches_on_keyframe_with_continuous_numbering() {
             .rev()
             .find(|(f, _)| *f <= o.tag.frame)
             .expect("a switch follows a change");
-        assert_eq!(u32::from(o.tag.layer), target, "switched to the target layer");
+        assert_eq!(
+            u32::from(o.tag.layer),
+            target,
+            "switched to the target layer"
+        );
         let first_key = keyframes[o.tag.layer as usize]
             .iter()
             .find(|&&k| k >= changed_at)
             .copied();
-        assert_eq!(Some(o.tag.frame), first_key, "switched at the first keyframe");
+        assert_eq!(
+            Some(o.tag.frame),
+            first_key,
+            "switched at the first keyframe"
+        );
         current = o.tag.layer;
         switches += 1;
     }
     assert_eq!(switches, plan.len(), "every preference change switched");
     assert!(plis >= 1, "keyframes were requested from the publisher");
     // One PLI per change: the answering keyframe arrives before the throttle expires.
-    assert!(plis <= 2 * plan.len(), "keyframe requests are throttled ({plis})");
+    assert!(
+        plis <= 2 * plan.len(),
+        "keyframe requests are throttled ({plis})"
+    );
 
     let dt = engine.down_track(200).unwrap();
     assert_eq!(dt.current_layer(), Some(0));
@@ -283,7 +319,9 @@ fn nack_is_answered_with_the_subscribers_numbering() {
     }
     assert!(sent.len() > 50);
     let (_, original) = &sent[sent.len() - 20];
-    let seq = RtpPacket::new_checked(&original[..]).unwrap().sequence_number();
+    let seq = RtpPacket::new_checked(&original[..])
+        .unwrap()
+        .sequence_number();
     // Generic NACK (RFC 4585): V=2, FMT=1, PT=205, length 3, sender, media, PID, BLP=0.
     let mut nack = vec![0x81, 205, 0, 3];
     nack.extend_from_slice(&0x1111u32.to_be_bytes());
@@ -295,7 +333,10 @@ fn nack_is_answered_with_the_subscribers_numbering() {
     let got = eg.take();
     assert_eq!(got.len(), 1, "one retransmission");
     assert_eq!(got[0].0, subscriber);
-    assert_eq!(&got[0].1, original, "byte-identical to what the subscriber was sent");
+    assert_eq!(
+        &got[0].1, original,
+        "byte-identical to what the subscriber was sent"
+    );
     let stats = engine.transport_counters(20).unwrap();
     assert_eq!((stats.nacks_received, stats.retransmits_sent), (1, 1));
 }

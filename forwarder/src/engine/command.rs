@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use prism_proto::control as pb;
 use pb::command::Body;
+use prism_proto::control as pb;
 
 use super::downtrack::{DownTrack, DownTrackParams};
 use super::track::{Layer, Track};
@@ -29,7 +29,9 @@ impl Engine {
         };
         pb::Event {
             request_id: cmd.request_id,
-            body: Some(body.unwrap_or_else(|message| pb::event::Body::Error(pb::Error { message }))),
+            body: Some(
+                body.unwrap_or_else(|message| pb::event::Body::Error(pb::Error { message })),
+            ),
         }
     }
 
@@ -190,7 +192,10 @@ impl Engine {
             if self.by_ssrc.contains_key(&(ti, Ssrc(l.ssrc)))
                 || layers.iter().filter(|o| o.ssrc == l.ssrc).count() > 1
             {
-                return Err(format!("ssrc {} is already published on this transport", l.ssrc));
+                return Err(format!(
+                    "ssrc {} is already published on this transport",
+                    l.ssrc
+                ));
             }
         }
         let cache = if video {
@@ -216,13 +221,7 @@ impl Engine {
             },
             layers: layers
                 .iter()
-                .map(|l| {
-                    Layer::new(
-                        Ssrc(l.ssrc),
-                        ShortId::new(l.rid.as_bytes()).map(Rid),
-                        cache,
-                    )
-                })
+                .map(|l| Layer::new(Ssrc(l.ssrc), ShortId::new(l.rid.as_bytes()).map(Rid), cache))
                 .collect(),
             subscribers: Vec::new(),
             active: Track::all_layers(layers.len()),
@@ -230,7 +229,10 @@ impl Engine {
         };
         let i = self.tracks.insert(track);
         self.track_ids.insert(c.track_id, i);
-        let pending = self.transports.get(ti).is_some_and(|t| t.comedia && t.remote.is_none());
+        let pending = self
+            .transports
+            .get(ti)
+            .is_some_and(|t| t.comedia && t.remote.is_none());
         for (li, l) in layers.iter().enumerate() {
             self.by_ssrc.insert((ti, Ssrc(l.ssrc)), (i, li as u8));
             if pending {
@@ -394,4 +396,3 @@ impl Engine {
 fn layer_u8(v: u32) -> Result<u8, String> {
     u8::try_from(v).map_err(|_| format!("layer index {v} out of range"))
 }
-

@@ -449,10 +449,7 @@ mod tests {
         let a = fwd(dt.decide(&inc));
         let mut t1 = pkt(t0, 0, 11, 3000, false);
         t1.info.temporal = Some(1);
-        assert_eq!(
-            dt.decide(&t1),
-            Decision::Drop(DropReason::TemporalFiltered)
-        );
+        assert_eq!(dt.decide(&t1), Decision::Drop(DropReason::TemporalFiltered));
         let mut t2 = pkt(t0, 0, 12, 6000, false);
         t2.info.temporal = Some(0);
         let b = fwd(dt.decide(&t2));

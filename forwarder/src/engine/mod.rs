@@ -314,11 +314,17 @@ impl Engine {
         let payload = pkt.payload();
         let (info, vp8d) = if track.codec == Codec::Vp8 {
             match vp8::parse_descriptor(payload) {
-                Ok(d) => (codec::inspect(Codec::Vp8, payload).unwrap_or_default(), Some(d)),
+                Ok(d) => (
+                    codec::inspect(Codec::Vp8, payload).unwrap_or_default(),
+                    Some(d),
+                ),
                 Err(_) => (Default::default(), None),
             }
         } else {
-            (codec::inspect(track.codec, payload).unwrap_or_default(), None)
+            (
+                codec::inspect(track.codec, payload).unwrap_or_default(),
+                None,
+            )
         };
         if track.video && payload.is_empty() {
             // Padding-only probes carry nothing a subscriber needs.
@@ -586,7 +592,7 @@ fn rtcp_reference_ssrc(buf: &[u8]) -> Option<Ssrc> {
                 if let Some(b) = rr.report_blocks().next() {
                     return Some(b.ssrc());
                 }
-                sender = sender.or(Some(rr.sender_ssrc()));
+                sender = sender.or(Some(rr.ssrc()));
             }
             RtcpPacket::SenderReport(sr) => sender = sender.or(Some(sr.ssrc())),
             _ => {}

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
-use prism_proto::control as pb;
 use pb::command::Body;
+use prism_proto::control as pb;
 
 use crate::control::{self, ControlClient, ControlServer};
 use crate::engine::{Engine, EngineConfig};
@@ -136,7 +136,11 @@ impl Forwarder {
             events: events_rx,
             cmd: workers
                 .iter()
-                .map(|w| (w.commands.clone(), w.waker.clone(), w.shared.clone()))
+                .map(|w| CoreLink {
+                    commands: w.commands.clone(),
+                    waker: w.waker.clone(),
+                    shared: w.shared.clone(),
+                })
                 .collect(),
             rooms: HashMap::new(),
             pending_stats: HashMap::new(),
@@ -230,10 +234,17 @@ fn spawn<D: Driver + Send + 'static>(
     })
 }
 
+/// The router's side of one worker.
+struct CoreLink {
+    commands: Sender<pb::Command>,
+    waker: Arc<dyn Waker>,
+    shared: Arc<WorkerShared>,
+}
+
 struct Router {
     server: ControlServer,
     events: Receiver<pb::Event>,
-    cmd: Vec<(Sender<pb::Command>, Arc<dyn Waker>, Arc<WorkerShared>)>,
+    cmd: Vec<CoreLink>,
     rooms: HashMap<u64, usize>,
     /// request id → (answers still expected, merged stats so far).
     pending_stats: HashMap<u64, (usize, pb::Stats)>,
@@ -249,7 +260,7 @@ impl Router {
                     Err(_) => return,
                 },
                 recv(self.events) -> e => match e {
-                    Ok(e) => self.from_core(e),
+                    Ok(e) => self.on_core_event(e),
                     Err(_) => return,
                 },
                 recv(stop) -> _ => return,
@@ -262,14 +273,14 @@ impl Router {
     }
 
     fn to_core(&self, core: usize, cmd: pb::Command) {
-        let Some((tx, waker, _)) = self.cmd.get(core) else {
+        let Some(link) = self.cmd.get(core) else {
             return;
         };
         let id = cmd.request_id;
-        if tx.send(cmd).is_err() {
+        if link.commands.send(cmd).is_err() {
             self.reply(control::error_event(id, "core stopped"));
         } else {
-            waker.wake();
+            link.waker.wake();
         }
     }
 
@@ -301,8 +312,8 @@ impl Router {
                 };
                 self.rooms.insert(c.room_id, core);
                 // Count the room at once so a burst of creations spreads out.
-                if let Some((_, _, sh)) = self.cmd.get(core) {
-                    sh.load.fetch_add(1, Ordering::Relaxed);
+                if let Some(link) = self.cmd.get(core) {
+                    link.shared.load.fetch_add(1, Ordering::Relaxed);
                 }
                 return self.to_core(core, cmd);
             }
@@ -332,11 +343,11 @@ impl Router {
         self.cmd
             .iter()
             .enumerate()
-            .min_by_key(|(_, (_, _, sh))| sh.load.load(Ordering::Relaxed))
+            .min_by_key(|(_, link)| link.shared.load.load(Ordering::Relaxed))
             .map_or(0, |(i, _)| i)
     }
 
-    fn from_core(&mut self, ev: pb::Event) {
+    fn on_core_event(&mut self, ev: pb::Event) {
         if let Some((left, merged)) = self.pending_stats.get_mut(&ev.request_id) {
             if let Some(pb::event::Body::Stats(s)) = ev.body {
                 merged.cores.extend(s.cores);

@@ -64,10 +64,13 @@ pub(crate) fn run<D: Driver>(
             .poll_timeout()
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
         let mut turn_now: Option<Instant> = None;
-        let res = driver.turn(Some(wait), &mut |from: SocketAddr, data: &mut [u8], eg: &mut D::Egress| {
-            let now = *turn_now.get_or_insert_with(Instant::now);
-            engine.handle_datagram(now, from, data, eg);
-        });
+        let res = driver.turn(
+            Some(wait),
+            &mut |from: SocketAddr, data: &mut [u8], eg: &mut D::Egress| {
+                let now = *turn_now.get_or_insert_with(Instant::now);
+                engine.handle_datagram(now, from, data, eg);
+            },
+        );
         if let Err(e) = res {
             tracing::error!(core = engine.core, error = %e, "I/O turn failed");
             std::thread::sleep(Duration::from_millis(10));
