@@ -140,7 +140,10 @@ impl DriverKind {
 /// this process (kernel version, seccomp, `io_uring_disabled`). Probed once, then cached.
 pub fn uring_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(uring::probe)
+    // The probe builds a ring; run it on a thread of its own so that no task work of that
+    // ring is ever queued to the caller's thread (it would interrupt the caller's blocking
+    // calls with EINTR).
+    *AVAILABLE.get_or_init(|| std::thread::spawn(uring::probe).join().unwrap_or(false))
 }
 
 /// A zeroed, fixed heap region shared with the kernel.

@@ -113,20 +113,10 @@ impl Forwarder {
                 reuse_port: false,
             })?;
             let (cmd_tx, cmd_rx) = bounded::<pb::Command>(4096);
-            let shared = Arc::new(WorkerShared::default());
             let events = events_tx.clone();
-            let pin = cfg.pin;
-            let ecfg = cfg.engine;
-            let worker = match kind {
-                DriverKind::Mmsg => {
-                    let d = MmsgDriver::new(sock, &MmsgConfig::default())?;
-                    spawn(i, cpu, pin, d, ecfg, cmd_rx, events, shared.clone(), cmd_tx)?
-                }
-                _ => {
-                    let d = UringDriver::new(sock, &UringConfig::default())?;
-                    spawn(i, cpu, pin, d, ecfg, cmd_rx, events, shared.clone(), cmd_tx)?
-                }
-            };
+            let worker = spawn(
+                i, cpu, cfg.pin, kind, sock, cfg.engine, cmd_rx, events, cmd_tx,
+            )?;
             workers.push(worker);
         }
         let (client, server) = control::channel(4096);
@@ -199,39 +189,82 @@ impl Drop for Forwarder {
     }
 }
 
+/// Starts worker `i` on `cpu`. The driver is built on the worker's own thread: an io_uring
+/// ring belongs to the task that set it up (its completions run as task work there), so
+/// building it elsewhere would interrupt the builder's blocking calls with `EINTR`.
 #[allow(clippy::too_many_arguments)]
-fn spawn<D: Driver + Send + 'static>(
+fn spawn(
     i: usize,
     cpu: usize,
     pin: bool,
-    driver: D,
+    kind: DriverKind,
+    sock: std::net::UdpSocket,
     ecfg: EngineConfig,
     cmd_rx: Receiver<pb::Command>,
     events: Sender<pb::Event>,
-    shared: Arc<WorkerShared>,
     cmd_tx: Sender<pb::Command>,
 ) -> io::Result<Worker> {
-    let local = driver.local_addr();
-    let waker = driver.waker();
-    let name = driver.name();
-    let engine = Engine::new(i as u32, local, ecfg);
+    let shared = Arc::new(WorkerShared::default());
     let sh = shared.clone();
+    let (ready_tx, ready_rx) = bounded::<io::Result<Ready>>(1);
     let join = std::thread::Builder::new()
         .name(format!("prism-core-{i}"))
         .spawn(move || {
             if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
                 tracing::warn!(cpu, "could not pin worker to its CPU");
             }
-            worker::run(driver, engine, cmd_rx, events, sh);
+            match kind {
+                DriverKind::Mmsg => match MmsgDriver::new(sock, &MmsgConfig::default()) {
+                    Ok(d) => run_worker(i, d, ecfg, cmd_rx, events, sh, ready_tx),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                },
+                _ => match UringDriver::new(sock, &UringConfig::default()) {
+                    Ok(d) => run_worker(i, d, ecfg, cmd_rx, events, sh, ready_tx),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                },
+            }
         })?;
+    let ready = ready_rx
+        .recv()
+        .map_err(|_| io::Error::other("worker thread exited during start"))??;
     Ok(Worker {
         commands: cmd_tx,
-        waker,
+        waker: ready.waker,
         shared,
-        local,
-        driver: name,
+        local: ready.local,
+        driver: ready.driver,
         join: Some(join),
     })
+}
+
+/// What a worker reports once its driver is up.
+struct Ready {
+    waker: Arc<dyn Waker>,
+    local: SocketAddr,
+    driver: &'static str,
+}
+
+fn run_worker<D: Driver>(
+    i: usize,
+    driver: D,
+    ecfg: EngineConfig,
+    cmd_rx: Receiver<pb::Command>,
+    events: Sender<pb::Event>,
+    shared: Arc<WorkerShared>,
+    ready: Sender<io::Result<Ready>>,
+) {
+    let local = driver.local_addr();
+    let _ = ready.send(Ok(Ready {
+        waker: driver.waker(),
+        local,
+        driver: driver.name(),
+    }));
+    let engine = Engine::new(i as u32, local, ecfg);
+    worker::run(driver, engine, cmd_rx, events, shared);
 }
 
 /// The router's side of one worker.
