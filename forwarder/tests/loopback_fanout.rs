@@ -310,7 +310,9 @@ fn run(kind: DriverKind) {
     let s = stats(&fwd);
     let c = s.cores[0].counters.clone().unwrap();
     assert_eq!((c.nacks_received, c.retransmits_sent), (1, 1));
-    assert!(s.cores[0].loop_turns > 0 && s.cores[0].batches_sent > 0);
+    let cs = &s.cores[0];
+    assert!(cs.loop_turns > 0 && cs.batches_sent > 0 && cs.max_send_batch >= 1);
+    assert_eq!((cs.send_errors, cs.queue_full), (0, 0));
     fwd.shutdown();
 }
 

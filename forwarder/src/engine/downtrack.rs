@@ -504,6 +504,54 @@ mod tests {
         assert_eq!(b.seq, a.seq + 1);
     }
 
+    proptest::proptest! {
+        /// Whatever the switch pattern, loss, reordering and wrap-around of the sources,
+        /// the output has no duplicate sequence numbers, forwarded in-order packets get
+        /// consecutive numbers, and timestamps never go backwards across a switch.
+        #[test]
+        fn output_stays_continuous(
+            bases in proptest::collection::vec((proptest::prelude::any::<u16>(),
+                                                proptest::prelude::any::<u32>()), 3),
+            steps in proptest::collection::vec((0u8..3, 0u8..8, 0u8..10), 1..600),
+        ) {
+            let t0 = Instant::now();
+            let mut dt = DownTrack::new(params(true));
+            let mut seq: Vec<u64> = bases.iter().map(|b| u64::from(b.0) + (1 << 16)).collect();
+            let mut ts: Vec<u64> = bases.iter().map(|b| u64::from(b.1) + (1 << 32)).collect();
+            let mut seen = std::collections::HashSet::new();
+            let mut last: Option<Forward> = None;
+            for (i, (layer_pref, event, kind)) in steps.into_iter().enumerate() {
+                let now = t0 + Duration::from_millis(i as u64 * 10);
+                if event == 0 {
+                    dt.set_preferred(layer_pref, 2);
+                    dt.retarget(0b111);
+                }
+                for l in 0..3usize {
+                    // kind: 0 = lost packet (skip a number), 1 = keyframe, else delta.
+                    if kind == 0 {
+                        seq[l] += 1;
+                    }
+                    seq[l] += 1;
+                    ts[l] += 3000;
+                    let p = pkt(now, l as u8, seq[l], ts[l], kind == 1);
+                    if let Decision::Forward(f) = dt.decide(&p) {
+                        proptest::prop_assert!(seen.insert(f.seq), "duplicate {}", f.seq);
+                        if let Some(prev) = last {
+                            let dseq = f.seq.wrapping_sub(prev.seq);
+                            proptest::prop_assert!(dseq >= 1 && dseq <= 3, "gap {dseq}");
+                            if f.switched {
+                                proptest::prop_assert_eq!(dseq, 1);
+                            }
+                            let dts = f.ts.wrapping_sub(prev.ts);
+                            proptest::prop_assert!(dts < 1 << 31, "ts backwards");
+                        }
+                        last = Some(f);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn retarget_falls_back_to_active_layers() {
         let mut p = params(true);

@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 pub struct SocketConfig {
     pub bind: SocketAddr,
     /// `SO_RCVBUF` asked for. The kernel caps it at `net.core.rmem_max` (see
-    /// `docs/tuning.md` for raising it); what it granted is logged at info.
+    /// `tuning.md` for raising it); what it granted is logged at info.
     pub recv_buffer: usize,
     /// `SO_SNDBUF` asked for, capped at `net.core.wmem_max`.
     pub send_buffer: usize,

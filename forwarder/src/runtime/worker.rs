@@ -93,6 +93,11 @@ fn fill_io_stats(ev: &mut pb::Event, driver: &str, io: &IoStats) {
             c.batches_sent = io.send_batches;
             c.datagrams_sent = io.datagrams_sent;
             c.driver = driver.to_string();
+            c.max_recv_batch = io.max_recv_batch;
+            c.max_send_batch = io.max_send_batch;
+            c.send_errors = io.send_errors;
+            c.queue_full = io.queue_full;
+            c.recv_no_buffers = io.recv_no_buffers;
             if let Some(counters) = c.counters.as_mut() {
                 if io.oversized > 0 {
                     counters.drops.push(pb::DropCount {
