@@ -538,7 +538,7 @@ mod tests {
                         proptest::prop_assert!(seen.insert(f.seq), "duplicate {}", f.seq);
                         if let Some(prev) = last {
                             let dseq = f.seq.wrapping_sub(prev.seq);
-                            proptest::prop_assert!(dseq >= 1 && dseq <= 3, "gap {dseq}");
+                            proptest::prop_assert!((1..=3).contains(&dseq), "gap {dseq}");
                             if f.switched {
                                 proptest::prop_assert_eq!(dseq, 1);
                             }
