@@ -127,9 +127,11 @@ impl Engine {
         }
     }
 
-    /// Rough load of this core, used to place new rooms: tracks plus down tracks.
+    /// Rough load of this core, used to place new rooms: every room, transport, track and
+    /// down track it holds. Down tracks dominate in practice (each one costs a send per
+    /// packet); counting rooms too spreads new, still empty rooms across cores.
     pub fn load(&self) -> usize {
-        self.tracks.len() + self.down_tracks.len()
+        self.rooms.len() + self.transports.len() + self.tracks.len() + self.down_tracks.len()
     }
 
     pub fn room_count(&self) -> usize {
