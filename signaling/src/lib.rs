@@ -1,1 +1,5 @@
-//! placeholder
+//! Prism's control plane: join tokens, rooms and participants, the signaling protocols
+//! (LiveKit's client protocol, WHIP/WHEP) and the server API. It never touches a media
+//! packet: it drives the media plane (`prism-forwarder`) with control commands.
+
+pub mod auth;
