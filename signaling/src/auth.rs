@@ -252,6 +252,17 @@ impl KeyStore {
         Self::default()
     }
 
+    /// A store holding the given (key, secret) pairs.
+    pub fn from_pairs<K: Into<String>, S: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, S)>,
+    ) -> Self {
+        let mut k = Self::new();
+        for (key, secret) in pairs {
+            k.insert(key, secret);
+        }
+        k
+    }
+
     /// The development key pair only.
     pub fn dev() -> Self {
         let mut k = Self::new();

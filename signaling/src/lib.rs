@@ -3,3 +3,4 @@
 //! packet: it drives the media plane (`prism-forwarder`) with control commands.
 
 pub mod auth;
+pub mod server;
