@@ -148,7 +148,8 @@ pub struct MediaSection {
     /// The m-line format list as written (payload types, or `webrtc-datachannel`).
     pub formats: Vec<String>,
     pub direction: Direction,
-    /// Every payload type with an `a=rtpmap`, in m-line order (RTX included).
+    /// Every payload type on the m-line that has an `a=rtpmap`, in m-line order (RTX
+    /// included).
     pub codecs: Vec<CodecParams>,
     /// RTX payload type → the payload type it repairs (`apt`).
     pub rtx: BTreeMap<u8, u8>,
@@ -412,6 +413,12 @@ fn section(m: &SdpMedia, d: &SessionDefaults) -> MediaSection {
             _ => {}
         }
     }
+    // Only payload types on the m-line count; an rtpmap for anything else is stale.
+    let listed: Vec<u8> = s.formats.iter().filter_map(|f| f.parse().ok()).collect();
+    s.codecs.retain(|c| listed.contains(&c.pt));
+    s.codecs
+        .sort_by_key(|c| listed.iter().position(|&p| p == c.pt));
+    s.rtx.retain(|pt, _| listed.contains(pt));
     for c in &mut s.codecs {
         if let Some(f) = fmtps.remove(&c.pt) {
             c.fmtp = f;
