@@ -510,3 +510,10 @@ proptest! {
         }
     }
 }
+
+#[test]
+#[ignore = "prints an answer for eyeballing: cargo test -- --ignored --nocapture"]
+fn print_chrome_answer() {
+    let (_, _, text) = answer(CHROME);
+    println!("{text}");
+}
