@@ -301,6 +301,21 @@ fn setup_roles_follow_rfc_5763() {
 }
 
 #[test]
+fn unknown_fmtp_parameters_survive_the_round_trip() {
+    let sdp = CHROME.replace(
+        "a=fmtp:98 profile-id=0",
+        "a=fmtp:98 profile-id=0;x-foo=1;x-bar=2",
+    );
+    let (_, ans, text) = answer(&sdp);
+    let vp9 = ans.media[1].codec(98).unwrap();
+    assert_eq!(vp9.fmtp_param("x-bar"), Some("2"));
+    assert!(
+        text.contains("a=fmtp:98 profile-id=0;x-foo=1;x-bar=2\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
 fn recvonly_offer_is_answered_inactive() {
     let sdp = AIORTC.replace("a=sendonly", "a=recvonly");
     let (_, ans, _) = answer(&sdp);

@@ -165,7 +165,16 @@ pub(crate) fn codec(m: &mut SdpMedia, c: &CodecParams) -> Result<(), SdpError> {
     map.channels = c.channels;
     push(m, SdpAttribute::Rtpmap(map))?;
     if !c.fmtp.is_empty() {
-        push(m, attr_from_text(&format!("fmtp:{} {}", c.pt, c.fmtp))?)?;
+        let mut fmtp = attr_from_text(&format!("fmtp:{} {}", c.pt, c.fmtp))?;
+        if let SdpAttribute::Fmtp(f) = &mut fmtp {
+            // The crate joins unknown parameters with `,` when writing; one token joined
+            // with `;` comes out as valid fmtp.
+            let unknown = std::mem::take(&mut f.parameters.unknown_tokens);
+            if !unknown.is_empty() {
+                f.parameters.unknown_tokens = vec![unknown.join(";")];
+            }
+        }
+        push(m, fmtp)?;
     }
     for fb in &c.rtcp_fb {
         push(m, attr_from_text(&format!("rtcp-fb:{} {}", c.pt, fb))?)?;

@@ -336,7 +336,20 @@ fn section(m: &SdpMedia, d: &SessionDefaults) -> MediaSection {
                 if let Some(rtx) = f.parameters.rtx {
                     s.rtx.insert(f.payload_type, rtx.apt);
                 }
-                fmtps.insert(f.payload_type, f.parameters.to_string());
+                // The crate writes unknown parameters joined by `,`; rejoin them with `;`
+                // so the text is valid fmtp again.
+                let mut params = f.parameters.clone();
+                let unknown = std::mem::take(&mut params.unknown_tokens);
+                let mut text = params.to_string();
+                if params.rtx.is_none() && params.encodings.is_empty() {
+                    for t in unknown {
+                        if !text.is_empty() {
+                            text.push(';');
+                        }
+                        text.push_str(&t);
+                    }
+                }
+                fmtps.insert(f.payload_type, text);
             }
             SdpAttribute::Rtcpfb(fb) => {
                 let pt = match fb.payload_type {
