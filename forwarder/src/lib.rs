@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod control;
 pub mod engine;
+pub mod ice;
 pub mod ids;
 pub mod io;
 pub mod runtime;

@@ -3,4 +3,5 @@
 //! packet: it drives the media plane (`prism-forwarder`) with control commands.
 
 pub mod auth;
+pub mod sdp;
 pub mod server;
