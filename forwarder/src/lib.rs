@@ -13,10 +13,12 @@
 
 pub mod codec;
 pub mod control;
+pub mod dtls;
 pub mod engine;
 pub mod ice;
 pub mod ids;
 pub mod io;
 pub mod runtime;
+pub mod sctp;
 pub mod testing;
 pub mod wire;
