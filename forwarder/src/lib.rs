@@ -17,5 +17,6 @@ pub mod engine;
 pub mod ids;
 pub mod io;
 pub mod runtime;
+pub mod srtp;
 pub mod testing;
 pub mod wire;
