@@ -34,6 +34,9 @@ const E_INDEX_LEN: usize = 4;
 const E_FLAG: u32 = 1 << 31;
 const MAX_SRTCP_INDEX: u32 = E_FLAG - 1;
 
+// The AES-CM variant holds two HMAC states inline (~1.7 KB). A context is built once and
+// stays where it is, so the size costs nothing per packet and saves a pointer chase.
+#[allow(clippy::large_enum_variant)]
 enum Cipher {
     Cm { ctr: AesCtr, mac: HmacSha1 },
     Gcm(AesGcm),
@@ -131,6 +134,14 @@ fn rtcp_ssrc(b: &[u8]) -> Result<Ssrc, SrtpError> {
         _ => return Err(SrtpError::Truncated),
     }
     rd32(b, 4).map(Ssrc).ok_or(SrtpError::Truncated)
+}
+
+/// RFC 7714 §9.3 SRTCP AAD: the first 8 bytes, then the E flag and index.
+fn rtcp_gcm_aad(header: &[u8], e_index: u32) -> Result<[u8; 12], SrtpError> {
+    let mut aad = [0u8; RTCP_HEADER_LEN + E_INDEX_LEN];
+    write(&mut aad, 0, header)?;
+    write(&mut aad, RTCP_HEADER_LEN, &e_index.to_be_bytes())?;
+    Ok(aad)
 }
 
 /// Splits `b` at `mid` without panicking.
@@ -247,7 +258,7 @@ impl SrtpContext {
             Cipher::Gcm(gcm) => {
                 let iv = gcm_iv(salt, ssrc, index);
                 let (header, payload) = split(body, header_len)?;
-                gcm.open(&iv, [header, &[]], payload, tag)?;
+                gcm.open(&iv, header, payload, tag)?;
             }
         }
 
@@ -332,8 +343,8 @@ impl SrtpContext {
             Cipher::Gcm(gcm) => {
                 let iv = gcm_iv(salt, ssrc, index);
                 match src {
-                    Some(s) => gcm.seal_into(&iv, [header, &[]], s, payload, tag)?,
-                    None => gcm.seal(&iv, [header, &[]], payload, tag)?,
+                    Some(s) => gcm.seal_into(&iv, header, s, payload, tag)?,
+                    None => gcm.seal(&iv, header, payload, tag)?,
                 }
             }
         }
@@ -388,14 +399,25 @@ impl SrtpContext {
                 }
             }
             Cipher::Gcm(gcm) => {
-                let (tag, e_index_bytes) = split(trailer, tag_len)?;
                 let iv = gcm_iv(salt, ssrc, u64::from(index));
+                let (tag, _) = split(trailer, tag_len)?;
                 if encrypted {
                     let (header, body) = split(plain, RTCP_HEADER_LEN)?;
-                    gcm.open(&iv, [header, e_index_bytes], body, tag)?;
+                    let aad = rtcp_gcm_aad(header, e_index)?;
+                    gcm.open(&iv, &aad, body, tag)?;
                 } else {
-                    // RFC 7714 §9.2: unencrypted SRTCP authenticates everything as AAD.
-                    gcm.open(&iv, [plain, e_index_bytes], &mut [], tag)?;
+                    // RFC 7714 §9.2: unencrypted SRTCP authenticates the whole packet and
+                    // the E+index word as AAD. Those are not adjacent (the tag sits
+                    // between), so the tag moves to the stack and the word next to the
+                    // packet, making the AAD one slice; the bytes past `plain_len` are
+                    // not part of the result anyway.
+                    let mut saved = [0u8; GCM_TAG_LEN];
+                    saved.copy_from_slice(tag);
+                    write(trailer, 0, &e_index.to_be_bytes())?;
+                    let aad = buf
+                        .get(..plain_len + E_INDEX_LEN)
+                        .ok_or(SrtpError::Truncated)?;
+                    gcm.open(&iv, aad, &mut [], &saved)?;
                 }
             }
         }
@@ -450,7 +472,8 @@ impl SrtpContext {
                 let tag = trailer
                     .get_mut(..GCM_TAG_LEN)
                     .ok_or(SrtpError::BufferTooSmall)?;
-                gcm.seal(&iv, [header, &e_index], body, tag)?;
+                let aad = rtcp_gcm_aad(header, u32::from_be_bytes(e_index))?;
+                gcm.seal(&iv, &aad, body, tag)?;
                 write(trailer, GCM_TAG_LEN, &e_index)?;
             }
         }
