@@ -2,8 +2,8 @@
 //!
 //! The context owns the keyed cipher contexts for SRTP and SRTCP and two fixed tables of
 //! per-SSRC state: for RTP the replay window, whose top is also the highest index and so
-//! carries the rollover counter; for RTCP the replay window and the next SRTCP index to
-//! send. A sending context uses the RTP window only for its top (the index estimate); a
+//! carries the rollover counter; for RTCP the replay window and the last SRTCP index
+//! sent. A sending context uses the RTP window only for its top (the index estimate); a
 //! receiving one uses all of it.
 //!
 //! Invariants:
@@ -159,7 +159,8 @@ fn write(b: &mut [u8], at: usize, v: &[u8]) -> Result<(), SrtpError> {
 #[derive(Clone, Copy, Debug, Default)]
 struct RtcpState {
     window: ReplayWindow,
-    next_index: u32,
+    /// The last SRTCP index sent; 0 before the first, so the first sent is 1 (as libsrtp).
+    last_sent: u32,
 }
 
 /// SRTP/SRTCP state for one direction of one transport: use one to protect what is sent
@@ -441,11 +442,11 @@ impl SrtpContext {
         }
         let ssrc = rtcp_ssrc(buf)?;
         let state = self.rtcp_streams.get_or_insert(ssrc)?;
-        let index = state.next_index;
-        if index > MAX_SRTCP_INDEX {
+        if state.last_sent >= MAX_SRTCP_INDEX {
             return Err(SrtpError::IndexExhausted);
         }
-        state.next_index = index + 1;
+        let index = state.last_sent + 1;
+        state.last_sent = index;
         let e_index = (E_FLAG | index).to_be_bytes();
 
         let (plain, trailer) = split(buf, len)?;
@@ -485,7 +486,7 @@ impl SrtpContext {
     #[cfg(test)]
     pub(crate) fn set_next_rtcp_index(&mut self, ssrc: Ssrc, index: u32) {
         if let Ok(s) = self.rtcp_streams.get_or_insert(ssrc) {
-            s.next_index = index;
+            s.last_sent = index.wrapping_sub(1);
         }
     }
 }
