@@ -522,3 +522,12 @@ fn byte_for_byte_with_libsrtp() {
         assert_eq!(theirs[..n], plain[..]);
     }
 }
+
+#[test]
+fn context_size_is_bounded() {
+    // Documented in docs/srtp.md; a context lives in place, so its size matters only for
+    // memory per transport.
+    let size = core::mem::size_of::<SrtpContext>();
+    assert!(size < 16 * 1024, "{size}");
+    println!("SrtpContext: {size} bytes");
+}
