@@ -185,7 +185,7 @@ impl core::fmt::Debug for SrtpContext {
 
 impl SrtpContext {
     /// Derives the session keys from `keys` and keys the cipher contexts. Slow path: this
-    /// is where the context allocates (OpenSSL contexts), once.
+    /// is where the context allocates (key schedules inside aws-lc), once.
     pub fn new(profile: SrtpProfile, keys: &SrtpKeys) -> Result<Self, SrtpError> {
         let rtp = SessionKeys::derive(profile, keys, 0)?;
         let rtcp = SessionKeys::derive(profile, keys, RTCP_LABEL_OFFSET)?;
