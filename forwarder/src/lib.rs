@@ -20,5 +20,6 @@ pub mod ids;
 pub mod io;
 pub mod runtime;
 pub mod sctp;
+pub mod srtp;
 pub mod testing;
 pub mod wire;
