@@ -149,7 +149,7 @@ impl Whip {
                 "the offer lacks ICE credentials or a fingerprint",
             ));
         };
-        if fp.algorithm.to_ascii_lowercase() != "sha-256" || fp.value.len() != 32 {
+        if !fp.algorithm.eq_ignore_ascii_case("sha-256") || fp.value.len() != 32 {
             return Err(bad_request(
                 "only sha-256 certificate fingerprints are supported",
             ));

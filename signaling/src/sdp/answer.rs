@@ -479,7 +479,7 @@ impl<'a> AnswerBuilder<'a> {
         codecs: Vec<CodecParams>,
         extmaps: Vec<(u16, String)>,
     ) -> Plan<'_> {
-        let has = |list: &[String]| list.iter().any(|x| *x == m.mid);
+        let has = |list: &[String]| list.contains(&m.mid);
         let attached = self
             .tracks
             .iter()
