@@ -3,6 +3,7 @@
 //!
 //! Routes so far:
 //! - `GET /healthz`: liveness, `ok`.
+//! - `GET /metrics`: Prometheus text format (see `metrics`).
 //! - `GET /rtc/validate`: LiveKit's token check, answering 200 `success` or the status
 //!   and text LiveKit's server would give.
 //! - `/rtc/v1/validate` and `/rtc/v1`: 404 with CORS, so current SDKs fall back to `/rtc`.
@@ -152,6 +153,21 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+        (&Method::GET, ["metrics"]) => {
+            let whip = state.whip.clone();
+            match tokio::task::spawn_blocking(move || crate::metrics::render(&whip)).await {
+                Ok(Ok(body)) => {
+                    let mut r = text(StatusCode::OK, body);
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    r
+                }
+                Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, e),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            }
+        }
         (&Method::GET, ["rtc", "validate"]) => cors(validate(&state, &req)),
         (_, ["rtc", "v1"] | ["rtc", "v1", "validate"]) => {
             cors(text(StatusCode::NOT_FOUND, "not found"))

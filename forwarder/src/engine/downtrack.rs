@@ -68,6 +68,10 @@ pub struct Incoming {
     pub ts: ExtTimestamp,
     pub info: PayloadInfo,
     pub vp8: Option<Vp8Descriptor>,
+    /// No later packet of this layer arrived before this one. A keyframe start that arrives
+    /// late (a retransmission) cannot start a stream: the rest of its frame has already
+    /// gone by.
+    pub newest: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -255,7 +259,8 @@ impl DownTrack {
             if p.layer != self.target {
                 return Decision::Drop(DropReason::LayerNotSelected);
             }
-            let can_start = !self.params.video || (p.info.keyframe && p.info.start_of_frame);
+            let can_start =
+                !self.params.video || (p.info.keyframe && p.info.start_of_frame && p.newest);
             if !can_start {
                 self.keyframe_needed = true;
                 return Decision::Drop(if self.current.is_none() {
@@ -386,6 +391,7 @@ mod tests {
                 ..PayloadInfo::default()
             },
             vp8: None,
+            newest: true,
         }
     }
 
@@ -476,6 +482,17 @@ mod tests {
         let (layer, src, f) = dt.lookup_sent(b.seq).unwrap();
         assert_eq!((layer, src, f.seq), (0, SeqNo(2), b.seq));
         assert!(dt.lookup_sent(a.seq.wrapping_add(100)).is_none());
+    }
+
+    #[test]
+    fn a_late_keyframe_start_does_not_start_the_stream() {
+        let t0 = Instant::now();
+        let mut dt = DownTrack::new(params(true));
+        let mut late = pkt(t0, 0, 10, 0, true);
+        late.newest = false;
+        assert_eq!(dt.decide(&late), Decision::Drop(DropReason::WaitingForKeyframe));
+        assert!(dt.keyframe_needed, "asks for a fresh keyframe instead");
+        fwd(dt.decide(&pkt(t0, 0, 20, 3000, true)));
     }
 
     #[test]

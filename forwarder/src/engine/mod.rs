@@ -449,6 +449,10 @@ impl Engine {
         let Some(l) = track.layers.get_mut(li) else {
             return;
         };
+        let newest = l
+            .seq
+            .last()
+            .is_none_or(|h| l.seq.peek(pkt.sequence_number()) > h);
         let seq = l.seq.unwrap(pkt.sequence_number());
         let ts = l.ts.unwrap(pkt.timestamp());
         l.last_packet = Some(now);
@@ -501,6 +505,7 @@ impl Engine {
             ts,
             info,
             vp8: vp8d,
+            newest,
         };
         let mut head = [0u8; HEAD_CAP];
         for &di in &track.subscribers {
