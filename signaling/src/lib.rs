@@ -3,5 +3,7 @@
 //! packet: it drives the media plane (`prism-forwarder`) with control commands.
 
 pub mod auth;
+pub mod rooms;
 pub mod sdp;
 pub mod server;
+pub mod whip;

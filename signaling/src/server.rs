@@ -6,6 +6,8 @@
 //! - `GET /rtc/validate`: LiveKit's token check, answering 200 `success` or the status
 //!   and text LiveKit's server would give.
 //! - `/rtc/v1/validate` and `/rtc/v1`: 404 with CORS, so current SDKs fall back to `/rtc`.
+//! - `POST /whip/{room}`, `POST /whep/{room}`, `DELETE /whip|whep/{room}/{session}`: WHIP
+//!   and WHEP (see `whip`).
 //!
 //! Requests are small and few. The server is async (tokio, hyper) and never touches media;
 //! the forwarder runs on its own pinned threads.
@@ -26,7 +28,14 @@ use prism_forwarder::runtime::Forwarder;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use http_body_util::BodyExt;
+use hyper::header::LOCATION;
+
 use crate::auth::{AuthError, KeyStore};
+use crate::whip::{HttpError, Whip};
+
+/// Largest SDP body accepted.
+const MAX_SDP: usize = 64 * 1024;
 
 pub type Body = Full<Bytes>;
 
@@ -34,7 +43,20 @@ pub type Body = Full<Bytes>;
 pub struct AppState {
     pub keys: KeyStore,
     pub forwarder: Forwarder,
+    pub whip: Arc<Whip>,
     pub dev: bool,
+}
+
+impl AppState {
+    pub fn new(keys: KeyStore, forwarder: Forwarder, dev: bool) -> Self {
+        let whip = Arc::new(Whip::new(keys.clone(), forwarder.client()));
+        Self {
+            keys,
+            forwarder,
+            whip,
+            dev,
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -93,7 +115,7 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -127,11 +149,125 @@ fn percent_decode(s: &str) -> String {
 
 async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
-        (&Method::GET, "/rtc/validate") => cors(validate(&state, &req)),
-        (_, "/rtc/v1" | "/rtc/v1/validate") => cors(text(StatusCode::NOT_FOUND, "not found")),
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+        (&Method::GET, ["rtc", "validate"]) => cors(validate(&state, &req)),
+        (_, ["rtc", "v1"] | ["rtc", "v1", "validate"]) => {
+            cors(text(StatusCode::NOT_FOUND, "not found"))
+        }
+        (&Method::OPTIONS, [kind @ ("whip" | "whep"), ..]) => {
+            let _ = kind;
+            let mut r = cors(text(StatusCode::NO_CONTENT, ""));
+            let h = r.headers_mut();
+            h.insert(
+                "access-control-allow-methods",
+                HeaderValue::from_static("POST, DELETE, OPTIONS"),
+            );
+            h.insert(
+                "access-control-allow-headers",
+                HeaderValue::from_static("authorization, content-type"),
+            );
+            h.insert(
+                "access-control-expose-headers",
+                HeaderValue::from_static("location"),
+            );
+            h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+            r
+        }
+        (&Method::POST, [kind @ ("whip" | "whep"), room]) => {
+            let publish = *kind == "whip";
+            let room = percent_decode(room);
+            cors(whip_post(&state, req, publish, room).await)
+        }
+        (&Method::DELETE, ["whip" | "whep", room, session]) => {
+            let (room, session) = (percent_decode(room), percent_decode(session));
+            let token = match request_token(&req) {
+                Ok(t) => t,
+                Err(e) => return auth_error(&e),
+            };
+            let whip = state.whip.clone();
+            let r =
+                tokio::task::spawn_blocking(move || whip.end(&room, &session, token.as_deref()))
+                    .await;
+            cors(match r {
+                Ok(Ok(())) => text(StatusCode::OK, ""),
+                Ok(Err(e)) => http_error(e),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            })
+        }
+        (&Method::PATCH, ["whip" | "whep", _, _]) => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "trickle ICE is not supported: send a complete offer",
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn http_error(e: HttpError) -> Response<Body> {
+    text(
+        StatusCode::from_u16(e.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        e.1,
+    )
+}
+
+async fn whip_post(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    publish: bool,
+    room: String,
+) -> Response<Body> {
+    let token = match request_token(&req) {
+        Ok(t) => t,
+        Err(e) => return auth_error(&e),
+    };
+    let is_sdp = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim() == "application/sdp")
+        });
+    if !is_sdp {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/sdp",
+        );
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_SDP)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "the offer is too large"),
+    };
+    let Ok(sdp) = String::from_utf8(body.to_vec()) else {
+        return text(StatusCode::BAD_REQUEST, "the offer is not UTF-8");
+    };
+    let whip = state.whip.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        if publish {
+            whip.publish(&room, token.as_deref(), &sdp)
+        } else {
+            whip.view(&room, token.as_deref(), &sdp)
+        }
+    })
+    .await;
+    match r {
+        Ok(Ok(created)) => {
+            let mut resp = Response::new(Full::new(Bytes::from(created.answer)));
+            *resp.status_mut() = StatusCode::CREATED;
+            let h = resp.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+            if let Ok(v) = HeaderValue::from_str(&created.location) {
+                h.insert(LOCATION, v);
+            }
+            resp
+        }
+        Ok(Err(e)) => http_error(e),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }
 

@@ -45,6 +45,7 @@ impl Engine {
                 }))
             }
             Body::CreatePlainTransport(c) => self.create_transport(c),
+            Body::CreateWebrtcTransport(c) => self.create_webrtc_transport(c),
             Body::AddTrack(c) => self.add_track(now, c),
             Body::AddDownTrack(c) => self.add_down_track(now, c),
             Body::SetPreferredLayer(c) => {
@@ -138,6 +139,7 @@ impl Engine {
             counters: Default::default(),
             tracks: Vec::new(),
             down_tracks: Vec::new(),
+            webrtc: None,
         });
         self.transport_ids.insert(c.transport_id, i);
         if let Some(a) = remote {
@@ -149,6 +151,48 @@ impl Engine {
         Ok(pb::event::Body::TransportCreated(pb::TransportCreated {
             transport_id: c.transport_id,
             local: self.local.to_string(),
+            fingerprint: String::new(),
+        }))
+    }
+
+    fn create_webrtc_transport(&mut self, c: pb::CreateWebRtcTransport) -> CmdResult {
+        if !self.rooms.contains_key(&c.room_id) {
+            return Err(format!("no room {} on core {}", c.room_id, self.core));
+        }
+        if self.transport_ids.contains_key(&c.transport_id) {
+            return Err(format!("transport {} exists", c.transport_id));
+        }
+        if self.by_ufrag.contains_key(c.local_ufrag.as_bytes()) {
+            return Err(format!("ICE ufrag {:?} is already in use", c.local_ufrag));
+        }
+        if self.cert.is_none() {
+            self.cert = Some(
+                crate::dtls::DtlsCert::generate()
+                    .map_err(|e| format!("making a DTLS certificate: {e:?}"))?,
+            );
+        }
+        let cert = self.cert.as_ref().ok_or("no certificate")?;
+        let fingerprint = cert.fingerprint().to_string();
+        let w = super::webrtc::WebRtc::new(&c, cert)?;
+        let i = self.transports.insert(Transport {
+            id: c.transport_id,
+            room: c.room_id,
+            remote: None,
+            comedia: false,
+            counters: Default::default(),
+            tracks: Vec::new(),
+            down_tracks: Vec::new(),
+            webrtc: Some(Box::new(w)),
+        });
+        self.transport_ids.insert(c.transport_id, i);
+        self.by_ufrag.insert(c.local_ufrag.into_bytes(), i);
+        if let Some(r) = self.rooms.get_mut(&c.room_id) {
+            r.transports.push(i);
+        }
+        Ok(pb::event::Body::TransportCreated(pb::TransportCreated {
+            transport_id: c.transport_id,
+            local: self.local.to_string(),
+            fingerprint,
         }))
     }
 
@@ -355,6 +399,7 @@ impl Engine {
             self.by_addr.remove(&a);
         }
         self.comedia.retain(|_, v| *v != i);
+        self.by_ufrag.retain(|_, v| *v != i);
         if let Some(r) = self.rooms.get_mut(&room) {
             r.transports.retain(|&x| x != i);
         }

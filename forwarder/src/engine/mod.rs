@@ -20,6 +20,7 @@ pub mod track;
 
 mod command;
 mod transport;
+pub mod webrtc;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,8 +28,11 @@ use std::time::{Duration, Instant};
 use prism_proto::control as pb;
 
 use crate::codec::{self, vp8, Codec};
+use crate::dtls::DtlsCert;
+use crate::ice::{self, IceOutcome};
 use crate::ids::Ssrc;
 use crate::io::{Egress, HEAD_CAP, MAX_DATAGRAM};
+use crate::srtp::MAX_OVERHEAD;
 use crate::wire::demux::{self, PacketKind};
 use crate::wire::rtcp::{self, RtcpPacket};
 use crate::wire::rtp::RtpPacket;
@@ -39,8 +43,9 @@ pub use stats::{Counters, DropReason};
 pub use track::Track;
 pub use transport::Transport;
 
-/// How often the housekeeping timer runs (layer activity, retargeting).
-pub const TICK: Duration = Duration::from_millis(100);
+/// How often the housekeeping timer runs (layer activity, retargeting, NACKs toward
+/// publishers, ICE/DTLS/SCTP timers).
+pub const TICK: Duration = Duration::from_millis(20);
 
 /// Engine settings fixed at creation.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +105,10 @@ pub struct Engine {
     by_out_ssrc: FastMap<(usize, Ssrc), usize>,
     /// SSRC → comedia transport still waiting for its first packet.
     comedia: FastMap<Ssrc, usize>,
+    /// Local ICE ufrag → WebRTC transport, to route a first check from a new address.
+    by_ufrag: FastMap<Vec<u8>, usize>,
+    /// The DTLS certificate of this core's WebRTC transports, made on first use.
+    cert: Option<DtlsCert>,
     outbox: Vec<pb::Event>,
     next_tick: Option<Instant>,
 }
@@ -122,6 +131,8 @@ impl Engine {
             by_ssrc: FastMap::default(),
             by_out_ssrc: FastMap::default(),
             comedia: FastMap::default(),
+            by_ufrag: FastMap::default(),
+            cert: None,
             outbox: Vec::with_capacity(1024),
             next_tick: None,
         }
@@ -179,8 +190,9 @@ impl Engine {
         self.next_tick
     }
 
-    /// Periodic work: layer activity and retargeting.
-    pub fn handle_timeout<E: Egress>(&mut self, now: Instant, _egress: &mut E) {
+    /// Periodic work: layer activity and retargeting, NACKs toward publishers, and the
+    /// ICE, DTLS and SCTP timers of WebRTC transports.
+    pub fn handle_timeout<E: Egress>(&mut self, now: Instant, eg: &mut E) {
         if self.next_tick.is_some_and(|t| now < t) {
             return;
         }
@@ -188,8 +200,12 @@ impl Engine {
         let Engine {
             tracks,
             down_tracks,
+            transports,
+            counters,
+            cfg,
             ..
         } = self;
+        let mut lost = [0u16; 32];
         for (_, track) in tracks.iter_mut() {
             if track.refresh_active(now) {
                 for &d in &track.subscribers {
@@ -198,6 +214,54 @@ impl Engine {
                     }
                 }
             }
+            let Some(publisher) = transports.get_mut(track.transport) else {
+                continue;
+            };
+            for l in &mut track.layers {
+                let n = l.nack.due(now, &mut lost);
+                if n == 0 {
+                    continue;
+                }
+                let (sender, media, seqs) = (cfg.rtcp_ssrc, l.ssrc, &lost[..n]);
+                if send_rtcp(publisher, eg, &mut |slot: &mut [u8]| {
+                    rtcp::emit_nack(slot, sender, media, seqs).unwrap_or(0)
+                }) {
+                    counters.nacks_sent += 1;
+                    publisher.counters.nacks_sent += 1;
+                }
+            }
+        }
+        for i in 0..self.transports.slots() {
+            let due = self
+                .transports
+                .get(i)
+                .and_then(|t| t.webrtc.as_ref())
+                .and_then(|w| w.poll_timeout())
+                .is_some_and(|t| t <= now);
+            if due {
+                if let Some(w) = self.transports.get_mut(i).and_then(|t| t.webrtc.as_mut()) {
+                    w.handle_timeout(now);
+                }
+                self.pump_webrtc(now, i, eg);
+            }
+        }
+    }
+
+    /// Runs a WebRTC transport's layers until quiet; closes the transport if it died.
+    fn pump_webrtc<E: Egress>(&mut self, now: Instant, t: usize, eg: &mut E) {
+        let Engine {
+            transports, outbox, ..
+        } = self;
+        let Some(tr) = transports.get_mut(t) else {
+            return;
+        };
+        let (id, remote) = (tr.id, tr.remote);
+        let Some(w) = tr.webrtc.as_mut() else {
+            return;
+        };
+        if let webrtc::Health::Dead(why) = w.pump(now, id, remote, eg, outbox) {
+            tracing::info!(transport = id, why, "closing WebRTC transport");
+            self.close_transport(t, why);
         }
     }
 
@@ -225,6 +289,7 @@ impl Engine {
         let kind = demux::classify(buf);
         let transport = match self.by_addr.get(&from) {
             Some(&t) => t,
+            None if kind == PacketKind::Stun => return self.on_stun(now, None, from, buf, egress),
             None => match self.learn_comedia(from, kind, buf) {
                 Some(t) => t,
                 None => {
@@ -237,15 +302,107 @@ impl Engine {
                 }
             },
         };
-        if let Some(t) = self.transports.get_mut(transport) {
-            t.counters.packets_in += 1;
-            t.counters.bytes_in += buf.len() as u64;
-        }
+        let Some(t) = self.transports.get_mut(transport) else {
+            return;
+        };
+        t.counters.packets_in += 1;
+        t.counters.bytes_in += buf.len() as u64;
+        let Some(w) = t.webrtc.as_mut() else {
+            return match kind {
+                PacketKind::Rtp => self.on_rtp(now, transport, buf, egress),
+                PacketKind::Rtcp => self.on_rtcp(now, transport, buf, egress),
+                _ => self.count_drop(Some(transport), unknown_kind_reason(buf)),
+            };
+        };
         match kind {
-            PacketKind::Rtp => self.on_rtp(now, transport, buf, egress),
-            PacketKind::Rtcp => self.on_rtcp(now, transport, buf, egress),
+            PacketKind::Rtp => {
+                let Some(srtp) = w.srtp_in.as_mut() else {
+                    return self.count_drop(Some(transport), DropReason::NotConnected);
+                };
+                match srtp.unprotect_rtp(buf) {
+                    Ok(n) => self.on_rtp(now, transport, &mut buf[..n], egress),
+                    Err(e) => self.count_drop(Some(transport), e.into()),
+                }
+            }
+            PacketKind::Rtcp => {
+                let Some(srtp) = w.srtp_in.as_mut() else {
+                    return self.count_drop(Some(transport), DropReason::NotConnected);
+                };
+                match srtp.unprotect_rtcp(buf) {
+                    Ok(n) => self.on_rtcp(now, transport, &mut buf[..n], egress),
+                    Err(e) => self.count_drop(Some(transport), e.into()),
+                }
+            }
+            PacketKind::Stun => self.on_stun(now, Some(transport), from, buf, egress),
+            PacketKind::Dtls => {
+                if w.dtls.handle_datagram(now, buf).is_err() {
+                    self.count_drop(Some(transport), DropReason::DtlsRejected);
+                }
+                self.pump_webrtc(now, transport, egress);
+            }
             _ => self.count_drop(Some(transport), unknown_kind_reason(buf)),
         }
+    }
+
+    /// A STUN message: an ICE check for a WebRTC transport, found by address or, from a new
+    /// address, by the local ufrag in its USERNAME.
+    fn on_stun<E: Egress>(
+        &mut self,
+        now: Instant,
+        known: Option<usize>,
+        from: SocketAddr,
+        buf: &[u8],
+        eg: &mut E,
+    ) {
+        let t = match known {
+            Some(t) => t,
+            None => {
+                let found = ice::username_of(buf).and_then(|(local, _)| self.by_ufrag.get(local));
+                match found {
+                    Some(&t) => t,
+                    None => return self.count_drop(None, DropReason::UnknownSource),
+                }
+            }
+        };
+        let Some(tr) = self.transports.get_mut(t) else {
+            return;
+        };
+        if known.is_none() {
+            tr.counters.packets_in += 1;
+            tr.counters.bytes_in += buf.len() as u64;
+        }
+        let Some(w) = tr.webrtc.as_mut() else {
+            return self.count_drop(Some(t), DropReason::UnknownProtocol);
+        };
+        let mut reply = [0u8; 512];
+        match w.ice.handle_stun(now, from, buf, &mut reply) {
+            IceOutcome::Reply { len, .. } => {
+                let r = &reply[..len.min(reply.len())];
+                eg.send_with(from, &mut |slot: &mut [u8]| match slot.get_mut(..r.len()) {
+                    Some(s) => {
+                        s.copy_from_slice(r);
+                        r.len()
+                    }
+                    None => 0,
+                });
+            }
+            IceOutcome::Dropped(d) => {
+                tracing::trace!(reason = ?d, %from, "ICE check refused");
+                return self.count_drop(Some(t), DropReason::IceRejected);
+            }
+        }
+        let selected = w.ice.selected();
+        if selected != tr.remote {
+            if let Some(old) = tr.remote {
+                self.by_addr.remove(&old);
+            }
+            tr.remote = selected;
+            if let Some(a) = selected {
+                tracing::debug!(transport = tr.id, remote = %a, "ICE selected a remote");
+                self.by_addr.insert(a, t);
+            }
+        }
+        self.pump_webrtc(now, t, eg);
     }
 
     /// A datagram from an unknown address: bind it to a comedia transport if it carries one
@@ -296,6 +453,7 @@ impl Engine {
         let ts = l.ts.unwrap(pkt.timestamp());
         l.last_packet = Some(now);
         l.packets += 1;
+        l.nack.on_packet(seq.0, now);
         if l.cache.contains(seq) {
             counters.drop(DropReason::Duplicate);
             if let Some(t) = transports.get_mut(transport) {
@@ -372,7 +530,33 @@ impl Engine {
                 out_t.counters.drop(DropReason::NoRemote);
                 continue;
             };
-            let sent = if head_len <= HEAD_CAP {
+            let sent = if let Some(w) = out_t.webrtc.as_mut() {
+                // WebRTC: each subscriber's copy is encrypted, so it is written whole into
+                // its egress slot: the header without extensions (none are negotiated on
+                // sending sections yet), the codec descriptor, the payload, then the tag.
+                let Some(srtp) = w.srtp_out.as_mut() else {
+                    counters.drop(DropReason::NotConnected);
+                    out_t.counters.drop(DropReason::NotConnected);
+                    continue;
+                };
+                let csrc_end = 12 + 4 * usize::from(pkt.csrc_count());
+                let desc_end = head_len;
+                let src = &buf[..];
+                eg.send_with(remote, &mut |slot: &mut [u8]| {
+                    let head = csrc_end + (desc_end - header_len);
+                    let n = head + (total - desc_end);
+                    if n + MAX_OVERHEAD > slot.len() {
+                        return 0;
+                    }
+                    slot[..csrc_end].copy_from_slice(&src[..csrc_end]);
+                    slot[0] &= !0x10;
+                    slot[csrc_end..n].copy_from_slice(&src[header_len..total]);
+                    if downtrack::apply(&mut slot[..n], csrc_end, &f, vp8d.as_ref()).is_err() {
+                        return 0;
+                    }
+                    srtp.protect_rtp(slot, n).unwrap_or(0)
+                })
+            } else if head_len <= HEAD_CAP {
                 let h = &mut head[..head_len];
                 h.copy_from_slice(&buf[..head_len]);
                 downtrack::apply(h, header_len, &f, vp8d.as_ref()).is_ok()
@@ -491,12 +675,23 @@ impl Engine {
             let bytes = track.layers.get(usize::from(layer))?.cache.get(src)?;
             Some((bytes, f, track.codec))
         });
-        let remote = self.transports.get(transport).and_then(|t| t.remote);
-        let (Some((bytes, f, codec)), Some(remote)) = (found, remote) else {
-            return self.count_drop(Some(transport), DropReason::NotInCache);
+        let Some(tr) = self.transports.get_mut(transport) else {
+            return;
+        };
+        let (Some((bytes, f, codec)), Some(remote)) = (found, tr.remote) else {
+            self.counters.drop(DropReason::NotInCache);
+            tr.counters.drop(DropReason::NotInCache);
+            return;
+        };
+        let mut srtp = match tr.webrtc.as_mut() {
+            None => None,
+            Some(w) => match w.srtp_out.as_mut() {
+                Some(s) => Some(s),
+                None => return,
+            },
         };
         let len = bytes.len();
-        let ok = len <= MAX_DATAGRAM
+        let ok = len + MAX_OVERHEAD <= MAX_DATAGRAM
             && eg.send_with(remote, &mut |slot: &mut [u8]| {
                 let Some(dst) = slot.get_mut(..len) else {
                     return 0;
@@ -511,19 +706,33 @@ impl Engine {
                 } else {
                     None
                 };
-                match downtrack::apply(dst, header_len, &f, vp8d.as_ref()) {
-                    Ok(()) => len,
-                    Err(_) => 0,
+                let mut n = len;
+                if srtp.is_some() {
+                    // As on the first send: no header extensions toward WebRTC peers.
+                    let csrc_end = 12 + 4 * usize::from(p.csrc_count());
+                    slot.copy_within(header_len..len, csrc_end);
+                    slot[0] &= !0x10;
+                    n = len - (header_len - csrc_end);
+                    if downtrack::apply(&mut slot[..n], csrc_end, &f, vp8d.as_ref()).is_err() {
+                        return 0;
+                    }
+                } else if downtrack::apply(&mut slot[..n], header_len, &f, vp8d.as_ref()).is_err() {
+                    return 0;
+                }
+                match srtp.as_mut() {
+                    Some(s) => s.protect_rtp(slot, n).unwrap_or(0),
+                    None => n,
                 }
             });
+        let len = len as u64;
         if ok {
             self.counters.retransmits_sent += 1;
             self.counters.packets_out += 1;
-            self.counters.bytes_out += len as u64;
+            self.counters.bytes_out += len;
             if let Some(t) = self.transports.get_mut(transport) {
                 t.counters.retransmits_sent += 1;
                 t.counters.packets_out += 1;
-                t.counters.bytes_out += len as u64;
+                t.counters.bytes_out += len;
             }
         } else {
             self.count_drop(Some(transport), DropReason::QueueFull);
@@ -554,12 +763,10 @@ fn request_keyframe<E: Egress>(
     counters.keyframe_requests += 1;
     if let Some(t) = transports.get_mut(track.transport) {
         t.counters.keyframe_requests += 1;
-        if let Some(remote) = t.remote {
-            let sender = cfg.rtcp_ssrc;
-            eg.send_with(remote, &mut |slot: &mut [u8]| {
-                rtcp::emit_pli(slot, sender, media).unwrap_or(0)
-            });
-        }
+        let sender = cfg.rtcp_ssrc;
+        send_rtcp(t, eg, &mut |slot: &mut [u8]| {
+            rtcp::emit_pli(slot, sender, media).unwrap_or(0)
+        });
     }
     if outbox.len() < outbox.capacity() {
         outbox.push(pb::Event {
@@ -570,6 +777,33 @@ fn request_keyframe<E: Egress>(
                 ssrc: media.0,
             })),
         });
+    }
+}
+
+/// Sends an RTCP packet built by `build` to transport `t`'s remote, protected with SRTCP
+/// on WebRTC transports. False if nothing could be sent (no remote, not connected).
+fn send_rtcp<E: Egress>(
+    t: &mut Transport,
+    eg: &mut E,
+    build: &mut dyn FnMut(&mut [u8]) -> usize,
+) -> bool {
+    let Some(remote) = t.remote else {
+        return false;
+    };
+    match t.webrtc.as_mut() {
+        None => eg.send_with(remote, build),
+        Some(w) => {
+            let Some(srtp) = w.srtp_out.as_mut() else {
+                return false;
+            };
+            eg.send_with(remote, &mut |slot: &mut [u8]| {
+                let n = build(slot);
+                if n == 0 || n + MAX_OVERHEAD > slot.len() {
+                    return 0;
+                }
+                srtp.protect_rtcp(slot, n).unwrap_or(0)
+            })
+        }
     }
 }
 

@@ -59,6 +59,12 @@ impl<T> Slab<T> {
         self.len
     }
 
+    /// One past the highest index ever used: iterate `0..slots()` with `get_mut` to visit
+    /// every item while holding other borrows.
+    pub fn slots(&self) -> usize {
+        self.items.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -45,10 +45,20 @@ pub enum DropReason {
     Duplicate,
     /// The subscriber's transport has not learnt its remote address yet (comedia).
     NoRemote,
+    /// SRTP/SRTCP authentication failed (bad tag, wrong key, corrupted).
+    SrtpAuthFailed,
+    /// An SRTP/SRTCP packet already received (or older than the replay window).
+    Replayed,
+    /// Media on a WebRTC transport before its DTLS handshake completed.
+    NotConnected,
+    /// A STUN message that failed the ICE checks (integrity, user, fingerprint).
+    IceRejected,
+    /// A DTLS record the handshake refused.
+    DtlsRejected,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 22;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
         DropReason::BadVersion,
@@ -67,6 +77,11 @@ impl DropReason {
         DropReason::NotInCache,
         DropReason::Duplicate,
         DropReason::NoRemote,
+        DropReason::SrtpAuthFailed,
+        DropReason::Replayed,
+        DropReason::NotConnected,
+        DropReason::IceRejected,
+        DropReason::DtlsRejected,
     ];
 
     pub fn index(self) -> usize {
@@ -93,6 +108,11 @@ impl DropReason {
             DropReason::NotInCache => "not_in_cache",
             DropReason::Duplicate => "duplicate",
             DropReason::NoRemote => "no_remote",
+            DropReason::SrtpAuthFailed => "srtp_auth_failed",
+            DropReason::Replayed => "replayed",
+            DropReason::NotConnected => "not_connected",
+            DropReason::IceRejected => "ice_rejected",
+            DropReason::DtlsRejected => "dtls_rejected",
         }
     }
 
@@ -108,7 +128,22 @@ impl DropReason {
                 | DropReason::UnknownSource
                 | DropReason::UnknownSsrc
                 | DropReason::BadPayload
+                | DropReason::SrtpAuthFailed
+                | DropReason::Replayed
+                | DropReason::IceRejected
+                | DropReason::DtlsRejected
         )
+    }
+}
+
+impl From<crate::srtp::SrtpError> for DropReason {
+    fn from(e: crate::srtp::SrtpError) -> Self {
+        use crate::srtp::SrtpError as S;
+        match e {
+            S::Replayed | S::TooOld => DropReason::Replayed,
+            S::Truncated => DropReason::Truncated,
+            _ => DropReason::SrtpAuthFailed,
+        }
     }
 }
 
@@ -134,6 +169,8 @@ pub struct Counters {
     pub nacks_received: u64,
     pub retransmits_sent: u64,
     pub keyframe_requests: u64,
+    /// NACK packets sent to publishers for packets lost on their way in.
+    pub nacks_sent: u64,
 }
 
 impl Counters {
@@ -161,6 +198,7 @@ impl Counters {
         self.nacks_received += o.nacks_received;
         self.retransmits_sent += o.retransmits_sent;
         self.keyframe_requests += o.keyframe_requests;
+        self.nacks_sent += o.nacks_sent;
     }
 
     pub fn to_proto(&self) -> pb::Counters {
@@ -180,6 +218,7 @@ impl Counters {
             nacks_received: self.nacks_received,
             retransmits_sent: self.retransmits_sent,
             keyframe_requests: self.keyframe_requests,
+            nacks_sent: self.nacks_sent,
         }
     }
 }

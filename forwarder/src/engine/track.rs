@@ -18,6 +18,95 @@ pub const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// At most one keyframe request per layer within this interval.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 
+/// Sequence numbers asked for again at most this often.
+pub const NACK_INTERVAL: Duration = Duration::from_millis(40);
+/// A gap is reported only after this long, to let reordered packets arrive first.
+pub const NACK_REORDER_WAIT: Duration = Duration::from_millis(10);
+/// How many times one lost packet is asked for.
+pub const NACK_ATTEMPTS: u8 = 4;
+/// Gaps larger than this are not repaired (a stream restart, not loss).
+pub const NACK_MAX_GAP: u64 = 64;
+
+#[derive(Clone, Copy, Debug)]
+struct Missing {
+    seq: u64,
+    since: Instant,
+    last_asked: Option<Instant>,
+    attempts: u8,
+}
+
+/// Finds packets a publisher's stream lost on the way to us and says when to ask for them
+/// again (generic NACK, RFC 4585). Fixed capacity: it never allocates after creation.
+#[derive(Debug)]
+pub struct NackGenerator {
+    missing: Vec<Missing>,
+    highest: Option<u64>,
+}
+
+impl Default for NackGenerator {
+    fn default() -> Self {
+        Self {
+            missing: Vec::with_capacity(NACK_MAX_GAP as usize),
+            highest: None,
+        }
+    }
+}
+
+impl NackGenerator {
+    /// Notes the arrival of extended sequence number `seq`.
+    pub fn on_packet(&mut self, seq: u64, now: Instant) {
+        match self.highest {
+            None => self.highest = Some(seq),
+            Some(h) if seq > h => {
+                if seq - h > NACK_MAX_GAP {
+                    self.missing.clear();
+                } else {
+                    for s in h + 1..seq {
+                        if self.missing.len() == self.missing.capacity() {
+                            self.missing.remove(0);
+                        }
+                        self.missing.push(Missing {
+                            seq: s,
+                            since: now,
+                            last_asked: None,
+                            attempts: 0,
+                        });
+                    }
+                }
+                self.highest = Some(seq);
+            }
+            Some(_) => self.missing.retain(|m| m.seq != seq),
+        }
+    }
+
+    /// Writes the sequence numbers to ask for now into `out`; returns how many.
+    pub fn due(&mut self, now: Instant, out: &mut [u16]) -> usize {
+        let mut n = 0;
+        for m in self.missing.iter_mut() {
+            if n == out.len() {
+                break;
+            }
+            let waited = now.saturating_duration_since(m.since) >= NACK_REORDER_WAIT;
+            let spaced = m
+                .last_asked
+                .is_none_or(|t| now.saturating_duration_since(t) >= NACK_INTERVAL);
+            if waited && spaced && m.attempts < NACK_ATTEMPTS {
+                out[n] = m.seq as u16;
+                n += 1;
+                m.attempts += 1;
+                m.last_asked = Some(now);
+            }
+        }
+        self.missing
+            .retain(|m| m.attempts < NACK_ATTEMPTS || m.last_asked.is_some_and(|t| t == now));
+        n
+    }
+
+    pub fn pending(&self) -> usize {
+        self.missing.len()
+    }
+}
+
 #[derive(Debug)]
 pub struct Layer {
     pub ssrc: Ssrc,
@@ -29,6 +118,7 @@ pub struct Layer {
     pub last_keyframe_request: Option<Instant>,
     pub keyframe_wanted: bool,
     pub packets: u64,
+    pub nack: NackGenerator,
 }
 
 impl Layer {
@@ -43,6 +133,7 @@ impl Layer {
             last_keyframe_request: None,
             keyframe_wanted: false,
             packets: 0,
+            nack: NackGenerator::default(),
         }
     }
 
@@ -132,6 +223,35 @@ mod tests {
         l.keyframe_wanted = true;
         assert!(!l.take_keyframe_request(t0 + Duration::from_millis(100)));
         assert!(l.take_keyframe_request(t0 + KEYFRAME_REQUEST_INTERVAL));
+    }
+
+    #[test]
+    fn nack_generator_asks_for_gaps_spaced_and_bounded() {
+        let t0 = Instant::now();
+        let mut g = NackGenerator::default();
+        let mut out = [0u16; 32];
+        g.on_packet(100, t0);
+        g.on_packet(103, t0);
+        assert_eq!(g.due(t0, &mut out), 0, "reordering grace");
+        let t1 = t0 + NACK_REORDER_WAIT;
+        assert_eq!(g.due(t1, &mut out), 2);
+        assert_eq!(&out[..2], &[101, 102]);
+        assert_eq!(g.due(t1 + Duration::from_millis(1), &mut out), 0, "spaced");
+        g.on_packet(101, t1);
+        let mut t = t1;
+        let mut asked = 1;
+        for _ in 0..10 {
+            t += NACK_INTERVAL;
+            asked += g.due(t, &mut out);
+        }
+        assert_eq!(
+            asked,
+            1 + usize::from(NACK_ATTEMPTS) - 1,
+            "102 asked at most 4 times"
+        );
+        assert_eq!(g.pending(), 0);
+        g.on_packet(103 + NACK_MAX_GAP + 1, t);
+        assert_eq!(g.pending(), 0, "a jump is a restart, not loss");
     }
 
     #[test]

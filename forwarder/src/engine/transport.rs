@@ -1,11 +1,17 @@
-//! A plain RTP transport: RTP and RTCP to and from one remote address on the core's
-//! socket. The remote is either given by control or, with comedia, learnt from the first
-//! datagram that carries one of the transport's SSRCs (what ffmpeg, GStreamer and most
-//! recorders behind NAT need: they send before they can be sent to).
+//! A transport: RTP and RTCP to and from one remote address on the core's socket, either
+//! plain or WebRTC (ICE-lite, DTLS-SRTP; see `webrtc`).
+//!
+//! A plain transport's remote is given by control or learnt with comedia; a WebRTC
+//! transport's remote is the address ICE selected.
+//!
+//! Comedia matters for ffmpeg, GStreamer and most recorders behind NAT: they send before
+//! they can be sent to, so the remote is learnt from the first datagram that carries one
+//! of the transport's SSRCs.
 
 use std::net::SocketAddr;
 
 use crate::engine::stats::Counters;
+use crate::engine::webrtc::WebRtc;
 
 #[derive(Debug)]
 pub struct Transport {
@@ -18,4 +24,6 @@ pub struct Transport {
     pub tracks: Vec<usize>,
     /// Down tracks sent over this transport (engine indices).
     pub down_tracks: Vec<usize>,
+    /// ICE, DTLS, SRTP and data channels, for WebRTC transports.
+    pub webrtc: Option<Box<WebRtc>>,
 }

@@ -358,6 +358,7 @@ impl Router {
                 }
             }
             Some(Body::CreatePlainTransport(c)) => c.room_id,
+            Some(Body::CreateWebrtcTransport(c)) => c.room_id,
             Some(Body::AddTrack(c)) => c.room_id,
             Some(Body::AddDownTrack(c)) => c.room_id,
             Some(Body::SetPreferredLayer(c)) => c.room_id,

@@ -148,11 +148,7 @@ fn serve(args: &[String]) -> Result<()> {
     let forwarder = Forwarder::start(fwd).context("starting the media plane")?;
     let media = forwarder.core_addrs();
     let driver = forwarder.driver_name();
-    let state = Arc::new(AppState {
-        keys,
-        forwarder,
-        dev,
-    });
+    let state = Arc::new(AppState::new(keys, forwarder, dev));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -8,8 +8,15 @@
 //!   accepted codec; RTCP feedback and header extensions intersected with what Prism uses,
 //!   keeping the offered extension ids;
 //! - direction mirrors the offer from the receiving side: the server receives what a
-//!   publisher sends (`sendonly`/`sendrecv` → `recvonly`); it sends only in sections of a
-//!   server-side offer ([`super::offer`]), so a `recvonly` offer is answered `inactive`;
+//!   publisher sends (`sendonly`/`sendrecv` → `recvonly`), and a `recvonly` offer is
+//!   answered `inactive` unless a track is attached to it ([`AnswerBuilder::send`]);
+//! - sending (WHEP viewers): a section the offerer receives on, with a track attached
+//!   whose codec was offered, is answered `sendonly` (`sendrecv` only on request) with
+//!   just that codec and its RTX, under the offered payload types (the forwarder rewrites
+//!   to them, see [`SectionChoice`]), `a=msid` and `a=ssrc` lines, and no header
+//!   extensions unless asked: the forwarder strips them on egress, and a viewer that
+//!   negotiated one would expect it;
+//! - RTX where the server receives only while [`AnswerBuilder::accept_rtx`] is on;
 //! - simulcast: offered `a=rid:X send` + `a=simulcast:send …` become `a=rid:X recv` +
 //!   `a=simulcast:recv …` with the same layers, if the rid header extension is accepted;
 //! - transport: `a=ice-lite`, the server's credentials, fingerprint and host candidates in
@@ -28,7 +35,7 @@ use webrtc_sdp::attribute_type::{
 use webrtc_sdp::media_type::{SdpFormatList, SdpMedia, SdpProtocolValue};
 use webrtc_sdp::SdpSession;
 
-use super::codecs::{self, ext};
+use super::codecs::{self, ext, Codec};
 use super::emit;
 use super::model::{
     CodecParams, Direction, Fingerprint, MediaKind, MediaSection, SessionOffer, SetupRole,
@@ -92,11 +99,74 @@ impl ServerParams {
     }
 }
 
+/// A track the server sends in a section the offerer can receive on (a WHEP viewer's
+/// `recvonly` section, or a subscriber's `sendrecv` one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnswerTrack {
+    pub ssrc: u32,
+    /// SSRC of the RTX stream; announced (`a=ssrc-group:FID`) only if the offer has RTX for
+    /// the codec sent, see [`SectionChoice::rtx_pt`].
+    pub rtx_ssrc: Option<u32>,
+    pub cname: String,
+    /// `msid` stream id (LiveKit: the publishing participant's sid).
+    pub stream_id: String,
+    /// `msid` track id (LiveKit: the track sid).
+    pub track_id: String,
+    /// The codec the forwarded track is in; the section sends only if it was offered.
+    pub codec: Codec,
+}
+
+/// What the answer chose for one section, in m-line order: what the forwarder needs to
+/// send to a viewer (its payload types) or to read a publisher's packets (payload types
+/// and header extension ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionChoice {
+    pub mid: String,
+    pub kind: MediaKind,
+    /// As written in the answer, from the server's side. Rejected sections are `Inactive`;
+    /// a data channel is `SendRecv`.
+    pub direction: Direction,
+    /// The codec media flows in, with the offerer's payload type: for a sending section
+    /// the attached track's codec (the sender must rewrite to this payload type), for a
+    /// receiving one the first accepted codec. `None` when no media flows (inactive,
+    /// rejected, data channel).
+    pub codec: Option<CodecParams>,
+    /// The answered RTX payload type repairing `codec`, if any.
+    pub rtx_pt: Option<u8>,
+    /// The answered header extensions, with the offer's ids.
+    pub extmaps: Vec<(u16, String)>,
+}
+
 /// Builds the answer to one offer.
+///
+/// Without attached tracks every section only receives (publishers). [`Self::send`]
+/// attaches a forwarded track to a section the offerer receives on (viewers).
 #[derive(Debug)]
 pub struct AnswerBuilder<'a> {
     offer: &'a SessionOffer,
     params: &'a ServerParams,
+    /// Attached tracks by mid; a later `send` to the same mid replaces the earlier one.
+    tracks: Vec<(String, AnswerTrack)>,
+    /// Mids of `sendrecv` sections answered `sendrecv` despite an attached track.
+    also_receive: Vec<String>,
+    /// Mids whose sending section keeps the accepted header extensions.
+    with_extensions: Vec<String>,
+    /// Mids answered with no header extension at all.
+    without_extensions: Vec<String>,
+    accept_rtx: bool,
+}
+
+/// How one accepted RTP section is answered.
+#[derive(Debug)]
+struct Plan<'t> {
+    direction: Direction,
+    codecs: Vec<CodecParams>,
+    extmaps: Vec<(u16, String)>,
+    /// The codec media flows in (sent or received), if any.
+    chosen: Option<CodecParams>,
+    rtx_pt: Option<u8>,
+    /// The track sent, when the section sends.
+    track: Option<&'t AnswerTrack>,
 }
 
 /// What the answer does with one offered section.
@@ -153,11 +223,21 @@ fn decide(m: &MediaSection) -> Verdict {
     }
 }
 
-fn answer_direction(offered: Direction) -> Direction {
-    match offered {
-        Direction::SendOnly | Direction::SendRecv => Direction::RecvOnly,
-        Direction::RecvOnly | Direction::Inactive => Direction::Inactive,
+fn direction_of(send: bool, recv: bool) -> Direction {
+    match (send, recv) {
+        (true, true) => Direction::SendRecv,
+        (true, false) => Direction::SendOnly,
+        (false, true) => Direction::RecvOnly,
+        (false, false) => Direction::Inactive,
     }
+}
+
+/// The RTX payload type in `codecs` that repairs `pt`.
+fn rtx_for(m: &MediaSection, codecs: &[CodecParams], pt: u8) -> Option<u8> {
+    codecs
+        .iter()
+        .find(|c| c.is_rtx() && m.rtx.get(&c.pt) == Some(&pt))
+        .map(|c| c.pt)
 }
 
 fn direction_attr(d: Direction) -> SdpAttribute {
@@ -225,7 +305,63 @@ fn simulcast(out: &mut SdpMedia, m: &MediaSection) -> Result<(), SdpError> {
 
 impl<'a> AnswerBuilder<'a> {
     pub fn new(offer: &'a SessionOffer, params: &'a ServerParams) -> Self {
-        Self { offer, params }
+        Self {
+            offer,
+            params,
+            tracks: Vec::new(),
+            also_receive: Vec::new(),
+            with_extensions: Vec::new(),
+            without_extensions: Vec::new(),
+            accept_rtx: true,
+        }
+    }
+
+    /// Sends `track` in the section `mid`. An offered `recvonly` or `sendrecv` section is
+    /// then answered `sendonly` (see [`Self::also_receive`]), listing only the track's
+    /// codec (and its RTX, if the offer has it and the track has an RTX SSRC) with the
+    /// offered payload types, and announcing the SSRCs; no header extensions by default
+    /// (see [`Self::with_header_extensions_for`]).
+    ///
+    /// If the offerer cannot receive there or did not offer the track's codec, the
+    /// section is answered as if no track were attached; [`Self::build_with_choices`]
+    /// tells. A mid missing from the offer or a codec of the wrong kind is an
+    /// [`SdpError::BadTrack`] at build time.
+    pub fn send(mut self, mid: &str, track: AnswerTrack) -> Self {
+        self.tracks.retain(|(m, _)| m != mid);
+        self.tracks.push((mid.to_owned(), track));
+        self
+    }
+
+    /// Answers an offered `sendrecv` section that has a track attached with `sendrecv`
+    /// instead of `sendonly`: the server receives there too, with the receive rules
+    /// (all accepted codecs, RTX per [`Self::accept_rtx`], header extensions kept).
+    pub fn also_receive(mut self, mid: &str) -> Self {
+        self.also_receive.push(mid.to_owned());
+        self
+    }
+
+    /// Keeps the accepted header extensions on the sending section `mid`. Off by default:
+    /// the forwarder strips header extensions on egress, and a receiver that negotiated
+    /// e.g. `sdes:mid` would expect to find it in every packet.
+    pub fn with_header_extensions_for(mut self, mid: &str) -> Self {
+        self.with_extensions.push(mid.to_owned());
+        self
+    }
+
+    /// Answers section `mid` with no `a=extmap` at all, whatever its direction (wins over
+    /// [`Self::with_header_extensions_for`]).
+    pub fn without_header_extensions_for(mut self, mid: &str) -> Self {
+        self.without_extensions.push(mid.to_owned());
+        self
+    }
+
+    /// Whether sections the server receives on accept the publisher's RTX payload types
+    /// (default `true`). With `false` no RTX is answered where the server receives, so
+    /// the publisher retransmits in the original stream. Sending-only sections follow
+    /// the attached track's `rtx_ssrc` instead.
+    pub fn accept_rtx(mut self, accept: bool) -> Self {
+        self.accept_rtx = accept;
+        self
     }
 
     /// The answer as SDP text (CRLF line ends).
@@ -233,25 +369,74 @@ impl<'a> AnswerBuilder<'a> {
         Ok(self.build_session()?.to_string())
     }
 
+    /// The answer as SDP text, and what was chosen for each section, in m-line order.
+    pub fn build_with_choices(&self) -> Result<(String, Vec<SectionChoice>), SdpError> {
+        let (s, choices) = self.build_all()?;
+        Ok((s.to_string(), choices))
+    }
+
     /// The answer as a `webrtc-sdp` session.
     pub fn build_session(&self) -> Result<SdpSession, SdpError> {
+        Ok(self.build_all()?.0)
+    }
+
+    fn check_tracks(&self) -> Result<(), SdpError> {
+        for (mid, t) in &self.tracks {
+            let Some(m) = self.offer.section(mid) else {
+                return Err(SdpError::BadTrack {
+                    mid: mid.clone(),
+                    why: "no such mid in the offer",
+                });
+            };
+            if t.codec.kind() != m.kind {
+                return Err(SdpError::BadTrack {
+                    mid: mid.clone(),
+                    why: "the track's codec is not of the section's kind",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn build_all(&self) -> Result<(SdpSession, Vec<SectionChoice>), SdpError> {
         self.offer.validate()?;
+        self.check_tracks()?;
         let first = self.params.check()?;
         let mut s = emit::session(self.params);
         let mut media = Vec::with_capacity(self.offer.media.len());
+        let mut choices = Vec::with_capacity(self.offer.media.len());
         let mut accepted_mids = Vec::new();
         for (i, m) in self.offer.media.iter().enumerate() {
             let raw = self.offer.raw.media.get(i);
-            let verdict = decide(m);
-            let out = match verdict {
+            let mut choice = SectionChoice {
+                mid: m.mid.clone(),
+                kind: m.kind,
+                direction: Direction::Inactive,
+                codec: None,
+                rtx_pt: None,
+                extmaps: Vec::new(),
+            };
+            let out = match decide(m) {
                 Verdict::Reject => self.rejected(m, raw),
-                Verdict::Data => self.data(m, first)?,
-                Verdict::Rtp { codecs, extmaps } => self.rtp(m, &codecs, &extmaps, first)?,
+                Verdict::Data => {
+                    choice.direction = Direction::SendRecv;
+                    self.data(m, first)?
+                }
+                Verdict::Rtp { codecs, extmaps } => {
+                    let plan = self.plan(m, codecs, extmaps);
+                    let out = self.rtp(m, &plan, first)?;
+                    choice.direction = plan.direction;
+                    choice.codec = plan.chosen;
+                    choice.rtx_pt = plan.rtx_pt;
+                    choice.extmaps = plan.extmaps;
+                    out
+                }
             };
             if out.get_port() != 0 {
                 accepted_mids.push(m.mid.clone());
             }
             media.push(out);
+            choices.push(choice);
         }
         if !self.offer.bundle.is_empty() {
             let tags: Vec<String> = self
@@ -283,7 +468,76 @@ impl<'a> AnswerBuilder<'a> {
             }),
         )?;
         s.extend_media(media);
-        Ok(s)
+        Ok((s, choices))
+    }
+
+    /// Direction, codecs and extensions of an accepted RTP section. `codecs` are all the
+    /// accepted ones (RTX included), in the offerer's order.
+    fn plan(
+        &self,
+        m: &MediaSection,
+        codecs: Vec<CodecParams>,
+        extmaps: Vec<(u16, String)>,
+    ) -> Plan<'_> {
+        let has = |list: &[String]| list.contains(&m.mid);
+        let attached = self
+            .tracks
+            .iter()
+            .find(|(mid, _)| *mid == m.mid)
+            .map(|(_, t)| t);
+        // The first offered payload type of the track's codec is the one to send with.
+        let sent = attached.filter(|_| m.direction.receives()).and_then(|t| {
+            codecs
+                .iter()
+                .find(|c| codecs::classify(m.kind, c) == Some(t.codec))
+                .map(|c| (t, c.clone()))
+        });
+        let send = sent.is_some();
+        let recv = m.direction.sends() && (!send || has(&self.also_receive));
+        let direction = direction_of(send, recv);
+
+        let (codecs, chosen) = match &sent {
+            Some((t, c)) if !recv => {
+                // Only what will be sent: the codec and, if the track has an RTX
+                // stream and the offerer can take it, its RTX.
+                let rtx = t
+                    .rtx_ssrc
+                    .and_then(|_| rtx_for(m, &codecs, c.pt))
+                    .and_then(|pt| codecs.iter().find(|r| r.pt == pt).cloned());
+                (
+                    std::iter::once(c.clone()).chain(rtx).collect(),
+                    Some(c.clone()),
+                )
+            }
+            _ => {
+                let mut codecs = codecs;
+                if !self.accept_rtx {
+                    codecs.retain(|c| !c.is_rtx());
+                }
+                let chosen = match &sent {
+                    Some((_, c)) => Some(c.clone()),
+                    None if recv => codecs.iter().find(|c| !c.is_rtx()).cloned(),
+                    None => None,
+                };
+                (codecs, chosen)
+            }
+        };
+        let rtx_pt = chosen.as_ref().and_then(|c| rtx_for(m, &codecs, c.pt));
+        let keep_extmaps = if has(&self.without_extensions) {
+            false
+        } else if send && !recv {
+            has(&self.with_extensions)
+        } else {
+            true
+        };
+        Plan {
+            direction,
+            codecs,
+            extmaps: if keep_extmaps { extmaps } else { Vec::new() },
+            chosen,
+            rtx_pt,
+            track: sent.map(|(t, _)| t),
+        }
     }
 
     fn role(&self, m: &MediaSection) -> SetupRole {
@@ -334,14 +588,9 @@ impl<'a> AnswerBuilder<'a> {
         Ok(out)
     }
 
-    fn rtp(
-        &self,
-        m: &MediaSection,
-        codecs: &[CodecParams],
-        extmaps: &[(u16, String)],
-        at: SocketAddr,
-    ) -> Result<SdpMedia, SdpError> {
-        let formats = SdpFormatList::Integers(codecs.iter().map(|c| u32::from(c.pt)).collect());
+    fn rtp(&self, m: &MediaSection, plan: &Plan<'_>, at: SocketAddr) -> Result<SdpMedia, SdpError> {
+        let formats =
+            SdpFormatList::Integers(plan.codecs.iter().map(|c| u32::from(c.pt)).collect());
         let mut out = emit::media(
             emit::media_value(m.kind),
             SdpProtocolValue::UdpTlsRtpSavpf,
@@ -349,20 +598,25 @@ impl<'a> AnswerBuilder<'a> {
             Some(at),
         );
         emit::push(&mut out, SdpAttribute::Mid(m.mid.clone()))?;
-        emit::push(&mut out, direction_attr(answer_direction(m.direction)))?;
+        emit::push(&mut out, direction_attr(plan.direction))?;
         emit::transport(&mut out, self.params, self.role(m))?;
-        for (id, uri) in extmaps {
+        for (id, uri) in &plan.extmaps {
             emit::push(&mut out, emit::extmap(*id, uri))?;
         }
         emit::push(&mut out, SdpAttribute::RtcpMux)?;
         if m.rtcp_rsize {
             emit::push(&mut out, SdpAttribute::RtcpRsize)?;
         }
-        for c in codecs {
+        for c in &plan.codecs {
             emit::codec(&mut out, c)?;
         }
-        if m.direction.sends() && extmaps.iter().any(|(_, u)| u == ext::RID) {
+        if plan.direction.receives() && plan.extmaps.iter().any(|(_, u)| u == ext::RID) {
             simulcast(&mut out, m)?;
+        }
+        if let Some(t) = plan.track {
+            // Announce the RTX SSRC only if an RTX payload type was answered for it.
+            let rtx = t.rtx_ssrc.filter(|_| plan.rtx_pt.is_some());
+            emit::sender(&mut out, &t.stream_id, &t.track_id, &t.cname, t.ssrc, rtx)?;
         }
         emit::candidates(&mut out, self.params)?;
         Ok(out)

@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use webrtc_sdp::address::{Address, ExplicitlyTypedAddress};
 use webrtc_sdp::attribute_type::{
     SdpAttribute, SdpAttributeCandidate, SdpAttributeCandidateTransport, SdpAttributeCandidateType,
-    SdpAttributeExtmap, SdpAttributeFingerprint, SdpAttributeFingerprintHashType,
-    SdpAttributeRtpmap, SdpAttributeSetup,
+    SdpAttributeExtmap, SdpAttributeFingerprint, SdpAttributeFingerprintHashType, SdpAttributeMsid,
+    SdpAttributeRtpmap, SdpAttributeSetup, SdpAttributeSsrc, SdpSsrcGroupSemantic,
 };
 use webrtc_sdp::media_type::{
     SdpFormatList, SdpMedia, SdpMediaLine, SdpMediaValue, SdpProtocolValue,
@@ -178,6 +178,52 @@ pub(crate) fn codec(m: &mut SdpMedia, c: &CodecParams) -> Result<(), SdpError> {
     }
     for fb in &c.rtcp_fb {
         push(m, attr_from_text(&format!("rtcp-fb:{} {}", c.pt, fb))?)?;
+    }
+    Ok(())
+}
+
+fn ssrc_attr(id: u32, key: &str, value: &str) -> SdpAttribute {
+    SdpAttribute::Ssrc(SdpAttributeSsrc {
+        id,
+        attribute: Some(key.to_owned()),
+        value: Some(value.to_owned()),
+    })
+}
+
+/// The identity of one track the server sends: `a=msid:<stream> <track>`, and the SSRCs
+/// announced the pre-unified-plan way as well (`a=ssrc:N cname:…` and `msid:…`, with
+/// `a=ssrc-group:FID <media> <rtx>` when there is an RTX stream) so that clients that do
+/// not read the mid header extension can still map packets to the track.
+pub(crate) fn sender(
+    m: &mut SdpMedia,
+    stream_id: &str,
+    track_id: &str,
+    cname: &str,
+    ssrc: u32,
+    rtx_ssrc: Option<u32>,
+) -> Result<(), SdpError> {
+    push(
+        m,
+        SdpAttribute::Msid(SdpAttributeMsid {
+            id: stream_id.to_owned(),
+            appdata: Some(track_id.to_owned()),
+        }),
+    )?;
+    let msid = format!("{stream_id} {track_id}");
+    let mut ssrcs = vec![ssrc];
+    if let Some(rtx) = rtx_ssrc {
+        ssrcs.push(rtx);
+        push(
+            m,
+            SdpAttribute::SsrcGroup(
+                SdpSsrcGroupSemantic::FlowIdentification,
+                ssrcs.iter().map(|&id| SdpAttributeSsrc::new(id)).collect(),
+            ),
+        )?;
+    }
+    for id in ssrcs {
+        push(m, ssrc_attr(id, "cname", cname))?;
+        push(m, ssrc_attr(id, "msid", &msid))?;
     }
     Ok(())
 }

@@ -40,7 +40,8 @@ mod emit;
 pub mod model;
 pub mod offer;
 
-pub use answer::{AnswerBuilder, ServerParams};
+pub use answer::{AnswerBuilder, AnswerTrack, SectionChoice, ServerParams};
+pub use codecs::Codec;
 pub use model::{
     CodecParams, Direction, Fingerprint, MediaKind, MediaSection, RidDirection, SessionOffer,
     SetupRole, Simulcast, SsrcGroup, SsrcInfo,
@@ -68,6 +69,8 @@ pub enum SdpError {
     MissingFingerprint { mid: String },
     /// The server parameters cannot produce a valid description (e.g. no candidate).
     BadServerParams(&'static str),
+    /// A track attached to the answer does not fit its section (unknown mid, wrong kind).
+    BadTrack { mid: String, why: &'static str },
 }
 
 impl fmt::Display for SdpError {
@@ -90,6 +93,9 @@ impl fmt::Display for SdpError {
                 write!(f, "m-section {mid:?} has no DTLS fingerprint")
             }
             SdpError::BadServerParams(why) => write!(f, "bad server parameters: {why}"),
+            SdpError::BadTrack { mid, why } => {
+                write!(f, "cannot send on m-section {mid:?}: {why}")
+            }
         }
     }
 }

@@ -11,8 +11,7 @@
 //! The offerer must say `a=setup:actpass` (RFC 5763 §5); the client then picks its role.
 
 use webrtc_sdp::attribute_type::{
-    SdpAttribute, SdpAttributeGroup, SdpAttributeGroupSemantic, SdpAttributeMsid,
-    SdpAttributeMsidSemantic, SdpAttributeSsrc, SdpSsrcGroupSemantic,
+    SdpAttribute, SdpAttributeGroup, SdpAttributeGroupSemantic, SdpAttributeMsidSemantic,
 };
 use webrtc_sdp::media_type::{SdpFormatList, SdpMediaValue, SdpProtocolValue};
 use webrtc_sdp::SdpSession;
@@ -69,14 +68,6 @@ impl OfferSection {
 pub struct OfferBuilder<'a> {
     params: &'a ServerParams,
     sections: Vec<OfferSection>,
-}
-
-fn ssrc_attr(id: u32, key: &str, value: &str) -> SdpAttribute {
-    SdpAttribute::Ssrc(SdpAttributeSsrc {
-        id,
-        attribute: Some(key.to_owned()),
-        value: Some(value.to_owned()),
-    })
 }
 
 impl<'a> OfferBuilder<'a> {
@@ -194,29 +185,14 @@ impl<'a> OfferBuilder<'a> {
             &t.codecs
         };
         let mut m = self.rtp_common(&t.mid, t.kind, codecs, SdpAttribute::Sendonly, at)?;
-        emit::push(
+        emit::sender(
             &mut m,
-            SdpAttribute::Msid(SdpAttributeMsid {
-                id: t.stream_id.clone(),
-                appdata: Some(t.track_id.clone()),
-            }),
+            &t.stream_id,
+            &t.track_id,
+            &t.cname,
+            t.ssrc,
+            t.rtx_ssrc,
         )?;
-        let msid = format!("{} {}", t.stream_id, t.track_id);
-        let mut ssrcs = vec![t.ssrc];
-        if let Some(rtx) = t.rtx_ssrc {
-            ssrcs.push(rtx);
-            emit::push(
-                &mut m,
-                SdpAttribute::SsrcGroup(
-                    SdpSsrcGroupSemantic::FlowIdentification,
-                    ssrcs.iter().map(|&id| SdpAttributeSsrc::new(id)).collect(),
-                ),
-            )?;
-        }
-        for id in ssrcs {
-            emit::push(&mut m, ssrc_attr(id, "cname", &t.cname))?;
-            emit::push(&mut m, ssrc_attr(id, "msid", &msid))?;
-        }
         emit::candidates(&mut m, self.params)?;
         Ok(m)
     }
