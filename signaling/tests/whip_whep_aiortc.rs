@@ -396,7 +396,15 @@ fn viewer_decodes_through_five_percent_publisher_loss() {
 
     assert_published(&publisher);
     let relay = &publisher.summary["relay"];
-    println!("relay (drops, RTP packets by payload type): {relay}");
+    println!("relay (RTP dropped, resent, by payload type): {relay}");
+    // Retransmissions are sent again on the same SSRC and sequence number (no RTX in the
+    // answer), or with an RTX payload type, a third one besides Opus and the video codec.
+    let resent = relay["resent_rtp"].as_u64().unwrap_or(0);
+    let rtx = relay["rtp_by_pt"].as_object().map_or(0, |pts| pts.len()) > 2;
+    assert!(
+        resent > 0 || rtx,
+        "the publisher retransmitted nothing: the server sent it no NACK\n{publisher}"
+    );
     assert!(
         relay["dropped_rtp"].as_u64().unwrap_or(0) > 0,
         "the relay dropped nothing:\n{publisher}"

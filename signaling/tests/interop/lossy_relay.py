@@ -6,6 +6,8 @@ forwards from one socket to the server, and the server's replies go back to the 
 address seen. Only RTP in the peer-to-server direction is dropped: STUN, DTLS and RTCP
 (RFC 7983 demultiplexing, RFC 5761 payload types 192..223) pass untouched, as does
 everything the server sends. Drops come from a seeded generator so a run can be repeated.
+It counts what it dropped, and RTP sent again with an (SSRC, sequence number) already seen:
+the retransmissions of a sender without RTX, answering the server's NACKs.
 
 Standalone: python lossy_relay.py --upstream 127.0.0.1:7882 --loss 0.05
 """
@@ -27,7 +29,14 @@ class LossyRelay(asyncio.DatagramProtocol):
         self.rng = random.Random(seed)
         self.peer = None
         self.transport = None
-        self.stats = {"to_server": 0, "dropped_rtp": 0, "to_peer": 0, "rtp_by_pt": {}}
+        self.seen = set()  # (ssrc, seq) of the RTP from the peer; small for a test's length
+        self.stats = {
+            "to_server": 0,
+            "dropped_rtp": 0,
+            "resent_rtp": 0,
+            "to_peer": 0,
+            "rtp_by_pt": {},
+        }
 
     def connection_made(self, transport):
         self.transport = transport
@@ -42,6 +51,10 @@ class LossyRelay(asyncio.DatagramProtocol):
         if is_rtp(data):
             pt = str(data[1] & 0x7F)
             self.stats["rtp_by_pt"][pt] = self.stats["rtp_by_pt"].get(pt, 0) + 1
+            key = (data[8:12], data[2:4])
+            if key in self.seen:
+                self.stats["resent_rtp"] += 1
+            self.seen.add(key)
             if self.rng.random() < self.loss:
                 self.stats["dropped_rtp"] += 1
                 return
