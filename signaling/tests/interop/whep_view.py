@@ -1,0 +1,124 @@
+"""WHEP viewer built on aiortc, a real ICE/DTLS/SRTP stack.
+
+Proves that a room's published tracks reach a standard WHEP viewer through Prism and
+decode: the offer (non-trickle, recvonly audio and video) is answered with 201, ICE and
+DTLS connect, and aiortc decodes at least --frames video frames and --audio-frames audio
+frames (20 ms each) before --timeout. It also measures how long after the PeerConnection
+reports "connected" the first video frame is decoded, which tells whether the server
+asks the publisher for a keyframe when a viewer joins.
+
+Prints one JSON line: video_frames, audio_frames, first_frame_after_connect_s, width,
+height, and diagnostics. Exits 0 only if both frame targets were reached.
+"""
+
+import argparse
+import asyncio
+import time
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from common import allow_loopback, http, log, resource_url, summary
+
+
+async def count_frames(track, result, t, enough):
+    """Pulls decoded frames of one remote track until it ends."""
+    key = f"{track.kind}_frames"
+    try:
+        while True:
+            frame = await track.recv()
+            result[key] += 1
+            if track.kind == "video" and result["video_frames"] == 1:
+                t["first_frame"] = time.monotonic()
+                result["width"], result["height"] = frame.width, frame.height
+            enough()
+    except MediaStreamError:
+        pass
+
+
+async def view(args, result):
+    pc = RTCPeerConnection()
+    t = {}
+    connected = asyncio.Event()
+    done = asyncio.Event()
+    tasks = []
+
+    def enough():
+        if result["video_frames"] >= args.frames and result["audio_frames"] >= args.audio_frames:
+            done.set()
+
+    @pc.on("connectionstatechange")
+    def _state():
+        log("viewer: connection", pc.connectionState)
+        if pc.connectionState == "connected" and "connected" not in t:
+            t["connected"] = time.monotonic()
+            connected.set()
+        elif pc.connectionState in ("failed", "closed"):
+            done.set()
+
+    @pc.on("track")
+    def _track(track):
+        result["tracks"].append(track.kind)
+        tasks.append(asyncio.ensure_future(count_frames(track, result, t, enough)))
+
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    location = None
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        t["post"] = time.monotonic()
+        status, headers, body = await http("POST", args.url, args.token, pc.localDescription.sdp)
+        result["status"] = status
+        location = headers.get("Location") or headers.get("location")
+        if status != 201:
+            result["error"] = f"POST answered {status}: {body[:200]}"
+            return
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        try:
+            await asyncio.wait_for(done.wait(), args.timeout)
+        except asyncio.TimeoutError:
+            result["error"] = f"timeout after {args.timeout} s ({pc.connectionState})"
+    finally:
+        result["connected"] = connected.is_set()
+        if "connected" in t:
+            result["connect_s"] = round(t["connected"] - t["post"], 3)
+        if "connected" in t and "first_frame" in t:
+            result["first_frame_after_connect_s"] = round(t["first_frame"] - t["connected"], 3)
+        if location:
+            status, _, _ = await http("DELETE", resource_url(args.url, location), args.token)
+            result["delete_status"] = status
+        await pc.close()
+        for task in tasks:
+            task.cancel()
+
+
+def main():
+    ap = argparse.ArgumentParser(description="aiortc WHEP viewer counting decoded frames")
+    ap.add_argument("--url", required=True, help="WHEP endpoint, http://HOST:PORT/whep/ROOM")
+    ap.add_argument("--token", help="sent as Authorization: Bearer")
+    ap.add_argument("--frames", type=int, default=60, help="video frames to decode")
+    ap.add_argument("--audio-frames", type=int, default=50, help="audio frames to decode")
+    ap.add_argument("--timeout", type=float, default=20.0, help="seconds from POST to done")
+    args = ap.parse_args()
+
+    allow_loopback()
+    result = {
+        "role": "viewer",
+        "video_frames": 0,
+        "audio_frames": 0,
+        "first_frame_after_connect_s": None,
+        "width": None,
+        "height": None,
+        "tracks": [],
+    }
+    try:
+        asyncio.run(view(args, result))
+    except Exception as e:  # a clean one-line failure for the driver
+        result["error"] = f"{type(e).__name__}: {e}"
+    summary(**result)
+    ok = result["video_frames"] >= args.frames and result["audio_frames"] >= args.audio_frames
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
