@@ -55,6 +55,7 @@ fn comedia_transports_learn_their_remote() {
         &mut e,
         now,
         Body::AddTrack(pb::AddTrack {
+            nack: None,
             room_id: 1,
             transport_id: 1,
             track_id: 1,

@@ -84,6 +84,7 @@ fn binary_is_driven_over_its_control_socket() {
     ok(
         &mut c,
         Body::AddTrack(pb::AddTrack {
+            nack: None,
             room_id: 5,
             transport_id: 1,
             track_id: 1,

@@ -86,6 +86,7 @@ fn run(kind: DriverKind) {
     request(
         &fwd,
         Body::AddTrack(pb::AddTrack {
+            nack: None,
             room_id: ROOM,
             transport_id: 1,
             track_id: 1,

@@ -85,6 +85,7 @@ fn rooms_are_spread_and_forward_on_their_core() {
     req(
         &fwd,
         Body::AddTrack(pb::AddTrack {
+            nack: None,
             room_id: room,
             transport_id: 1000,
             track_id: 1,

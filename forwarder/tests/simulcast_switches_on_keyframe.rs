@@ -61,6 +61,7 @@ fn setup(now: Instant, src: &SimulcastSource, preferred: u32) -> Engine {
         &mut e,
         now,
         Body::AddTrack(pb::AddTrack {
+            nack: None,
             room_id: 1,
             transport_id: 10,
             track_id: 100,

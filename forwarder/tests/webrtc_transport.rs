@@ -224,6 +224,7 @@ fn srtp_media_flows_and_bad_input_is_counted() {
         &mut e,
         now,
         Body::AddTrack(pb::AddTrack {
+            nack: None,
             room_id: 1,
             transport_id: 10,
             track_id: 1,

@@ -104,6 +104,7 @@ fn run(kind: DriverKind) {
     request(
         &fwd,
         Body::AddTrack(pb::AddTrack {
+            nack: None,
             room_id: 1,
             transport_id: 1,
             track_id: 1,

@@ -18,13 +18,19 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render(whip: &Whip) -> Result<String, String> {
     let ev = whip
         .control
-        .request(pb::command::Body::GetStats(pb::GetStats {}), Duration::from_secs(5))
+        .request(
+            pb::command::Body::GetStats(pb::GetStats {}),
+            Duration::from_secs(5),
+        )
         .map_err(|e| format!("media plane: {e:?}"))?;
     let Some(pb::event::Body::Stats(stats)) = ev.body else {
         return Err("media plane: unexpected answer".into());
     };
     let (rooms, sessions, publishers, tracks) = {
-        let r = whip.rooms.lock().map_err(|_| "registry poisoned".to_string())?;
+        let r = whip
+            .rooms
+            .lock()
+            .map_err(|_| "registry poisoned".to_string())?;
         let rooms: Vec<_> = r.iter().collect();
         (
             rooms.len(),
@@ -39,9 +45,19 @@ pub fn render(whip: &Whip) -> Result<String, String> {
     let mut out = String::new();
     header(&mut out, "prism_rooms", "gauge", "Rooms on this node.");
     let _ = writeln!(out, "prism_rooms {rooms}");
-    header(&mut out, "prism_participants", "gauge", "Sessions (publishers and viewers).");
+    header(
+        &mut out,
+        "prism_participants",
+        "gauge",
+        "Sessions (publishers and viewers).",
+    );
     let _ = writeln!(out, "prism_participants {sessions}");
-    header(&mut out, "prism_publishers", "gauge", "Publishing sessions.");
+    header(
+        &mut out,
+        "prism_publishers",
+        "gauge",
+        "Publishing sessions.",
+    );
     let _ = writeln!(out, "prism_publishers {publishers}");
     header(&mut out, "prism_tracks", "gauge", "Published tracks.");
     let _ = writeln!(out, "prism_tracks {tracks}");
@@ -52,16 +68,34 @@ pub fn render(whip: &Whip) -> Result<String, String> {
         .map(|c| (c.core, c.counters.clone().unwrap_or_default(), c))
         .collect();
     let per_core: [(&str, &str, fn(&pb::Counters) -> u64); 8] = [
-        ("prism_packets_in_total", "Datagrams received.", |c| c.packets_in),
-        ("prism_bytes_in_total", "Bytes received.", |c| c.bytes_in),
-        ("prism_packets_out_total", "Datagrams sent.", |c| c.packets_out),
-        ("prism_bytes_out_total", "Bytes sent.", |c| c.bytes_out),
-        ("prism_nacks_received_total", "NACK packets from subscribers.", |c| c.nacks_received),
-        ("prism_nacks_sent_total", "NACK packets sent to publishers.", |c| c.nacks_sent),
-        ("prism_retransmits_total", "Packets resent from the cache.", |c| c.retransmits_sent),
-        ("prism_keyframe_requests_total", "Keyframe requests sent to publishers.", |c| {
-            c.keyframe_requests
+        ("prism_packets_in_total", "Datagrams received.", |c| {
+            c.packets_in
         }),
+        ("prism_bytes_in_total", "Bytes received.", |c| c.bytes_in),
+        ("prism_packets_out_total", "Datagrams sent.", |c| {
+            c.packets_out
+        }),
+        ("prism_bytes_out_total", "Bytes sent.", |c| c.bytes_out),
+        (
+            "prism_nacks_received_total",
+            "NACK packets from subscribers.",
+            |c| c.nacks_received,
+        ),
+        (
+            "prism_nacks_sent_total",
+            "NACK packets sent to publishers.",
+            |c| c.nacks_sent,
+        ),
+        (
+            "prism_retransmits_total",
+            "Packets resent from the cache.",
+            |c| c.retransmits_sent,
+        ),
+        (
+            "prism_keyframe_requests_total",
+            "Keyframe requests sent to publishers.",
+            |c| c.keyframe_requests,
+        ),
     ];
     for (name, help, get) in per_core {
         header(&mut out, name, "counter", help);
@@ -69,7 +103,12 @@ pub fn render(whip: &Whip) -> Result<String, String> {
             let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(c));
         }
     }
-    header(&mut out, "prism_dropped_packets_total", "counter", "Packets dropped, by reason.");
+    header(
+        &mut out,
+        "prism_dropped_packets_total",
+        "counter",
+        "Packets dropped, by reason.",
+    );
     for (core, c, _) in &counters {
         for d in &c.drops {
             let _ = writeln!(
@@ -80,10 +119,24 @@ pub fn render(whip: &Whip) -> Result<String, String> {
         }
     }
     let io: [(&str, &str, fn(&pb::CoreStats) -> u64); 4] = [
-        ("prism_loop_turns_total", "Turns of each core's loop.", |c| c.loop_turns),
-        ("prism_recv_batches_total", "Receive batches.", |c| c.batches_received),
-        ("prism_send_batches_total", "Send batches (one submission each).", |c| c.batches_sent),
-        ("prism_send_errors_total", "Sends the kernel refused.", |c| c.send_errors),
+        (
+            "prism_loop_turns_total",
+            "Turns of each core's loop.",
+            |c| c.loop_turns,
+        ),
+        ("prism_recv_batches_total", "Receive batches.", |c| {
+            c.batches_received
+        }),
+        (
+            "prism_send_batches_total",
+            "Send batches (one submission each).",
+            |c| c.batches_sent,
+        ),
+        (
+            "prism_send_errors_total",
+            "Sends the kernel refused.",
+            |c| c.send_errors,
+        ),
     ];
     for (name, help, get) in io {
         header(&mut out, name, "counter", help);

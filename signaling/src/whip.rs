@@ -296,6 +296,7 @@ impl Whip {
                         rid: String::new(),
                         spatial: 0,
                     }],
+                    nack: Some(codec.rtcp_fb.iter().any(|f| f == "nack")),
                 }))?;
                 published.push(PublishedTrack {
                     track_id,

@@ -269,6 +269,7 @@ impl Engine {
                 .collect(),
             subscribers: Vec::new(),
             active: Track::all_layers(layers.len()),
+            nack: c.nack.unwrap_or(true),
             created: now,
         };
         let i = self.tracks.insert(track);

@@ -490,7 +490,10 @@ mod tests {
         let mut dt = DownTrack::new(params(true));
         let mut late = pkt(t0, 0, 10, 0, true);
         late.newest = false;
-        assert_eq!(dt.decide(&late), Decision::Drop(DropReason::WaitingForKeyframe));
+        assert_eq!(
+            dt.decide(&late),
+            Decision::Drop(DropReason::WaitingForKeyframe)
+        );
         assert!(dt.keyframe_needed, "asks for a fresh keyframe instead");
         fwd(dt.decide(&pkt(t0, 0, 20, 3000, true)));
     }

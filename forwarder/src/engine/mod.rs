@@ -214,6 +214,9 @@ impl Engine {
                     }
                 }
             }
+            if !track.nack {
+                continue;
+            }
             let Some(publisher) = transports.get_mut(track.transport) else {
                 continue;
             };

@@ -174,6 +174,8 @@ pub struct Track {
     pub subscribers: Vec<usize>,
     /// Bit `i` set while layer `i` is active.
     pub active: u8,
+    /// Whether lost packets are asked for again (negotiated per track).
+    pub nack: bool,
     /// When the track was added: a layer not seen yet counts as active for
     /// [`LAYER_TIMEOUT`] after that, so that subscribers are not moved off a layer whose
     /// first packet is simply a few microseconds behind another layer's.
