@@ -9,6 +9,11 @@ use prism_proto::control as pb;
 
 use crate::whip::Whip;
 
+/// One metric read from a core's counters: name, help, getter.
+type CounterMetric = (&'static str, &'static str, fn(&pb::Counters) -> u64);
+/// One metric read from a core's I/O statistics.
+type CoreMetric = (&'static str, &'static str, fn(&pb::CoreStats) -> u64);
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -67,7 +72,7 @@ pub fn render(whip: &Whip) -> Result<String, String> {
         .iter()
         .map(|c| (c.core, c.counters.clone().unwrap_or_default(), c))
         .collect();
-    let per_core: [(&str, &str, fn(&pb::Counters) -> u64); 8] = [
+    let per_core: [CounterMetric; 8] = [
         ("prism_packets_in_total", "Datagrams received.", |c| {
             c.packets_in
         }),
@@ -118,7 +123,7 @@ pub fn render(whip: &Whip) -> Result<String, String> {
             );
         }
     }
-    let io: [(&str, &str, fn(&pb::CoreStats) -> u64); 4] = [
+    let io: [CoreMetric; 4] = [
         (
             "prism_loop_turns_total",
             "Turns of each core's loop.",
