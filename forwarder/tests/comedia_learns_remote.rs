@@ -43,6 +43,7 @@ fn comedia_transports_learn_their_remote() {
             &mut e,
             now,
             Body::CreatePlainTransport(pb::CreatePlainTransport {
+                srtp: None,
                 room_id: 1,
                 transport_id: t,
                 remote: String::new(),

@@ -62,6 +62,7 @@ fn binary_is_driven_over_its_control_socket() {
     let created = ok(
         &mut c,
         Body::CreatePlainTransport(pb::CreatePlainTransport {
+            srtp: None,
             room_id: 5,
             transport_id: 1,
             remote: String::new(),
@@ -75,6 +76,7 @@ fn binary_is_driven_over_its_control_socket() {
     ok(
         &mut c,
         Body::CreatePlainTransport(pb::CreatePlainTransport {
+            srtp: None,
             room_id: 5,
             transport_id: 2,
             remote: subscriber.local_addr().unwrap().to_string(),

@@ -77,6 +77,7 @@ fn run(kind: DriverKind) {
     request(
         &fwd,
         Body::CreatePlainTransport(pb::CreatePlainTransport {
+            srtp: None,
             room_id: ROOM,
             transport_id: 1,
             remote: publisher.local_addr().unwrap().to_string(),
@@ -114,6 +115,7 @@ fn run(kind: DriverKind) {
         request(
             &fwd,
             Body::CreatePlainTransport(pb::CreatePlainTransport {
+                srtp: None,
                 room_id: ROOM,
                 transport_id: t,
                 remote: s.local_addr().unwrap().to_string(),

@@ -46,6 +46,7 @@ fn rooms_are_spread_and_forward_on_their_core() {
         req(
             &fwd,
             Body::CreatePlainTransport(pb::CreatePlainTransport {
+                srtp: None,
                 room_id: room,
                 transport_id: room * 10,
                 remote: format!("127.0.0.1:{}", 40000 + room),
@@ -64,6 +65,7 @@ fn rooms_are_spread_and_forward_on_their_core() {
     let pb::event::Body::TransportCreated(t) = req(
         &fwd,
         Body::CreatePlainTransport(pb::CreatePlainTransport {
+            srtp: None,
             room_id: room,
             transport_id: 1000,
             remote: publisher.local_addr().unwrap().to_string(),
@@ -76,6 +78,7 @@ fn rooms_are_spread_and_forward_on_their_core() {
     req(
         &fwd,
         Body::CreatePlainTransport(pb::CreatePlainTransport {
+            srtp: None,
             room_id: room,
             transport_id: 1001,
             remote: sub.local_addr().unwrap().to_string(),

@@ -50,6 +50,7 @@ fn setup(now: Instant, src: &SimulcastSource, preferred: u32) -> Engine {
             &mut e,
             now,
             Body::CreatePlainTransport(pb::CreatePlainTransport {
+                srtp: None,
                 room_id: 1,
                 transport_id: id,
                 remote: remote.into(),

@@ -95,6 +95,7 @@ fn run(kind: DriverKind) {
     request(
         &fwd,
         Body::CreatePlainTransport(pb::CreatePlainTransport {
+            srtp: None,
             room_id: 1,
             transport_id: 1,
             remote: publisher.local_addr().unwrap().to_string(),
@@ -137,6 +138,7 @@ fn run(kind: DriverKind) {
         request(
             &fwd,
             Body::CreatePlainTransport(pb::CreatePlainTransport {
+                srtp: None,
                 room_id: 1,
                 transport_id: 10 + i as u64,
                 remote: s.local_addr().unwrap().to_string(),

@@ -131,6 +131,10 @@ impl Engine {
             }
             Some(a)
         };
+        let srtp = match &c.srtp {
+            None => None,
+            Some(p) => Some(Box::new(srtp_pair(p)?)),
+        };
         let i = self.transports.insert(Transport {
             id: c.transport_id,
             room: c.room_id,
@@ -140,6 +144,7 @@ impl Engine {
             tracks: Vec::new(),
             down_tracks: Vec::new(),
             webrtc: None,
+            srtp,
         });
         self.transport_ids.insert(c.transport_id, i);
         if let Some(a) = remote {
@@ -183,6 +188,7 @@ impl Engine {
             tracks: Vec::new(),
             down_tracks: Vec::new(),
             webrtc: Some(Box::new(w)),
+            srtp: None,
         });
         self.transport_ids.insert(c.transport_id, i);
         self.by_ufrag.insert(c.local_ufrag.into_bytes(), i);
@@ -437,6 +443,26 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// SRTP contexts from keys given by control.
+fn srtp_pair(p: &pb::SrtpParams) -> Result<super::SrtpPair, String> {
+    use crate::srtp::{SrtpContext, SrtpKeys, SrtpProfile};
+    // RFC 4568 names, and the DTLS-SRTP (OpenSSL) names.
+    let profile = match p.profile.as_str() {
+        "AEAD_AES_128_GCM" | "SRTP_AEAD_AES_128_GCM" => SrtpProfile::AeadAes128Gcm,
+        "AES_CM_128_HMAC_SHA1_80" | "SRTP_AES128_CM_SHA1_80" => SrtpProfile::AesCm128HmacSha1_80,
+        "AES_CM_128_HMAC_SHA1_32" | "SRTP_AES128_CM_SHA1_32" => SrtpProfile::AesCm128HmacSha1_32,
+        other => return Err(format!("unknown SRTP profile {other:?}")),
+    };
+    let send = SrtpKeys::new(profile, &p.send_key, &p.send_salt)
+        .map_err(|e| format!("send key: {e:?}"))?;
+    let recv = SrtpKeys::new(profile, &p.recv_key, &p.recv_salt)
+        .map_err(|e| format!("receive key: {e:?}"))?;
+    Ok(super::SrtpPair {
+        outbound: SrtpContext::new(profile, &send).map_err(|e| format!("{e:?}"))?,
+        inbound: SrtpContext::new(profile, &recv).map_err(|e| format!("{e:?}"))?,
+    })
 }
 
 fn layer_u8(v: u32) -> Result<u8, String> {

@@ -41,7 +41,7 @@ pub use downtrack::{Decision, DownTrack, DownTrackParams, Forward};
 pub use slab::{FastMap, Slab};
 pub use stats::{Counters, DropReason};
 pub use track::Track;
-pub use transport::Transport;
+pub use transport::{SrtpPair, Transport};
 
 /// How often the housekeeping timer runs (layer activity, retargeting, NACKs toward
 /// publishers, ICE/DTLS/SCTP timers).
@@ -262,7 +262,11 @@ impl Engine {
         let Some(w) = tr.webrtc.as_mut() else {
             return;
         };
-        if let webrtc::Health::Dead(why) = w.pump(now, id, remote, eg, outbox) {
+        let health = w.pump(now, id, remote, eg, outbox);
+        if let Some(keys) = w.take_srtp() {
+            tr.srtp = Some(Box::new(keys));
+        }
+        if let webrtc::Health::Dead(why) = health {
             tracing::info!(transport = id, why, "closing WebRTC transport");
             self.close_transport(t, why);
         }
@@ -310,35 +314,40 @@ impl Engine {
         };
         t.counters.packets_in += 1;
         t.counters.bytes_in += buf.len() as u64;
-        let Some(w) = t.webrtc.as_mut() else {
-            return match kind {
-                PacketKind::Rtp => self.on_rtp(now, transport, buf, egress),
-                PacketKind::Rtcp => self.on_rtcp(now, transport, buf, egress),
-                _ => self.count_drop(Some(transport), unknown_kind_reason(buf)),
-            };
-        };
+        let webrtc = t.webrtc.is_some();
         match kind {
-            PacketKind::Rtp => {
-                let Some(srtp) = w.srtp_in.as_mut() else {
-                    return self.count_drop(Some(transport), DropReason::NotConnected);
+            PacketKind::Rtp | PacketKind::Rtcp => {
+                let n = match t.srtp.as_mut() {
+                    None if webrtc => {
+                        return self.count_drop(Some(transport), DropReason::NotConnected)
+                    }
+                    None => buf.len(),
+                    Some(s) => {
+                        let r = if kind == PacketKind::Rtp {
+                            s.inbound.unprotect_rtp(buf)
+                        } else {
+                            s.inbound.unprotect_rtcp(buf)
+                        };
+                        match r {
+                            Ok(n) => n,
+                            Err(e) => return self.count_drop(Some(transport), e.into()),
+                        }
+                    }
                 };
-                match srtp.unprotect_rtp(buf) {
-                    Ok(n) => self.on_rtp(now, transport, &mut buf[..n], egress),
-                    Err(e) => self.count_drop(Some(transport), e.into()),
+                let plain = &mut buf[..n];
+                if kind == PacketKind::Rtp {
+                    self.on_rtp(now, transport, plain, egress)
+                } else {
+                    self.on_rtcp(now, transport, plain, egress)
                 }
             }
-            PacketKind::Rtcp => {
-                let Some(srtp) = w.srtp_in.as_mut() else {
-                    return self.count_drop(Some(transport), DropReason::NotConnected);
-                };
-                match srtp.unprotect_rtcp(buf) {
-                    Ok(n) => self.on_rtcp(now, transport, &mut buf[..n], egress),
-                    Err(e) => self.count_drop(Some(transport), e.into()),
-                }
-            }
-            PacketKind::Stun => self.on_stun(now, Some(transport), from, buf, egress),
-            PacketKind::Dtls => {
-                if w.dtls.handle_datagram(now, buf).is_err() {
+            PacketKind::Stun if webrtc => self.on_stun(now, Some(transport), from, buf, egress),
+            PacketKind::Dtls if webrtc => {
+                let rejected = t
+                    .webrtc
+                    .as_mut()
+                    .is_some_and(|w| w.dtls.handle_datagram(now, buf).is_err());
+                if rejected {
                     self.count_drop(Some(transport), DropReason::DtlsRejected);
                 }
                 self.pump_webrtc(now, transport, egress);
@@ -538,32 +547,37 @@ impl Engine {
                 out_t.counters.drop(DropReason::NoRemote);
                 continue;
             };
-            let sent = if let Some(w) = out_t.webrtc.as_mut() {
-                // WebRTC: each subscriber's copy is encrypted, so it is written whole into
-                // its egress slot: the header without extensions (none are negotiated on
-                // sending sections yet), the codec descriptor, the payload, then the tag.
-                let Some(srtp) = w.srtp_out.as_mut() else {
-                    counters.drop(DropReason::NotConnected);
-                    out_t.counters.drop(DropReason::NotConnected);
-                    continue;
+            let strip = out_t.webrtc.is_some();
+            let sent = if let Some(srtp) = out_t.srtp.as_mut() {
+                // Encrypted: each subscriber's copy is written whole into its egress slot
+                // (header, codec descriptor, payload) and the tag appended there. Toward
+                // WebRTC peers the header goes without extensions: none are negotiated on
+                // sending sections yet.
+                let keep = if strip {
+                    12 + 4 * usize::from(pkt.csrc_count())
+                } else {
+                    header_len
                 };
-                let csrc_end = 12 + 4 * usize::from(pkt.csrc_count());
-                let desc_end = head_len;
                 let src = &buf[..];
                 eg.send_with(remote, &mut |slot: &mut [u8]| {
-                    let head = csrc_end + (desc_end - header_len);
-                    let n = head + (total - desc_end);
+                    let n = keep + (total - header_len);
                     if n + MAX_OVERHEAD > slot.len() {
                         return 0;
                     }
-                    slot[..csrc_end].copy_from_slice(&src[..csrc_end]);
-                    slot[0] &= !0x10;
-                    slot[csrc_end..n].copy_from_slice(&src[header_len..total]);
-                    if downtrack::apply(&mut slot[..n], csrc_end, &f, vp8d.as_ref()).is_err() {
+                    slot[..keep].copy_from_slice(&src[..keep]);
+                    if strip {
+                        slot[0] &= !0x10;
+                    }
+                    slot[keep..n].copy_from_slice(&src[header_len..total]);
+                    if downtrack::apply(&mut slot[..n], keep, &f, vp8d.as_ref()).is_err() {
                         return 0;
                     }
-                    srtp.protect_rtp(slot, n).unwrap_or(0)
+                    srtp.outbound.protect_rtp(slot, n).unwrap_or(0)
                 })
+            } else if strip {
+                counters.drop(DropReason::NotConnected);
+                out_t.counters.drop(DropReason::NotConnected);
+                continue;
             } else if head_len <= HEAD_CAP {
                 let h = &mut head[..head_len];
                 h.copy_from_slice(&buf[..head_len]);
@@ -691,12 +705,11 @@ impl Engine {
             tr.counters.drop(DropReason::NotInCache);
             return;
         };
-        let mut srtp = match tr.webrtc.as_mut() {
+        let strip = tr.webrtc.is_some();
+        let mut srtp = match tr.srtp.as_mut() {
+            Some(s) => Some(&mut s.outbound),
+            None if strip => return,
             None => None,
-            Some(w) => match w.srtp_out.as_mut() {
-                Some(s) => Some(s),
-                None => return,
-            },
         };
         let len = bytes.len();
         let ok = len + MAX_OVERHEAD <= MAX_DATAGRAM
@@ -715,7 +728,7 @@ impl Engine {
                     None
                 };
                 let mut n = len;
-                if srtp.is_some() {
+                if strip {
                     // As on the first send: no header extensions toward WebRTC peers.
                     let csrc_end = 12 + 4 * usize::from(p.csrc_count());
                     slot.copy_within(header_len..len, csrc_end);
@@ -798,20 +811,16 @@ fn send_rtcp<E: Egress>(
     let Some(remote) = t.remote else {
         return false;
     };
-    match t.webrtc.as_mut() {
+    match t.srtp.as_mut() {
+        None if t.webrtc.is_some() => false,
         None => eg.send_with(remote, build),
-        Some(w) => {
-            let Some(srtp) = w.srtp_out.as_mut() else {
-                return false;
-            };
-            eg.send_with(remote, &mut |slot: &mut [u8]| {
-                let n = build(slot);
-                if n == 0 || n + MAX_OVERHEAD > slot.len() {
-                    return 0;
-                }
-                srtp.protect_rtcp(slot, n).unwrap_or(0)
-            })
-        }
+        Some(s) => eg.send_with(remote, &mut |slot: &mut [u8]| {
+            let n = build(slot);
+            if n == 0 || n + MAX_OVERHEAD > slot.len() {
+                return 0;
+            }
+            s.outbound.protect_rtcp(slot, n).unwrap_or(0)
+        }),
     }
 }
 

@@ -12,6 +12,17 @@ use std::net::SocketAddr;
 
 use crate::engine::stats::Counters;
 use crate::engine::webrtc::WebRtc;
+use crate::srtp::SrtpContext;
+
+/// The SRTP contexts of a transport: set by control (plain transports) or by the DTLS
+/// handshake (WebRTC). Boxed: each context is about 10 KB and lives as long as the transport.
+#[derive(Debug)]
+pub struct SrtpPair {
+    /// Decrypts what the peer sends.
+    pub inbound: SrtpContext,
+    /// Encrypts what we send.
+    pub outbound: SrtpContext,
+}
 
 #[derive(Debug)]
 pub struct Transport {
@@ -24,6 +35,8 @@ pub struct Transport {
     pub tracks: Vec<usize>,
     /// Down tracks sent over this transport (engine indices).
     pub down_tracks: Vec<usize>,
-    /// ICE, DTLS, SRTP and data channels, for WebRTC transports.
+    /// ICE, DTLS and data channels, for WebRTC transports.
     pub webrtc: Option<Box<WebRtc>>,
+    /// SRTP, when the transport encrypts. A WebRTC transport without it is not connected.
+    pub srtp: Option<Box<SrtpPair>>,
 }

@@ -19,6 +19,7 @@ use prism_proto::control as pb;
 
 use crate::dtls::{DtlsCert, DtlsEndpoint, DtlsEvent, DtlsRole, Fingerprint};
 use crate::engine::slab::FastMap;
+use crate::engine::transport::SrtpPair;
 use crate::ice::{IceEvent, IceLite, IceState};
 use crate::io::Egress;
 use crate::sctp::DataChannels;
@@ -36,8 +37,8 @@ pub struct WebRtc {
     pub ice: IceLite,
     pub dtls: DtlsEndpoint,
     pub role: DtlsRole,
-    pub srtp_in: Option<SrtpContext>,
-    pub srtp_out: Option<SrtpContext>,
+    /// SRTP contexts made when DTLS completed, until the engine moves them to the transport.
+    keys: Option<SrtpPair>,
     pub sctp: Option<DataChannels>,
     pub profile: Option<SrtpProfile>,
     labels: FastMap<u16, String>,
@@ -49,7 +50,7 @@ impl std::fmt::Debug for WebRtc {
         f.debug_struct("WebRtc")
             .field("ice", &self.ice.state())
             .field("selected", &self.ice.selected())
-            .field("connected", &self.srtp_out.is_some())
+            .field("connected", &self.profile.is_some())
             .finish()
     }
 }
@@ -77,8 +78,7 @@ impl WebRtc {
             ice,
             dtls,
             role,
-            srtp_in: None,
-            srtp_out: None,
+            keys: None,
             sctp: None,
             profile: None,
             labels: FastMap::default(),
@@ -86,9 +86,14 @@ impl WebRtc {
         })
     }
 
-    /// Media may flow: DTLS is done and the SRTP contexts exist.
+    /// DTLS is done and SRTP keys were derived.
     pub fn connected(&self) -> bool {
-        self.srtp_out.is_some()
+        self.profile.is_some()
+    }
+
+    /// The SRTP contexts derived from the handshake, once.
+    pub fn take_srtp(&mut self) -> Option<SrtpPair> {
+        self.keys.take()
     }
 
     /// The earliest time any layer wants a timer.
@@ -203,8 +208,10 @@ impl WebRtc {
         let (local, remote) =
             SrtpKeys::from_dtls_export(profile, &km.material, self.role == DtlsRole::Client)
                 .map_err(|e| format!("{e:?}"))?;
-        self.srtp_out = Some(SrtpContext::new(profile, &local).map_err(|e| format!("{e:?}"))?);
-        self.srtp_in = Some(SrtpContext::new(profile, &remote).map_err(|e| format!("{e:?}"))?);
+        self.keys = Some(SrtpPair {
+            outbound: SrtpContext::new(profile, &local).map_err(|e| format!("{e:?}"))?,
+            inbound: SrtpContext::new(profile, &remote).map_err(|e| format!("{e:?}"))?,
+        });
         self.profile = Some(profile);
         Ok(())
     }
