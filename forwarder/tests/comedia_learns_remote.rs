@@ -56,6 +56,9 @@ fn comedia_transports_learn_their_remote() {
         &mut e,
         now,
         Body::AddTrack(pb::AddTrack {
+            mid: String::new(),
+            mid_ext_id: 0,
+            rid_ext_id: 0,
             nack: None,
             room_id: 1,
             transport_id: 1,

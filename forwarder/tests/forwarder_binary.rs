@@ -86,6 +86,9 @@ fn binary_is_driven_over_its_control_socket() {
     ok(
         &mut c,
         Body::AddTrack(pb::AddTrack {
+            mid: String::new(),
+            mid_ext_id: 0,
+            rid_ext_id: 0,
             nack: None,
             room_id: 5,
             transport_id: 1,

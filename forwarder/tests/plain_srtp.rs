@@ -6,17 +6,23 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use pb::command::Body;
 use prism_forwarder::engine::{DropReason, Engine, EngineConfig};
 use prism_forwarder::srtp::{SrtpContext, SrtpKeys, SrtpProfile, MAX_OVERHEAD};
 use prism_forwarder::testing::CollectEgress;
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
-use pb::command::Body;
 
 fn cmd(e: &mut Engine, body: Body) -> pb::event::Body {
-    e.handle_command(Instant::now(), pb::Command { request_id: 1, body: Some(body) })
-        .body
-        .unwrap()
+    e.handle_command(
+        Instant::now(),
+        pb::Command {
+            request_id: 1,
+            body: Some(body),
+        },
+    )
+    .body
+    .unwrap()
 }
 
 fn params(profile: &str, key: u8, salt_len: usize) -> pb::SrtpParams {
@@ -33,7 +39,13 @@ fn params(profile: &str, key: u8, salt_len: usize) -> pb::SrtpParams {
 fn plain_transports_encrypt_with_keys_from_control() {
     let now = Instant::now();
     let mut e = Engine::new(0, "127.0.0.1:9".parse().unwrap(), EngineConfig::default());
-    cmd(&mut e, Body::CreateRoom(pb::CreateRoom { room_id: 1, ..Default::default() }));
+    cmd(
+        &mut e,
+        Body::CreateRoom(pb::CreateRoom {
+            room_id: 1,
+            ..Default::default()
+        }),
+    );
     let publisher: SocketAddr = "10.0.0.1:1000".parse().unwrap();
     let subscriber: SocketAddr = "10.0.0.2:2000".parse().unwrap();
     for (id, remote, p) in [
@@ -62,7 +74,10 @@ fn plain_transports_encrypt_with_keys_from_control() {
             srtp: Some(params("NULL_CIPHER", 1, 14)),
         }),
     );
-    assert!(matches!(bad, pb::event::Body::Error(_)), "unknown profile refused");
+    assert!(
+        matches!(bad, pb::event::Body::Error(_)),
+        "unknown profile refused"
+    );
     let bad = cmd(
         &mut e,
         Body::CreatePlainTransport(pb::CreatePlainTransport {
@@ -73,16 +88,30 @@ fn plain_transports_encrypt_with_keys_from_control() {
             srtp: Some(params("AEAD_AES_128_GCM", 1, 5)),
         }),
     );
-    assert!(matches!(bad, pb::event::Body::Error(_)), "bad salt length refused");
+    assert!(
+        matches!(bad, pb::event::Body::Error(_)),
+        "bad salt length refused"
+    );
     cmd(
         &mut e,
         Body::AddTrack(pb::AddTrack {
+            mid: String::new(),
+            mid_ext_id: 0,
+            rid_ext_id: 0,
             room_id: 1,
             transport_id: 1,
             track_id: 1,
             kind: pb::MediaKind::Audio as i32,
-            codec: Some(pb::Codec { kind: pb::CodecKind::Opus as i32, payload_type: 111, clock_rate: 48_000 }),
-            layers: vec![pb::Layer { ssrc: 5, rid: String::new(), spatial: 0 }],
+            codec: Some(pb::Codec {
+                kind: pb::CodecKind::Opus as i32,
+                payload_type: 111,
+                clock_rate: 48_000,
+            }),
+            layers: vec![pb::Layer {
+                ssrc: 5,
+                rid: String::new(),
+                spatial: 0,
+            }],
             nack: None,
         }),
     );
@@ -101,9 +130,11 @@ fn plain_transports_encrypt_with_keys_from_control() {
     );
     // The publisher's "send" keys are the forwarder's "recv" keys, and the other way round.
     let cm = SrtpProfile::AesCm128HmacSha1_80;
-    let mut pub_ctx = SrtpContext::new(cm, &SrtpKeys::new(cm, &[12; 16], &[13; 14]).unwrap()).unwrap();
+    let mut pub_ctx =
+        SrtpContext::new(cm, &SrtpKeys::new(cm, &[12; 16], &[13; 14]).unwrap()).unwrap();
     let gcm = SrtpProfile::AeadAes128Gcm;
-    let mut sub_ctx = SrtpContext::new(gcm, &SrtpKeys::new(gcm, &[20; 16], &[21; 12]).unwrap()).unwrap();
+    let mut sub_ctx =
+        SrtpContext::new(gcm, &SrtpKeys::new(gcm, &[20; 16], &[21; 12]).unwrap()).unwrap();
     let mut eg = CollectEgress::default();
     for seq in 0..5u16 {
         let mut pkt = vec![0x80, 111, 0, seq as u8, 0, 0, 0, 0, 0, 0, 0, 5];
@@ -126,13 +157,24 @@ fn plain_transports_encrypt_with_keys_from_control() {
     let mut last: Option<u16> = None;
     for (to, mut d) in out {
         assert_eq!(to, subscriber);
-        let n = sub_ctx.unprotect_rtp(&mut d).expect("subscriber decrypts with its keys");
+        let n = sub_ctx
+            .unprotect_rtp(&mut d)
+            .expect("subscriber decrypts with its keys");
         let p = RtpPacket::new_checked(&d[..n]).unwrap();
         assert_eq!((p.ssrc().0, p.payload()), (6, &b"hello srtp"[..]));
         if let Some(l) = last {
-            assert_eq!(p.sequence_number(), l.wrapping_add(1), "consecutive numbers");
+            assert_eq!(
+                p.sequence_number(),
+                l.wrapping_add(1),
+                "consecutive numbers"
+            );
         }
         last = Some(p.sequence_number());
     }
-    assert_eq!(e.transport_counters(1).unwrap().dropped(DropReason::SrtpAuthFailed), 1);
+    assert_eq!(
+        e.transport_counters(1)
+            .unwrap()
+            .dropped(DropReason::SrtpAuthFailed),
+        1
+    );
 }

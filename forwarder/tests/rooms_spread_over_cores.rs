@@ -88,6 +88,9 @@ fn rooms_are_spread_and_forward_on_their_core() {
     req(
         &fwd,
         Body::AddTrack(pb::AddTrack {
+            mid: String::new(),
+            mid_ext_id: 0,
+            rid_ext_id: 0,
             nack: None,
             room_id: room,
             transport_id: 1000,

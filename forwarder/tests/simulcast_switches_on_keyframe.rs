@@ -62,6 +62,9 @@ fn setup(now: Instant, src: &SimulcastSource, preferred: u32) -> Engine {
         &mut e,
         now,
         Body::AddTrack(pb::AddTrack {
+            mid: String::new(),
+            mid_ext_id: 0,
+            rid_ext_id: 0,
             nack: None,
             room_id: 1,
             transport_id: 10,

@@ -224,6 +224,9 @@ fn srtp_media_flows_and_bad_input_is_counted() {
         &mut e,
         now,
         Body::AddTrack(pb::AddTrack {
+            mid: String::new(),
+            mid_ext_id: 0,
+            rid_ext_id: 0,
             nack: None,
             room_id: 1,
             transport_id: 10,

@@ -105,6 +105,9 @@ fn run(kind: DriverKind) {
     request(
         &fwd,
         Body::AddTrack(pb::AddTrack {
+            mid: String::new(),
+            mid_ext_id: 0,
+            rid_ext_id: 0,
             nack: None,
             room_id: 1,
             transport_id: 1,

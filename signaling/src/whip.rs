@@ -253,22 +253,48 @@ impl Whip {
                 let Some(kind) = codec_kind(&codec.name) else {
                     continue;
                 };
-                // One encoding per section with SSRCs announced (aiortc, ffmpeg, OBS);
-                // RTX SSRCs (second in a FID group) are not media.
+                // One encoding per section with SSRCs announced (aiortc, ffmpeg, OBS), or
+                // simulcast layers announced by RID (browsers), whose SSRCs the forwarder
+                // learns from the MID/RID header extensions.
                 let rtx: Vec<u32> = section
                     .ssrc_groups
                     .iter()
                     .filter(|g| g.semantics == "FID")
                     .filter_map(|g| g.ssrcs.get(1).copied())
                     .collect();
-                let Some(ssrc) = section
+                let ext_id = |uri: &str| {
+                    choice
+                        .extmaps
+                        .iter()
+                        .find(|(_, u)| u == uri)
+                        .map_or(0, |(id, _)| u32::from(*id))
+                };
+                let rid_ext_id = ext_id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id");
+                let mid_ext_id = ext_id("urn:ietf:params:rtp-hdrext:sdes:mid");
+                let rids: Vec<&str> = section.send_rids().collect();
+                let layers: Vec<pb::Layer> = if !rids.is_empty() && rid_ext_id != 0 {
+                    rids.iter()
+                        .enumerate()
+                        .map(|(i, r)| pb::Layer {
+                            ssrc: 0,
+                            rid: (*r).to_string(),
+                            spatial: i as u32,
+                        })
+                        .collect()
+                } else if let Some(ssrc) = section
                     .ssrcs
                     .iter()
                     .map(|s| s.ssrc)
                     .find(|s| !rtx.contains(s))
-                else {
+                {
+                    vec![pb::Layer {
+                        ssrc,
+                        rid: String::new(),
+                        spatial: 0,
+                    }]
+                } else {
                     return Err(bad_request(format!(
-                        "section {} announces no SSRC (simulcast by rid is not supported yet)",
+                        "section {} announces neither SSRCs nor RIDs with the rid extension",
                         section.mid
                     )));
                 };
@@ -278,6 +304,9 @@ impl Whip {
                     .map_err(|_| internal("registry poisoned"))?
                     .next_id();
                 self.request(Cmd::AddTrack(pb::AddTrack {
+                    mid: section.mid.clone(),
+                    mid_ext_id,
+                    rid_ext_id,
                     room_id,
                     transport_id,
                     track_id,
@@ -291,11 +320,7 @@ impl Whip {
                         payload_type: u32::from(codec.pt),
                         clock_rate: codec.clock_rate,
                     }),
-                    layers: vec![pb::Layer {
-                        ssrc,
-                        rid: String::new(),
-                        spatial: 0,
-                    }],
+                    layers,
                     nack: Some(codec.rtcp_fb.iter().any(|f| f == "nack")),
                 }))?;
                 published.push(PublishedTrack {

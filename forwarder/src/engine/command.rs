@@ -239,6 +239,14 @@ impl Engine {
             if l.spatial as usize != i {
                 return Err("layers must have spatial indices 0..n without gaps".into());
             }
+            if l.ssrc == 0 {
+                if l.rid.is_empty() || c.rid_ext_id == 0 {
+                    return Err(
+                        "a layer without an SSRC needs a rid and the rid extension id".into(),
+                    );
+                }
+                continue;
+            }
             if self.by_ssrc.contains_key(&(ti, Ssrc(l.ssrc)))
                 || layers.iter().filter(|o| o.ssrc == l.ssrc).count() > 1
             {
@@ -275,6 +283,9 @@ impl Engine {
                 .collect(),
             subscribers: Vec::new(),
             active: Track::all_layers(layers.len()),
+            mid: ShortId::new(c.mid.as_bytes()).map(crate::ids::Mid),
+            mid_ext: u8::try_from(c.mid_ext_id).unwrap_or(0),
+            rid_ext: u8::try_from(c.rid_ext_id).unwrap_or(0),
             nack: c.nack.unwrap_or(true),
             created: now,
         };
@@ -285,6 +296,9 @@ impl Engine {
             .get(ti)
             .is_some_and(|t| t.comedia && t.remote.is_none());
         for (li, l) in layers.iter().enumerate() {
+            if l.ssrc == 0 {
+                continue;
+            }
             self.by_ssrc.insert((ti, Ssrc(l.ssrc)), (i, li as u8));
             if pending {
                 self.comedia.insert(Ssrc(l.ssrc), ti);

@@ -442,7 +442,11 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return self.count_drop(Some(transport), e.into()),
         };
-        let Some(&(ti, layer)) = self.by_ssrc.get(&(transport, pkt.ssrc())) else {
+        let found = match self.by_ssrc.get(&(transport, pkt.ssrc())) {
+            Some(&f) => Some(f),
+            None => self.learn_rid(transport, &pkt),
+        };
+        let Some((ti, layer)) = found else {
             return self.count_drop(Some(transport), DropReason::UnknownSsrc);
         };
         let Engine {
@@ -609,6 +613,31 @@ impl Engine {
         for li in 0..track.layers.len() {
             request_keyframe(track, li, now, transports, counters, outbox, cfg, eg);
         }
+    }
+
+    /// An unknown SSRC on a transport that publishes layers announced by RID only: if the
+    /// packet's RID (and MID) extensions name such a layer, it is that layer from now on.
+    fn learn_rid(&mut self, transport: usize, pkt: &RtpPacket<&[u8]>) -> Option<(usize, u8)> {
+        let tr = self.transports.get(transport)?;
+        let (ti, li) = tr.tracks.iter().find_map(|&ti| {
+            let t = self.tracks.get(ti)?;
+            if !t.awaits_rids() {
+                return None;
+            }
+            let rid = pkt.extension(t.rid_ext)?;
+            let mid = if t.mid_ext != 0 {
+                pkt.extension(t.mid_ext)
+            } else {
+                None
+            };
+            t.match_rid(mid, rid).map(|li| (ti, li))
+        })?;
+        let ssrc = pkt.ssrc();
+        let layer = self.tracks.get_mut(ti)?.layers.get_mut(li)?;
+        layer.ssrc = ssrc;
+        self.by_ssrc.insert((transport, ssrc), (ti, li as u8));
+        tracing::debug!(transport, track = ti, layer = li, %ssrc, "SSRC learnt from its RID");
+        Some((ti, li as u8))
     }
 
     fn on_rtcp<E: Egress>(&mut self, now: Instant, transport: usize, buf: &mut [u8], eg: &mut E) {

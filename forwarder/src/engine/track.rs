@@ -176,6 +176,11 @@ pub struct Track {
     pub active: u8,
     /// Whether lost packets are asked for again (negotiated per track).
     pub nack: bool,
+    /// For layers announced by RID: the track's MID and the header extension ids that carry
+    /// MID and RID (0: none).
+    pub mid: Option<crate::ids::Mid>,
+    pub mid_ext: u8,
+    pub rid_ext: u8,
     /// When the track was added: a layer not seen yet counts as active for
     /// [`LAYER_TIMEOUT`] after that, so that subscribers are not moved off a layer whose
     /// first packet is simply a few microseconds behind another layer's.
@@ -194,6 +199,24 @@ impl Track {
 
     pub fn layer_of(&self, ssrc: Ssrc) -> Option<usize> {
         self.layers.iter().position(|l| l.ssrc == ssrc)
+    }
+
+    /// Whether some layer still waits to learn its SSRC from its RID.
+    pub fn awaits_rids(&self) -> bool {
+        self.rid_ext != 0 && self.layers.iter().any(|l| l.ssrc.0 == 0)
+    }
+
+    /// The layer a packet with these MID and RID extension values belongs to, if it is one
+    /// still waiting for its SSRC.
+    pub fn match_rid(&self, mid: Option<&[u8]>, rid: &[u8]) -> Option<usize> {
+        if let (Some(want), Some(got)) = (&self.mid, mid) {
+            if want.0.as_bytes() != got {
+                return None;
+            }
+        }
+        self.layers
+            .iter()
+            .position(|l| l.ssrc.0 == 0 && l.rid.is_some_and(|r| r.0.as_bytes() == rid))
     }
 
     /// Recomputes which layers are active; true if that changed.
