@@ -4,7 +4,8 @@
 //! knowledge of what was sent: the span from the lowest to the highest sequence number seen
 //! is what should have arrived, so losses inside the span are counted exactly, while losses
 //! before the first or after the last packet received are invisible to it. Where the sender
-//! knows what it sent (every scenario without layer switches), [`Tally::expected_loss`]
+//! knows what it sent (the runner does, for every subscription that keeps its layer),
+//! [`Tally::expected_loss`]
 //! compares the unique packets received with that instead, which sees those tails too.
 //!
 //! Duplicates are recognised within a window of [`WINDOW`] sequence numbers below the

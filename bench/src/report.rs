@@ -140,6 +140,12 @@ impl Report {
                 o.bytes_per_subscriber / 1024.0,
             );
         }
+        if self.mode == "smoke" {
+            s.push_str(
+                "\nSmoke mode: one short trial at a fixed low load per cell, no search; the \
+                 ratios below compare equal offered loads and mean nothing.\n",
+            );
+        }
         s.push_str("\n| target | measured | goal | verdict |\n|---|---:|---:|---|\n");
         for n in [10, 100, 1000] {
             s.push_str(&ratio_line(

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::accounting::Tally;
 use crate::generator::Generator;
-use crate::scenario::{Kind, Topology};
+use crate::scenario::{self, Kind, Topology};
 use crate::sink::Sinks;
 use crate::sut::{proc, Env, System, SystemKind};
 
@@ -91,7 +91,12 @@ pub struct Trial {
     pub expected: u64,
     pub received: u64,
     pub egress_pps: f64,
+    /// Loss over the subscriptions that kept their layer, against what was sent.
     pub loss: f64,
+    /// Loss inside each stream's received span, over every subscription.
+    pub gap_loss: f64,
+    /// Switching subscriptions that received their new layer during the trial.
+    pub switches_done: usize,
     pub duplicates: u64,
     pub reordered: u64,
     pub skipped_frames: u64,
@@ -144,20 +149,43 @@ struct Rig<'a> {
 }
 
 impl Rig<'_> {
-    fn expected(&self) -> u64 {
-        self.topo
-            .subscriptions
+    /// Unique packets expected and received over the subscriptions that keep their layer
+    /// (a switching subscription's streams start and stop at the forwarder's discretion),
+    /// and how many switching subscriptions received their current layer.
+    fn account(&self, tally: &Tally) -> (u64, u64, usize) {
+        let switching: Vec<usize> = self.topo.switches.iter().map(|w| w.subscription).collect();
+        let (mut expected, mut received) = (0, 0);
+        for (i, s) in self.topo.subscriptions.iter().enumerate() {
+            if switching.contains(&i) {
+                continue;
+            }
+            expected += self
+                .gen
+                .sent
+                .per_layer
+                .get(s.publisher)
+                .and_then(|l| l.get(s.spatial))
+                .copied()
+                .unwrap_or(0);
+            received += tally
+                .streams
+                .get(&(s.subscriber as u32, scenario::stream_id(s.publisher, s.spatial)))
+                .map_or(0, |t| t.unique);
+        }
+        let switched = self
+            .topo
+            .switches
             .iter()
-            .map(|s| {
-                self.gen
-                    .sent
-                    .per_layer
-                    .get(s.publisher)
-                    .and_then(|l| l.get(s.spatial))
-                    .copied()
-                    .unwrap_or(0)
+            .zip(&self.layers)
+            .filter(|(w, &layer)| {
+                let s = self.topo.subscriptions[w.subscription];
+                tally
+                    .streams
+                    .get(&(s.subscriber as u32, scenario::stream_id(s.publisher, layer)))
+                    .is_some_and(|t| t.unique > 0)
             })
-            .sum()
+            .count();
+        (expected, received, switched)
     }
 
     fn flip_layers(&mut self) -> Result<()> {
@@ -208,13 +236,13 @@ impl Rig<'_> {
         self.sinks.drain_all();
         let cpu = proc::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
         let tally = self.sinks.reset();
-        let expected = self.expected();
+        let (expected, received_steady, switched) = self.account(&tally);
         let sent = self.gen.sent.clone();
         let totals = tally.totals();
-        let loss = if self.topo.exact_accounting() {
-            tally.expected_loss(expected)
+        let loss = if expected == 0 {
+            0.0
         } else {
-            tally.gap_loss()
+            expected.saturating_sub(received_steady) as f64 / expected as f64
         };
         let target_sent =
             target * seconds * self.topo.base_ingress_pps() / self.topo.base_egress_pps();
@@ -232,6 +260,8 @@ impl Rig<'_> {
             received: totals.unique,
             egress_pps: totals.unique as f64 / seconds,
             loss,
+            gap_loss: tally.gap_loss(),
+            switches_done: switched,
             duplicates: totals.duplicates,
             reordered: totals.reordered,
             skipped_frames: sent.skipped_frames,

@@ -208,11 +208,6 @@ impl Topology {
             })
             .sum()
     }
-
-    /// Whether the sink figures can be checked against what was sent (no layer moves).
-    pub fn exact_accounting(&self) -> bool {
-        self.switches.is_empty()
-    }
 }
 
 /// The standard suite, in run order.
