@@ -8,12 +8,20 @@
 //! [`Tally::expected_loss`]
 //! compares the unique packets received with that instead, which sees those tails too.
 //!
+//! A packet that arrives more than [`LATE_NS`] after it was sent is timed but counted as
+//! lost: media that late is useless to a real-time receiver, and without the rule a
+//! forwarder that queues seconds of backlog in its socket buffer would pass with no loss.
+//! Packets sent before the tally's start (left over from an earlier trial) are ignored.
+//!
 //! Duplicates are recognised within a window of [`WINDOW`] sequence numbers below the
 //! highest seen; an older packet is counted as late (reordered) and as unique.
 
 use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
+
+/// Packets older than this on arrival count as lost (nanoseconds).
+pub const LATE_NS: u64 = 250_000_000;
 
 /// Sequence numbers remembered below the highest seen, for duplicate detection.
 pub const WINDOW: u64 = 4096;
@@ -124,6 +132,12 @@ pub struct Tally {
     pub datagrams: u64,
     /// Datagrams without a bench trailer (RTCP from the forwarder, strays).
     pub foreign: u64,
+    /// Datagrams that arrived more than [`LATE_NS`] after they were sent.
+    pub late: u64,
+    /// Datagrams sent before `since_ns` (ignored).
+    pub stale: u64,
+    /// Start of this tally on [`crate::clock`].
+    pub since_ns: u64,
 }
 
 impl Default for Tally {
@@ -149,6 +163,17 @@ impl Tally {
             latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
             datagrams: 0,
             foreign: 0,
+            late: 0,
+            stale: 0,
+            since_ns: 0,
+        }
+    }
+
+    /// A tally that ignores packets sent before `since_ns`.
+    pub fn since(since_ns: u64) -> Self {
+        Self {
+            since_ns,
+            ..Self::new()
         }
     }
 
@@ -159,11 +184,20 @@ impl Tally {
             self.foreign += 1;
             return;
         };
+        if t.sent_ns < self.since_ns {
+            self.stale += 1;
+            return;
+        }
+        let ns = now_ns.saturating_sub(t.sent_ns).max(1);
+        if ns > LATE_NS {
+            self.late += 1;
+            self.latency.saturating_record(ns);
+            return;
+        }
         let tracker = self.streams.entry((subscriber, t.stream)).or_default();
         let dups = tracker.duplicates;
         tracker.record(t.seq);
         if tracker.duplicates == dups {
-            let ns = now_ns.saturating_sub(t.sent_ns).max(1);
             self.latency.saturating_record(ns);
         }
     }
@@ -290,5 +324,14 @@ mod tests {
         assert_eq!(tally.latency.len(), 9);
         let p50 = tally.latency.value_at_quantile(0.5);
         assert!((999_000..=1_001_000).contains(&p50), "p50 {p50}");
+
+        // Late packets are timed but lost; stale ones are ignored.
+        let mut tally = Tally::since(1_000);
+        tally.record(0, &datagram(2, 0, 500), 2_000);
+        tally.record(0, &datagram(2, 1, 2_000), 2_000 + LATE_NS + 1);
+        tally.record(0, &datagram(2, 2, 3_000), 4_000);
+        assert_eq!((tally.stale, tally.late), (1, 1));
+        assert_eq!(tally.totals().unique, 1);
+        assert_eq!(tally.latency.len(), 2);
     }
 }

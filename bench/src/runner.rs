@@ -102,6 +102,11 @@ pub struct Trial {
     pub skipped_frames: u64,
     pub send_errors: u64,
     pub sut_cpu_s: f64,
+    /// Share of its CPU the generator and sinks used during the trial (near 1: the load
+    /// side, not the system under test, set the pace).
+    pub load_cpu_share: f64,
+    /// Packets that arrived too late to count (see [`crate::accounting::LATE_NS`]).
+    pub late: u64,
     pub latency: Latency,
     /// Loss within limits, and the generator kept its schedule.
     pub pass: bool,
@@ -127,6 +132,11 @@ pub struct Outcome {
     pub cpu_s_per_mpkt: f64,
     /// Share of one CPU the system used at max.
     pub cpu_share: f64,
+    /// Egress packets per second one fully busy SUT core would move at this cost
+    /// (1e6 / `cpu_s_per_mpkt`): comparable even where the load side set the pace.
+    pub pps_per_core: f64,
+    /// Share of its CPU the load side used in the trial at max.
+    pub load_cpu_share: f64,
     pub latency_half_load: Latency,
     pub latency_egress_pps: f64,
     pub rss_bytes: u64,
@@ -169,7 +179,10 @@ impl Rig<'_> {
                 .unwrap_or(0);
             received += tally
                 .streams
-                .get(&(s.subscriber as u32, scenario::stream_id(s.publisher, s.spatial)))
+                .get(&(
+                    s.subscriber as u32,
+                    scenario::stream_id(s.publisher, s.spatial),
+                ))
                 .map_or(0, |t| t.unique);
         }
         let switched = self
@@ -203,10 +216,11 @@ impl Rig<'_> {
     /// Runs traffic at `target` egress packets/s for `dur`.
     fn trial(&mut self, target: f64, dur: Duration) -> Result<Trial> {
         let factor = target / self.topo.base_egress_pps();
-        self.sinks.reset();
         let pid = self.sys.pid();
         let cpu0 = proc::cpu_seconds(pid).unwrap_or(0.0);
+        let own0 = proc::cpu_seconds(std::process::id()).unwrap_or(0.0);
         let t0 = Instant::now();
+        self.sinks.reset(crate::clock::nanos_at(t0));
         self.gen.start(factor, t0);
         let end = t0 + dur;
         let mut switch_at = (!self.topo.switches.is_empty()).then(|| t0 + dur / 2);
@@ -225,17 +239,19 @@ impl Rig<'_> {
             self.sinks.poll(wait)?;
         }
         let seconds = t0.elapsed().as_secs_f64();
-        // Drain what is in flight: until 50 ms pass without a datagram, 500 ms at most.
-        let drain_end = Instant::now() + Duration::from_millis(500);
+        let own = proc::cpu_seconds(std::process::id()).unwrap_or(0.0) - own0;
+        // Drain what is in flight (a system that fell behind may hold seconds of backlog in
+        // its socket buffers): until 100 ms pass without a datagram, 5 s at most.
+        let drain_end = Instant::now() + Duration::from_secs(5);
         let mut quiet_since = Instant::now();
-        while Instant::now() < drain_end && quiet_since.elapsed() < Duration::from_millis(50) {
+        while Instant::now() < drain_end && quiet_since.elapsed() < Duration::from_millis(100) {
             if self.sinks.poll(Duration::from_millis(10))? > 0 {
                 quiet_since = Instant::now();
             }
         }
         self.sinks.drain_all();
         let cpu = proc::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
-        let tally = self.sinks.reset();
+        let tally = self.sinks.reset(u64::MAX);
         let (expected, received_steady, switched) = self.account(&tally);
         let sent = self.gen.sent.clone();
         let totals = tally.totals();
@@ -267,6 +283,8 @@ impl Rig<'_> {
             skipped_frames: sent.skipped_frames,
             send_errors: sent.send_errors,
             sut_cpu_s: cpu,
+            load_cpu_share: own / seconds,
+            late: tally.late,
             latency: Latency::of(&tally),
             pass: alive && loss <= MAX_LOSS && !generator_limited && totals.unique > 0,
             generator_limited,
@@ -277,14 +295,15 @@ impl Rig<'_> {
 fn progress(topo: &Topology, kind: SystemKind, what: &str, t: &Trial) {
     eprintln!(
         "  [{:<18} {:<13}] {what:<8} target {:>8.0} pps → egress {:>8.0} pps, loss {:>7.3}%, \
-         p99 {:>8.0} µs, cpu {:>5.2} s{}{}",
+         p99 {:>8.0} µs, sut cpu {:>3.0}%, load cpu {:>3.0}%{}{}",
         topo.name,
         kind.short(),
         t.target_egress_pps,
         t.egress_pps,
         t.loss * 100.0,
         t.latency.p99_us,
-        t.sut_cpu_s,
+        t.sut_cpu_s / t.seconds * 100.0,
+        t.load_cpu_share * 100.0,
         if t.generator_limited {
             ", generator behind"
         } else {
@@ -419,6 +438,8 @@ pub fn measure(env: &Env, topo: &Topology, kind: SystemKind, plan: &Plan) -> Res
         limited_by,
         cpu_s_per_mpkt: cpu_per,
         cpu_share: share,
+        pps_per_core: if cpu_per > 0.0 { 1e6 / cpu_per } else { 0.0 },
+        load_cpu_share: at_max.as_ref().map_or(0.0, |t| t.load_cpu_share),
         latency_half_load: latency_trial
             .as_ref()
             .map(|t| t.latency)
@@ -446,6 +467,8 @@ pub fn failed(topo: &Topology, kind: SystemKind, err: &anyhow::Error) -> Outcome
         limited_by: format!("error: {err:#}"),
         cpu_s_per_mpkt: 0.0,
         cpu_share: 0.0,
+        pps_per_core: 0.0,
+        load_cpu_share: 0.0,
         latency_half_load: Latency::default(),
         latency_egress_pps: 0.0,
         rss_bytes: 0,

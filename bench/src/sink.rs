@@ -86,9 +86,9 @@ impl Sinks {
         self.sinks.iter().map(|s| s.socket.local_addr()).collect()
     }
 
-    /// Starts a fresh tally (between trials).
-    pub fn reset(&mut self) -> Tally {
-        std::mem::take(&mut self.tally)
+    /// Starts a fresh tally that ignores packets sent before `since_ns`; returns the old one.
+    pub fn reset(&mut self, since_ns: u64) -> Tally {
+        std::mem::replace(&mut self.tally, Tally::since(since_ns))
     }
 
     /// Waits up to `timeout` for datagrams and accounts all that are ready. Returns the
