@@ -61,7 +61,11 @@ impl Machine {
         Self {
             host: read("/proc/sys/kernel/hostname"),
             cpu_model,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // Counted from /proc/cpuinfo: a pinned process sees only its own CPU set.
+            cpus: fs::read_to_string("/proc/cpuinfo")
+                .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
+                .unwrap_or(0)
+                .max(1),
             kernel: read("/proc/sys/kernel/osrelease"),
             io_uring_usable: prism_forwarder::io::uring_available(),
             io_uring_features: uring_features(),
