@@ -262,9 +262,10 @@ impl Rig<'_> {
         };
         let target_sent =
             target * seconds * self.topo.base_ingress_pps() / self.topo.base_egress_pps();
-        let generator_limited = sent.skipped_frames > 0
-            || sent.send_errors > 0
-            || (sent.datagrams as f64) < 0.95 * target_sent;
+        // Frames skipped after a scheduling stall only lower the offered load a little (and
+        // egress is what was received); the generator is the limit when it could not send
+        // nine tenths of what was due.
+        let generator_limited = (sent.datagrams as f64) < 0.9 * target_sent;
         let alive = self.sys.alive();
         Ok(Trial {
             target_egress_pps: target,
