@@ -1,1 +1,25 @@
-//! placeholder
+//! `prism-bench`: the end-to-end load benchmark of Prism's media plane.
+//!
+//! One process (pinned to its own CPU) is both the load generator and every subscriber's
+//! sink; the system under test runs as another process pinned to another CPU, so its CPU
+//! time and memory can be read from `/proc` and nothing it does is billed to the load.
+//!
+//! - [`payload`]: the trailer every generated packet carries (stream, sequence, send time),
+//!   so loss and latency are measured independently of what the forwarder rewrites;
+//! - [`accounting`]: per-stream continuity (loss, duplicates, reordering) and latency;
+//! - [`source`], [`generator`], [`sink`]: publishers and subscribers on real UDP sockets;
+//! - [`scenario`]: the traffic shapes of the suite; [`sut`]: the systems measured;
+//! - [`runner`]: trials, the search over offered load; [`report`], [`plot`]: the output.
+
+pub mod accounting;
+pub mod clock;
+pub mod generator;
+pub mod machine;
+pub mod payload;
+pub mod plot;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod sink;
+pub mod source;
+pub mod sut;

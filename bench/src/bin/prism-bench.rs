@@ -1,0 +1,237 @@
+//! `prism-bench`: runs the benchmark suite (`run`), or serves one of the bench's own
+//! systems under test (`serve reflector|conventional`) as a separate, pinned process.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use prism_bench::machine::Machine;
+use prism_bench::report::{self, Report};
+use prism_bench::runner::{self, Plan};
+use prism_bench::scenario;
+use prism_bench::sut::{self, Env, SystemKind};
+
+const USAGE: &str = "\
+prism-bench: end-to-end load benchmark of Prism's media plane
+
+USAGE:
+    prism-bench run [OPTIONS]
+    prism-bench serve reflector [--driver io_uring|mmsg] --port N --control PATH
+    prism-bench serve conventional --port N --control PATH
+
+RUN OPTIONS:
+    --smoke                 one short trial per scenario and system (CI), no search
+    --out DIR               results directory (default bench/results; smoke: target/bench-smoke)
+    --readme PATH           README whose Performance section is regenerated (full runs;
+                            default README.md; 'none' to skip)
+    --forwarder PATH        prism-forwarder binary (default: next to this binary)
+    --rtpengine PATH        rtpengine binary (default /usr/bin/rtpengine if present)
+    --gen-cpu N             pin the generator and sinks to CPU N (default 0)
+    --sut-cpu N             pin the systems under test to CPU N (default 1)
+    --systems LIST          subset of ceiling,prism-uring,prism-mmsg,conventional,rtpengine
+    --scenarios LIST        subset of relay,fanout,audio,meeting,simulcast (kind or kind:N)
+    --note TEXT             a note printed with the results (e.g. the machine was shared)
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("serve") => serve(&args[1..]),
+        Some("-h" | "--help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn serve(args: &[String]) -> Result<()> {
+    let what = args.first().context("serve what?")?;
+    let mut port = 0u16;
+    let mut control = None;
+    let mut uring = true;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--port" => port = val()?.parse()?,
+            "--control" => control = Some(PathBuf::from(val()?)),
+            "--driver" => {
+                uring = match val()?.as_str() {
+                    "io_uring" | "uring" => true,
+                    "mmsg" => false,
+                    d => bail!("unknown driver {d:?}"),
+                }
+            }
+            other => bail!("unknown option {other:?}"),
+        }
+    }
+    let control = control.context("--control PATH is required")?;
+    match what.as_str() {
+        "reflector" => sut::reflector::serve(port, &control, uring),
+        "conventional" => sut::conventional::serve(port, &control),
+        other => bail!("unknown server {other:?}"),
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let mut smoke = false;
+    let mut out = None;
+    let mut readme = Some(PathBuf::from("README.md"));
+    let exe = std::env::current_exe()?;
+    let mut forwarder = exe.with_file_name("prism-forwarder");
+    let mut rtpengine = Some(PathBuf::from("/usr/bin/rtpengine")).filter(|p| p.exists());
+    let mut gen_cpu = Some(0usize);
+    let mut sut_cpu = Some(1usize);
+    let mut systems: Vec<SystemKind> = SystemKind::ALL.to_vec();
+    let mut filter: Option<Vec<String>> = None;
+    let mut note = String::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--smoke" => smoke = true,
+            "--out" => out = Some(PathBuf::from(val()?)),
+            "--readme" => {
+                let v = val()?;
+                readme = (v != "none").then(|| PathBuf::from(v));
+            }
+            "--forwarder" => forwarder = PathBuf::from(val()?),
+            "--rtpengine" => rtpengine = Some(PathBuf::from(val()?)),
+            "--gen-cpu" => gen_cpu = Some(val()?.parse()?),
+            "--sut-cpu" => sut_cpu = Some(val()?.parse()?),
+            "--systems" => {
+                systems = val()?
+                    .split(',')
+                    .map(|s| SystemKind::parse(s.trim()).with_context(|| format!("system {s:?}")))
+                    .collect::<Result<_>>()?
+            }
+            "--scenarios" => {
+                filter = Some(val()?.split(',').map(|s| s.trim().to_string()).collect())
+            }
+            "--note" => note = val()?.clone(),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    // Probed before pinning: a pinned process sees one CPU.
+    let machine = Machine::probe();
+    let cpus = machine.cpus;
+    if cpus < 2 {
+        eprintln!("prism-bench: one CPU only: generator and system under test share it");
+        gen_cpu = None;
+        sut_cpu = None;
+    }
+    if let Some(c) = gen_cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+            eprintln!("prism-bench: could not pin to CPU {c}");
+        }
+    }
+    if !forwarder.exists() {
+        bail!("no prism-forwarder at {forwarder:?} (cargo build --release -p prism-forwarder)");
+    }
+    let plan = if smoke { Plan::smoke() } else { Plan::full() };
+    let out = out.unwrap_or_else(|| {
+        PathBuf::from(if smoke {
+            "target/bench-smoke"
+        } else {
+            "bench/results"
+        })
+    });
+    let env = Env {
+        forwarder_bin: forwarder,
+        bench_bin: exe,
+        rtpengine_bin: rtpengine,
+        sut_cpu,
+        scratch: sut::scratch_dir(&std::env::temp_dir())?,
+    };
+    let suite: Vec<_> = scenario::suite()
+        .into_iter()
+        .filter(|t| {
+            filter.as_ref().is_none_or(|f| {
+                let kind = serde_json::to_value(t.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                f.iter()
+                    .any(|x| *x == kind || *x == format!("{kind}:{}", t.n))
+            })
+        })
+        .collect();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let (date, time) = report::utc(now);
+    let t0 = Instant::now();
+    let jobs: usize = suite
+        .iter()
+        .map(|t| systems.iter().filter(|s| s.runs(t.kind)).count())
+        .sum();
+    eprintln!(
+        "prism-bench: {} mode, {jobs} measurements on {} ({} CPUs, load {})",
+        if smoke { "smoke" } else { "full" },
+        machine.host,
+        machine.cpus,
+        machine.loadavg_at_start
+    );
+    let mut outcomes = Vec::new();
+    let mut done = 0;
+    for topo in &suite {
+        for &kind in systems.iter().filter(|s| s.runs(topo.kind)) {
+            done += 1;
+            eprintln!(
+                "[{done}/{jobs}, {:.0} s] {} on {}",
+                t0.elapsed().as_secs_f64(),
+                topo.name,
+                kind.label()
+            );
+            let o = if kind == SystemKind::Rtpengine && env.rtpengine_bin.is_none() {
+                runner::failed(topo, kind, &anyhow::anyhow!("rtpengine not installed"))
+            } else {
+                runner::measure(&env, topo, kind, &plan).unwrap_or_else(|e| {
+                    eprintln!("  error: {e:#}");
+                    runner::failed(topo, kind, &e)
+                })
+            };
+            outcomes.push(o);
+        }
+    }
+    let report = Report {
+        tool: "prism-bench",
+        mode: if smoke { "smoke" } else { "full" },
+        started: format!("{date} {time}"),
+        duration_s: t0.elapsed().as_secs_f64(),
+        machine,
+        generator_cpu: gen_cpu,
+        sut_cpu,
+        plan,
+        note,
+        outcomes,
+    };
+    let stem = report.write(&out)?;
+    println!("{}", report.markdown(None));
+    println!(
+        "prism-bench: {:.1} s; results in {}/{stem}.{{json,md,svg}}",
+        report.duration_s,
+        out.display()
+    );
+    if !smoke {
+        if let Some(readme) = readme {
+            let rel = |ext: &str| format!("{}/{stem}.{ext}", out.display());
+            report.update_readme(&readme, &rel("svg"), &rel("json"))?;
+        }
+    }
+    let broken: Vec<String> = report
+        .outcomes
+        .iter()
+        .filter(|o| !o.limited_by.contains("not installed"))
+        .filter(|o| o.limited_by.starts_with("error") || o.trials.iter().all(|t| t.received == 0))
+        .map(|o| format!("{} on {}: {}", o.scenario, o.system.short(), o.limited_by))
+        .collect();
+    if smoke && !broken.is_empty() {
+        bail!("smoke run failed:\n  {}", broken.join("\n  "));
+    }
+    Ok(())
+}

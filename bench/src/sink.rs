@@ -1,0 +1,148 @@
+//! The subscribers' side: one UDP socket per subscriber, all polled together by one mio
+//! poll, each drained with batched receives (`recvmmsg` through quinn-udp) into a
+//! [`Tally`].
+//!
+//! Sockets are registered edge-triggered, so a readable socket is always read until it
+//! reports `WouldBlock`; that keeps the poll cheap with a thousand sockets and most of
+//! them idle at any instant.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState, BATCH_SIZE};
+
+use crate::accounting::Tally;
+use crate::clock;
+
+/// Receive buffer per slot: room for a GRO-coalesced batch should the kernel build one.
+const SLOT: usize = 64 * 1024;
+/// Socket receive buffer asked for per sink (capped by `net.core.rmem_max`).
+pub const SINK_RCVBUF: usize = 4 << 20;
+
+struct Sink {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+/// Every subscriber's socket, and what they received.
+pub struct Sinks {
+    sinks: Vec<Sink>,
+    poll: Poll,
+    events: Events,
+    bufs: Vec<Vec<u8>>,
+    metas: Vec<RecvMeta>,
+    pub tally: Tally,
+    /// Receive errors other than `WouldBlock`.
+    pub errors: u64,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sinks")
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+impl Sinks {
+    /// Binds `n` sockets on 127.0.0.1.
+    pub fn bind(n: usize) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut sinks = Vec::with_capacity(n);
+        for i in 0..n {
+            let std = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            std.set_nonblocking(true)?;
+            let state = UdpSocketState::new(UdpSockRef::from(&std))?;
+            // Best effort: the kernel caps it and tells nobody.
+            let _ = state.set_recv_buffer_size(UdpSockRef::from(&std), SINK_RCVBUF);
+            let mut socket = UdpSocket::from_std(std);
+            poll.registry()
+                .register(&mut socket, Token(i), Interest::READABLE)?;
+            sinks.push(Sink { socket, state });
+        }
+        Ok(Self {
+            sinks,
+            poll,
+            events: Events::with_capacity(1024),
+            bufs: vec![vec![0u8; SLOT]; BATCH_SIZE],
+            metas: vec![RecvMeta::default(); BATCH_SIZE],
+            tally: Tally::new(),
+            errors: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.sinks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    pub fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.sinks.iter().map(|s| s.socket.local_addr()).collect()
+    }
+
+    /// Starts a fresh tally that ignores packets sent before `since_ns`; returns the old one.
+    pub fn reset(&mut self, since_ns: u64) -> Tally {
+        std::mem::replace(&mut self.tally, Tally::since(since_ns))
+    }
+
+    /// Waits up to `timeout` for datagrams and accounts all that are ready. Returns the
+    /// number of datagrams read.
+    pub fn poll(&mut self, timeout: Duration) -> io::Result<u64> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
+        let mut n = 0;
+        for i in ready {
+            n += self.drain(i);
+        }
+        Ok(n)
+    }
+
+    /// Reads every socket until empty, whatever the poll says (after a trial).
+    pub fn drain_all(&mut self) -> u64 {
+        (0..self.sinks.len()).map(|i| self.drain(i)).sum()
+    }
+
+    fn drain(&mut self, i: usize) -> u64 {
+        let Some(sink) = self.sinks.get(i) else {
+            return 0;
+        };
+        let mut total = 0;
+        loop {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let got =
+                match sink
+                    .state
+                    .recv(UdpSockRef::from(&sink.socket), &mut slices, &mut self.metas)
+                {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        self.errors += 1;
+                        break;
+                    }
+                };
+            drop(slices);
+            let now = clock::now_ns();
+            for (meta, buf) in self.metas.iter().zip(&self.bufs).take(got) {
+                let stride = meta.stride.max(1);
+                for d in buf[..meta.len].chunks(stride) {
+                    self.tally.record(i as u32, d, now);
+                    total += 1;
+                }
+            }
+        }
+        total
+    }
+}

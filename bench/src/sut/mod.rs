@@ -1,0 +1,306 @@
+//! The systems under test, each run as its own process pinned to the SUT CPU, and
+//! configured from a [`Topology`].
+//!
+//! - [`prism`]: the `prism-forwarder` binary (io_uring or mmsg driver), over its control socket;
+//! - [`reflector`]: the ceiling, `prism-bench serve reflector` on the forwarder's I/O drivers;
+//! - [`conventional`]: `prism-bench serve conventional`, tokio and a packet copy per subscriber;
+//! - [`rtpengine`]: Debian's rtpengine in userspace mode, over its ng protocol (relay only).
+
+pub mod conventional;
+pub mod prism;
+pub mod proc;
+pub mod reflector;
+pub mod routes;
+pub mod rtpengine;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::scenario::{self, Kind, Topology};
+use routes::{RouteClient, RouteCommand};
+
+/// Which system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SystemKind {
+    Ceiling,
+    PrismUring,
+    PrismMmsg,
+    Conventional,
+    Rtpengine,
+}
+
+impl SystemKind {
+    pub const ALL: [SystemKind; 5] = [
+        SystemKind::Ceiling,
+        SystemKind::PrismUring,
+        SystemKind::PrismMmsg,
+        SystemKind::Conventional,
+        SystemKind::Rtpengine,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SystemKind::Ceiling => "ceiling (io_uring reflector)",
+            SystemKind::PrismUring => "Prism io_uring",
+            SystemKind::PrismMmsg => "Prism mmsg",
+            SystemKind::Conventional => "conventional (tokio)",
+            SystemKind::Rtpengine => "rtpengine (userspace)",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            SystemKind::Ceiling => "ceiling",
+            SystemKind::PrismUring => "prism-uring",
+            SystemKind::PrismMmsg => "prism-mmsg",
+            SystemKind::Conventional => "conventional",
+            SystemKind::Rtpengine => "rtpengine",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.short() == s)
+    }
+
+    /// Whether this system takes part in a scenario.
+    pub fn runs(self, kind: Kind) -> bool {
+        match self {
+            SystemKind::Rtpengine => kind == Kind::Relay,
+            _ => true,
+        }
+    }
+}
+
+/// Where the bench finds its programs and puts its scratch files.
+#[derive(Clone, Debug)]
+pub struct Env {
+    pub forwarder_bin: PathBuf,
+    pub bench_bin: PathBuf,
+    pub rtpengine_bin: Option<PathBuf>,
+    /// CPU the system under test is pinned to (None: not pinned).
+    pub sut_cpu: Option<usize>,
+    pub scratch: PathBuf,
+}
+
+/// A running system under test.
+pub struct System {
+    pub kind: SystemKind,
+    child: Child,
+    control: Control,
+    /// Where each publisher sends, per publisher.
+    pub targets: Vec<SocketAddr>,
+    /// RSS right after start, before any configuration.
+    pub rss_at_start: u64,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("System")
+            .field("kind", &self.kind)
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
+enum Control {
+    Prism(prism::PrismControl),
+    Routes(RouteClient),
+    Rtpengine,
+}
+
+/// A free UDP port on loopback (bound and released; good enough on a quiet host).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl System {
+    /// Starts `kind` and configures it for `topo` with the given publisher and sink sockets.
+    pub fn start(
+        kind: SystemKind,
+        env: &Env,
+        topo: &Topology,
+        pubs: &[SocketAddr],
+        sinks: &[SocketAddr],
+    ) -> Result<Self> {
+        let port = free_port()?;
+        let tag = format!("{}-{}", kind.short(), std::process::id());
+        let sock_path = env.scratch.join(format!("{tag}.sock"));
+        let log = env.scratch.join(format!("{tag}.log"));
+        let ingress = SocketAddr::from(([127, 0, 0, 1], port));
+        let (child, control, targets) = match kind {
+            SystemKind::PrismUring | SystemKind::PrismMmsg => {
+                let driver = if kind == SystemKind::PrismUring {
+                    "io_uring"
+                } else {
+                    "mmsg"
+                };
+                let args: Vec<String> = [
+                    "--control-unix",
+                    &sock_path.display().to_string(),
+                    "--cores",
+                    &env.sut_cpu.unwrap_or(0).to_string(),
+                    "--driver",
+                    driver,
+                    "--port",
+                    &port.to_string(),
+                    "--log",
+                    "warn",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                let child = proc::spawn_pinned(env.sut_cpu, &env.forwarder_bin, &args, &log)?;
+                let c = prism::PrismControl::connect(&sock_path, Duration::from_secs(10))
+                    .with_context(|| format!("connecting to prism-forwarder (log {log:?})"))?;
+                (
+                    child,
+                    Control::Prism(c),
+                    vec![ingress; topo.publishers.len()],
+                )
+            }
+            SystemKind::Ceiling | SystemKind::Conventional => {
+                let mut args = vec!["serve".to_string()];
+                if kind == SystemKind::Ceiling {
+                    args.extend(["reflector".into(), "--driver".into(), "io_uring".into()]);
+                } else {
+                    args.push("conventional".into());
+                }
+                args.extend([
+                    "--port".into(),
+                    port.to_string(),
+                    "--control".into(),
+                    sock_path.display().to_string(),
+                ]);
+                let child = proc::spawn_pinned(env.sut_cpu, &env.bench_bin, &args, &log)?;
+                let c = RouteClient::connect(&sock_path, Duration::from_secs(10))
+                    .with_context(|| format!("connecting to the bench server (log {log:?})"))?;
+                (
+                    child,
+                    Control::Routes(c),
+                    vec![ingress; topo.publishers.len()],
+                )
+            }
+            SystemKind::Rtpengine => {
+                let bin = env
+                    .rtpengine_bin
+                    .as_deref()
+                    .context("rtpengine is not installed")?;
+                let (child, targets) = rtpengine::start(bin, env, topo, pubs, sinks, &log)?;
+                (child, Control::Rtpengine, targets)
+            }
+        };
+        let pid = child.id();
+        let mut sys = System {
+            kind,
+            child,
+            control,
+            targets,
+            rss_at_start: proc::rss_bytes(pid).unwrap_or(0),
+            stopped: false,
+        };
+        if let Err(e) = sys.configure(topo, pubs, sinks) {
+            sys.stop();
+            return Err(e);
+        }
+        Ok(sys)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn configure(
+        &mut self,
+        topo: &Topology,
+        pubs: &[SocketAddr],
+        sinks: &[SocketAddr],
+    ) -> Result<()> {
+        match &mut self.control {
+            Control::Prism(c) => c.setup(topo, pubs, sinks),
+            Control::Routes(c) => {
+                let cmds: Vec<RouteCommand> = topo
+                    .subscriptions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| RouteCommand::Route {
+                        ssrc: scenario::source_ssrc(s.publisher, s.spatial),
+                        to: sinks[s.subscriber],
+                        out_ssrc: scenario::output_ssrc(i),
+                    })
+                    .collect();
+                Ok(c.apply(&cmds)?)
+            }
+            Control::Rtpengine => Ok(()),
+        }
+    }
+
+    /// Moves subscription `sub` of `topo` from layer `from` to layer `to`.
+    pub fn switch_layer(
+        &mut self,
+        topo: &Topology,
+        sinks: &[SocketAddr],
+        sub: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<()> {
+        let s = topo.subscriptions[sub];
+        match &mut self.control {
+            Control::Prism(c) => c.set_layer(sub, to),
+            Control::Routes(c) => Ok(c.apply(&[
+                RouteCommand::Unroute {
+                    ssrc: scenario::source_ssrc(s.publisher, from),
+                    to: sinks[s.subscriber],
+                },
+                RouteCommand::Route {
+                    ssrc: scenario::source_ssrc(s.publisher, to),
+                    to: sinks[s.subscriber],
+                    out_ssrc: scenario::output_ssrc(sub),
+                },
+            ])?),
+            Control::Rtpengine => Ok(()),
+        }
+    }
+
+    /// Prism's own counters, as a one-line summary (other systems have none).
+    pub fn counters(&mut self) -> Option<String> {
+        match &mut self.control {
+            Control::Prism(c) => c.summary().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            proc::stop(&mut self.child);
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The bench's scratch directory for sockets and logs.
+pub fn scratch_dir(base: &Path) -> Result<PathBuf> {
+    let d = base.join("prism-bench");
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs Prism's benchmark suite in one command: builds the forwarder and the bench, makes
+# sure rtpengine (the peer for the 1:1 relay) is installed, and runs prism-bench with the
+# load generator and sinks on CPU 0 and every system under test on CPU 1.
+#
+#   scripts/bench.sh --smoke    a few seconds per scenario and system (CI; results in
+#                               target/bench-smoke, nothing committed)
+#   scripts/bench.sh            the full run: results in bench/results/, README section
+#                               regenerated; takes about a quarter of an hour
+# Other arguments are passed to `prism-bench run` (see `prism-bench --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "build (release)"
+cargo build --release --locked -p prism-forwarder -p prism-bench
+
+# rtpengine from Debian, installed once; the marker saves the apt round trip next time.
+marker=target/.rtpengine-checked
+if [[ ! -f $marker ]] || ! command -v rtpengine >/dev/null; then
+    if ! command -v rtpengine >/dev/null; then
+        step "installing rtpengine-daemon (once)"
+        if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq || true
+            apt-get install -y -qq rtpengine-daemon >/dev/null ||
+                echo "warning: rtpengine-daemon could not be installed; it will be skipped" >&2
+        else
+            echo "warning: not root or no apt-get: rtpengine will be skipped" >&2
+        fi
+    fi
+    command -v rtpengine >/dev/null && touch "$marker"
+fi
+
+cpus=$(nproc --all)
+pin=(taskset -c 0)
+sut=(--gen-cpu 0 --sut-cpu 1)
+if [[ $cpus -lt 2 ]]; then
+    echo "warning: one CPU only; generator and systems under test share it" >&2
+    pin=()
+    sut=()
+fi
+
+step "prism-bench run $*"
+start=$(date +%s)
+"${pin[@]}" target/release/prism-bench run "${sut[@]}" "$@"
+echo "bench.sh: done in $(($(date +%s) - start)) s" >&2
