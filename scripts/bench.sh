@@ -13,8 +13,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-step "build (release)"
-cargo build --release --locked -p prism-forwarder -p prism-bench
+profile=release
+for a in "$@"; do
+    [[ $a == --smoke ]] && profile=smoke
+done
+step "build ($profile)"
+cargo build --profile "$profile" --locked -p prism-forwarder -p prism-bench
 
 # rtpengine from Debian, installed once; the marker saves the apt round trip next time.
 marker=target/.rtpengine-checked
@@ -44,5 +48,5 @@ fi
 
 step "prism-bench run $*"
 start=$(date +%s)
-"${pin[@]}" target/release/prism-bench run "${sut[@]}" "$@"
+"${pin[@]}" "target/$profile/prism-bench" run "${sut[@]}" "$@"
 echo "bench.sh: done in $(($(date +%s) - start)) s" >&2

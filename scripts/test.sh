@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that passes every test of Prism on a fresh machine: installs what the
-# tests need, checks formatting and lints, runs the whole test suite (both I/O drivers),
-# and smoke-runs the fuzz targets and the benchmark.
+# tests need, checks formatting and lints, runs the whole test suite (both I/O drivers,
+# aiortc over WHIP/WHEP), and smoke-runs the fuzz targets and the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,9 @@ cargo test --workspace --locked
 
 step "fuzz targets: build and a short run each"
 scripts/fuzz.sh smoke
+
+step "benchmark smoke run: every scenario and system for a moment"
+scripts/bench.sh --smoke
 
 echo
 echo "all tests passed"
