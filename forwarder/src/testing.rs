@@ -239,3 +239,130 @@ impl Egress for CollectEgress {
         true
     }
 }
+
+/// Builders for the control commands tests and tools send most, so that a test says what
+/// it sets up rather than spelling out every field.
+pub mod cmd {
+    use pb::command::Body;
+    use prism_proto::control as pb;
+
+    use crate::ids::Ssrc;
+
+    pub fn room(room_id: u64) -> Body {
+        Body::CreateRoom(pb::CreateRoom {
+            room_id,
+            ..Default::default()
+        })
+    }
+
+    /// A plain transport to `remote` ("ip:port").
+    pub fn plain(room_id: u64, transport_id: u64, remote: impl ToString) -> Body {
+        Body::CreatePlainTransport(pb::CreatePlainTransport {
+            room_id,
+            transport_id,
+            remote: remote.to_string(),
+            comedia: false,
+            srtp: None,
+        })
+    }
+
+    /// A plain transport that learns its remote from the first packet (comedia).
+    pub fn comedia(room_id: u64, transport_id: u64) -> Body {
+        Body::CreatePlainTransport(pb::CreatePlainTransport {
+            room_id,
+            transport_id,
+            remote: String::new(),
+            comedia: true,
+            srtp: None,
+        })
+    }
+
+    /// A VP8 video track (payload type 96) with one layer per SSRC, lowest first.
+    pub fn vp8_track(room_id: u64, transport_id: u64, track_id: u64, ssrcs: &[Ssrc]) -> Body {
+        Body::AddTrack(pb::AddTrack {
+            room_id,
+            transport_id,
+            track_id,
+            kind: pb::MediaKind::Video as i32,
+            codec: Some(pb::Codec {
+                kind: pb::CodecKind::Vp8 as i32,
+                payload_type: 96,
+                clock_rate: 90_000,
+            }),
+            layers: ssrcs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| pb::Layer {
+                    ssrc: s.0,
+                    rid: String::new(),
+                    spatial: i as u32,
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    /// An Opus audio track (payload type 111).
+    pub fn opus_track(room_id: u64, transport_id: u64, track_id: u64, ssrc: u32) -> Body {
+        Body::AddTrack(pb::AddTrack {
+            room_id,
+            transport_id,
+            track_id,
+            kind: pb::MediaKind::Audio as i32,
+            codec: Some(pb::Codec {
+                kind: pb::CodecKind::Opus as i32,
+                payload_type: 111,
+                clock_rate: 48_000,
+            }),
+            layers: vec![pb::Layer {
+                ssrc,
+                rid: String::new(),
+                spatial: 0,
+            }],
+            ..Default::default()
+        })
+    }
+
+    /// A subscription to `track_id` on `transport_id`, sent as `ssrc`/`payload_type`
+    /// (0: the track's), preferring spatial layer `spatial` and every temporal layer.
+    pub fn down_track(
+        room_id: u64,
+        track_id: u64,
+        down_track_id: u64,
+        transport_id: u64,
+        ssrc: u32,
+        payload_type: u32,
+        spatial: u32,
+    ) -> Body {
+        Body::AddDownTrack(pb::AddDownTrack {
+            room_id,
+            track_id,
+            down_track_id,
+            transport_id,
+            ssrc,
+            payload_type,
+            preferred_spatial: spatial,
+            preferred_temporal: None,
+        })
+    }
+
+    /// Applies `body` to `engine` and returns the answer, panicking on an error answer.
+    pub fn expect_ok(
+        engine: &mut crate::engine::Engine,
+        now: std::time::Instant,
+        body: Body,
+    ) -> pb::event::Body {
+        let ev = engine.handle_command(
+            now,
+            pb::Command {
+                request_id: 1,
+                body: Some(body),
+            },
+        );
+        match ev.body {
+            Some(pb::event::Body::Error(e)) => panic!("command failed: {}", e.message),
+            Some(b) => b,
+            None => panic!("empty answer"),
+        }
+    }
+}

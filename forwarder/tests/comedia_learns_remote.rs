@@ -6,90 +6,21 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use pb::command::Body;
 use prism_forwarder::engine::{DropReason, Engine, EngineConfig};
+use prism_forwarder::testing::cmd::{self, expect_ok};
 use prism_forwarder::testing::{CollectEgress, SimulcastSource};
 use prism_forwarder::wire::rtp::RtpPacket;
-use prism_proto::control as pb;
-
-fn ok(e: &mut Engine, now: Instant, body: Body) {
-    let ev = e.handle_command(
-        now,
-        pb::Command {
-            request_id: 1,
-            body: Some(body),
-        },
-    );
-    assert!(
-        !matches!(ev.body, Some(pb::event::Body::Error(_))),
-        "{ev:?}"
-    );
-}
 
 #[test]
 fn comedia_transports_learn_their_remote() {
     let now = Instant::now();
     let mut e = Engine::new(0, "127.0.0.1:9".parse().unwrap(), EngineConfig::default());
-    ok(
-        &mut e,
-        now,
-        Body::CreateRoom(pb::CreateRoom {
-            room_id: 1,
-            ..Default::default()
-        }),
-    );
-    for t in [1, 2] {
-        ok(
-            &mut e,
-            now,
-            Body::CreatePlainTransport(pb::CreatePlainTransport {
-                srtp: None,
-                room_id: 1,
-                transport_id: t,
-                remote: String::new(),
-                comedia: true,
-            }),
-        );
-    }
+    expect_ok(&mut e, now, cmd::room(1));
+    expect_ok(&mut e, now, cmd::comedia(1, 1));
+    expect_ok(&mut e, now, cmd::comedia(1, 2));
     let mut src = SimulcastSource::three_layers(0x100, 0);
-    ok(
-        &mut e,
-        now,
-        Body::AddTrack(pb::AddTrack {
-            mid: String::new(),
-            mid_ext_id: 0,
-            rid_ext_id: 0,
-            nack: None,
-            room_id: 1,
-            transport_id: 1,
-            track_id: 1,
-            kind: pb::MediaKind::Video as i32,
-            codec: Some(pb::Codec {
-                kind: pb::CodecKind::Vp8 as i32,
-                payload_type: 96,
-                clock_rate: 90_000,
-            }),
-            layers: vec![pb::Layer {
-                ssrc: src.ssrcs()[0].0,
-                rid: String::new(),
-                spatial: 0,
-            }],
-        }),
-    );
-    ok(
-        &mut e,
-        now,
-        Body::AddDownTrack(pb::AddDownTrack {
-            room_id: 1,
-            track_id: 1,
-            down_track_id: 1,
-            transport_id: 2,
-            ssrc: 0xd00d,
-            payload_type: 96,
-            preferred_spatial: 0,
-            preferred_temporal: None,
-        }),
-    );
+    expect_ok(&mut e, now, cmd::vp8_track(1, 1, 1, &src.ssrcs()[..1]));
+    expect_ok(&mut e, now, cmd::down_track(1, 1, 1, 2, 0xd00d, 96, 0));
     let publisher: SocketAddr = "10.0.0.1:4000".parse().unwrap();
     let recorder: SocketAddr = "10.0.0.2:5000".parse().unwrap();
     let stranger: SocketAddr = "10.0.0.3:6000".parse().unwrap();

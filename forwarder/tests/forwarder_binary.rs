@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use pb::command::Body;
 use prism_forwarder::control::socket::{ControlListen, SocketControlClient};
+use prism_forwarder::testing::cmd;
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
 
@@ -52,73 +53,15 @@ fn binary_is_driven_over_its_control_socket() {
     subscriber
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
-    ok(
-        &mut c,
-        Body::CreateRoom(pb::CreateRoom {
-            room_id: 5,
-            ..Default::default()
-        }),
-    );
-    let created = ok(
-        &mut c,
-        Body::CreatePlainTransport(pb::CreatePlainTransport {
-            srtp: None,
-            room_id: 5,
-            transport_id: 1,
-            remote: String::new(),
-            comedia: true,
-        }),
-    );
+    ok(&mut c, cmd::room(5));
+    let created = ok(&mut c, cmd::comedia(5, 1));
     let Some(pb::event::Body::TransportCreated(t)) = created.body else {
         panic!("{created:?}")
     };
     let media: std::net::SocketAddr = t.local.parse().unwrap();
-    ok(
-        &mut c,
-        Body::CreatePlainTransport(pb::CreatePlainTransport {
-            srtp: None,
-            room_id: 5,
-            transport_id: 2,
-            remote: subscriber.local_addr().unwrap().to_string(),
-            comedia: false,
-        }),
-    );
-    ok(
-        &mut c,
-        Body::AddTrack(pb::AddTrack {
-            mid: String::new(),
-            mid_ext_id: 0,
-            rid_ext_id: 0,
-            nack: None,
-            room_id: 5,
-            transport_id: 1,
-            track_id: 1,
-            kind: pb::MediaKind::Audio as i32,
-            codec: Some(pb::Codec {
-                kind: pb::CodecKind::Opus as i32,
-                payload_type: 111,
-                clock_rate: 48_000,
-            }),
-            layers: vec![pb::Layer {
-                ssrc: 0xa0d1,
-                rid: String::new(),
-                spatial: 0,
-            }],
-        }),
-    );
-    ok(
-        &mut c,
-        Body::AddDownTrack(pb::AddDownTrack {
-            room_id: 5,
-            track_id: 1,
-            down_track_id: 1,
-            transport_id: 2,
-            ssrc: 0xbeef,
-            payload_type: 100,
-            preferred_spatial: 0,
-            preferred_temporal: None,
-        }),
-    );
+    ok(&mut c, cmd::plain(5, 2, subscriber.local_addr().unwrap()));
+    ok(&mut c, cmd::opus_track(5, 1, 1, 0xa0d1));
+    ok(&mut c, cmd::down_track(5, 1, 1, 2, 0xbeef, 100, 0));
     // One Opus packet from the (comedia) publisher.
     let mut pkt = vec![0x80, 111, 0x12, 0x34, 0, 0, 0x03, 0xc0, 0, 0, 0xa0, 0xd1];
     pkt.extend_from_slice(b"opus payload");

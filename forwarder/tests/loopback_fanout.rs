@@ -16,7 +16,7 @@ use prism_forwarder::engine::stats::proto_drop;
 use prism_forwarder::engine::DropReason;
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
-use prism_forwarder::testing::{SimulcastSource, Tag};
+use prism_forwarder::testing::{cmd, SimulcastSource, Tag};
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
 
@@ -67,76 +67,17 @@ fn run(kind: DriverKind) {
     let publisher = socket();
     let mut src = SimulcastSource::three_layers(0xa000, 0);
 
-    request(
-        &fwd,
-        Body::CreateRoom(pb::CreateRoom {
-            room_id: ROOM,
-            ..Default::default()
-        }),
-    );
-    request(
-        &fwd,
-        Body::CreatePlainTransport(pb::CreatePlainTransport {
-            srtp: None,
-            room_id: ROOM,
-            transport_id: 1,
-            remote: publisher.local_addr().unwrap().to_string(),
-            comedia: false,
-        }),
-    );
-    request(
-        &fwd,
-        Body::AddTrack(pb::AddTrack {
-            mid: String::new(),
-            mid_ext_id: 0,
-            rid_ext_id: 0,
-            nack: None,
-            room_id: ROOM,
-            transport_id: 1,
-            track_id: 1,
-            kind: pb::MediaKind::Video as i32,
-            codec: Some(pb::Codec {
-                kind: pb::CodecKind::Vp8 as i32,
-                payload_type: 96,
-                clock_rate: 90_000,
-            }),
-            layers: src
-                .ssrcs()
-                .iter()
-                .enumerate()
-                .map(|(i, s)| pb::Layer {
-                    ssrc: s.0,
-                    rid: String::new(),
-                    spatial: i as u32,
-                })
-                .collect(),
-        }),
-    );
+    request(&fwd, cmd::room(ROOM));
+    request(&fwd, cmd::plain(ROOM, 1, publisher.local_addr().unwrap()));
+    request(&fwd, cmd::vp8_track(ROOM, 1, 1, &src.ssrcs()));
     let subs: Vec<UdpSocket> = (0..SUBSCRIBERS).map(|_| socket()).collect();
     for (i, s) in subs.iter().enumerate() {
         let t = 100 + i as u64;
+        request(&fwd, cmd::plain(ROOM, t, s.local_addr().unwrap()));
+        let ssrc = 0x5000 + i as u32;
         request(
             &fwd,
-            Body::CreatePlainTransport(pb::CreatePlainTransport {
-                srtp: None,
-                room_id: ROOM,
-                transport_id: t,
-                remote: s.local_addr().unwrap().to_string(),
-                comedia: false,
-            }),
-        );
-        request(
-            &fwd,
-            Body::AddDownTrack(pb::AddDownTrack {
-                room_id: ROOM,
-                track_id: 1,
-                down_track_id: 1000 + i as u64,
-                transport_id: t,
-                ssrc: 0x5000 + i as u32,
-                payload_type: 96,
-                preferred_spatial: (i % 3) as u32,
-                preferred_temporal: None,
-            }),
+            cmd::down_track(ROOM, 1, 1000 + i as u64, t, ssrc, 96, (i % 3) as u32),
         );
     }
 

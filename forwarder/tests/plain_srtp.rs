@@ -9,7 +9,7 @@ use std::time::Instant;
 use pb::command::Body;
 use prism_forwarder::engine::{DropReason, Engine, EngineConfig};
 use prism_forwarder::srtp::{SrtpContext, SrtpKeys, SrtpProfile, MAX_OVERHEAD};
-use prism_forwarder::testing::CollectEgress;
+use prism_forwarder::testing::{self, CollectEgress};
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
 
@@ -39,13 +39,7 @@ fn params(profile: &str, key: u8, salt_len: usize) -> pb::SrtpParams {
 fn plain_transports_encrypt_with_keys_from_control() {
     let now = Instant::now();
     let mut e = Engine::new(0, "127.0.0.1:9".parse().unwrap(), EngineConfig::default());
-    cmd(
-        &mut e,
-        Body::CreateRoom(pb::CreateRoom {
-            room_id: 1,
-            ..Default::default()
-        }),
-    );
+    cmd(&mut e, testing::cmd::room(1));
     let publisher: SocketAddr = "10.0.0.1:1000".parse().unwrap();
     let subscriber: SocketAddr = "10.0.0.2:2000".parse().unwrap();
     for (id, remote, p) in [
@@ -92,42 +86,8 @@ fn plain_transports_encrypt_with_keys_from_control() {
         matches!(bad, pb::event::Body::Error(_)),
         "bad salt length refused"
     );
-    cmd(
-        &mut e,
-        Body::AddTrack(pb::AddTrack {
-            mid: String::new(),
-            mid_ext_id: 0,
-            rid_ext_id: 0,
-            room_id: 1,
-            transport_id: 1,
-            track_id: 1,
-            kind: pb::MediaKind::Audio as i32,
-            codec: Some(pb::Codec {
-                kind: pb::CodecKind::Opus as i32,
-                payload_type: 111,
-                clock_rate: 48_000,
-            }),
-            layers: vec![pb::Layer {
-                ssrc: 5,
-                rid: String::new(),
-                spatial: 0,
-            }],
-            nack: None,
-        }),
-    );
-    cmd(
-        &mut e,
-        Body::AddDownTrack(pb::AddDownTrack {
-            room_id: 1,
-            track_id: 1,
-            down_track_id: 1,
-            transport_id: 2,
-            ssrc: 6,
-            payload_type: 0,
-            preferred_spatial: 0,
-            preferred_temporal: None,
-        }),
-    );
+    cmd(&mut e, testing::cmd::opus_track(1, 1, 1, 5));
+    cmd(&mut e, testing::cmd::down_track(1, 1, 1, 2, 6, 0, 0));
     // The publisher's "send" keys are the forwarder's "recv" keys, and the other way round.
     let cm = SrtpProfile::AesCm128HmacSha1_80;
     let mut pub_ctx =

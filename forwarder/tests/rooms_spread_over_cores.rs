@@ -7,6 +7,7 @@ use std::time::Duration;
 use pb::command::Body;
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
+use prism_forwarder::testing::cmd;
 use prism_proto::control as pb;
 
 fn req(fwd: &Forwarder, body: Body) -> pb::event::Body {
@@ -32,26 +33,14 @@ fn rooms_are_spread_and_forward_on_their_core() {
 
     let mut cores = Vec::new();
     for room in 1..=4u64 {
-        let pb::event::Body::RoomCreated(r) = req(
-            &fwd,
-            Body::CreateRoom(pb::CreateRoom {
-                room_id: room,
-                ..Default::default()
-            }),
-        ) else {
+        let pb::event::Body::RoomCreated(r) = req(&fwd, cmd::room(room)) else {
             panic!()
         };
         cores.push(r.core);
         // Give each room a publisher so the load is visible.
         req(
             &fwd,
-            Body::CreatePlainTransport(pb::CreatePlainTransport {
-                srtp: None,
-                room_id: room,
-                transport_id: room * 10,
-                remote: format!("127.0.0.1:{}", 40000 + room),
-                comedia: false,
-            }),
+            cmd::plain(room, room * 10, format!("127.0.0.1:{}", 40000 + room)),
         );
     }
     assert_eq!(cores.iter().filter(|&&c| c == 0).count(), 2, "{cores:?}");
@@ -64,63 +53,14 @@ fn rooms_are_spread_and_forward_on_their_core() {
     sub.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let pb::event::Body::TransportCreated(t) = req(
         &fwd,
-        Body::CreatePlainTransport(pb::CreatePlainTransport {
-            srtp: None,
-            room_id: room,
-            transport_id: 1000,
-            remote: publisher.local_addr().unwrap().to_string(),
-            comedia: false,
-        }),
+        cmd::plain(room, 1000, publisher.local_addr().unwrap()),
     ) else {
         panic!()
     };
     assert_eq!(t.local, addrs[1].to_string());
-    req(
-        &fwd,
-        Body::CreatePlainTransport(pb::CreatePlainTransport {
-            srtp: None,
-            room_id: room,
-            transport_id: 1001,
-            remote: sub.local_addr().unwrap().to_string(),
-            comedia: false,
-        }),
-    );
-    req(
-        &fwd,
-        Body::AddTrack(pb::AddTrack {
-            mid: String::new(),
-            mid_ext_id: 0,
-            rid_ext_id: 0,
-            nack: None,
-            room_id: room,
-            transport_id: 1000,
-            track_id: 1,
-            kind: pb::MediaKind::Audio as i32,
-            codec: Some(pb::Codec {
-                kind: pb::CodecKind::Opus as i32,
-                payload_type: 111,
-                clock_rate: 48_000,
-            }),
-            layers: vec![pb::Layer {
-                ssrc: 77,
-                rid: String::new(),
-                spatial: 0,
-            }],
-        }),
-    );
-    req(
-        &fwd,
-        Body::AddDownTrack(pb::AddDownTrack {
-            room_id: room,
-            track_id: 1,
-            down_track_id: 1,
-            transport_id: 1001,
-            ssrc: 88,
-            payload_type: 0,
-            preferred_spatial: 0,
-            preferred_temporal: None,
-        }),
-    );
+    req(&fwd, cmd::plain(room, 1001, sub.local_addr().unwrap()));
+    req(&fwd, cmd::opus_track(room, 1000, 1, 77));
+    req(&fwd, cmd::down_track(room, 1, 1, 1001, 88, 0, 0));
     let pkt = [0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 77, 0xaa, 0xbb];
     publisher.send_to(&pkt, addrs[1]).unwrap();
     let mut buf = [0u8; 64];

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use pb::command::Body;
 use prism_forwarder::engine::{DropReason, Engine, EngineConfig};
-use prism_forwarder::testing::{CollectEgress, SimulcastSource, Tag};
+use prism_forwarder::testing::{cmd, CollectEgress, SimulcastSource, Tag};
 use prism_proto::control as pb;
 
 const MID_EXT: u8 = 4;
@@ -53,25 +53,9 @@ fn layers_are_bound_by_rid() {
     let mut e = Engine::new(0, "127.0.0.1:9".parse().unwrap(), EngineConfig::default());
     let publisher: SocketAddr = "10.0.0.1:1".parse().unwrap();
     let subscriber: SocketAddr = "10.0.0.2:2".parse().unwrap();
-    ok(
-        &mut e,
-        Body::CreateRoom(pb::CreateRoom {
-            room_id: 1,
-            ..Default::default()
-        }),
-    );
-    for (id, remote) in [(1, publisher), (2, subscriber)] {
-        ok(
-            &mut e,
-            Body::CreatePlainTransport(pb::CreatePlainTransport {
-                room_id: 1,
-                transport_id: id,
-                remote: remote.to_string(),
-                comedia: false,
-                srtp: None,
-            }),
-        );
-    }
+    ok(&mut e, cmd::room(1));
+    ok(&mut e, cmd::plain(1, 1, publisher));
+    ok(&mut e, cmd::plain(1, 2, subscriber));
     ok(
         &mut e,
         Body::AddTrack(pb::AddTrack {
@@ -99,19 +83,7 @@ fn layers_are_bound_by_rid() {
             rid_ext_id: u32::from(RID_EXT),
         }),
     );
-    ok(
-        &mut e,
-        Body::AddDownTrack(pb::AddDownTrack {
-            room_id: 1,
-            track_id: 1,
-            down_track_id: 1,
-            transport_id: 2,
-            ssrc: 77,
-            payload_type: 96,
-            preferred_spatial: 1,
-            preferred_temporal: None,
-        }),
-    );
+    ok(&mut e, cmd::down_track(1, 1, 1, 2, 77, 96, 1));
     let mut src = SimulcastSource::three_layers(0x500, 0);
     let mut eg = CollectEgress::default();
     let feed = |e: &mut Engine, eg: &mut CollectEgress, p: &[u8]| {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use pb::command::Body;
 use prism_forwarder::codec::vp8;
 use prism_forwarder::engine::{Engine, EngineConfig};
+use prism_forwarder::testing::cmd::{self, expect_ok};
 use prism_forwarder::testing::{CollectEgress, SimulcastSource, Tag};
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
@@ -37,69 +38,14 @@ fn setup(now: Instant, src: &SimulcastSource, preferred: u32) -> Engine {
         "127.0.0.1:7000".parse().unwrap(),
         EngineConfig::default(),
     );
-    cmd(
+    expect_ok(&mut e, now, cmd::room(1));
+    expect_ok(&mut e, now, cmd::plain(1, 10, PUB));
+    expect_ok(&mut e, now, cmd::plain(1, 20, SUB));
+    expect_ok(&mut e, now, cmd::vp8_track(1, 10, 100, &src.ssrcs()));
+    expect_ok(
         &mut e,
         now,
-        Body::CreateRoom(pb::CreateRoom {
-            room_id: 1,
-            ..Default::default()
-        }),
-    );
-    for (id, remote) in [(10, PUB), (20, SUB)] {
-        cmd(
-            &mut e,
-            now,
-            Body::CreatePlainTransport(pb::CreatePlainTransport {
-                srtp: None,
-                room_id: 1,
-                transport_id: id,
-                remote: remote.into(),
-                comedia: false,
-            }),
-        );
-    }
-    cmd(
-        &mut e,
-        now,
-        Body::AddTrack(pb::AddTrack {
-            mid: String::new(),
-            mid_ext_id: 0,
-            rid_ext_id: 0,
-            nack: None,
-            room_id: 1,
-            transport_id: 10,
-            track_id: 100,
-            kind: pb::MediaKind::Video as i32,
-            codec: Some(pb::Codec {
-                kind: pb::CodecKind::Vp8 as i32,
-                payload_type: 96,
-                clock_rate: 90_000,
-            }),
-            layers: src
-                .ssrcs()
-                .iter()
-                .enumerate()
-                .map(|(i, s)| pb::Layer {
-                    ssrc: s.0,
-                    rid: ["q", "h", "f"][i].into(),
-                    spatial: i as u32,
-                })
-                .collect(),
-        }),
-    );
-    cmd(
-        &mut e,
-        now,
-        Body::AddDownTrack(pb::AddDownTrack {
-            room_id: 1,
-            track_id: 100,
-            down_track_id: 200,
-            transport_id: 20,
-            ssrc: OUT_SSRC,
-            payload_type: 101,
-            preferred_spatial: preferred,
-            preferred_temporal: None,
-        }),
+        cmd::down_track(1, 100, 200, 20, OUT_SSRC, 101, preferred),
     );
     e
 }

@@ -17,7 +17,7 @@ use pb::command::Body;
 use prism_forwarder::dtls::{DtlsCert, DtlsEndpoint, DtlsEvent, DtlsRole, Fingerprint};
 use prism_forwarder::engine::{DropReason, Engine, EngineConfig};
 use prism_forwarder::srtp::{SrtpContext, SrtpKeys, SrtpProfile, MAX_OVERHEAD};
-use prism_forwarder::testing::CollectEgress;
+use prism_forwarder::testing::{cmd, CollectEgress};
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_forwarder::wire::stun::{attr, Class, Method, StunWriter};
 use prism_proto::control as pb;
@@ -202,14 +202,7 @@ fn srtp_media_flows_and_bad_input_is_counted() {
     let mut now = Instant::now();
     let mut e = Engine::new(0, SERVER.parse().unwrap(), EngineConfig::default());
     let mut eg = CollectEgress::default();
-    ok(
-        &mut e,
-        now,
-        Body::CreateRoom(pb::CreateRoom {
-            room_id: 1,
-            ..Default::default()
-        }),
-    );
+    ok(&mut e, now, cmd::room(1));
     let mut publisher = Peer::new("10.1.0.1:5000", "pubC", "pubS");
     let mut viewer = Peer::new("10.1.0.2:6000", "subC", "subS");
     let fp1 = create_transport(&mut e, now, 10, &publisher);
@@ -220,44 +213,8 @@ fn srtp_media_flows_and_bad_input_is_counted() {
             .set_remote_fingerprint(Fingerprint::parse(&fp1).unwrap())
             .unwrap();
     }
-    ok(
-        &mut e,
-        now,
-        Body::AddTrack(pb::AddTrack {
-            mid: String::new(),
-            mid_ext_id: 0,
-            rid_ext_id: 0,
-            nack: None,
-            room_id: 1,
-            transport_id: 10,
-            track_id: 1,
-            kind: pb::MediaKind::Audio as i32,
-            codec: Some(pb::Codec {
-                kind: pb::CodecKind::Opus as i32,
-                payload_type: 111,
-                clock_rate: 48_000,
-            }),
-            layers: vec![pb::Layer {
-                ssrc: 0x1111,
-                rid: String::new(),
-                spatial: 0,
-            }],
-        }),
-    );
-    ok(
-        &mut e,
-        now,
-        Body::AddDownTrack(pb::AddDownTrack {
-            room_id: 1,
-            track_id: 1,
-            down_track_id: 2,
-            transport_id: 20,
-            ssrc: 0x2222,
-            payload_type: 109,
-            preferred_spatial: 0,
-            preferred_temporal: None,
-        }),
-    );
+    ok(&mut e, now, cmd::opus_track(1, 10, 1, 0x1111));
+    ok(&mut e, now, cmd::down_track(1, 1, 2, 20, 0x2222, 109, 0));
 
     // Media before ICE comes from nobody known; after ICE but before DTLS it is refused.
     let early = opus(1, 0x1111, b"too early");

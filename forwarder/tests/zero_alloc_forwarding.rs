@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use pb::command::Body;
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
-use prism_forwarder::testing::SimulcastSource;
+use prism_forwarder::testing::{cmd, SimulcastSource};
 use prism_proto::control as pb;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -85,51 +85,9 @@ fn run(kind: DriverKind) {
     let core = fwd.core_addrs()[0];
     let publisher = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut src = SimulcastSource::three_layers(0x7000, 0);
-    request(
-        &fwd,
-        Body::CreateRoom(pb::CreateRoom {
-            room_id: 1,
-            ..Default::default()
-        }),
-    );
-    request(
-        &fwd,
-        Body::CreatePlainTransport(pb::CreatePlainTransport {
-            srtp: None,
-            room_id: 1,
-            transport_id: 1,
-            remote: publisher.local_addr().unwrap().to_string(),
-            comedia: false,
-        }),
-    );
-    request(
-        &fwd,
-        Body::AddTrack(pb::AddTrack {
-            mid: String::new(),
-            mid_ext_id: 0,
-            rid_ext_id: 0,
-            nack: None,
-            room_id: 1,
-            transport_id: 1,
-            track_id: 1,
-            kind: pb::MediaKind::Video as i32,
-            codec: Some(pb::Codec {
-                kind: pb::CodecKind::Vp8 as i32,
-                payload_type: 96,
-                clock_rate: 90_000,
-            }),
-            layers: src
-                .ssrcs()
-                .iter()
-                .enumerate()
-                .map(|(i, s)| pb::Layer {
-                    ssrc: s.0,
-                    rid: String::new(),
-                    spatial: i as u32,
-                })
-                .collect(),
-        }),
-    );
+    request(&fwd, cmd::room(1));
+    request(&fwd, cmd::plain(1, 1, publisher.local_addr().unwrap()));
+    request(&fwd, cmd::vp8_track(1, 1, 1, &src.ssrcs()));
     let subs: Vec<UdpSocket> = (0..SUBSCRIBERS)
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -138,28 +96,12 @@ fn run(kind: DriverKind) {
         })
         .collect();
     for (i, s) in subs.iter().enumerate() {
+        let t = 10 + i as u64;
+        request(&fwd, cmd::plain(1, t, s.local_addr().unwrap()));
+        let ssrc = 0x9000 + i as u32;
         request(
             &fwd,
-            Body::CreatePlainTransport(pb::CreatePlainTransport {
-                srtp: None,
-                room_id: 1,
-                transport_id: 10 + i as u64,
-                remote: s.local_addr().unwrap().to_string(),
-                comedia: false,
-            }),
-        );
-        request(
-            &fwd,
-            Body::AddDownTrack(pb::AddDownTrack {
-                room_id: 1,
-                track_id: 1,
-                down_track_id: 100 + i as u64,
-                transport_id: 10 + i as u64,
-                ssrc: 0x9000 + i as u32,
-                payload_type: 96,
-                preferred_spatial: (i % 3) as u32,
-                preferred_temporal: None,
-            }),
+            cmd::down_track(1, 1, 100 + i as u64, t, ssrc, 96, (i % 3) as u32),
         );
     }
     // Build every packet up front: the generator allocates, the forwarder must not.
