@@ -97,6 +97,22 @@ impl Engine {
                 ok()
             }
             Body::GetStats(_) => Ok(pb::event::Body::Stats(self.stats())),
+            Body::SendData(c) => {
+                let i = *self
+                    .transport_ids
+                    .get(&c.transport_id)
+                    .ok_or_else(|| format!("no transport {}", c.transport_id))?;
+                let w = self
+                    .transports
+                    .get_mut(i)
+                    .and_then(|t| t.webrtc.as_mut())
+                    .ok_or("not a WebRTC transport")?;
+                w.send_data(&c.label, c.binary, &c.data)?;
+                if !self.pending_pump.contains(&i) {
+                    self.pending_pump.push(i);
+                }
+                ok()
+            }
         }
     }
 

@@ -111,6 +111,9 @@ pub struct Engine {
     cert: Option<DtlsCert>,
     outbox: Vec<pb::Event>,
     next_tick: Option<Instant>,
+    /// WebRTC transports a command gave output to (data to send): pumped on the next
+    /// `handle_timeout`, which the worker runs right after applying commands.
+    pending_pump: Vec<usize>,
 }
 
 impl Engine {
@@ -135,6 +138,7 @@ impl Engine {
             cert: None,
             outbox: Vec::with_capacity(1024),
             next_tick: None,
+            pending_pump: Vec::new(),
         }
     }
 
@@ -193,6 +197,9 @@ impl Engine {
     /// Periodic work: layer activity and retargeting, NACKs toward publishers, and the
     /// ICE, DTLS and SCTP timers of WebRTC transports.
     pub fn handle_timeout<E: Egress>(&mut self, now: Instant, eg: &mut E) {
+        while let Some(t) = self.pending_pump.pop() {
+            self.pump_webrtc(now, t, eg);
+        }
         if self.next_tick.is_some_and(|t| now < t) {
             return;
         }

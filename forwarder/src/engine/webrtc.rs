@@ -91,6 +91,19 @@ impl WebRtc {
         self.profile.is_some()
     }
 
+    /// Queues a message on the data channel labelled `label`.
+    pub fn send_data(&mut self, label: &str, binary: bool, data: &[u8]) -> Result<(), String> {
+        let sctp = self.sctp.as_mut().ok_or("data channels are not up yet")?;
+        let id = self
+            .labels
+            .iter()
+            .find(|(_, l)| l.as_str() == label)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| format!("no data channel labelled {label:?}"))?;
+        sctp.send(id, binary, data)
+            .map_err(|e| format!("data channel: {e:?}"))
+    }
+
     /// The SRTP contexts derived from the handshake, once.
     pub fn take_srtp(&mut self) -> Option<SrtpPair> {
         self.keys.take()

@@ -366,6 +366,7 @@ impl Router {
             Some(Body::CloseTransport(c)) => c.room_id,
             Some(Body::RemoveTrack(c)) => c.room_id,
             Some(Body::RemoveDownTrack(c)) => c.room_id,
+            Some(Body::SendData(c)) => c.room_id,
         };
         match self.rooms.get(&room) {
             Some(&core) => self.to_core(core, cmd),
