@@ -55,27 +55,36 @@ fn protect_and_unprotect_do_not_allocate_after_warm_up() {
         let n = tx.protect_rtcp(&mut buf, n).unwrap();
         rx.unprotect_rtcp(&mut buf[..n]).unwrap();
 
-        let before = allocations();
-        for seq in 2..1000u16 {
-            let n = rtp(&mut buf, seq, 42, 1200);
-            let m = tx.protect_rtp_into(&buf[..n], &mut out).unwrap();
-            copy[..12].copy_from_slice(&buf[..12]);
-            let m2 = tx.protect_rtp_with_header(&mut copy, &buf[12..n]).unwrap();
-            assert_eq!(copy[..m2], out[..m]);
-            let k = tx.protect_rtp(&mut buf, n).unwrap();
-            assert_eq!(k, m);
-            // Forged, then genuine, then replayed.
-            out[20] ^= 1;
-            assert!(rx.unprotect_rtp(&mut out[..m]).is_err());
-            assert!(rx.unprotect_rtp(&mut buf[..k]).is_ok());
-            assert!(rx.unprotect_rtp(&mut buf[..k]).is_err());
+        // The counter is process-wide: another thread (the test harness) may allocate once
+        // during a round. An allocation per packet would show in every round (hundreds of
+        // them), so the cleanest of three rounds must be zero.
+        let mut seq_base = 0u16;
+        let mut cleanest = usize::MAX;
+        for _round in 0..3 {
+            let before = allocations();
+            for s in 2..1000u16 {
+                let seq = seq_base.wrapping_add(s);
+                let n = rtp(&mut buf, seq, 42, 1200);
+                let m = tx.protect_rtp_into(&buf[..n], &mut out).unwrap();
+                copy[..12].copy_from_slice(&buf[..12]);
+                let m2 = tx.protect_rtp_with_header(&mut copy, &buf[12..n]).unwrap();
+                assert_eq!(copy[..m2], out[..m]);
+                let k = tx.protect_rtp(&mut buf, n).unwrap();
+                assert_eq!(k, m);
+                // Forged, then genuine, then replayed.
+                out[20] ^= 1;
+                assert!(rx.unprotect_rtp(&mut out[..m]).is_err());
+                assert!(rx.unprotect_rtp(&mut buf[..k]).is_ok());
+                assert!(rx.unprotect_rtp(&mut buf[..k]).is_err());
 
-            let n = rtcp(&mut buf, 42);
-            let k = tx.protect_rtcp(&mut buf, n).unwrap();
-            assert!(k <= n + MAX_OVERHEAD);
-            assert!(rx.unprotect_rtcp(&mut buf[..k]).is_ok());
+                let n = rtcp(&mut buf, 42);
+                let k = tx.protect_rtcp(&mut buf, n).unwrap();
+                assert!(k <= n + MAX_OVERHEAD);
+                assert!(rx.unprotect_rtcp(&mut buf[..k]).is_ok());
+            }
+            cleanest = cleanest.min(allocations() - before);
+            seq_base = seq_base.wrapping_add(1000);
         }
-        let after = allocations();
-        assert_eq!(after - before, 0, "{profile:?} allocated on the fast path");
+        assert_eq!(cleanest, 0, "{profile:?} allocated on the fast path");
     }
 }
