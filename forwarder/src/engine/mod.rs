@@ -396,14 +396,7 @@ impl Engine {
         let mut reply = [0u8; 512];
         match w.ice.handle_stun(now, from, buf, &mut reply) {
             IceOutcome::Reply { len, .. } => {
-                let r = &reply[..len.min(reply.len())];
-                eg.send_with(from, &mut |slot: &mut [u8]| match slot.get_mut(..r.len()) {
-                    Some(s) => {
-                        s.copy_from_slice(r);
-                        r.len()
-                    }
-                    None => 0,
-                });
+                send_bytes(eg, from, &reply[..len.min(reply.len())]);
             }
             IceOutcome::Dropped(d) => {
                 tracing::trace!(reason = ?d, %from, "ICE check refused");
@@ -835,6 +828,20 @@ fn request_keyframe<E: Egress>(
             })),
         });
     }
+}
+
+/// Queues a copy of `data` to `to` (slow path: STUN replies, DTLS records).
+pub(crate) fn send_bytes<E: Egress>(eg: &mut E, to: SocketAddr, data: &[u8]) -> bool {
+    eg.send_with(
+        to,
+        &mut |slot: &mut [u8]| match slot.get_mut(..data.len()) {
+            Some(s) => {
+                s.copy_from_slice(data);
+                data.len()
+            }
+            None => 0,
+        },
+    )
 }
 
 /// Sends an RTCP packet built by `build` to transport `t`'s remote, protected with SRTCP

@@ -183,13 +183,7 @@ impl WebRtc {
             while let Some(d) = self.dtls.poll_transmit() {
                 progressed = true;
                 if let Some(to) = remote {
-                    eg.send_with(to, &mut |slot: &mut [u8]| match slot.get_mut(..d.len()) {
-                        Some(s) => {
-                            s.copy_from_slice(&d);
-                            d.len()
-                        }
-                        None => 0,
-                    });
+                    super::send_bytes(eg, to, &d);
                 }
             }
             if !progressed {
