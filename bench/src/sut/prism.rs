@@ -55,27 +55,36 @@ impl PrismControl {
         Ok(ev)
     }
 
-    /// Sends all commands first, then collects every answer (a thousand subscribers set up
-    /// without a thousand round trips).
+    /// Sends commands in windows and collects each window's answers before the next (a
+    /// thousand subscribers set up without a thousand round trips). A window stays well
+    /// under the control socket's per-connection event queue (1024): a client further
+    /// behind than that is disconnected as too slow.
     fn pipeline(&mut self, bodies: Vec<Body>) -> Result<()> {
+        const WINDOW: usize = 256;
         let base = 1_000_000_000u64;
-        let n = bodies.len() as u64;
-        for (i, body) in bodies.into_iter().enumerate() {
-            self.client.send(&pb::Command {
-                request_id: base + i as u64,
-                body: Some(body),
-            })?;
-        }
-        let mut answered = 0;
-        while answered < n {
-            let ev = self.client.next_event(TIMEOUT)?;
-            if ev.request_id < base {
-                continue;
+        let mut next_id = base;
+        let mut bodies = bodies.into_iter().peekable();
+        while bodies.peek().is_some() {
+            let mut sent = 0;
+            for body in bodies.by_ref().take(WINDOW) {
+                self.client.send(&pb::Command {
+                    request_id: next_id,
+                    body: Some(body),
+                })?;
+                next_id += 1;
+                sent += 1;
             }
-            if let Some(pb::event::Body::Error(e)) = &ev.body {
-                bail!("forwarder refused a command: {}", e.message);
+            let mut answered = 0;
+            while answered < sent {
+                let ev = self.client.next_event(TIMEOUT)?;
+                if ev.request_id < base {
+                    continue;
+                }
+                if let Some(pb::event::Body::Error(e)) = &ev.body {
+                    bail!("forwarder refused a command: {}", e.message);
+                }
+                answered += 1;
             }
-            answered += 1;
         }
         Ok(())
     }
