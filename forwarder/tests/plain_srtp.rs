@@ -58,34 +58,22 @@ fn plain_transports_encrypt_with_keys_from_control() {
         );
         assert!(matches!(b, pb::event::Body::TransportCreated(_)), "{b:?}");
     }
-    let bad = cmd(
-        &mut e,
-        Body::CreatePlainTransport(pb::CreatePlainTransport {
-            room_id: 1,
-            transport_id: 3,
-            remote: "10.0.0.3:3000".into(),
-            comedia: false,
-            srtp: Some(params("NULL_CIPHER", 1, 14)),
-        }),
-    );
-    assert!(
-        matches!(bad, pb::event::Body::Error(_)),
-        "unknown profile refused"
-    );
-    let bad = cmd(
-        &mut e,
-        Body::CreatePlainTransport(pb::CreatePlainTransport {
-            room_id: 1,
-            transport_id: 3,
-            remote: "10.0.0.3:3000".into(),
-            comedia: false,
-            srtp: Some(params("AEAD_AES_128_GCM", 1, 5)),
-        }),
-    );
-    assert!(
-        matches!(bad, pb::event::Body::Error(_)),
-        "bad salt length refused"
-    );
+    for (why, p) in [
+        ("unknown profile", params("NULL_CIPHER", 1, 14)),
+        ("bad salt length", params("AEAD_AES_128_GCM", 1, 5)),
+    ] {
+        let bad = cmd(
+            &mut e,
+            Body::CreatePlainTransport(pb::CreatePlainTransport {
+                room_id: 1,
+                transport_id: 3,
+                remote: "10.0.0.3:3000".into(),
+                comedia: false,
+                srtp: Some(p),
+            }),
+        );
+        assert!(matches!(bad, pb::event::Body::Error(_)), "{why} refused");
+    }
     cmd(&mut e, testing::cmd::opus_track(1, 1, 1, 5));
     cmd(&mut e, testing::cmd::down_track(1, 1, 1, 2, 6, 0, 0));
     // The publisher's "send" keys are the forwarder's "recv" keys, and the other way round.

@@ -115,13 +115,19 @@ fn keyframe_of(payload: &[u8], d: &Vp8Descriptor) -> bool {
 /// The forwarder's summary of one VP8 payload.
 pub fn inspect(payload: &[u8]) -> Result<PayloadInfo> {
     let d = parse_descriptor(payload)?;
-    Ok(PayloadInfo {
-        keyframe: keyframe_of(payload, &d),
+    Ok(info_of(payload, &d))
+}
+
+/// The summary of a payload whose descriptor `d` was already parsed (one parse per packet
+/// on the forwarding path).
+pub fn info_of(payload: &[u8], d: &Vp8Descriptor) -> PayloadInfo {
+    PayloadInfo {
+        keyframe: keyframe_of(payload, d),
         start_of_frame: d.start_of_partition && d.partition_id == 0,
         temporal: d.tid,
         spatial: None,
         layer_sync: d.tid.is_some() && d.layer_sync,
-    })
+    }
 }
 
 /// Rewrite picture id and TL0PICIDX in place, keeping field widths (7-bit ids wrap at 128,
@@ -143,10 +149,22 @@ pub fn rewrite(
     {
         return Err(Error::BadField);
     }
+    rewrite_fields(payload, &actual, picture_id, tl0picidx)
+}
+
+/// Writes picture id and TL0PICIDX where `desc` says they are, without re-parsing: for
+/// callers whose `desc` was parsed from these very bytes (the forwarder rewrites a copy of
+/// the header it parsed, once per subscriber). Writes stay bounds-checked.
+pub fn rewrite_fields(
+    payload: &mut [u8],
+    desc: &Vp8Descriptor,
+    picture_id: u16,
+    tl0picidx: u8,
+) -> Result<()> {
     // Picture id, when present, always starts right after the X byte.
     let mut at = 2;
-    if actual.picture_id.is_some() {
-        if actual.picture_id_15bit {
+    if desc.picture_id.is_some() {
+        if desc.picture_id_15bit {
             let [hi, lo] = (picture_id & 0x7fff).to_be_bytes();
             let field = payload.get_mut(at..at + 2).ok_or(Error::Truncated)?;
             field.copy_from_slice(&[M_BIT | hi, lo]);
@@ -156,7 +174,7 @@ pub fn rewrite(
             at += 1;
         }
     }
-    if actual.tl0picidx.is_some() {
+    if desc.tl0picidx.is_some() {
         *payload.get_mut(at).ok_or(Error::Truncated)? = tl0picidx;
     }
     Ok(())

@@ -343,7 +343,8 @@ impl DownTrack {
 }
 
 /// Rewrites a packet in place according to `f`: `buf` holds at least the RTP header
-/// (`header_len` bytes) and, when `vp8` is given, the VP8 payload descriptor after it.
+/// (`header_len` bytes) and, when `vp8` is given, the VP8 payload descriptor after it,
+/// which `vp8` was parsed from (so it is not parsed again per subscriber).
 pub fn apply(
     buf: &mut [u8],
     header_len: usize,
@@ -358,7 +359,7 @@ pub fn apply(
         let desc = buf
             .get_mut(header_len..)
             .ok_or(crate::wire::Error::Truncated)?;
-        vp8::rewrite(desc, d, pid, tl0)?;
+        vp8::rewrite_fields(desc, d, pid, tl0)?;
     }
     Ok(())
 }

@@ -494,10 +494,7 @@ impl Engine {
         let payload = pkt.payload();
         let (info, vp8d) = if track.codec == Codec::Vp8 {
             match vp8::parse_descriptor(payload) {
-                Ok(d) => (
-                    codec::inspect(Codec::Vp8, payload).unwrap_or_default(),
-                    Some(d),
-                ),
+                Ok(d) => (vp8::info_of(payload, &d), Some(d)),
                 Err(_) => (Default::default(), None),
             }
         } else {
