@@ -3,6 +3,8 @@
 //! packet: it drives the media plane (`prism-forwarder`) with control commands.
 
 pub mod auth;
+pub mod livekit;
+pub mod media;
 pub mod metrics;
 pub mod rooms;
 pub mod sdp;

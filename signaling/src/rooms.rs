@@ -6,7 +6,6 @@
 //! the media state; this holds only what signaling needs to answer requests.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sdp::{CodecParams, MediaKind};
 
@@ -43,13 +42,12 @@ pub struct Room {
 #[derive(Debug, Default)]
 pub struct Rooms {
     rooms: HashMap<String, Room>,
-    next_id: AtomicU64,
 }
 
 impl Rooms {
     /// A fresh id for a forwarder object (room, transport, track, down track).
     pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+        crate::media::next_id()
     }
 
     pub fn get(&self, name: &str) -> Option<&Room> {

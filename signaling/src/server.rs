@@ -6,6 +6,7 @@
 //! - `GET /metrics`: Prometheus text format (see `metrics`).
 //! - `GET /rtc/validate`: LiveKit's token check, answering 200 `success` or the status
 //!   and text LiveKit's server would give.
+//! - `GET /rtc`: LiveKit's signaling WebSocket (see `livekit`).
 //! - `/rtc/v1/validate` and `/rtc/v1`: 404 with CORS, so current SDKs fall back to `/rtc`.
 //! - `POST /whip/{room}`, `POST /whep/{room}`, `DELETE /whip|whep/{room}/{session}`: WHIP
 //!   and WHEP (see `whip`).
@@ -45,16 +46,22 @@ pub struct AppState {
     pub keys: KeyStore,
     pub forwarder: Forwarder,
     pub whip: Arc<Whip>,
+    pub hub: crate::livekit::HubHandle,
     pub dev: bool,
 }
 
 impl AppState {
     pub fn new(keys: KeyStore, forwarder: Forwarder, dev: bool) -> Self {
         let whip = Arc::new(Whip::new(keys.clone(), forwarder.client()));
+        let hub = crate::livekit::HubHandle::start(
+            forwarder.client(),
+            crate::livekit::RoomDefaults::default(),
+        );
         Self {
             keys,
             forwarder,
             whip,
+            hub,
             dev,
         }
     }
@@ -168,6 +175,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
             }
         }
+        (&Method::GET, ["rtc"]) => crate::livekit::ws::handle(state, req).await,
         (&Method::GET, ["rtc", "validate"]) => cors(validate(&state, &req)),
         (_, ["rtc", "v1"] | ["rtc", "v1", "validate"]) => {
             cors(text(StatusCode::NOT_FOUND, "not found"))

@@ -23,10 +23,9 @@ use prism_forwarder::control::ControlClient;
 use prism_proto::control as pb;
 
 use crate::auth::{AuthError, Claims, KeyStore};
+use crate::media::{add_track_for, next_id, random_ice_string, random_u32, sdp_codec};
 use crate::rooms::{PublishedTrack, Rooms, Session};
-use crate::sdp::{
-    AnswerBuilder, AnswerTrack, Codec, MediaKind, ServerParams, SessionOffer, SetupRole,
-};
+use crate::sdp::{AnswerBuilder, AnswerTrack, ServerParams, SessionOffer, SetupRole};
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,31 +66,6 @@ impl std::fmt::Debug for Whip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Whip").finish_non_exhaustive()
     }
-}
-
-/// Random characters from the ICE alphabet (RFC 8839 ice-char).
-fn random_ice_string(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bytes = vec![0u8; len];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No entropy source: fall back to the clock, still unique per call.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (t >> (i % 16 * 8)) as u8 ^ i as u8;
-        }
-    }
-    bytes
-        .iter()
-        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
-        .collect()
-}
-
-fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    u32::from_be_bytes(b) | 1
 }
 
 impl Whip {
@@ -170,11 +144,7 @@ impl Whip {
                 ..Default::default()
             }))?;
         }
-        let transport_id = self
-            .rooms
-            .lock()
-            .map_err(|_| internal("registry poisoned"))?
-            .next_id();
+        let transport_id = next_id();
         let local_ufrag = random_ice_string(8);
         let local_pwd = random_ice_string(24);
         let created = self.request(Cmd::CreateWebrtcTransport(pb::CreateWebRtcTransport {
@@ -242,87 +212,16 @@ impl Whip {
             let session_id = random_ice_string(16).replace(['+', '/'], "x");
             let mut published = Vec::new();
             for (section, choice) in offer.media.iter().zip(&choices) {
-                if !choice.direction.receives()
-                    || !matches!(section.kind, MediaKind::Audio | MediaKind::Video)
-                {
+                let track_id = next_id();
+                let Some(cmd) = add_track_for(section, choice, room_id, transport_id, track_id)
+                    .map_err(bad_request)?
+                else {
                     continue;
-                }
+                };
                 let Some(codec) = choice.codec.clone() else {
                     continue;
                 };
-                let Some(kind) = codec_kind(&codec.name) else {
-                    continue;
-                };
-                // One encoding per section with SSRCs announced (aiortc, ffmpeg, OBS), or
-                // simulcast layers announced by RID (browsers), whose SSRCs the forwarder
-                // learns from the MID/RID header extensions.
-                let rtx: Vec<u32> = section
-                    .ssrc_groups
-                    .iter()
-                    .filter(|g| g.semantics == "FID")
-                    .filter_map(|g| g.ssrcs.get(1).copied())
-                    .collect();
-                let ext_id = |uri: &str| {
-                    choice
-                        .extmaps
-                        .iter()
-                        .find(|(_, u)| u == uri)
-                        .map_or(0, |(id, _)| u32::from(*id))
-                };
-                let rid_ext_id = ext_id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id");
-                let mid_ext_id = ext_id("urn:ietf:params:rtp-hdrext:sdes:mid");
-                let rids: Vec<&str> = section.send_rids().collect();
-                let layers: Vec<pb::Layer> = if !rids.is_empty() && rid_ext_id != 0 {
-                    rids.iter()
-                        .enumerate()
-                        .map(|(i, r)| pb::Layer {
-                            ssrc: 0,
-                            rid: (*r).to_string(),
-                            spatial: i as u32,
-                        })
-                        .collect()
-                } else if let Some(ssrc) = section
-                    .ssrcs
-                    .iter()
-                    .map(|s| s.ssrc)
-                    .find(|s| !rtx.contains(s))
-                {
-                    vec![pb::Layer {
-                        ssrc,
-                        rid: String::new(),
-                        spatial: 0,
-                    }]
-                } else {
-                    return Err(bad_request(format!(
-                        "section {} announces neither SSRCs nor RIDs with the rid extension",
-                        section.mid
-                    )));
-                };
-                let track_id = self
-                    .rooms
-                    .lock()
-                    .map_err(|_| internal("registry poisoned"))?
-                    .next_id();
-                self.request(Cmd::AddTrack(pb::AddTrack {
-                    mid: section.mid.clone(),
-                    mid_ext_id,
-                    rid_ext_id,
-                    room_id,
-                    transport_id,
-                    track_id,
-                    kind: if section.kind == MediaKind::Video {
-                        pb::MediaKind::Video as i32
-                    } else {
-                        pb::MediaKind::Audio as i32
-                    },
-                    codec: Some(pb::Codec {
-                        kind: kind as i32,
-                        payload_type: u32::from(codec.pt),
-                        clock_rate: codec.clock_rate,
-                    }),
-                    layers,
-                    nack: Some(codec.rtcp_fb.iter().any(|f| f == "nack")),
-                }))?;
+                self.request(Cmd::AddTrack(cmd))?;
                 published.push(PublishedTrack {
                     track_id,
                     kind: section.kind,
@@ -437,11 +336,7 @@ impl Whip {
                 let Some(codec) = &choice.codec else {
                     continue;
                 };
-                let down_track_id = self
-                    .rooms
-                    .lock()
-                    .map_err(|_| internal("registry poisoned"))?
-                    .next_id();
+                let down_track_id = next_id();
                 self.request(Cmd::AddDownTrack(pb::AddDownTrack {
                     room_id,
                     track_id: t.track_id,
@@ -510,27 +405,5 @@ impl Whip {
             }
         }
         Ok(())
-    }
-}
-
-fn sdp_codec(name: &str) -> Option<Codec> {
-    match name.to_ascii_lowercase().as_str() {
-        "opus" => Some(Codec::Opus),
-        "vp8" => Some(Codec::Vp8),
-        "vp9" => Some(Codec::Vp9),
-        "h264" => Some(Codec::H264),
-        "av1" => Some(Codec::Av1),
-        _ => None,
-    }
-}
-
-fn codec_kind(name: &str) -> Option<pb::CodecKind> {
-    match name.to_ascii_lowercase().as_str() {
-        "opus" => Some(pb::CodecKind::Opus),
-        "vp8" => Some(pb::CodecKind::Vp8),
-        "vp9" => Some(pb::CodecKind::Vp9),
-        "h264" => Some(pb::CodecKind::H264),
-        "av1" => Some(pb::CodecKind::Av1),
-        _ => None,
     }
 }

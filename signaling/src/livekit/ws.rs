@@ -1,0 +1,303 @@
+//! `/rtc`: the WebSocket a LiveKit client signals over.
+//!
+//! The request is checked and the participant joined before the upgrade, so that a refusal
+//! is an HTTP status the SDKs understand (they call `/rtc/validate` only to read its text).
+//! After the upgrade one task per session moves binary protobuf frames between the socket
+//! and the hub, answers pings itself (they must not wait behind room work), and closes the
+//! socket, with a reason, on:
+//! - a frame that is not a `SignalRequest` (1007), a text frame (1003), a frame over
+//!   [`MAX_FRAME`] (1009);
+//! - silence: no frame of any kind for [`PING_TIMEOUT_S`] seconds while Prism pings every
+//!   [`PING_INTERVAL_S`] (1001);
+//! - the hub's word (removal, duplicate identity, shutdown).
+//!
+//! Whatever ends the session, the hub is told, and the others in the room are not
+//! affected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prism_proto::livekit as lk;
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::hub::{HubHandle, JoinParams, Out};
+use super::{PING_INTERVAL_S, PING_TIMEOUT_S};
+use crate::server::{query_param, request_token, text, AppState, Body};
+
+/// Largest signaling frame accepted. Offers of clients publishing many tracks stay far
+/// below it; anything larger is an attack or a bug.
+pub const MAX_FRAME: usize = 256 * 1024;
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let has = |name: hyper::header::HeaderName, want: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(want))
+    };
+    has(CONNECTION, "upgrade") && has(UPGRADE, "websocket")
+}
+
+fn flag(query: &str, name: &str) -> Option<bool> {
+    query_param(query, name).map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Handles `GET /rtc`.
+pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Body> {
+    if !is_upgrade(&req) {
+        // LiveKit answers a plain request to /rtc with 404 too.
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: /rtc is a WebSocket endpoint",
+        );
+    }
+    let token = match request_token(&req) {
+        Ok(Some(t)) => t,
+        Ok(None) => return auth_error(&crate::auth::AuthError::NoPermissions),
+        Err(e) => return auth_error(&e),
+    };
+    let claims = match state.keys.verify_now(&token) {
+        Ok(c) => c,
+        Err(e) => return auth_error(&e),
+    };
+    let room = match claims.ensure_join() {
+        Ok(r) => r.to_owned(),
+        Err(e) => return auth_error(&e),
+    };
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let int = |name: &str| query_param(&query, name).and_then(|v| v.parse::<i32>().ok());
+    let params = JoinParams {
+        claims,
+        room,
+        auto_subscribe: flag(&query, "auto_subscribe").unwrap_or(true),
+        protocol: int("protocol").unwrap_or(0),
+        client_protocol: int("client_protocol").unwrap_or(0),
+    };
+    let resume = flag(&query, "reconnect").unwrap_or(false);
+    let hub = state.hub.clone();
+    let first;
+    let session;
+    if resume {
+        // Prism does not keep sessions across signal reconnects: the client is told to
+        // rejoin from scratch, as LiveKit does when it cannot resume.
+        first = lk::SignalResponse {
+            message: Some(lk::signal_response::Message::Leave(lk::LeaveRequest {
+                can_reconnect: true,
+                reason: lk::DisconnectReason::StateMismatch as i32,
+                action: lk::leave_request::Action::Reconnect as i32,
+            })),
+        };
+        session = None;
+    } else {
+        match hub.join(params).await {
+            Ok(j) => {
+                first = j.join;
+                session = Some((j.sid, j.rx));
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::from_u16(e.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    e.1,
+                )
+            }
+        }
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let sid_for_fail = session.as_ref().map(|(s, _)| s.clone());
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                if let Some(sid) = sid_for_fail {
+                    hub.left(&sid, lk::DisconnectReason::SignalClose);
+                }
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME))
+            .max_frame_size(Some(MAX_FRAME));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        run(ws, first, session, hub).await;
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(
+        &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    ) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+fn auth_error(e: &crate::auth::AuthError) -> Response<Body> {
+    let (status, body) = e.status();
+    text(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
+        body,
+    )
+}
+
+fn encode(msg: &lk::SignalResponse) -> Message {
+    Message::Binary(msg.encode_to_vec().into())
+}
+
+fn close(code: CloseCode, reason: &str) -> Message {
+    // A close reason must fit a control frame (125 bytes with the code).
+    let mut r = reason.to_owned();
+    while r.len() > 120 {
+        r.pop();
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: r.into(),
+    }))
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+async fn run(
+    ws: Ws,
+    first: lk::SignalResponse,
+    session: Option<(String, tokio::sync::mpsc::Receiver<Out>)>,
+    hub: HubHandle,
+) {
+    let (mut sink, mut stream) = ws.split();
+    if sink.send(encode(&first)).await.is_err() {
+        if let Some((sid, _)) = session {
+            hub.left(&sid, lk::DisconnectReason::SignalClose);
+        }
+        return;
+    }
+    let Some((sid, mut rx)) = session else {
+        // A resume attempt: the leave is all there is to say.
+        let _ = sink.send(close(CloseCode::Normal, "rejoin")).await;
+        return;
+    };
+    let mut ping = tokio::time::interval(Duration::from_secs(PING_INTERVAL_S as u64));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = Duration::from_secs(PING_TIMEOUT_S as u64);
+    let mut heard = Instant::now();
+    let reason = loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let frame = match frame {
+                    None => break lk::DisconnectReason::SignalClose,
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                        tracing::info!(participant = %sid, error = %e, "signaling frame too large; closing");
+                        let _ = sink.send(close(CloseCode::Size, "frame too large")).await;
+                        break lk::DisconnectReason::SignalClose;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(participant = %sid, error = %e, "signaling socket error");
+                        break lk::DisconnectReason::SignalClose;
+                    }
+                    Some(Ok(f)) => f,
+                };
+                heard = Instant::now();
+                match frame {
+                    Message::Binary(b) => match lk::SignalRequest::decode(b.as_ref()) {
+                        Ok(req) => {
+                            use lk::signal_request::Message as Req;
+                            match req.message {
+                                Some(Req::Ping(t)) => {
+                                    let pong = lk::SignalResponse {
+                                        message: Some(lk::signal_response::Message::Pong(now_ms())),
+                                    };
+                                    let _ = t;
+                                    if sink.send(encode(&pong)).await.is_err() {
+                                        break lk::DisconnectReason::SignalClose;
+                                    }
+                                }
+                                Some(Req::PingReq(p)) => {
+                                    let pong = lk::SignalResponse {
+                                        message: Some(lk::signal_response::Message::PongResp(lk::Pong {
+                                            last_ping_timestamp: p.timestamp,
+                                            timestamp: now_ms(),
+                                        })),
+                                    };
+                                    if sink.send(encode(&pong)).await.is_err() {
+                                        break lk::DisconnectReason::SignalClose;
+                                    }
+                                }
+                                Some(Req::Leave(_)) => {
+                                    hub.left(&sid, lk::DisconnectReason::ClientInitiated);
+                                    let _ = sink.send(close(CloseCode::Normal, "bye")).await;
+                                    return;
+                                }
+                                _ => hub.signal(&sid, req),
+                            }
+                        }
+                        Err(e) => {
+                            tracing::info!(participant = %sid, error = %e, "malformed signaling message; closing");
+                            let _ = sink.send(close(CloseCode::Invalid, "malformed protobuf SignalRequest")).await;
+                            break lk::DisconnectReason::SignalClose;
+                        }
+                    },
+                    Message::Text(_) => {
+                        let _ = sink.send(close(CloseCode::Unsupported, "text frames are not supported: send binary protobuf")).await;
+                        break lk::DisconnectReason::SignalClose;
+                    }
+                    Message::Close(_) => break lk::DisconnectReason::SignalClose,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+            }
+            out = rx.recv() => match out {
+                Some(Out::Signal(m)) => {
+                    if sink.send(encode(&m)).await.is_err() {
+                        break lk::DisconnectReason::SignalClose;
+                    }
+                }
+                Some(Out::Close(reason)) => {
+                    let _ = sink.send(close(CloseCode::Away, &reason)).await;
+                    break lk::DisconnectReason::SignalClose;
+                }
+                None => {
+                    let _ = sink.send(close(CloseCode::Away, "session ended")).await;
+                    break lk::DisconnectReason::SignalClose;
+                }
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() > timeout {
+                    tracing::info!(participant = %sid, "signaling peer silent; closing");
+                    let _ = sink.send(close(CloseCode::Away, "ping timeout")).await;
+                    break lk::DisconnectReason::ConnectionTimeout;
+                }
+                if sink.send(Message::Ping(Bytes::from_static(b"prism"))).await.is_err() {
+                    break lk::DisconnectReason::SignalClose;
+                }
+            }
+        }
+    };
+    // Flush what the hub queued (a leave, say) before going.
+    let _ = sink.flush().await;
+    hub.left(&sid, reason);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

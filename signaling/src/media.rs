@@ -1,0 +1,226 @@
+//! What every signaling front end (WHIP/WHEP, the LiveKit protocol) does the same way when
+//! it turns a negotiated session description into media-plane commands: random ICE
+//! credentials and SSRCs, codec names, the published layers of an offered section, and
+//! the remote transport parameters of a description.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prism_proto::control as pb;
+
+use crate::sdp::{
+    Codec, CodecParams, MediaKind, MediaSection, SectionChoice, SessionOffer, SetupRole,
+};
+
+/// Ids of forwarder objects (rooms, transports, tracks, down tracks), unique across every
+/// front end of this process so that they can share the media plane.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh forwarder object id, never 0.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: fall back to the clock and a counter, still unique per call.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            ^ u128::from(next_id());
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (t >> (i % 16 * 8)) as u8 ^ i as u8;
+        }
+    }
+    bytes
+}
+
+fn random_from(alphabet: &[u8], len: usize) -> String {
+    random_bytes(len)
+        .iter()
+        .map(|b| alphabet[usize::from(*b) % alphabet.len()] as char)
+        .collect()
+}
+
+/// Random characters from the ICE alphabet (RFC 8839 ice-char).
+pub fn random_ice_string(len: usize) -> String {
+    random_from(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        len,
+    )
+}
+
+/// Random letters and digits (session ids, LiveKit sids).
+pub fn random_alnum(len: usize) -> String {
+    random_from(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+        len,
+    )
+}
+
+/// A random non-zero 32-bit value (SSRCs, SDP session ids).
+pub fn random_u32() -> u32 {
+    let b = random_bytes(4);
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) | 1
+}
+
+/// The SDP codec of a codec name, for the codecs Prism forwards.
+pub fn sdp_codec(name: &str) -> Option<Codec> {
+    match name.to_ascii_lowercase().as_str() {
+        "opus" => Some(Codec::Opus),
+        "vp8" => Some(Codec::Vp8),
+        "vp9" => Some(Codec::Vp9),
+        "h264" => Some(Codec::H264),
+        "av1" => Some(Codec::Av1),
+        _ => None,
+    }
+}
+
+/// The media plane's codec kind of a codec name.
+pub fn codec_kind(name: &str) -> Option<pb::CodecKind> {
+    match name.to_ascii_lowercase().as_str() {
+        "opus" => Some(pb::CodecKind::Opus),
+        "vp8" => Some(pb::CodecKind::Vp8),
+        "vp9" => Some(pb::CodecKind::Vp9),
+        "h264" => Some(pb::CodecKind::H264),
+        "av1" => Some(pb::CodecKind::Av1),
+        _ => None,
+    }
+}
+
+/// `kind/Name` as LiveKit writes MIME types ("audio/opus", "video/VP8").
+pub fn mime_type(kind: MediaKind, codec: &CodecParams) -> String {
+    let name = match codec.name.to_ascii_lowercase().as_str() {
+        "opus" => "opus".to_owned(),
+        "vp8" => "VP8".to_owned(),
+        "vp9" => "VP9".to_owned(),
+        "h264" => "H264".to_owned(),
+        "av1" => "AV1".to_owned(),
+        _ => codec.name.clone(),
+    };
+    let k = if kind == MediaKind::Video {
+        "video"
+    } else {
+        "audio"
+    };
+    format!("{k}/{name}")
+}
+
+/// The peer's side of a WebRTC transport, from its offer or answer.
+#[derive(Clone, Debug)]
+pub struct RemoteTransport {
+    pub ufrag: String,
+    pub pwd: String,
+    /// "sha-256 AB:CD:…", as the forwarder takes it.
+    pub fingerprint: String,
+    /// Whether we are the DTLS client: the peer said `a=setup:passive`.
+    pub dtls_client: bool,
+}
+
+/// The ICE credentials, fingerprint and DTLS role of the first usable section.
+pub fn remote_transport(desc: &SessionOffer) -> Result<RemoteTransport, String> {
+    let first = desc
+        .media
+        .iter()
+        .find(|m| !m.is_rejected())
+        .ok_or("the description has no media")?;
+    let (Some(ufrag), Some(pwd), Some(fp)) = (&first.ice_ufrag, &first.ice_pwd, &first.fingerprint)
+    else {
+        return Err("the description lacks ICE credentials or a fingerprint".into());
+    };
+    if !fp.algorithm.eq_ignore_ascii_case("sha-256") || fp.value.len() != 32 {
+        return Err("only sha-256 certificate fingerprints are supported".into());
+    }
+    let hex: Vec<String> = fp.value.iter().map(|b| format!("{b:02X}")).collect();
+    Ok(RemoteTransport {
+        ufrag: ufrag.clone(),
+        pwd: pwd.clone(),
+        fingerprint: format!("sha-256 {}", hex.join(":")),
+        dtls_client: first.setup == Some(SetupRole::Passive),
+    })
+}
+
+/// The `AddTrack` command for a section the peer sends on, as negotiated in `choice`:
+/// simulcast layers announced by RID (browsers, libwebrtc SDKs; the forwarder learns their
+/// SSRCs from the mid/rid header extensions), or one encoding with its SSRC announced
+/// (aiortc, ffmpeg, OBS). `None` when the section carries nothing Prism forwards.
+pub fn add_track_for(
+    section: &MediaSection,
+    choice: &SectionChoice,
+    room_id: u64,
+    transport_id: u64,
+    track_id: u64,
+) -> Result<Option<pb::AddTrack>, String> {
+    if !choice.direction.receives() || !matches!(section.kind, MediaKind::Audio | MediaKind::Video)
+    {
+        return Ok(None);
+    }
+    let Some(codec) = choice.codec.as_ref() else {
+        return Ok(None);
+    };
+    let Some(kind) = codec_kind(&codec.name) else {
+        return Ok(None);
+    };
+    let rtx: Vec<u32> = section
+        .ssrc_groups
+        .iter()
+        .filter(|g| g.semantics == "FID")
+        .filter_map(|g| g.ssrcs.get(1).copied())
+        .collect();
+    let ext_id = |uri: &str| {
+        choice
+            .extmaps
+            .iter()
+            .find(|(_, u)| u == uri)
+            .map_or(0, |(id, _)| u32::from(*id))
+    };
+    let rid_ext_id = ext_id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id");
+    let mid_ext_id = ext_id("urn:ietf:params:rtp-hdrext:sdes:mid");
+    let rids: Vec<&str> = section.send_rids().collect();
+    let layers: Vec<pb::Layer> = if !rids.is_empty() && rid_ext_id != 0 {
+        rids.iter()
+            .enumerate()
+            .map(|(i, r)| pb::Layer {
+                ssrc: 0,
+                rid: (*r).to_string(),
+                spatial: i as u32,
+            })
+            .collect()
+    } else if let Some(ssrc) = section
+        .ssrcs
+        .iter()
+        .map(|s| s.ssrc)
+        .find(|s| !rtx.contains(s))
+    {
+        vec![pb::Layer {
+            ssrc,
+            rid: String::new(),
+            spatial: 0,
+        }]
+    } else {
+        return Err(format!(
+            "section {} announces neither SSRCs nor RIDs with the rid extension",
+            section.mid
+        ));
+    };
+    Ok(Some(pb::AddTrack {
+        mid: section.mid.clone(),
+        mid_ext_id,
+        rid_ext_id,
+        room_id,
+        transport_id,
+        track_id,
+        kind: if section.kind == MediaKind::Video {
+            pb::MediaKind::Video as i32
+        } else {
+            pb::MediaKind::Audio as i32
+        },
+        codec: Some(pb::Codec {
+            kind: kind as i32,
+            payload_type: u32::from(codec.pt),
+            clock_rate: codec.clock_rate,
+        }),
+        layers,
+        nack: Some(codec.rtcp_fb.iter().any(|f| f == "nack")),
+    }))
+}
