@@ -27,4 +27,11 @@ if ! .venv/bin/python -c 'import aiortc, av' 2>/dev/null; then
     .venv/bin/pip install -q --disable-pip-version-check \
         aiortc==1.16.0 aioice==0.13.0 av==18.1.0
 fi
+# The LiveKit interop tests (signaling/tests/livekit_sdk.rs) use LiveKit's own Python SDK
+# (its wheel carries the native WebRTC library) and its server API client.
+if ! .venv/bin/python -c 'import livekit.rtc, livekit.api' 2>/dev/null; then
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check \
+        livekit==1.2.1 livekit-api==1.2.2
+fi
 echo "setup: ok"

@@ -779,7 +779,9 @@ impl Hub {
         }
     }
 
-    fn send_to(&mut self, pid: &str, msg: Resp) {
+    /// Sends one signaling message to a participant (closing its session if it is too far
+    /// behind).
+    pub fn send_to(&mut self, pid: &str, msg: Resp) {
         let ok = self
             .by_sid
             .get(pid)

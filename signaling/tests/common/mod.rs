@@ -1,0 +1,306 @@
+//! The harness shared by the interop tests: `prism serve --dev` as a subprocess on free
+//! ports, tokens from `prism token create`, raw HTTP requests, and the Python clients of
+//! `tests/interop/` run from the project venv with a timeout, their last JSON line parsed.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The venv's python, or `None` when the user asked to skip with `PRISM_SKIP_INTEROP=1`.
+/// A missing venv is a failure, not a skip: CI must not pass by running nothing.
+pub fn python(modules: &str) -> Option<PathBuf> {
+    if std::env::var("PRISM_SKIP_INTEROP").as_deref() == Ok("1") {
+        eprintln!("PRISM_SKIP_INTEROP=1: interop test skipped");
+        return None;
+    }
+    let py = repo().join(".venv/bin/python");
+    let usable = Command::new(&py)
+        .args(["-c", &format!("import {modules}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        usable,
+        "{} cannot import {modules}: run scripts/setup.sh to create the venv \
+         (or set PRISM_SKIP_INTEROP=1 to skip the interop tests)",
+        py.display()
+    );
+    Some(py)
+}
+
+/// Collects a pipe into a string on its own thread, optionally passing each line on.
+pub fn drain(pipe: impl Read + Send + 'static, lines: Option<mpsc::Sender<String>>) -> Pipe {
+    let text = Arc::new(Mutex::new(String::new()));
+    let t = text.clone();
+    let handle = thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = t.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+            if let Some(tx) = &lines {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    Pipe { text, handle }
+}
+
+pub struct Pipe {
+    text: Arc<Mutex<String>>,
+    handle: JoinHandle<()>,
+}
+
+impl Pipe {
+    pub fn take(self) -> String {
+        let _ = self.handle.join();
+        let s = self.text.lock().unwrap();
+        s.clone()
+    }
+}
+
+/// `prism serve --dev` on a free port; killed on drop, its log printed if the test failed.
+pub struct Server {
+    pub child: Child,
+    pub http: String,
+    pub log: Vec<Arc<Mutex<String>>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
+            .args(["serve", "--dev", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--media-port", "0", "--cores", "0"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning prism serve");
+        let (tx, rx) = mpsc::channel();
+        let out = drain(child.stdout.take().unwrap(), Some(tx));
+        let err = drain(child.stderr.take().unwrap(), None);
+        let log = vec![out.text.clone(), err.text.clone()];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let http = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("prism: listening on ") {
+                        break rest.split_whitespace().next().unwrap().to_string();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "prism serve did not report listening within 20 s\nstdout:\n{}\nstderr:\n{}",
+                        out.take(),
+                        err.take()
+                    );
+                }
+            }
+        };
+        Server { child, http, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    pub fn assert_alive(&mut self) {
+        let exited = self.child.try_wait().unwrap();
+        assert!(exited.is_none(), "prism serve exited: {exited:?}");
+        let (status, body) = http(self, "GET", "/healthz", None, None);
+        assert_eq!(status, 200, "/healthz answered {status}: {body}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            for text in &self.log {
+                eprintln!("---- prism serve ----\n{}", text.lock().unwrap());
+            }
+        }
+    }
+}
+
+/// Mints a token with `prism token create`; `extra` adds options such as `--no-publish`.
+pub fn token(room: &str, identity: &str, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(["token", "create", "--room", room, "--identity", identity])
+        .args(extra)
+        .output()
+        .expect("running prism token create");
+    assert!(out.status.success(), "prism token create: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the whole response.
+pub fn http(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    sdp: Option<&str>,
+) -> (u16, String) {
+    let host = server.http.trim_start_matches("http://");
+    let mut s = TcpStream::connect(host).expect("connecting to prism");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    let body = sdp.unwrap_or("");
+    if sdp.is_some() {
+        req += "Content-Type: application/sdp\r\n";
+    }
+    req += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {resp:?}"));
+    (status, resp)
+}
+
+/// A running test client (one of the Python scripts); killed on drop if still running.
+pub struct Client {
+    name: String,
+    child: Option<Child>,
+    stdout: Option<Pipe>,
+    stderr: Option<Pipe>,
+    deadline: Instant,
+}
+
+/// What a client did: exit status (`None`: killed at the timeout), output, summary line.
+pub struct Outcome {
+    pub name: String,
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub summary: Value,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = match self.status {
+            Some(s) => s.to_string(),
+            None => "killed after the timeout".into(),
+        };
+        write!(
+            f,
+            "---- {} ({status}) ----\nstdout:\n{}stderr:\n{}",
+            self.name, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    pub fn num(&self, key: &str) -> f64 {
+        self.summary[key].as_f64().unwrap_or(-1.0)
+    }
+}
+
+pub fn client(py: &Path, name: &str, script: &str, args: &[&str]) -> Client {
+    let mut child = Command::new(py)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/interop")
+                .join(script),
+        )
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {script}: {e}"));
+    let stdout: ChildStdout = child.stdout.take().unwrap();
+    let stderr: ChildStderr = child.stderr.take().unwrap();
+    Client {
+        name: name.to_string(),
+        child: Some(child),
+        stdout: Some(drain(stdout, None)),
+        stderr: Some(drain(stderr, None)),
+        deadline: Instant::now() + PROCESS_TIMEOUT,
+    }
+}
+
+impl Client {
+    pub fn finish(mut self) -> Outcome {
+        let mut child = self.child.take().unwrap();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > self.deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = self.stdout.take().unwrap().take();
+        let stderr = self.stderr.take().unwrap().take();
+        let summary = stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or(Value::Null);
+        let outcome = Outcome {
+            name: self.name.clone(),
+            status,
+            stdout,
+            stderr,
+            summary,
+        };
+        // Shown by cargo test for a failing test, and always with --nocapture.
+        println!("{outcome}");
+        outcome
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
