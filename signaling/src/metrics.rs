@@ -19,8 +19,17 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// What the LiveKit hub holds, counted (see `livekit::Hub`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HubGauges {
+    pub rooms: usize,
+    pub participants: usize,
+    pub tracks: usize,
+    pub transports: usize,
+}
+
 /// Renders the metrics page. Blocking: asks the media plane for its counters.
-pub fn render(whip: &Whip) -> Result<String, String> {
+pub fn render(whip: &Whip, hub: HubGauges) -> Result<String, String> {
     let ev = whip
         .control
         .request(
@@ -66,6 +75,35 @@ pub fn render(whip: &Whip) -> Result<String, String> {
     let _ = writeln!(out, "prism_publishers {publishers}");
     header(&mut out, "prism_tracks", "gauge", "Published tracks.");
     let _ = writeln!(out, "prism_tracks {tracks}");
+    let lk: [(&str, &str, usize); 4] = [
+        ("prism_livekit_rooms", "LiveKit rooms.", hub.rooms),
+        (
+            "prism_livekit_participants",
+            "LiveKit participants.",
+            hub.participants,
+        ),
+        (
+            "prism_livekit_tracks",
+            "Tracks published by LiveKit participants.",
+            hub.tracks,
+        ),
+        (
+            "prism_livekit_transports",
+            "WebRTC transports of LiveKit participants.",
+            hub.transports,
+        ),
+    ];
+    for (name, help, v) in lk {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    header(
+        &mut out,
+        "prism_media_transports",
+        "gauge",
+        "Transports the media plane holds, every front end together.",
+    );
+    let _ = writeln!(out, "prism_media_transports {}", stats.transports.len());
 
     let counters: Vec<(u32, pb::Counters, &pb::CoreStats)> = stats
         .cores

@@ -162,7 +162,17 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&Method::GET, ["metrics"]) => {
             let whip = state.whip.clone();
-            match tokio::task::spawn_blocking(move || crate::metrics::render(&whip)).await {
+            let hub = state
+                .hub
+                .call(|h| crate::metrics::HubGauges {
+                    rooms: h.rooms.len(),
+                    participants: h.participant_count(),
+                    tracks: h.track_count(),
+                    transports: h.transport_count(),
+                })
+                .await
+                .unwrap_or_default();
+            match tokio::task::spawn_blocking(move || crate::metrics::render(&whip, hub)).await {
                 Ok(Ok(body)) => {
                     let mut r = text(StatusCode::OK, body);
                     r.headers_mut().insert(

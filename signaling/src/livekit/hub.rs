@@ -64,7 +64,7 @@ impl Default for RoomDefaults {
 /// What the hub sends a session.
 #[derive(Debug)]
 pub enum Out {
-    Signal(lk::SignalResponse),
+    Signal(Box<lk::SignalResponse>),
     /// Close the WebSocket with this reason (after any queued message).
     Close(String),
 }
@@ -309,7 +309,9 @@ impl Participant {
 
     fn send(&self, msg: Resp) -> bool {
         self.out
-            .try_send(Out::Signal(lk::SignalResponse { message: Some(msg) }))
+            .try_send(Out::Signal(Box::new(lk::SignalResponse {
+                message: Some(msg),
+            })))
             .is_ok()
     }
 
@@ -1558,13 +1560,13 @@ impl Hub {
             room.empty_since = Some(Instant::now());
         }
         if let Some(r) = leave {
-            let _ = p.out.try_send(Out::Signal(lk::SignalResponse {
+            let _ = p.out.try_send(Out::Signal(Box::new(lk::SignalResponse {
                 message: Some(Resp::Leave(lk::LeaveRequest {
                     can_reconnect: false,
                     reason: r as i32,
                     action: lk::leave_request::Action::Disconnect as i32,
                 })),
-            }));
+            })));
             let _ = p.out.try_send(Out::Close(format!("{r:?}")));
         }
         self.counters.leaves += 1;

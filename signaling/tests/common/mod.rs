@@ -263,6 +263,12 @@ pub fn client(py: &Path, name: &str, script: &str, args: &[&str]) -> Client {
 }
 
 impl Client {
+    /// Gives the client this long (from now) before it is killed.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.deadline = Instant::now() + d;
+        self
+    }
+
     pub fn finish(mut self) -> Outcome {
         let mut child = self.child.take().unwrap();
         let status = loop {
