@@ -9,6 +9,9 @@
 //! - refusals reach clients as LiveKit's HTTP statuses (wrong secret, expired token, no
 //!   `roomJoin`, no room), a token for another room joins that room only, and grants are
 //!   enforced (`canPublish=false` cannot publish, `canSubscribe=false` receives nothing);
+//!   with auto-subscribe off, a participant receives what it asks for;
+//! - a second session with the same identity replaces the first, which is told why; a
+//!   resume attempt is answered with a leave asking for a full reconnect;
 //! - malformed protobuf, oversized and text frames, and a socket that never answers pings
 //!   each close that session with a reason, while another session carries on;
 //! - fifty participants joining and leaving for a minute leave no room, participant,
@@ -291,7 +294,22 @@ fn refusals_and_grants() {
         &[],
         &["--duration", "6"],
     );
-    let (dave, eve, frank) = (dave.finish(), eve.finish(), frank.finish());
+    // Gina subscribes by request (auto_subscribe off): UpdateSubscription.
+    let gina = participant(
+        &py,
+        &server,
+        ROOM,
+        "gina",
+        &[],
+        &[
+            "--manual-subscribe",
+            "--want-frames",
+            "30",
+            "--duration",
+            "14",
+        ],
+    );
+    let (dave, eve, frank, gina) = (dave.finish(), eve.finish(), frank.finish(), gina.finish());
     let bob = participant(
         &py,
         &server,
@@ -326,6 +344,11 @@ fn refusals_and_grants() {
         "frank's room is another room: {frank}"
     );
     assert!(most(&bob.summary["video_frames"]) >= 30, "{bob}");
+    assert!(gina.ok(), "{gina}");
+    assert!(
+        most(&gina.summary["video_frames"]) >= 30,
+        "manual subscription brought no video: {gina}"
+    );
     let eve_tracks = bob.summary["remote"]["eve"]["tracks"]
         .as_object()
         .map_or(0, |t| t.len());
@@ -490,6 +513,73 @@ fn bad_frames_and_silent_sockets_close_only_their_session() {
     }
     // The good session is still served.
     let _ = good.ping(100);
+    server.assert_alive();
+}
+
+/// The next signaling response on a raw session, skipping pings.
+fn next_response(ws: &mut tungstenite::WebSocket<TcpStream>) -> Option<lk::SignalResponse> {
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => return lk::SignalResponse::decode(b.as_ref()).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn duplicate_identity_replaces_the_first_session_and_resume_means_rejoin() {
+    let _one_at_a_time = serial();
+    let mut server = Server::start();
+    let mut first = RawSession::open(&server, "twin");
+    let mut watcher = RawSession::open(&server, "watcher");
+    let second = RawSession::open(&server, "twin");
+    // The first session is told why it has to go, then closed.
+    let mut leave = None;
+    while let Some(r) = next_response(&mut first.ws) {
+        if let Some(lk::signal_response::Message::Leave(l)) = r.message {
+            leave = Some(l);
+        }
+    }
+    let leave = leave.expect("the replaced session got no leave");
+    assert_eq!(
+        leave.reason,
+        lk::DisconnectReason::DuplicateIdentity as i32,
+        "{leave:?}"
+    );
+    let seen = watcher.ping(1);
+    assert!(
+        seen.iter()
+            .any(|p| p.sid == first.sid
+                && p.state == lk::participant_info::State::Disconnected as i32),
+        "the watcher saw the first twin leave: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|p| p.sid == second.sid),
+        "the watcher saw the second twin join: {seen:?}"
+    );
+
+    // A resume attempt (reconnect=1) gets a leave asking for a full reconnect, first thing.
+    let tok = token(ROOM, "resumer", &[]);
+    let url = format!(
+        "{}/rtc?protocol=17&sdk=js&reconnect=1&sid=PA_old&access_token={tok}",
+        ws_url(&server)
+    );
+    let stream = TcpStream::connect(server.http.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (mut ws, _) = tungstenite::client::client(url.into_client_request().unwrap(), stream)
+        .expect("resume upgrade");
+    let r = next_response(&mut ws).expect("a first message");
+    let Some(lk::signal_response::Message::Leave(l)) = r.message else {
+        panic!("the answer to a resume is not a leave: {r:?}");
+    };
+    assert_eq!(
+        l.action,
+        lk::leave_request::Action::Reconnect as i32,
+        "{l:?}"
+    );
     server.assert_alive();
 }
 

@@ -62,6 +62,7 @@ async def main() -> None:
     ap.add_argument("--send-data", default="", help="a reliable message to send every second")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--stop-file", default="")
+    ap.add_argument("--manual-subscribe", action="store_true", help="auto_subscribe off; subscribe by request")
     ap.add_argument("--want-frames", type=int, default=0, help="leave early once reached")
     args = ap.parse_args()
 
@@ -118,13 +119,23 @@ async def main() -> None:
         disconnect_reason.append(str(reason))
         disconnected.set()
 
-    opts = rtc.RoomOptions(auto_subscribe=True)
+    @room.on("track_published")
+    def on_published(pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant):
+        events.append(f"published {who.identity} {pub.sid}")
+        if args.manual_subscribe:
+            pub.set_subscribed(True)
+
+    opts = rtc.RoomOptions(auto_subscribe=not args.manual_subscribe)
     try:
         await room.connect(args.url, args.token, opts)
     except Exception as e:  # the refusal tests expect this
         summary(connected=False, error=str(e))
         return
     connect_s = time.monotonic() - started
+    if args.manual_subscribe:
+        for p in room.remote_participants.values():
+            for pub in p.track_publications.values():
+                pub.set_subscribed(True)
     log(f"connected as {room.local_participant.identity} in {connect_s:.2f}s")
     published = []
     publish_error = ""
