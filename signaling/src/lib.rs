@@ -1,12 +1,15 @@
 //! Prism's control plane: join tokens, rooms and participants, the signaling protocols
-//! (LiveKit's client protocol, WHIP/WHEP) and the server API. It never touches a media
+//! (LiveKit's client protocol, WHIP/WHEP) and the server API (LiveKit's RoomService over
+//! Twirp). It never touches a media
 //! packet: it drives the media plane (`prism-forwarder`) with control commands.
 
 pub mod auth;
+pub mod config;
 pub mod livekit;
 pub mod media;
 pub mod metrics;
 pub mod rooms;
 pub mod sdp;
 pub mod server;
+pub mod twirp;
 pub mod whip;

@@ -8,6 +8,7 @@
 //!   and text LiveKit's server would give.
 //! - `GET /rtc`: LiveKit's signaling WebSocket (see `livekit`).
 //! - `/rtc/v1/validate` and `/rtc/v1`: 404 with CORS, so current SDKs fall back to `/rtc`.
+//! - `POST /twirp/livekit.RoomService/{method}`: LiveKit's server API (see `twirp`).
 //! - `POST /whip/{room}`, `POST /whep/{room}`, `DELETE /whip|whep/{room}/{session}`: WHIP
 //!   and WHEP (see `whip`).
 //!
@@ -48,21 +49,36 @@ pub struct AppState {
     pub whip: Arc<Whip>,
     pub hub: crate::livekit::HubHandle,
     pub dev: bool,
+    pub room_service: crate::twirp::room_service::RoomServiceOptions,
+}
+
+/// What `prism serve` configures beyond keys and the media plane.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServeOptions {
+    pub room_defaults: crate::livekit::RoomDefaults,
+    pub room_service: crate::twirp::room_service::RoomServiceOptions,
 }
 
 impl AppState {
     pub fn new(keys: KeyStore, forwarder: Forwarder, dev: bool) -> Self {
+        Self::with_options(keys, forwarder, dev, ServeOptions::default())
+    }
+
+    pub fn with_options(
+        keys: KeyStore,
+        forwarder: Forwarder,
+        dev: bool,
+        options: ServeOptions,
+    ) -> Self {
         let whip = Arc::new(Whip::new(keys.clone(), forwarder.client()));
-        let hub = crate::livekit::HubHandle::start(
-            forwarder.client(),
-            crate::livekit::RoomDefaults::default(),
-        );
+        let hub = crate::livekit::HubHandle::start(forwarder.client(), options.room_defaults);
         Self {
             keys,
             forwarder,
             whip,
             hub,
             dev,
+            room_service: options.room_service,
         }
     }
 }
@@ -186,6 +202,10 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::GET, ["rtc"]) => crate::livekit::ws::handle(state, req).await,
+        (_, ["twirp", ..]) => {
+            let rest = path.strip_prefix("/twirp/").unwrap_or("");
+            crate::twirp::handle(state, req, rest).await
+        }
         (&Method::GET, ["rtc", "validate"]) => cors(validate(&state, &req)),
         (_, ["rtc", "v1"] | ["rtc", "v1", "validate"]) => {
             cors(text(StatusCode::NOT_FOUND, "not found"))

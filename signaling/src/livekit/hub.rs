@@ -38,6 +38,10 @@ use crate::whip::HttpError;
 
 use super::{PING_INTERVAL_S, PING_TIMEOUT_S, PROTOCOL_VERSION, SERVER_VERSION};
 
+mod roomservice;
+
+pub use roomservice::MAX_METADATA;
+
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Messages queued per session before it counts as too slow and is closed.

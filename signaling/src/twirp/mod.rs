@@ -1,0 +1,288 @@
+//! LiveKit's server API over Twirp: `POST /twirp/livekit.RoomService/<Method>`, so that
+//! LiveKit's server SDKs (`livekit-api` in Python, `livekit-server-sdk` in Node, the Rust
+//! and Go clients) manage Prism's rooms unchanged.
+//!
+//! Twirp is plain HTTP: the method is the last path segment, the body is the request
+//! message in protobuf or JSON (see [`codec`]), and the answer is the response message in
+//! the same encoding, or an error as JSON `{"code": "...", "msg": "..."}` with the status
+//! Twirp assigns to the code. A request is checked in this order, so that the cheapest
+//! refusal comes first and nobody unauthenticated gets a body parsed:
+//! 1. route: `POST`, a known method, a protobuf or JSON content type (else `bad_route`);
+//! 2. token: a valid bearer token (else `unauthenticated`, 401);
+//! 3. body: decodes as the method's request (else `malformed`, 400);
+//! 4. grant: the method's grant, for the request's room (else `permission_denied`, 403);
+//! 5. the method itself, on the hub's thread ([`room_service`]).
+//!
+//! One difference from LiveKit: its server reports a valid token that lacks the grant as
+//! `unauthenticated` (401). Prism says `permission_denied` (403), which is what the SDKs'
+//! callers can act on (the token is fine; its grant is not).
+
+pub mod codec;
+pub mod room_service;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::auth::AuthError;
+use crate::server::{request_token, AppState, Body};
+use codec::Codec;
+
+/// Largest request body accepted. SendData payloads are the large ones, and LiveKit's
+/// clients keep data messages far below this.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Twirp's error codes (the subset Prism answers with), each with its HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Code {
+    InvalidArgument,
+    Malformed,
+    NotFound,
+    BadRoute,
+    PermissionDenied,
+    Unauthenticated,
+    FailedPrecondition,
+    Unimplemented,
+    Internal,
+    Unavailable,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidArgument => "invalid_argument",
+            Code::Malformed => "malformed",
+            Code::NotFound => "not_found",
+            Code::BadRoute => "bad_route",
+            Code::PermissionDenied => "permission_denied",
+            Code::Unauthenticated => "unauthenticated",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status Twirp's specification assigns to the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidArgument | Code::Malformed => StatusCode::BAD_REQUEST,
+            Code::NotFound | Code::BadRoute => StatusCode::NOT_FOUND,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A Twirp error: a code and a message for the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TwirpError {
+    pub code: Code,
+    pub msg: String,
+}
+
+impl TwirpError {
+    pub fn new(code: Code, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::new(Code::Internal, msg)
+    }
+
+    /// LiveKit's message for a room that does not exist.
+    pub fn room_not_found() -> Self {
+        Self::new(Code::NotFound, "requested room does not exist")
+    }
+
+    pub fn participant_not_found() -> Self {
+        Self::new(Code::NotFound, "participant does not exist")
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, msg)
+    }
+
+    /// The error as Twirp's JSON body.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "code": self.code.as_str(), "msg": self.msg }).to_string()
+    }
+
+    pub fn response(&self) -> Response<Body> {
+        let mut r = Response::new(Full::new(Bytes::from(self.body())));
+        *r.status_mut() = self.code.status();
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    }
+}
+
+impl std::fmt::Display for TwirpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.msg)
+    }
+}
+
+impl std::error::Error for TwirpError {}
+
+impl From<AuthError> for TwirpError {
+    /// A token that is missing, malformed, expired or signed with an unknown key is
+    /// `unauthenticated`; a good token without the needed grant is `permission_denied`.
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::NotAllowed(_) | AuthError::NoPermissions => Code::PermissionDenied,
+            _ => Code::Unauthenticated,
+        };
+        TwirpError::new(code, e.to_string())
+    }
+}
+
+/// Handles a request under `/twirp/`; `path` is what follows it (`livekit.RoomService/X`).
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, path: &str) -> Response<Body> {
+    let method = req.method().clone();
+    match serve(state, req, path).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.code == Code::Internal {
+                tracing::error!(%path, error = %e, "Twirp request failed");
+            } else {
+                tracing::debug!(%path, %method, error = %e, "Twirp request refused");
+            }
+            e.response()
+        }
+    }
+}
+
+async fn serve(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Response<Body>, TwirpError> {
+    if req.method() != Method::POST {
+        return Err(TwirpError::new(
+            Code::BadRoute,
+            format!("unsupported method {} (only POST is allowed)", req.method()),
+        ));
+    }
+    let Some((service, method)) = path.split_once('/') else {
+        return Err(no_route(path));
+    };
+    if service != room_service::SERVICE {
+        return Err(no_route(path));
+    }
+    let desc = codec::pool()?
+        .get_service_by_name(room_service::SERVICE)
+        .and_then(|s| s.methods().find(|m| m.name() == method))
+        .ok_or_else(|| no_route(path))?;
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let codec = Codec::from_content_type(content_type).ok_or_else(|| {
+        TwirpError::new(
+            Code::BadRoute,
+            format!(
+                "unexpected Content-Type: {content_type:?} \
+                 (use application/protobuf or application/json)"
+            ),
+        )
+    })?;
+    let token = request_token(&req)?.ok_or_else(|| {
+        TwirpError::new(
+            Code::Unauthenticated,
+            "no authorization token: send Authorization: Bearer <token>",
+        )
+    })?;
+    let claims = state.keys.verify_now(&token)?;
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(TwirpError::invalid(format!(
+                "the request body is larger than {MAX_BODY} bytes"
+            )))
+        }
+        Err(e) => {
+            return Err(TwirpError::new(
+                Code::Malformed,
+                format!("the request body could not be read: {e}"),
+            ))
+        }
+    };
+    let call = room_service::Call {
+        hub: &state.hub,
+        claims: &claims,
+        codec,
+        method: &desc,
+        body: &body,
+        options: state.room_service,
+    };
+    let out = call.run().await?;
+    let mut r = Response::new(Full::new(Bytes::from(out)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(codec.content_type()));
+    Ok(r)
+}
+
+fn no_route(path: &str) -> TwirpError {
+    TwirpError::new(
+        Code::BadRoute,
+        format!("no handler for path \"/twirp/{path}\""),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_twirp_statuses() {
+        assert_eq!(Code::Unauthenticated.status(), 401);
+        assert_eq!(Code::PermissionDenied.status(), 403);
+        assert_eq!(Code::NotFound.status(), 404);
+        assert_eq!(Code::BadRoute.status(), 404);
+        assert_eq!(Code::Malformed.status(), 400);
+        assert_eq!(Code::InvalidArgument.status(), 400);
+        assert_eq!(Code::FailedPrecondition.status(), 412);
+        assert_eq!(Code::Internal.status(), 500);
+    }
+
+    #[test]
+    fn error_bodies_are_twirp_json() {
+        let e = TwirpError::room_not_found();
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(v["code"], "not_found");
+        assert_eq!(v["msg"], "requested room does not exist");
+        // Quotes and control characters in a message stay valid JSON.
+        let e = TwirpError::invalid("bad \"name\"\n");
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(v["msg"], "bad \"name\"\n");
+    }
+
+    #[test]
+    fn auth_errors_split_into_401_and_403() {
+        let e: TwirpError = AuthError::Expired.into();
+        assert_eq!(e.code, Code::Unauthenticated);
+        let e: TwirpError = AuthError::UnknownKey.into();
+        assert_eq!(e.code, Code::Unauthenticated);
+        let e: TwirpError = AuthError::NotAllowed("roomList is not granted").into();
+        assert_eq!(e.code, Code::PermissionDenied);
+        let e: TwirpError = AuthError::NoPermissions.into();
+        assert_eq!(e.code, Code::PermissionDenied);
+    }
+}
