@@ -1,16 +1,27 @@
 //! `prism`: the Prism server and its tools.
 //!
-//! - `prism serve [--dev] …` runs signaling and the media plane in one process.
+//! - `prism serve [--dev] [--config prism.yaml] …` runs signaling and the media plane in
+//!   one process. Settings come from the YAML file, then the environment (keys), then
+//!   flags. On SIGINT or SIGTERM it stops accepting connections, tells every LiveKit
+//!   participant to leave (`SERVER_SHUTDOWN`), and exits once the leaves are written.
 //! - `prism token create --room R --identity I …` mints a join token.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 use prism_signaling::auth::{self, KeyStore, VideoGrant, DEV_KEY, DEV_SECRET};
-use prism_signaling::server::{self, AppState};
+use prism_signaling::config::{parse_keys, Config};
+use prism_signaling::livekit::RoomDefaults;
+use prism_signaling::server::{self, AppState, ServeOptions};
+use prism_signaling::twirp::room_service::RoomServiceOptions;
+
+/// How long sessions get, after the hub told everyone to leave, to write it out.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 const USAGE: &str = "\
 prism: a selective forwarding unit for real-time audio and video
@@ -19,15 +30,22 @@ USAGE:
     prism serve [OPTIONS]
     prism token create --room ROOM --identity ID [OPTIONS]
 
-SERVE OPTIONS:
-    --dev                  development mode: API key `devkey`, secret `secret`, 127.0.0.1:7880
+SERVE OPTIONS (each overrides the config file):
+    --config FILE          YAML settings (see prism.example.yaml)
+    --dev                  development mode: adds API key `devkey`, secret `secret`
     --bind ADDR            HTTP/WebSocket listen address (default 127.0.0.1:7880)
-    --keys KEY:SECRET,...  API keys (or PRISM_KEYS); required without --dev
+    --keys KEY:SECRET,...  API keys, replacing the file's and LIVEKIT_KEYS / PRISM_KEYS;
+                           some key is required without --dev
     --media-ip IP          address the media sockets bind to (default 127.0.0.1)
     --media-port N         UDP port of core 0; core i uses N+i (default 7882)
     --cores LIST           CPU ids for media cores, e.g. 0,1 (default: every CPU)
     --driver KIND          auto | io_uring | mmsg (default auto)
-    --log LEVEL            error | warn | info | debug | trace (default info, or RUST_LOG)
+    --log-level LEVEL      error | warn | info | debug | trace, or a tracing filter
+                           (default: RUST_LOG, else the file's, else info)
+    --log-format FORMAT    text | json (default text)
+
+ENVIRONMENT:
+    LIVEKIT_KEYS, PRISM_KEYS   API keys, `key: secret` (YAML) or `key:secret,key2:secret2`
 
 TOKEN OPTIONS:
     --api-key KEY          (default devkey)      --api-secret SECRET (default secret)
@@ -96,59 +114,168 @@ fn token(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn serve(args: &[String]) -> Result<()> {
-    let mut dev = false;
-    let mut bind: SocketAddr = "127.0.0.1:7880".parse()?;
-    let mut keys = KeyStore::new();
-    let mut fwd = ForwarderConfig {
-        base_port: 7882,
-        ..Default::default()
-    };
-    let mut log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    if let Ok(k) = std::env::var("PRISM_KEYS") {
-        add_keys(&mut keys, &k)?;
-    }
+/// Command-line flags of `prism serve`; each overrides the config file.
+#[derive(Default)]
+struct ServeFlags {
+    dev: bool,
+    config: Option<PathBuf>,
+    bind: Option<SocketAddr>,
+    keys: Option<String>,
+    media_ip: Option<IpAddr>,
+    media_port: Option<u16>,
+    cores: Option<Vec<usize>>,
+    driver: Option<String>,
+    log_level: Option<String>,
+    log_json: Option<bool>,
+}
+
+fn serve_flags(args: &[String]) -> Result<ServeFlags> {
+    let mut f = ServeFlags::default();
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
-            "--dev" => dev = true,
-            "--bind" => bind = value(args, &mut i, "--bind")?.parse().context("--bind")?,
-            "--keys" => add_keys(&mut keys, value(args, &mut i, "--keys")?)?,
-            "--media-ip" => fwd.bind_ip = value(args, &mut i, "--media-ip")?.parse()?,
-            "--media-port" => fwd.base_port = value(args, &mut i, "--media-port")?.parse()?,
+            "--dev" => f.dev = true,
+            "--config" => f.config = Some(value(args, &mut i, "--config")?.into()),
+            "--bind" => f.bind = Some(value(args, &mut i, "--bind")?.parse().context("--bind")?),
+            "--keys" => f.keys = Some(value(args, &mut i, "--keys")?.to_string()),
+            "--media-ip" => {
+                f.media_ip = Some(value(args, &mut i, "--media-ip")?.parse().context("--media-ip")?)
+            }
+            "--media-port" => {
+                f.media_port = Some(
+                    value(args, &mut i, "--media-port")?
+                        .parse()
+                        .context("--media-port")?,
+                )
+            }
             "--cores" => {
-                fwd.cores = value(args, &mut i, "--cores")?
-                    .split(',')
-                    .map(|c| c.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .context("--cores")?
+                f.cores = Some(
+                    value(args, &mut i, "--cores")?
+                        .split(',')
+                        .map(|c| c.trim().parse::<usize>())
+                        .collect::<Result<_, _>>()
+                        .context("--cores")?,
+                )
             }
-            "--driver" => {
-                fwd.driver = match value(args, &mut i, "--driver")? {
-                    "auto" => DriverKind::Auto,
-                    "io_uring" | "uring" => DriverKind::IoUring,
-                    "mmsg" => DriverKind::Mmsg,
-                    other => bail!("unknown driver {other:?}"),
-                }
+            "--driver" => f.driver = Some(value(args, &mut i, "--driver")?.to_string()),
+            "--log-level" | "--log" => f.log_level = Some(value(args, &mut i, "--log-level")?.to_string()),
+            "--log-format" => {
+                f.log_json = Some(match value(args, &mut i, "--log-format")? {
+                    "json" => true,
+                    "text" => false,
+                    other => bail!("--log-format is text or json, not {other:?}"),
+                })
             }
-            "--log" => log = value(args, &mut i, "--log")?.to_string(),
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }
         i += 1;
     }
-    if dev {
+    Ok(f)
+}
+
+fn driver_kind(name: &str) -> Result<DriverKind> {
+    Ok(match name {
+        "auto" => DriverKind::Auto,
+        "io_uring" | "uring" => DriverKind::IoUring,
+        "mmsg" => DriverKind::Mmsg,
+        other => bail!("unknown driver {other:?} (auto, io_uring or mmsg)"),
+    })
+}
+
+fn serve(args: &[String]) -> Result<()> {
+    let flags = serve_flags(args)?;
+    let file = match &flags.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+
+    // Keys: the file's, replaced by the environment's, replaced by --keys; --dev adds
+    // LiveKit's development pair to whatever is there.
+    let mut key_map = file.keys.clone();
+    for var in ["LIVEKIT_KEYS", "PRISM_KEYS"] {
+        if let Ok(spec) = std::env::var(var) {
+            if !spec.trim().is_empty() {
+                key_map = parse_keys(&spec).with_context(|| var.to_string())?;
+            }
+        }
+    }
+    if let Some(spec) = &flags.keys {
+        key_map = parse_keys(spec).context("--keys")?;
+    }
+    let mut keys = KeyStore::from_pairs(key_map.clone());
+    if flags.dev {
         keys.insert(DEV_KEY, DEV_SECRET);
     }
     if keys.is_empty() {
-        bail!("no API keys: pass --keys KEY:SECRET (or PRISM_KEYS), or run with --dev");
+        bail!(
+            "no API keys: set `keys` in the config file, LIVEKIT_KEYS or PRISM_KEYS, pass \
+             --keys KEY:SECRET, or run with --dev"
+        );
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(log))
-        .init();
+
+    let bind = flags.bind.unwrap_or_else(|| {
+        SocketAddr::new(
+            file.bind_address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            file.port.unwrap_or(7880),
+        )
+    });
+    let mut fwd = ForwarderConfig::default();
+    fwd.bind_ip = flags.media_ip.or(file.rtc.ip).unwrap_or(fwd.bind_ip);
+    fwd.cores = flags.cores.clone().or(file.rtc.cores.clone()).unwrap_or_default();
+    if let Some(d) = flags.driver.as_deref().or(file.rtc.driver.as_deref()) {
+        fwd.driver = driver_kind(d)?;
+    }
+    let core_count = if fwd.cores.is_empty() {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        fwd.cores.len()
+    };
+    fwd.base_port = match flags.media_port {
+        Some(p) => p,
+        None => file.media_base_port(core_count)?.unwrap_or(7882),
+    };
+    let room_defaults = RoomDefaults {
+        empty_timeout: file.room.empty_timeout.unwrap_or(RoomDefaults::default().empty_timeout),
+        departure_timeout: file
+            .room
+            .departure_timeout
+            .unwrap_or(RoomDefaults::default().departure_timeout),
+    };
+    let options = ServeOptions {
+        room_defaults,
+        room_service: RoomServiceOptions {
+            enable_remote_unmute: file.room.enable_remote_unmute.unwrap_or(false),
+        },
+    };
+
+    let level = flags
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .or(file.logging.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .with_context(|| format!("bad log level {level:?}"))?;
+    if flags.log_json.or(file.logging.json).unwrap_or(false) {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    for (k, s) in &key_map {
+        if s.len() < 32 {
+            tracing::warn!(key = %k, "API secret shorter than 32 characters: use a longer one");
+        }
+    }
+
     let forwarder = Forwarder::start(fwd).context("starting the media plane")?;
     let media = forwarder.core_addrs();
     let driver = forwarder.driver_name();
-    let state = Arc::new(AppState::new(keys, forwarder, dev));
+    let dev = flags.dev;
+    let state = Arc::new(AppState::with_options(keys, forwarder, dev, options));
+    let hub = state.hub.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -158,6 +285,7 @@ fn serve(args: &[String]) -> Result<()> {
             .await
             .with_context(|| format!("binding {bind}"))?;
         println!("prism: listening on http://{bind} (media: {media:?}, driver {driver})");
+        tracing::info!(%bind, ?media, driver, "listening");
         if dev {
             let t = auth::join_token(
                 DEV_KEY,
@@ -175,8 +303,14 @@ fn serve(args: &[String]) -> Result<()> {
         let server = tokio::spawn(server::serve(listener, state, rx));
         shutdown_signal().await;
         println!("prism: shutting down");
+        tracing::info!("shutting down: telling every LiveKit participant to leave");
+        // Stop accepting first, so nobody joins behind the leaves.
         let _ = tx.send(true);
         let _ = server.await;
+        hub.shutdown().await;
+        // The sessions' tasks write the leave and close their sockets; give them a moment
+        // before the runtime (and with it every task) goes away.
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
         Ok::<_, anyhow::Error>(())
     })
 }
@@ -193,14 +327,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-}
-
-fn add_keys(keys: &mut KeyStore, spec: &str) -> Result<()> {
-    for pair in spec.split(',').filter(|p| !p.is_empty()) {
-        let Some((k, s)) = pair.split_once(':') else {
-            bail!("keys are KEY:SECRET pairs, got {pair:?}");
-        };
-        keys.insert(k.trim(), s.trim());
-    }
-    Ok(())
 }
