@@ -7,6 +7,8 @@ It joins a room on the server under test and, as asked:
 - subscribes to everything, counting decoded video frames and audio frames per track;
 - sends reliable data messages and records the ones it receives, with the sender's identity
   the server stamped on them;
+- records what it is told about the room: mutes (its own tracks' too), room and participant
+  metadata and attributes, and why the server disconnected it;
 - waits for the file named by --stop-file (or the duration) before leaving.
 
 It prints one JSON line last (see `common.summary`), which the Rust driver parses.
@@ -100,6 +102,18 @@ async def main() -> None:
     @room.on("track_muted")
     def on_muted(who, pub):
         muted_seen.append(pub.sid)
+
+    @room.on("room_metadata_changed")
+    def on_room_metadata(old, new):
+        events.append(f"room_metadata {new}")
+
+    @room.on("participant_metadata_changed")
+    def on_metadata(who, old, new):
+        events.append(f"metadata {who.identity} {new}")
+
+    @room.on("participant_attributes_changed")
+    def on_attributes(changed, who):
+        events.append(f"attributes {who.identity} {sorted(changed.items())}")
 
     @room.on("data_received")
     def on_data(packet: rtc.DataPacket):
