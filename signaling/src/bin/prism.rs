@@ -139,7 +139,11 @@ fn serve_flags(args: &[String]) -> Result<ServeFlags> {
             "--bind" => f.bind = Some(value(args, &mut i, "--bind")?.parse().context("--bind")?),
             "--keys" => f.keys = Some(value(args, &mut i, "--keys")?.to_string()),
             "--media-ip" => {
-                f.media_ip = Some(value(args, &mut i, "--media-ip")?.parse().context("--media-ip")?)
+                f.media_ip = Some(
+                    value(args, &mut i, "--media-ip")?
+                        .parse()
+                        .context("--media-ip")?,
+                )
             }
             "--media-port" => {
                 f.media_port = Some(
@@ -158,7 +162,9 @@ fn serve_flags(args: &[String]) -> Result<ServeFlags> {
                 )
             }
             "--driver" => f.driver = Some(value(args, &mut i, "--driver")?.to_string()),
-            "--log-level" | "--log" => f.log_level = Some(value(args, &mut i, "--log-level")?.to_string()),
+            "--log-level" | "--log" => {
+                f.log_level = Some(value(args, &mut i, "--log-level")?.to_string())
+            }
             "--log-format" => {
                 f.log_json = Some(match value(args, &mut i, "--log-format")? {
                     "json" => true,
@@ -221,7 +227,11 @@ fn serve(args: &[String]) -> Result<()> {
     });
     let mut fwd = ForwarderConfig::default();
     fwd.bind_ip = flags.media_ip.or(file.rtc.ip).unwrap_or(fwd.bind_ip);
-    fwd.cores = flags.cores.clone().or(file.rtc.cores.clone()).unwrap_or_default();
+    fwd.cores = flags
+        .cores
+        .clone()
+        .or(file.rtc.cores.clone())
+        .unwrap_or_default();
     if let Some(d) = flags.driver.as_deref().or(file.rtc.driver.as_deref()) {
         fwd.driver = driver_kind(d)?;
     }
@@ -235,7 +245,10 @@ fn serve(args: &[String]) -> Result<()> {
         None => file.media_base_port(core_count)?.unwrap_or(7882),
     };
     let room_defaults = RoomDefaults {
-        empty_timeout: file.room.empty_timeout.unwrap_or(RoomDefaults::default().empty_timeout),
+        empty_timeout: file
+            .room
+            .empty_timeout
+            .unwrap_or(RoomDefaults::default().empty_timeout),
         departure_timeout: file
             .room
             .departure_timeout

@@ -66,9 +66,6 @@ impl Default for RoomDefaults {
 }
 
 /// What the hub sends a session.
-// Nearly every message is a `Signal`, so boxing it would allocate for all of them to save
-// space only in the rare `Close`.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Out {
     Signal(Box<lk::SignalResponse>),

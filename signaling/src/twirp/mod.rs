@@ -207,16 +207,21 @@ async fn serve(
         )
     })?;
     let claims = state.keys.verify_now(&token)?;
+    // A declared length over the limit is refused before reading anything.
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(TwirpError::invalid(format!(
-                "the request body is larger than {MAX_BODY} bytes"
-            )))
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => {
             return Err(TwirpError::new(
                 Code::Malformed,
@@ -237,6 +242,10 @@ async fn serve(
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(codec.content_type()));
     Ok(r)
+}
+
+fn too_large() -> TwirpError {
+    TwirpError::invalid(format!("the request body is larger than {MAX_BODY} bytes"))
 }
 
 fn no_route(path: &str) -> TwirpError {
