@@ -6,7 +6,8 @@ With a publisher and a viewer (lk_client.py) in the room, it:
 2. lists rooms, gets a participant, updates the room's metadata and the viewer's
    metadata and attributes;
 3. mutes the publisher's video track (and checks that unmuting is refused);
-4. sends the viewer a data message from the server;
+4. sends the viewer a data message from the server (the SDK sets a 16-byte nonce; a bad
+   one is tested from Rust, since the SDK overwrites it);
 5. removes the viewer, then checks what is left;
 6. asks for things that do not exist (Twirp not_found);
 7. creates and deletes a room of its own, then deletes the test room (the publisher is
@@ -52,7 +53,13 @@ async def main() -> None:
         deadline = time.monotonic() + 30
         video_sid = ""
         while time.monotonic() < deadline:
-            res = await rs.list_participants(api.ListParticipantsRequest(room=args.room))
+            try:
+                res = await rs.list_participants(api.ListParticipantsRequest(room=args.room))
+            except api.TwirpError as e:
+                if e.code != "not_found":  # the room appears with its first participant
+                    raise
+                await asyncio.sleep(0.3)
+                continue
             by_id = {p.identity: p for p in res.participants}
             pub = by_id.get(args.publisher)
             if pub and args.viewer in by_id:
@@ -126,9 +133,6 @@ async def main() -> None:
                 topic="api",
                 destination_identities=[args.viewer],
             )
-        )
-        out["bad_nonce_error"] = await error_of(
-            rs.send_data(api.SendDataRequest(room=args.room, data=b"x", nonce=b"short"))
         )
         # The viewer records what it receives; give the message time to arrive.
         await asyncio.sleep(2.0)

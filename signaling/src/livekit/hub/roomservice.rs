@@ -261,18 +261,15 @@ impl Hub {
                 dests.push(p.identity.clone());
             }
         }
-        // Named recipients of whom none is here get nothing (not everyone).
         let targets = r
             .participants
             .iter()
-            .filter(|p| dests.is_empty() || dests.contains(&p.identity))
+            .filter(|p| !named || dests.contains(&p.identity))
             .filter(|p| p.publisher.is_some())
             .count();
-        if named
-            && dests
-                .iter()
-                .all(|d| r.participants.iter().all(|p| &p.identity != d))
-        {
+        // Recipients were named but none is here: nobody gets it (an empty list would
+        // mean everyone).
+        if named && targets == 0 {
             return Ok(0);
         }
         let packet = lk::DataPacket {
