@@ -11,7 +11,7 @@
 //!   reports `PARTICIPANT_REMOVED`), creates and deletes rooms (the publisher is
 //!   disconnected with `ROOM_DELETED`), and answers `not_found` for what does not exist;
 //! - refusals are Twirp JSON errors with Twirp's statuses: no or bad token (401), a token
-//!   without the method's grant or for another room (403), malformed bodies (400), unknown
+//!   without the method's grant or for another room (401, as LiveKit answers), malformed bodies (400), unknown
 //!   methods, verbs and content types (404 bad_route);
 //! - JSON bodies work as Node's SDK and curl send them (lowerCamelCase or proto names,
 //!   `;charset` parameter), and answers come back as protobuf JSON with proto names;
@@ -354,12 +354,12 @@ fn refusals_are_twirp_errors_and_json_bodies_work() {
     // Good tokens without the method's grant.
     let join = token("r1", "alice", &[]);
     let msg =
-        call(&server, "ListRooms", Some(&join), JSON, b"{}").twirp_error(403, "permission_denied");
+        call(&server, "ListRooms", Some(&join), JSON, b"{}").twirp_error(401, "unauthenticated");
     assert!(msg.contains("roomList"), "{msg}");
     call(&server, "CreateRoom", Some(&list), JSON, br#"{"name":"x"}"#)
-        .twirp_error(403, "permission_denied");
+        .twirp_error(401, "unauthenticated");
     call(&server, "DeleteRoom", Some(&list), JSON, br#"{"room":"x"}"#)
-        .twirp_error(403, "permission_denied");
+        .twirp_error(401, "unauthenticated");
     // roomAdmin is for one room.
     call(
         &server,
@@ -368,7 +368,7 @@ fn refusals_are_twirp_errors_and_json_bodies_work() {
         JSON,
         br#"{"room":"r2"}"#,
     )
-    .twirp_error(403, "permission_denied");
+    .twirp_error(401, "unauthenticated");
     call(
         &server,
         "SendData",
@@ -376,7 +376,7 @@ fn refusals_are_twirp_errors_and_json_bodies_work() {
         JSON,
         br#"{"room":"r1","data":"aGk="}"#,
     )
-    .twirp_error(403, "permission_denied");
+    .twirp_error(401, "unauthenticated");
 
     // Bodies that do not decode.
     for bad in [&b"{"[..], b"not json", b"[1]", br#"{"name":7}"#, b""] {

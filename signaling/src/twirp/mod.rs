@@ -10,12 +10,12 @@
 //! 1. route: `POST`, a known method, a protobuf or JSON content type (else `bad_route`);
 //! 2. token: a valid bearer token (else `unauthenticated`, 401);
 //! 3. body: decodes as the method's request (else `malformed`, 400);
-//! 4. grant: the method's grant, for the request's room (else `permission_denied`, 403);
+//! 4. grant: the method's grant, for the request's room (else `unauthenticated`, 401);
 //! 5. the method itself, on the hub's thread ([`room_service`]).
 //!
-//! One difference from LiveKit: its server reports a valid token that lacks the grant as
-//! `unauthenticated` (401). Prism says `permission_denied` (403), which is what the SDKs'
-//! callers can act on (the token is fine; its grant is not).
+//! As LiveKit's server does, a valid token that lacks the grant is `unauthenticated` (401)
+//! too, with a message naming the missing grant: clients and their tests written against
+//! LiveKit expect that status.
 
 pub mod codec;
 pub mod room_service;
@@ -138,14 +138,9 @@ impl std::fmt::Display for TwirpError {
 impl std::error::Error for TwirpError {}
 
 impl From<AuthError> for TwirpError {
-    /// A token that is missing, malformed, expired or signed with an unknown key is
-    /// `unauthenticated`; a good token without the needed grant is `permission_denied`.
+    /// Every token failure, a missing grant included, is `unauthenticated`, as in LiveKit.
     fn from(e: AuthError) -> Self {
-        let code = match e {
-            AuthError::NotAllowed(_) | AuthError::NoPermissions => Code::PermissionDenied,
-            _ => Code::Unauthenticated,
-        };
-        TwirpError::new(code, e.to_string())
+        TwirpError::new(Code::Unauthenticated, e.to_string())
     }
 }
 
@@ -284,14 +279,15 @@ mod tests {
     }
 
     #[test]
-    fn auth_errors_split_into_401_and_403() {
+    fn auth_errors_are_unauthenticated_as_in_livekit() {
         let e: TwirpError = AuthError::Expired.into();
         assert_eq!(e.code, Code::Unauthenticated);
         let e: TwirpError = AuthError::UnknownKey.into();
         assert_eq!(e.code, Code::Unauthenticated);
         let e: TwirpError = AuthError::NotAllowed("roomList is not granted").into();
-        assert_eq!(e.code, Code::PermissionDenied);
+        assert_eq!(e.code, Code::Unauthenticated);
+        assert!(e.msg.contains("roomList"), "{}", e.msg);
         let e: TwirpError = AuthError::NoPermissions.into();
-        assert_eq!(e.code, Code::PermissionDenied);
+        assert_eq!(e.code, Code::Unauthenticated);
     }
 }
