@@ -197,11 +197,16 @@ impl SimulcastSource {
 }
 
 /// An [`Egress`] that keeps every datagram queued, for tests. `send_split` bodies are read
-/// from the copy of the current datagram given to [`CollectEgress::begin`].
+/// from the copy of the current datagram given to [`CollectEgress::begin`], or, with
+/// [`CollectEgress::feed`], from the datagram as the engine left it.
 #[derive(Debug, Default)]
 pub struct CollectEgress {
     current: Vec<u8>,
     pub sent: Vec<(SocketAddr, Vec<u8>)>,
+    /// While [`CollectEgress::feed`] runs: the datagram's length, and the `send_split`
+    /// bodies still to append (index in `sent`, range).
+    deferred: Option<usize>,
+    pending: Vec<(usize, Range<usize>)>,
 }
 
 impl CollectEgress {
@@ -215,10 +220,40 @@ impl CollectEgress {
     pub fn take(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
         std::mem::take(&mut self.sent)
     }
+
+    /// Hands a copy of `datagram` from `from` to `engine`. Bodies of `send_split` are read
+    /// from the datagram after the engine is done with it, as a driver's sends read the
+    /// receive buffer: the engine may rewrite it in place (SRTP decryption, RTX
+    /// unwrapping) before the sends go out.
+    pub fn feed(
+        &mut self,
+        engine: &mut crate::engine::Engine,
+        now: std::time::Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) {
+        let mut buf = datagram.to_vec();
+        self.deferred = Some(buf.len());
+        engine.handle_datagram(now, from, &mut buf, self);
+        self.deferred = None;
+        for (i, range) in self.pending.drain(..) {
+            if let (Some((_, d)), Some(body)) = (self.sent.get_mut(i), buf.get(range)) {
+                d.extend_from_slice(body);
+            }
+        }
+    }
 }
 
 impl Egress for CollectEgress {
     fn send_split(&mut self, to: SocketAddr, head: &[u8], body: Range<usize>) -> bool {
+        if let Some(len) = self.deferred {
+            if body.start > body.end || body.end > len {
+                return false;
+            }
+            self.pending.push((self.sent.len(), body));
+            self.sent.push((to, head.to_vec()));
+            return true;
+        }
         let Some(b) = self.current.get(body) else {
             return false;
         };
@@ -296,6 +331,7 @@ pub mod cmd {
                     ssrc: s.0,
                     rid: String::new(),
                     spatial: i as u32,
+                    rtx_ssrc: 0,
                 })
                 .collect(),
             ..Default::default()
@@ -318,6 +354,7 @@ pub mod cmd {
                 ssrc,
                 rid: String::new(),
                 spatial: 0,
+                rtx_ssrc: 0,
             }],
             ..Default::default()
         })
@@ -343,6 +380,8 @@ pub mod cmd {
             payload_type,
             preferred_spatial: spatial,
             preferred_temporal: None,
+            rtx_ssrc: 0,
+            rtx_payload_type: 0,
         })
     }
 

@@ -75,12 +75,14 @@ fn layers_are_bound_by_rid() {
                     ssrc: 0,
                     rid: (*r).into(),
                     spatial: i as u32,
+                    ..Default::default()
                 })
                 .collect(),
             nack: None,
             mid: "1".into(),
             mid_ext_id: u32::from(MID_EXT),
             rid_ext_id: u32::from(RID_EXT),
+            ..Default::default()
         }),
     );
     ok(&mut e, cmd::down_track(1, 1, 1, 2, 77, 96, 1));

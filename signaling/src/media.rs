@@ -144,6 +144,11 @@ pub fn remote_transport(desc: &SessionOffer) -> Result<RemoteTransport, String> 
 /// simulcast layers announced by RID (browsers, libwebrtc SDKs; the forwarder learns their
 /// SSRCs from the mid/rid header extensions), or one encoding with its SSRC announced
 /// (aiortc, ffmpeg, OBS). `None` when the section carries nothing Prism forwards.
+///
+/// Where the answer accepted RTX for the codec (`choice.rtx_pt`), the forwarder is given
+/// the RTX payload type, the RTX SSRC paired with the layer's by `a=ssrc-group:FID`, and
+/// the repaired-rtp-stream-id extension id, from which it learns the RTX SSRCs of RID
+/// layers.
 pub fn add_track_for(
     section: &MediaSection,
     choice: &SectionChoice,
@@ -161,12 +166,19 @@ pub fn add_track_for(
     let Some(kind) = codec_kind(&codec.name) else {
         return Ok(None);
     };
-    let rtx: Vec<u32> = section
+    // (media, RTX) SSRC pairs.
+    let fid: Vec<(u32, u32)> = section
         .ssrc_groups
         .iter()
         .filter(|g| g.semantics == "FID")
-        .filter_map(|g| g.ssrcs.get(1).copied())
+        .filter_map(|g| Some((*g.ssrcs.first()?, *g.ssrcs.get(1)?)))
         .collect();
+    let rtx_of = |ssrc: u32| {
+        choice
+            .rtx_pt
+            .and_then(|_| fid.iter().find(|(m, _)| *m == ssrc))
+            .map_or(0, |(_, r)| *r)
+    };
     let ext_id = |uri: &str| {
         choice
             .extmaps
@@ -176,6 +188,9 @@ pub fn add_track_for(
     };
     let rid_ext_id = ext_id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id");
     let mid_ext_id = ext_id("urn:ietf:params:rtp-hdrext:sdes:mid");
+    let repaired_rid_ext_id = choice.rtx_pt.map_or(0, |_| {
+        ext_id("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id")
+    });
     let rids: Vec<&str> = section.send_rids().collect();
     let layers: Vec<pb::Layer> = if !rids.is_empty() && rid_ext_id != 0 {
         rids.iter()
@@ -184,18 +199,20 @@ pub fn add_track_for(
                 ssrc: 0,
                 rid: (*r).to_string(),
                 spatial: i as u32,
+                rtx_ssrc: 0,
             })
             .collect()
     } else if let Some(ssrc) = section
         .ssrcs
         .iter()
         .map(|s| s.ssrc)
-        .find(|s| !rtx.contains(s))
+        .find(|s| !fid.iter().any(|(_, r)| r == s))
     {
         vec![pb::Layer {
             ssrc,
             rid: String::new(),
             spatial: 0,
+            rtx_ssrc: rtx_of(ssrc),
         }]
     } else {
         return Err(format!(
@@ -222,5 +239,7 @@ pub fn add_track_for(
         }),
         layers,
         nack: Some(codec.rtcp_fb.iter().any(|f| f == "nack")),
+        rtx_payload_type: choice.rtx_pt.map_or(0, u32::from),
+        repaired_rid_ext_id,
     }))
 }

@@ -9,8 +9,11 @@
 //! Each session is one WebRTC transport on the room's core. The offer is parsed and
 //! answered here, and the forwarder is told what to expect:
 //! - the transport (ICE credentials, the peer's fingerprint, our DTLS role);
-//! - the published tracks, with their SSRCs and payload types;
-//! - or the down tracks, with the payload types the viewer expects.
+//! - the published tracks, with their SSRCs and payload types, and their RTX streams
+//!   (RFC 4588), which the answer accepts so that a publisher's retransmissions do not
+//!   disturb the loss statistics of its media stream;
+//! - or the down tracks, with the payload types the viewer expects, and an RTX stream
+//!   where the viewer offered RTX for the codec it receives.
 //!
 //! ICE is not trickled: the answer has the core's address as its only candidate, and
 //! `PATCH` is answered 405.
@@ -206,7 +209,6 @@ impl Whip {
         let (offer, room_id, transport_id, params) = self.open_transport(room, sdp)?;
         let result = (|| {
             let (answer, choices) = AnswerBuilder::new(&offer, &params)
-                .accept_rtx(false)
                 .build_with_choices()
                 .map_err(|e| bad_request(format!("{e}")))?;
             let session_id = random_ice_string(16).replace(['+', '/'], "x");
@@ -289,7 +291,7 @@ impl Whip {
         let (offer, room_id, transport_id, params) = self.open_transport(room, sdp)?;
         let result = (|| {
             // Give each receiving section the next published track of its kind.
-            let mut builder = AnswerBuilder::new(&offer, &params).accept_rtx(false);
+            let mut builder = AnswerBuilder::new(&offer, &params);
             let mut used = Vec::new();
             let mut planned = Vec::new();
             for section in &offer.media {
@@ -304,11 +306,17 @@ impl Whip {
                 };
                 used.push(t.track_id);
                 let ssrc = random_u32();
+                let rtx_ssrc = loop {
+                    let r = random_u32();
+                    if r != ssrc {
+                        break r;
+                    }
+                };
                 builder = builder.send(
                     &section.mid,
                     AnswerTrack {
                         ssrc,
-                        rtx_ssrc: None,
+                        rtx_ssrc: Some(rtx_ssrc),
                         cname: format!("prism-{room_id}"),
                         stream_id: t.stream_id.clone(),
                         track_id: format!("TR_{}", t.track_id),
@@ -317,7 +325,7 @@ impl Whip {
                         })?,
                     },
                 );
-                planned.push((section.mid.clone(), t.clone(), ssrc));
+                planned.push((section.mid.clone(), t.clone(), ssrc, rtx_ssrc));
             }
             if planned.is_empty() {
                 return Err(HttpError(
@@ -329,7 +337,7 @@ impl Whip {
                 .build_with_choices()
                 .map_err(|e| bad_request(format!("{e}")))?;
             let session_id = random_ice_string(16).replace(['+', '/'], "x");
-            for (mid, t, ssrc) in planned {
+            for (mid, t, ssrc, rtx_ssrc) in planned {
                 let Some(choice) = choices.iter().find(|c| c.mid == mid) else {
                     continue;
                 };
@@ -346,6 +354,10 @@ impl Whip {
                     payload_type: u32::from(codec.pt),
                     preferred_spatial: 2,
                     preferred_temporal: None,
+                    // RTX where the viewer offered it for the codec sent (the answer then
+                    // announces the RTX SSRC in an FID group).
+                    rtx_ssrc: choice.rtx_pt.map_or(0, |_| rtx_ssrc),
+                    rtx_payload_type: choice.rtx_pt.map_or(0, u32::from),
                 }))?;
             }
             let mut rooms = self

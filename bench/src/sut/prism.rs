@@ -133,6 +133,8 @@ impl PrismControl {
                 mid: String::new(),
                 mid_ext_id: 0,
                 rid_ext_id: 0,
+                rtx_payload_type: 0,
+                repaired_rid_ext_id: 0,
                 room_id: ROOM,
                 transport_id: pub_transport(p),
                 track_id: 1 + p as u64,
@@ -143,6 +145,7 @@ impl PrismControl {
                         ssrc: scenario::source_ssrc(p, l),
                         rid: String::new(),
                         spatial: l as u32,
+                        rtx_ssrc: 0,
                     })
                     .collect(),
             }));
@@ -170,6 +173,8 @@ impl PrismControl {
                 payload_type: pt.into(),
                 preferred_spatial: s.spatial as u32,
                 preferred_temporal: None,
+                rtx_ssrc: 0,
+                rtx_payload_type: 0,
             }));
         }
         self.pipeline(bodies)

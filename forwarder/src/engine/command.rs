@@ -9,6 +9,7 @@ use pb::command::Body;
 use prism_proto::control as pb;
 
 use super::downtrack::{DownTrack, DownTrackParams};
+use super::rtx::RtxSender;
 use super::track::{Layer, Track};
 use super::{DownTrackEntry, Engine, Transport};
 use crate::codec::Codec;
@@ -114,6 +115,24 @@ impl Engine {
                 ok()
             }
         }
+    }
+
+    /// Whether `ssrc` already names a layer or an RTX stream published on transport `ti`.
+    fn ssrc_published(&self, ti: usize, ssrc: Ssrc) -> bool {
+        self.by_ssrc.contains_key(&(ti, ssrc)) || self.by_rtx_ssrc.contains_key(&(ti, ssrc))
+    }
+
+    /// Whether `ssrc` is already sent on transport `ti`, by a down track or its RTX stream.
+    fn ssrc_sent(&self, ti: usize, ssrc: Ssrc) -> bool {
+        self.by_out_ssrc.contains_key(&(ti, ssrc))
+            || self.transports.get(ti).is_some_and(|t| {
+                t.down_tracks.iter().any(|&d| {
+                    self.down_tracks
+                        .get(d)
+                        .and_then(|e| e.rtx)
+                        .is_some_and(|r| r.ssrc == ssrc)
+                })
+            })
     }
 
     fn down_track_and_track(&self, id: u64) -> Result<(usize, usize), String> {
@@ -263,12 +282,40 @@ impl Engine {
                 }
                 continue;
             }
-            if self.by_ssrc.contains_key(&(ti, Ssrc(l.ssrc)))
-                || layers.iter().filter(|o| o.ssrc == l.ssrc).count() > 1
+            if self.ssrc_published(ti, Ssrc(l.ssrc))
+                || layers
+                    .iter()
+                    .filter(|o| o.ssrc == l.ssrc || o.rtx_ssrc == l.ssrc)
+                    .count()
+                    > 1
             {
                 return Err(format!(
                     "ssrc {} is already published on this transport",
                     l.ssrc
+                ));
+            }
+        }
+        let rtx_pt = match c.rtx_payload_type {
+            0 => None,
+            pt if pt > 127 || Some(pt) == c.codec.as_ref().map(|c| c.payload_type) => {
+                return Err(format!("bad RTX payload type {pt}"));
+            }
+            pt => Some(Pt(pt as u8)),
+        };
+        for l in layers.iter().filter(|l| l.rtx_ssrc != 0) {
+            if rtx_pt.is_none() {
+                return Err("an RTX SSRC needs the RTX payload type".into());
+            }
+            if self.ssrc_published(ti, Ssrc(l.rtx_ssrc))
+                || layers
+                    .iter()
+                    .filter(|o| o.ssrc == l.rtx_ssrc || o.rtx_ssrc == l.rtx_ssrc)
+                    .count()
+                    > 1
+            {
+                return Err(format!(
+                    "RTX ssrc {} is already published on this transport",
+                    l.rtx_ssrc
                 ));
             }
         }
@@ -295,13 +342,20 @@ impl Engine {
             },
             layers: layers
                 .iter()
-                .map(|l| Layer::new(Ssrc(l.ssrc), ShortId::new(l.rid.as_bytes()).map(Rid), cache))
+                .map(|l| {
+                    let mut layer =
+                        Layer::new(Ssrc(l.ssrc), ShortId::new(l.rid.as_bytes()).map(Rid), cache);
+                    layer.rtx_ssrc = Ssrc(l.rtx_ssrc);
+                    layer
+                })
                 .collect(),
             subscribers: Vec::new(),
             active: Track::all_layers(layers.len()),
             mid: ShortId::new(c.mid.as_bytes()).map(crate::ids::Mid),
             mid_ext: u8::try_from(c.mid_ext_id).unwrap_or(0),
             rid_ext: u8::try_from(c.rid_ext_id).unwrap_or(0),
+            rtx_pt,
+            repaired_rid_ext: u8::try_from(c.repaired_rid_ext_id).unwrap_or(0),
             nack: c.nack.unwrap_or(true),
             created: now,
         };
@@ -312,6 +366,10 @@ impl Engine {
             .get(ti)
             .is_some_and(|t| t.comedia && t.remote.is_none());
         for (li, l) in layers.iter().enumerate() {
+            if l.rtx_ssrc != 0 {
+                self.by_rtx_ssrc
+                    .insert((ti, Ssrc(l.rtx_ssrc)), (i, li as u8));
+            }
             if l.ssrc == 0 {
                 continue;
             }
@@ -336,9 +394,27 @@ impl Engine {
             return Err(format!("down track {} exists", c.down_track_id));
         }
         let ssrc = Ssrc(c.ssrc);
-        if self.by_out_ssrc.contains_key(&(ti, ssrc)) {
+        if self.ssrc_sent(ti, ssrc) {
             return Err(format!("ssrc {} is already sent on this transport", c.ssrc));
         }
+        let rtx = match (c.rtx_ssrc, c.rtx_payload_type) {
+            (0, 0) => None,
+            (0, _) | (_, 0) => {
+                return Err("RTX needs both an SSRC and a payload type".into());
+            }
+            (r, pt) if r == c.ssrc || pt > 127 || pt == c.payload_type => {
+                return Err(format!("bad RTX ssrc {r} or payload type {pt}"));
+            }
+            (r, _) if self.ssrc_sent(ti, Ssrc(r)) => {
+                return Err(format!("ssrc {r} is already sent on this transport"));
+            }
+            // RFC 3550 wants a random first sequence number; the SSRC is random already.
+            (r, pt) => Some(RtxSender::new(
+                Ssrc(r),
+                Pt(pt as u8),
+                (r ^ (r >> 16)) as u16,
+            )),
+        };
         let track = self.tracks.get_mut(track_i).ok_or("no such track")?;
         if track.room != c.room_id {
             return Err(format!("track {} is not in room {}", c.track_id, c.room_id));
@@ -368,6 +444,8 @@ impl Engine {
             track: track_i,
             transport: ti,
             dt,
+            rtx,
+            report: Default::default(),
         });
         track.subscribers.push(di);
         self.down_track_ids.insert(c.down_track_id, di);
@@ -406,6 +484,7 @@ impl Engine {
         }
         for l in &track.layers {
             self.by_ssrc.remove(&(track.transport, l.ssrc));
+            self.by_rtx_ssrc.remove(&(track.transport, l.rtx_ssrc));
             self.comedia.remove(&l.ssrc);
         }
         if let Some(t) = self.transports.get_mut(track.transport) {

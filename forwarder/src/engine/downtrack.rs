@@ -316,6 +316,17 @@ impl DownTrack {
         Decision::Forward(f)
     }
 
+    /// The output timestamp that source timestamp `src` of `layer` maps to, while `layer`
+    /// is the one forwarded: what a sender report needs to carry the publisher's NTP↔RTP
+    /// mapping into this down track's timeline. `None` for any other layer, whose offset
+    /// is only fixed at the switch to it.
+    pub fn output_timestamp(&self, layer: u8, src: ExtTimestamp) -> Option<u32> {
+        if self.current != Some(layer) {
+            return None;
+        }
+        Some((src.0 as i64 - self.ts.offset) as u32)
+    }
+
     /// Where the packet sent as output number `seq` came from: (layer, source extended
     /// sequence number) and how it was rewritten, if it is still in the history.
     pub fn lookup_sent(&self, seq: u16) -> Option<(u8, SeqNo, Forward)> {

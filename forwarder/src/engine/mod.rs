@@ -14,6 +14,8 @@
 
 pub mod cache;
 pub mod downtrack;
+pub mod reports;
+pub mod rtx;
 pub mod slab;
 pub mod stats;
 pub mod track;
@@ -76,6 +78,10 @@ pub struct DownTrackEntry {
     pub track: usize,
     pub transport: usize,
     pub dt: DownTrack,
+    /// The RTX stream NACKs are answered on, when the subscriber negotiated RTX.
+    pub rtx: Option<rtx::RtxSender>,
+    /// What this down track sent, for its sender reports.
+    pub report: reports::SendStats,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +107,8 @@ pub struct Engine {
     by_addr: FastMap<SocketAddr, usize>,
     /// (transport, SSRC) → (track, layer) for incoming media.
     by_ssrc: FastMap<(usize, Ssrc), (usize, u8)>,
+    /// (transport, RTX SSRC) → (track, layer) for RTX packets from publishers.
+    by_rtx_ssrc: FastMap<(usize, Ssrc), (usize, u8)>,
     /// (transport, output SSRC) → down track, for feedback from subscribers.
     by_out_ssrc: FastMap<(usize, Ssrc), usize>,
     /// SSRC → comedia transport still waiting for its first packet.
@@ -114,6 +122,8 @@ pub struct Engine {
     /// WebRTC transports a command gave output to (data to send): pumped on the next
     /// `handle_timeout`, which the worker runs right after applying commands.
     pending_pump: Vec<usize>,
+    /// When receiver reports go out next.
+    next_report: Option<Instant>,
 }
 
 impl Engine {
@@ -132,6 +142,7 @@ impl Engine {
             down_track_ids: FastMap::default(),
             by_addr: FastMap::default(),
             by_ssrc: FastMap::default(),
+            by_rtx_ssrc: FastMap::default(),
             by_out_ssrc: FastMap::default(),
             comedia: FastMap::default(),
             by_ufrag: FastMap::default(),
@@ -139,6 +150,7 @@ impl Engine {
             outbox: Vec::with_capacity(1024),
             next_tick: None,
             pending_pump: Vec::new(),
+            next_report: None,
         }
     }
 
@@ -194,8 +206,8 @@ impl Engine {
         self.next_tick
     }
 
-    /// Periodic work: layer activity and retargeting, NACKs toward publishers, and the
-    /// ICE, DTLS and SCTP timers of WebRTC transports.
+    /// Periodic work: layer activity and retargeting, NACKs toward publishers, RTCP
+    /// reports, and the ICE, DTLS and SCTP timers of WebRTC transports.
     pub fn handle_timeout<E: Egress>(&mut self, now: Instant, eg: &mut E) {
         while let Some(t) = self.pending_pump.pop() {
             self.pump_webrtc(now, t, eg);
@@ -241,6 +253,7 @@ impl Engine {
                 }
             }
         }
+        self.send_reports(now, eg);
         for i in 0..self.transports.slots() {
             let due = self
                 .transports
@@ -444,7 +457,12 @@ impl Engine {
         };
         let found = match self.by_ssrc.get(&(transport, pkt.ssrc())) {
             Some(&f) => Some(f),
-            None => self.learn_rid(transport, &pkt),
+            None => {
+                if let Some(stream) = self.rtx_stream(transport, &pkt) {
+                    return self.on_rtx(now, transport, stream, buf, eg);
+                }
+                self.learn_rid(transport, &pkt)
+            }
         };
         let Some((ti, layer)) = found else {
             return self.count_drop(Some(transport), DropReason::UnknownSsrc);
@@ -482,6 +500,7 @@ impl Engine {
             return;
         }
         l.cache.store(seq, pkt.as_bytes());
+        l.recv.on_packet(seq, ts, now, track.clock_rate, newest);
         if track.active & (1 << li) == 0 {
             track.active |= 1 << li;
             for &d in &track.subscribers {
@@ -598,6 +617,7 @@ impl Engine {
                 })
             };
             if sent {
+                entry.report.on_sent(payload.len());
                 counters.packets_out += 1;
                 counters.bytes_out += total as u64;
                 out_t.counters.packets_out += 1;
@@ -658,6 +678,7 @@ impl Engine {
                     }
                 }
                 RtcpPacket::Pli(p) => self.on_keyframe_feedback(now, transport, p.media_ssrc(), eg),
+                RtcpPacket::SenderReport(sr) => self.on_sender_report(now, transport, &sr),
                 RtcpPacket::Fir(f) => {
                     for entry in f.entries() {
                         self.on_keyframe_feedback(now, transport, entry.ssrc, eg);
@@ -712,12 +733,14 @@ impl Engine {
     }
 
     /// Answers a NACK for output number `seq` of down track `di` from the cache, rewritten
-    /// exactly as it was the first time.
+    /// exactly as it was the first time, and sent as RTX where the subscriber negotiated
+    /// it (`rtx`).
     fn retransmit<E: Egress>(&mut self, di: usize, seq: u16, eg: &mut E) {
         let Some(entry) = self.down_tracks.get(di) else {
             return;
         };
         let transport = entry.transport;
+        let rtx = entry.rtx;
         let found = entry.dt.lookup_sent(seq).and_then(|(layer, src, f)| {
             let track = self.tracks.get(entry.track)?;
             let bytes = track.layers.get(usize::from(layer))?.cache.get(src)?;
@@ -738,7 +761,7 @@ impl Engine {
             None => None,
         };
         let len = bytes.len();
-        let ok = len + MAX_OVERHEAD <= MAX_DATAGRAM
+        let ok = len + rtx::OSN_LEN + MAX_OVERHEAD <= MAX_DATAGRAM
             && eg.send_with(remote, &mut |slot: &mut [u8]| {
                 let Some(dst) = slot.get_mut(..len) else {
                     return 0;
@@ -754,30 +777,42 @@ impl Engine {
                     None
                 };
                 let mut n = len;
+                let mut out_header = header_len;
                 if strip {
                     // As on the first send: no header extensions toward WebRTC peers.
                     let csrc_end = 12 + 4 * usize::from(p.csrc_count());
                     slot.copy_within(header_len..len, csrc_end);
                     slot[0] &= !0x10;
                     n = len - (header_len - csrc_end);
-                    if downtrack::apply(&mut slot[..n], csrc_end, &f, vp8d.as_ref()).is_err() {
-                        return 0;
-                    }
-                } else if downtrack::apply(&mut slot[..n], header_len, &f, vp8d.as_ref()).is_err() {
+                    out_header = csrc_end;
+                }
+                if downtrack::apply(&mut slot[..n], out_header, &f, vp8d.as_ref()).is_err() {
                     return 0;
+                }
+                if let Some(r) = &rtx {
+                    match rtx::wrap(slot, out_header, n, r, r.next_seq) {
+                        Some(m) => n = m,
+                        None => return 0,
+                    }
                 }
                 match srtp.as_mut() {
                     Some(s) => s.protect_rtp(slot, n).unwrap_or(0),
                     None => n,
                 }
             });
-        let len = len as u64;
+        let as_rtx = u64::from(rtx.is_some());
+        let len = len as u64 + as_rtx * rtx::OSN_LEN as u64;
         if ok {
+            if let Some(r) = self.down_tracks.get_mut(di).and_then(|e| e.rtx.as_mut()) {
+                r.next_seq = r.next_seq.wrapping_add(1);
+            }
             self.counters.retransmits_sent += 1;
+            self.counters.rtx_sent += as_rtx;
             self.counters.packets_out += 1;
             self.counters.bytes_out += len;
             if let Some(t) = self.transports.get_mut(transport) {
                 t.counters.retransmits_sent += 1;
+                t.counters.rtx_sent += as_rtx;
                 t.counters.packets_out += 1;
                 t.counters.bytes_out += len;
             }

@@ -55,10 +55,15 @@ pub enum DropReason {
     IceRejected,
     /// A DTLS record the handshake refused.
     DtlsRejected,
+    /// An RTX packet (RFC 4588) too short to hold the original sequence number.
+    RtxTruncated,
+    /// An RTX packet on a known RTX SSRC whose payload type is not the RTX payload type
+    /// negotiated for the track (no `apt=` maps it to the codec).
+    RtxUnknownApt,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 24;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
         DropReason::BadVersion,
@@ -82,6 +87,8 @@ impl DropReason {
         DropReason::NotConnected,
         DropReason::IceRejected,
         DropReason::DtlsRejected,
+        DropReason::RtxTruncated,
+        DropReason::RtxUnknownApt,
     ];
 
     pub fn index(self) -> usize {
@@ -113,6 +120,8 @@ impl DropReason {
             DropReason::NotConnected => "not_connected",
             DropReason::IceRejected => "ice_rejected",
             DropReason::DtlsRejected => "dtls_rejected",
+            DropReason::RtxTruncated => "rtx_truncated",
+            DropReason::RtxUnknownApt => "rtx_unknown_apt",
         }
     }
 
@@ -132,6 +141,8 @@ impl DropReason {
                 | DropReason::Replayed
                 | DropReason::IceRejected
                 | DropReason::DtlsRejected
+                | DropReason::RtxTruncated
+                | DropReason::RtxUnknownApt
         )
     }
 }
@@ -171,6 +182,14 @@ pub struct Counters {
     pub keyframe_requests: u64,
     /// NACK packets sent to publishers for packets lost on their way in.
     pub nacks_sent: u64,
+    /// Retransmissions sent as RTX packets (also counted in `retransmits_sent`).
+    pub rtx_sent: u64,
+    /// RTX packets from publishers unwrapped, and those of them that repaired a loss.
+    pub rtx_received: u64,
+    pub rtx_recovered: u64,
+    /// RTCP sender reports to subscribers, receiver reports to publishers.
+    pub sender_reports_sent: u64,
+    pub receiver_reports_sent: u64,
 }
 
 impl Counters {
@@ -199,6 +218,11 @@ impl Counters {
         self.retransmits_sent += o.retransmits_sent;
         self.keyframe_requests += o.keyframe_requests;
         self.nacks_sent += o.nacks_sent;
+        self.rtx_sent += o.rtx_sent;
+        self.rtx_received += o.rtx_received;
+        self.rtx_recovered += o.rtx_recovered;
+        self.sender_reports_sent += o.sender_reports_sent;
+        self.receiver_reports_sent += o.receiver_reports_sent;
     }
 
     pub fn to_proto(&self) -> pb::Counters {
@@ -219,6 +243,11 @@ impl Counters {
             retransmits_sent: self.retransmits_sent,
             keyframe_requests: self.keyframe_requests,
             nacks_sent: self.nacks_sent,
+            rtx_sent: self.rtx_sent,
+            rtx_received: self.rtx_received,
+            rtx_recovered: self.rtx_recovered,
+            sender_reports_sent: self.sender_reports_sent,
+            receiver_reports_sent: self.receiver_reports_sent,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::Codec;
 use crate::engine::cache::RetransmitCache;
+use crate::engine::reports::ReceiveStats;
 use crate::ids::{Pt, Rid, SeqUnwrapper, Ssrc, TsUnwrapper};
 
 /// A layer with no packet for this long is inactive.
@@ -119,6 +120,10 @@ pub struct Layer {
     pub keyframe_wanted: bool,
     pub packets: u64,
     pub nack: NackGenerator,
+    /// SSRC of the layer's RTX stream (0: none known).
+    pub rtx_ssrc: Ssrc,
+    /// What the receiver reports to the publisher say about this layer.
+    pub recv: ReceiveStats,
 }
 
 impl Layer {
@@ -134,6 +139,8 @@ impl Layer {
             keyframe_wanted: false,
             packets: 0,
             nack: NackGenerator::default(),
+            rtx_ssrc: Ssrc(0),
+            recv: ReceiveStats::default(),
         }
     }
 
@@ -181,6 +188,11 @@ pub struct Track {
     pub mid: Option<crate::ids::Mid>,
     pub mid_ext: u8,
     pub rid_ext: u8,
+    /// The publisher's RTX payload type (its `apt=` is `payload_type`), if negotiated, and
+    /// the repaired-rtp-stream-id extension id that names the layer of an RTX SSRC not
+    /// announced in SDP (0: none).
+    pub rtx_pt: Option<Pt>,
+    pub repaired_rid_ext: u8,
     /// When the track was added: a layer not seen yet counts as active for
     /// [`LAYER_TIMEOUT`] after that, so that subscribers are not moved off a layer whose
     /// first packet is simply a few microseconds behind another layer's.
@@ -217,6 +229,19 @@ impl Track {
         self.layers
             .iter()
             .position(|l| l.ssrc.0 == 0 && l.rid.is_some_and(|r| r.0.as_bytes() == rid))
+    }
+
+    /// The layer an RTX packet with these MID and repaired-RID extension values repairs,
+    /// if it is one whose RTX SSRC is not known yet.
+    pub fn match_repaired_rid(&self, mid: Option<&[u8]>, rid: &[u8]) -> Option<usize> {
+        if let (Some(want), Some(got)) = (&self.mid, mid) {
+            if want.0.as_bytes() != got {
+                return None;
+            }
+        }
+        self.layers
+            .iter()
+            .position(|l| l.rtx_ssrc.0 == 0 && l.rid.is_some_and(|r| r.0.as_bytes() == rid))
     }
 
     /// Recomputes which layers are active; true if that changed.

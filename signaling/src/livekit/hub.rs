@@ -1376,6 +1376,8 @@ impl Hub {
                 payload_type: u32::from(pt),
                 preferred_spatial: spatial,
                 preferred_temporal: None,
+                rtx_ssrc: 0,
+                rtx_payload_type: 0,
             })) {
                 Ok(_) => done.push((i, down_track_id)),
                 Err(e) => tracing::warn!(participant = %pid, error = %e, "down track not added"),
