@@ -2,6 +2,11 @@
 //! state: after a warm-up, thousands of packets forwarded to many subscribers over real
 //! UDP, on each I/O driver, leave the process-wide allocation count unchanged.
 //!
+//! The rounds include the packet path's side work: the publisher reorders a packet and
+//! repairs it with RTX, repeats packets as RTX (unwrapped, then dropped as duplicates) and
+//! sends sender reports; half the subscribers NACK and get RTX answers; the timer sends
+//! receiver and sender reports.
+//!
 //! The test runs alone in this binary (one `#[test]`), so no other test thread allocates
 //! while it counts; the test's own sockets use `send_to`/`recv`, which do not allocate.
 
@@ -10,6 +15,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use pb::command::Body;
+use prism_forwarder::engine::EngineConfig;
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 use prism_forwarder::testing::{cmd, SimulcastSource};
@@ -26,6 +32,86 @@ fn allocations() -> usize {
 }
 
 const SUBSCRIBERS: usize = 20;
+/// RTX payload type, both from the publisher and toward subscribers.
+const RTX_PT: u8 = 97;
+
+fn rtx_ssrc(layer: usize) -> u32 {
+    0x7100 + layer as u32
+}
+
+/// One frame as the publisher sends it, and how many media packets each layer yields.
+struct Frame {
+    datagrams: Vec<Vec<u8>>,
+    per_layer: [usize; 3],
+    /// RTX subscribers NACK their last packet after this frame.
+    nack: bool,
+}
+
+/// The RTX form (RFC 4588) of `p`, which has no header extensions or padding.
+fn rtx_of(p: &[u8], layer: usize, seq: u16) -> Vec<u8> {
+    let mut r = p[..12].to_vec();
+    r[1] = (r[1] & 0x80) | RTX_PT;
+    r[2..4].copy_from_slice(&seq.to_be_bytes());
+    r[8..12].copy_from_slice(&rtx_ssrc(layer).to_be_bytes());
+    r.extend_from_slice(&p[2..4]);
+    r.extend_from_slice(&p[12..]);
+    r
+}
+
+/// `n` frames of `src` with RTX, reordering and sender reports mixed in (see the module
+/// doc), built before counting starts.
+fn script(src: &mut SimulcastSource, n: usize, rtx_seq: &mut u16) -> Vec<Frame> {
+    let ssrcs = src.ssrcs();
+    (0..n)
+        .map(|i| {
+            let packets = src.next_frame();
+            let mut per_layer = [0; 3];
+            for (l, _) in &packets {
+                per_layer[*l] += 1;
+            }
+            let mut datagrams = Vec::new();
+            let mut held = None;
+            for (l, p) in packets {
+                if i % 10 == 5 && l == 2 && held.is_none() {
+                    // Lost on the way, repaired by RTX after the rest of the frame.
+                    held = Some(p);
+                    continue;
+                }
+                if i % 10 == 7 && l == 1 {
+                    *rtx_seq = rtx_seq.wrapping_add(1);
+                    datagrams.push(p.clone());
+                    datagrams.push(rtx_of(&p, 1, *rtx_seq));
+                    continue;
+                }
+                datagrams.push(p);
+            }
+            if let Some(p) = held {
+                *rtx_seq = rtx_seq.wrapping_add(1);
+                datagrams.push(rtx_of(&p, 2, *rtx_seq));
+            }
+            if i % 10 == 0 {
+                for (l, s) in ssrcs.iter().enumerate() {
+                    let mut sr = vec![0x80, 200, 0, 6];
+                    sr.extend_from_slice(&s.0.to_be_bytes());
+                    sr.extend_from_slice(&(0xe000_0000_0000_0000u64 + i as u64).to_be_bytes());
+                    sr.extend_from_slice(&(1000 * i as u32 + l as u32).to_be_bytes());
+                    sr.extend_from_slice(&[0; 8]);
+                    datagrams.push(sr);
+                }
+            }
+            Frame {
+                datagrams,
+                per_layer,
+                nack: i % 10 == 3,
+            }
+        })
+        .collect()
+}
+
+/// RTCP (sender reports) and RTX answers: not counted as forwarded media.
+fn is_extra(d: &[u8]) -> bool {
+    d.len() < 12 || (192..=223).contains(&d[1]) || d[1] & 0x7f == RTX_PT
+}
 
 fn request(fwd: &Forwarder, body: Body) {
     let ev = fwd.client().request(body, Duration::from_secs(5)).unwrap();
@@ -35,35 +121,57 @@ fn request(fwd: &Forwarder, body: Body) {
 }
 
 /// Sends `frames` frames and waits until every subscriber has drained what it expects.
-/// Returns the packets received in total.
+/// Returns the media packets received in total.
 fn pump(
-    frames: &[Vec<(usize, Vec<u8>)>],
+    frames: &[Frame],
     publisher: &UdpSocket,
     core: std::net::SocketAddr,
     subs: &[UdpSocket],
 ) -> Result<usize, String> {
     let mut buf = [0u8; 2048];
     let mut got = 0;
+    let mut last_seq = [0u16; SUBSCRIBERS];
     for frame in frames {
-        for (_, p) in frame {
+        for p in &frame.datagrams {
             publisher.send_to(p, core).unwrap();
         }
         // Each subscriber takes layer (i % 3): drain what the frame produced for it.
         for (i, s) in subs.iter().enumerate() {
-            let want = frame.iter().filter(|(l, _)| *l == i % 3).count();
-            for _ in 0..want {
+            let want = frame.per_layer[i % 3];
+            let mut n = 0;
+            while n < want {
                 let t = Instant::now();
-                if let Err(e) = s.recv(&mut buf) {
-                    return Err(format!(
-                        "subscriber {i} missed a packet after {got} received ({e:?} after {:?})",
-                        t.elapsed()
-                    ));
+                let len = match s.recv(&mut buf) {
+                    Ok(len) => len,
+                    Err(e) => {
+                        return Err(format!(
+                            "subscriber {i} missed a packet after {got} received ({e:?} after \
+                             {:?})",
+                            t.elapsed()
+                        ))
+                    }
+                };
+                if is_extra(&buf[..len]) {
+                    continue;
                 }
+                last_seq[i] = u16::from_be_bytes([buf[2], buf[3]]);
+                n += 1;
                 got += 1;
+            }
+            if frame.nack && i % 2 == 0 {
+                // Generic NACK (RFC 4585) for the last packet received, built on the stack.
+                let mut nack = [0x81, 205, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+                nack[8..12].copy_from_slice(&out_ssrc(i).to_be_bytes());
+                nack[12..14].copy_from_slice(&last_seq[i].to_be_bytes());
+                s.send_to(&nack, core).unwrap();
             }
         }
     }
     Ok(got)
+}
+
+fn out_ssrc(i: usize) -> u32 {
+    0x9000 + i as u32
 }
 
 /// Fails the test with the forwarder's counters, which say where a packet went.
@@ -79,6 +187,11 @@ fn run(kind: DriverKind) {
         cores: vec![0],
         pin: false,
         driver: kind,
+        // Reports every 20 ms, so that several go out during each counted round.
+        engine: EngineConfig {
+            report_interval: Duration::from_millis(20),
+            ..Default::default()
+        },
         ..Default::default()
     })
     .unwrap();
@@ -87,7 +200,17 @@ fn run(kind: DriverKind) {
     let mut src = SimulcastSource::three_layers(0x7000, 0);
     request(&fwd, cmd::room(1));
     request(&fwd, cmd::plain(1, 1, publisher.local_addr().unwrap()));
-    request(&fwd, cmd::vp8_track(1, 1, 1, &src.ssrcs()));
+    let track = match cmd::vp8_track(1, 1, 1, &src.ssrcs()) {
+        Body::AddTrack(mut t) => {
+            for (l, layer) in t.layers.iter_mut().enumerate() {
+                layer.rtx_ssrc = rtx_ssrc(l);
+            }
+            t.rtx_payload_type = RTX_PT.into();
+            Body::AddTrack(t)
+        }
+        _ => unreachable!(),
+    };
+    request(&fwd, track);
     let subs: Vec<UdpSocket> = (0..SUBSCRIBERS)
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -98,15 +221,19 @@ fn run(kind: DriverKind) {
     for (i, s) in subs.iter().enumerate() {
         let t = 10 + i as u64;
         request(&fwd, cmd::plain(1, t, s.local_addr().unwrap()));
-        let ssrc = 0x9000 + i as u32;
-        request(
-            &fwd,
-            cmd::down_track(1, 1, 100 + i as u64, t, ssrc, 96, (i % 3) as u32),
-        );
+        let mut dt = cmd::down_track(1, 1, 100 + i as u64, t, out_ssrc(i), 96, (i % 3) as u32);
+        if let Body::AddDownTrack(d) = &mut dt {
+            if i % 2 == 0 {
+                d.rtx_ssrc = 0xa000 + i as u32;
+                d.rtx_payload_type = RTX_PT.into();
+            }
+        }
+        request(&fwd, dt);
     }
     // Build every packet up front: the generator allocates, the forwarder must not.
-    let warm: Vec<_> = (0..60).map(|_| src.next_frame()).collect();
-    let steady: Vec<_> = (0..300).map(|_| src.next_frame()).collect();
+    let mut rtx_seq = 0;
+    let warm = script(&mut src, 60, &mut rtx_seq);
+    let steady = script(&mut src, 300, &mut rtx_seq);
     if let Err(e) = pump(&warm, &publisher, core, &subs) {
         explain(&fwd, e);
     }
@@ -134,6 +261,21 @@ fn run(kind: DriverKind) {
         forwarded += n;
     }
     assert!(forwarded > 3000, "forwarded {forwarded}");
+    // The side work really ran.
+    let stats = fwd
+        .client()
+        .request(Body::GetStats(pb::GetStats {}), Duration::from_secs(5))
+        .unwrap();
+    let Some(pb::event::Body::Stats(stats)) = stats.body else {
+        panic!("no stats");
+    };
+    let c = stats.cores[0].counters.clone().unwrap_or_default();
+    eprintln!(
+        "rtx sent {}, received {}, recovered {}, SR {}, RR {}",
+        c.rtx_sent, c.rtx_received, c.rtx_recovered, c.sender_reports_sent, c.receiver_reports_sent
+    );
+    assert!(c.rtx_sent > 0 && c.rtx_recovered > 0 && c.rtx_received > c.rtx_recovered);
+    assert!(c.sender_reports_sent > 0 && c.receiver_reports_sent > 0);
     assert_eq!(
         cleanest,
         0,

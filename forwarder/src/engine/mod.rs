@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub audio_cache: usize,
     /// The SSRC the forwarder uses as sender of its own RTCP (PLI, FIR).
     pub rtcp_ssrc: Ssrc,
+    /// How often receiver and sender reports go out.
+    pub report_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +68,7 @@ impl Default for EngineConfig {
             video_cache: 1024,
             audio_cache: 128,
             rtcp_ssrc: Ssrc(0x5052_4953), // "PRIS"
+            report_interval: reports::REPORT_INTERVAL,
         }
     }
 }

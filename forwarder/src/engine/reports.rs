@@ -8,7 +8,7 @@
 //!   [`ReceiveStats`] keeps, per published layer, what RFC 3550 appendix A.3 asks for
 //!   (expected and lost packets, the fraction lost since the last report) and the
 //!   interarrival jitter of A.8. Jitter is fed only by in-order arrivals: a retransmission's
-//!   arrival time says nothing about the network's jitter. Every [`REPORT_INTERVAL`] each
+//!   arrival time says nothing about the network's jitter. Every report interval each
 //!   publishing transport gets one RR with a block per received layer.
 //! - **Sender reports.** A subscriber lines audio up with video only through sender
 //!   reports, which map each stream's RTP clock to one NTP clock. Timestamps are rewritten
@@ -22,7 +22,9 @@
 //!   new one. Packet and octet counts are what that down track sent.
 //!
 //! Reports go out from the engine's timer, never from the packet path; nothing here
-//! allocates.
+//! allocates. The first RR goes out on the first timer run after something was received,
+//! then one per interval (`EngineConfig::report_interval`, [`REPORT_INTERVAL`] by
+//! default).
 
 use std::time::{Duration, Instant};
 
@@ -156,13 +158,13 @@ impl SendStats {
         self.octets = self.octets.wrapping_add(payload_len as u32);
     }
 
-    /// Whether an SR is due: none sent yet, the interval is over, or the forwarded layer
+    /// Whether an SR is due: none sent yet, `interval` is over, or the forwarded layer
     /// changed since the last one (`switches` is the down track's switch count).
-    pub fn due(&self, now: Instant, switches: u64) -> bool {
+    pub fn due(&self, now: Instant, switches: u64, interval: Duration) -> bool {
         switches != self.reported_switches
             || self
                 .last_report
-                .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_INTERVAL)
+                .is_none_or(|t| now.saturating_duration_since(t) >= interval)
     }
 
     fn sent(&mut self, now: Instant, switches: u64) {
@@ -211,18 +213,17 @@ impl Engine {
         }
     }
 
-    /// Timer work: receiver reports every [`REPORT_INTERVAL`], sender reports when due.
+    /// Timer work: receiver reports once per interval, sender reports when due.
     pub(super) fn send_reports<E: Egress>(&mut self, now: Instant, eg: &mut E) {
-        if self.next_report.is_none_or(|t| now >= t) {
-            self.next_report = Some(now + REPORT_INTERVAL);
-            self.send_receiver_reports(now, eg);
+        if self.next_report.is_none_or(|t| now >= t) && self.send_receiver_reports(now, eg) {
+            self.next_report = Some(now + self.cfg.report_interval);
         }
         self.send_sender_reports(now, eg);
     }
 
     /// One RR per publishing transport (more if it receives over 31 streams), a block per
-    /// layer that has received a packet.
-    fn send_receiver_reports<E: Egress>(&mut self, now: Instant, eg: &mut E) {
+    /// layer that has received a packet. True if any was sent.
+    fn send_receiver_reports<E: Egress>(&mut self, now: Instant, eg: &mut E) -> bool {
         let Engine {
             transports,
             tracks,
@@ -232,6 +233,7 @@ impl Engine {
         } = self;
         let sender = cfg.rtcp_ssrc;
         let mut blocks = [ReportBlockRepr::default(); MAX_BLOCKS];
+        let mut any = false;
         for (_, t) in transports.iter_mut() {
             let can_send = t.remote.is_some() && (t.webrtc.is_none() || t.srtp.is_some());
             if t.tracks.is_empty() || !can_send {
@@ -249,15 +251,16 @@ impl Engine {
                     blocks[n] = b;
                     n += 1;
                     if n == MAX_BLOCKS {
-                        send_rr(t, eg, sender, &blocks[..n], counters);
+                        any |= send_rr(t, eg, sender, &blocks[..n], counters);
                         n = 0;
                     }
                 }
             }
             if n > 0 {
-                send_rr(t, eg, sender, &blocks[..n], counters);
+                any |= send_rr(t, eg, sender, &blocks[..n], counters);
             }
         }
+        any
     }
 
     /// An SR for each down track that is due one and whose forwarded layer's NTP↔RTP
@@ -268,10 +271,11 @@ impl Engine {
             tracks,
             down_tracks,
             counters,
+            cfg,
             ..
         } = self;
         for (_, e) in down_tracks.iter_mut() {
-            if !e.report.due(now, e.dt.switches) {
+            if !e.report.due(now, e.dt.switches, cfg.report_interval) {
                 continue;
             }
             let Some(layer) = e.dt.current_layer() else {
@@ -318,13 +322,15 @@ fn send_rr<E: Egress>(
     sender: Ssrc,
     blocks: &[ReportBlockRepr],
     counters: &mut super::Counters,
-) {
-    if send_rtcp(t, eg, &mut |slot: &mut [u8]| {
+) -> bool {
+    let sent = send_rtcp(t, eg, &mut |slot: &mut [u8]| {
         rtcp::emit_rr(slot, sender, blocks).unwrap_or(0)
-    }) {
+    });
+    if sent {
         counters.receiver_reports_sent += 1;
         t.counters.receiver_reports_sent += 1;
     }
+    sent
 }
 
 #[cfg(test)]
