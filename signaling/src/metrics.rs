@@ -110,7 +110,7 @@ pub fn render(whip: &Whip, hub: HubGauges) -> Result<String, String> {
         .iter()
         .map(|c| (c.core, c.counters.clone().unwrap_or_default(), c))
         .collect();
-    let per_core: [CounterMetric; 8] = [
+    let per_core: [CounterMetric; 13] = [
         ("prism_packets_in_total", "Datagrams received.", |c| {
             c.packets_in
         }),
@@ -138,6 +138,31 @@ pub fn render(whip: &Whip, hub: HubGauges) -> Result<String, String> {
             "prism_keyframe_requests_total",
             "Keyframe requests sent to publishers.",
             |c| c.keyframe_requests,
+        ),
+        (
+            "prism_rtx_sent_total",
+            "Retransmissions sent to subscribers as RTX.",
+            |c| c.rtx_sent,
+        ),
+        (
+            "prism_rtx_received_total",
+            "RTX packets from publishers unwrapped.",
+            |c| c.rtx_received,
+        ),
+        (
+            "prism_rtx_recovered_total",
+            "RTX packets from publishers that repaired a loss.",
+            |c| c.rtx_recovered,
+        ),
+        (
+            "prism_sender_reports_total",
+            "RTCP sender reports sent to subscribers.",
+            |c| c.sender_reports_sent,
+        ),
+        (
+            "prism_receiver_reports_total",
+            "RTCP receiver reports sent to publishers.",
+            |c| c.receiver_reports_sent,
         ),
     ];
     for (name, help, get) in per_core {

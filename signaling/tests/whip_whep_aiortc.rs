@@ -3,7 +3,8 @@
 //!
 //! What passing proves: a standard publisher connects over WHIP (RFC 9725) and is ended by
 //! DELETE; viewers joining over WHEP decode its VP8 video and Opus audio; media survives
-//! 5 % RTP loss between publisher and server; a late viewer decodes its first frame within
+//! 5 % RTP loss between publisher and server, repaired through RTX (RFC 4588), while the
+//! server sends the publisher receiver reports and the viewer sender reports; a late viewer decodes its first frame within
 //! 1 s of connecting (so the server asks the publisher for a keyframe); bad tokens and bad
 //! SDP are refused; a viewer of an emptied room does not crash the server.
 //!
@@ -49,6 +50,16 @@ fn viewer(py: &Path, server: &Server, name: &str, frames: &str, audio: &str) -> 
         "12",
     ];
     client(py, name, "whep_view.py", &args)
+}
+
+/// The sum over cores of a Prometheus counter from `GET /metrics`.
+fn metric(server: &Server, name: &str) -> f64 {
+    let (status, body) = http(server, "GET", "/metrics", None, None);
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn assert_published(p: &Outcome) {
@@ -108,14 +119,21 @@ fn viewer_decodes_through_five_percent_publisher_loss() {
     assert_published(&publisher);
     let relay = &publisher.summary["relay"];
     println!("relay (RTP dropped, resent, by payload type): {relay}");
-    // Retransmissions are sent again on the same SSRC and sequence number (no RTX in the
-    // answer), or with an RTX payload type, a third one besides Opus and the video codec.
-    let resent = relay["resent_rtp"].as_u64().unwrap_or(0);
+    // The answer accepts RTX, so retransmissions come with an RTX payload type, a third
+    // one besides Opus and the video codec, and the server unwraps them into the stream.
     let rtx = relay["rtp_by_pt"].as_object().map_or(0, |pts| pts.len()) > 2;
     assert!(
-        resent > 0 || rtx,
-        "the publisher retransmitted nothing: the server sent it no NACK\n{publisher}"
+        rtx,
+        "the publisher sent no RTX: the server sent it no NACK, or refused RTX\n{publisher}"
     );
+    let (received, recovered) = (
+        metric(&server, "prism_rtx_received_total"),
+        metric(&server, "prism_rtx_recovered_total"),
+    );
+    println!("RTX from the publisher: {received} unwrapped, {recovered} repaired a loss");
+    assert!(recovered > 0.0, "no loss was repaired through RTX");
+    assert!(metric(&server, "prism_receiver_reports_total") > 0.0);
+    assert!(metric(&server, "prism_sender_reports_total") > 0.0);
     assert!(
         relay["dropped_rtp"].as_u64().unwrap_or(0) > 0,
         "the relay dropped nothing:\n{publisher}"
