@@ -12,4 +12,5 @@ pub mod rooms;
 pub mod sdp;
 pub mod server;
 pub mod twirp;
+pub mod web;
 pub mod whip;

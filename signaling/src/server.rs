@@ -2,6 +2,8 @@
 //! WebSocket route, sharing the key store and the media plane.
 //!
 //! Routes so far:
+//! - `GET /`, `GET /status`, `/assets/…`, `/api/…`, `POST /dev/token`: the try-it and
+//!   status pages and their API (see `web`).
 //! - `GET /healthz`: liveness, `ok`.
 //! - `GET /metrics`: Prometheus text format (see `metrics`).
 //! - `GET /rtc/validate`: LiveKit's token check, answering 200 `success` or the status
@@ -175,6 +177,12 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
+        (&Method::GET, [""] | ["status"]) => crate::web::page(segments[0])
+            .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found")),
+        (&Method::GET, ["assets", name]) => crate::web::asset(name),
+        (&Method::GET, ["api", "config"]) => crate::web::config(&state),
+        (&Method::GET, ["api", "state"]) => crate::web::api_state(state.clone(), &req).await,
+        (&Method::POST, ["dev", "token"]) => crate::web::dev_token(&state, req).await,
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&Method::GET, ["metrics"]) => {
             let whip = state.whip.clone();

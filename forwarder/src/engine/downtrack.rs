@@ -249,6 +249,15 @@ impl DownTrack {
         }
     }
 
+    /// A padding-only packet (a bandwidth probe) of the layer this down track forwards:
+    /// never sent, but its number must not leave a gap, or the subscriber counts it lost
+    /// and asks for it again.
+    pub fn skip_padding(&mut self, p: &Incoming) {
+        if !self.paused && self.current == Some(p.layer) {
+            self.seq.skip(p.seq);
+        }
+    }
+
     /// Decides what to do with one packet and updates the state accordingly.
     pub fn decide(&mut self, p: &Incoming) -> Decision {
         if self.paused {
@@ -477,6 +486,19 @@ mod tests {
             dt.decide(&pkt(t0, 0, 10, 0, false)),
             Decision::Drop(DropReason::TooLate)
         );
+    }
+
+    #[test]
+    fn padding_leaves_no_gap() {
+        let t0 = Instant::now();
+        let mut dt = DownTrack::new(params(true));
+        let a = fwd(dt.decide(&pkt(t0, 0, 10, 0, true)));
+        // Padding before the stream starts on another layer changes nothing.
+        dt.skip_padding(&pkt(t0, 1, 500, 0, false));
+        dt.skip_padding(&pkt(t0, 0, 11, 0, false));
+        dt.skip_padding(&pkt(t0, 0, 12, 0, false));
+        let b = fwd(dt.decide(&pkt(t0, 0, 13, 3000, false)));
+        assert_eq!(b.seq, a.seq + 1);
     }
 
     #[test]

@@ -525,11 +525,6 @@ impl Engine {
                 None,
             )
         };
-        if track.video && payload.is_empty() {
-            // Padding-only probes carry nothing a subscriber needs.
-            counters.drop(DropReason::BadPayload);
-            return;
-        }
         let header_len = pkt.header_len();
         let head_len = header_len + vp8d.map_or(0, |d| d.header_len);
         let total = buf.len();
@@ -542,6 +537,18 @@ impl Engine {
             vp8: vp8d,
             newest,
         };
+        if track.video && payload.is_empty() {
+            // Padding-only probes carry nothing a subscriber needs. Browsers send them by
+            // the hundred while probing bandwidth; each down track on this layer closes the
+            // gap, so that its subscriber sees no loss and sends no NACK for them.
+            for &di in &track.subscribers {
+                if let Some(entry) = down_tracks.get_mut(di) {
+                    entry.dt.skip_padding(&incoming);
+                }
+            }
+            counters.drop(DropReason::BadPayload);
+            return;
+        }
         let mut head = [0u8; HEAD_CAP];
         for &di in &track.subscribers {
             let Some(entry) = down_tracks.get_mut(di) else {

@@ -319,13 +319,22 @@ impl Participant {
             .is_ok()
     }
 
-    /// Transports of this participant, for cleanup.
-    fn transport_ids(&self) -> Vec<u64> {
+    /// Transports of this participant, for cleanup and the status page.
+    pub fn transport_ids(&self) -> Vec<u64> {
         self.publisher
             .as_ref()
             .map(|p| p.transport_id)
             .into_iter()
             .chain(self.subscriber.transport_id)
+            .collect()
+    }
+
+    /// Sids of the tracks this participant receives, for the status page.
+    pub fn subscribed_track_sids(&self) -> Vec<String> {
+        self.subscriber
+            .sections
+            .iter()
+            .filter_map(|s| s.track.as_ref().map(|t| t.track_sid.clone()))
             .collect()
     }
 }
