@@ -8,6 +8,10 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The browser tests run LiveKit's JS SDK in Debian's Chromium, driven by playwright-core,
+# which never downloads a browser of its own.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -33,5 +37,16 @@ if ! .venv/bin/python -c 'import livekit.rtc, livekit.api' 2>/dev/null; then
     [ -x .venv/bin/python ] || python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check \
         livekit==1.2.1 livekit-api==1.2.2
+fi
+# The browser tests (signaling/tests/browser_livekit.rs) need the exact versions that
+# tests/browser/package.json pins (the lock file fixes the rest): reinstalled only when
+# node_modules lacks one of them.
+browser=signaling/tests/browser
+if ! (cd "$browser" && node -e '
+    const p = require("./package.json");
+    for (const [n, v] of Object.entries(p.dependencies))
+        if (require("./node_modules/" + n + "/package.json").version !== v) process.exit(1);
+    ' 2>/dev/null); then
+    (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "setup: ok"
