@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that passes every test of Prism on a fresh machine: installs what the
 # tests need, checks formatting and lints, runs the whole test suite (both I/O drivers,
-# aiortc over WHIP/WHEP), and smoke-runs the fuzz targets and the benchmark.
+# aiortc over WHIP/WHEP, LiveKit's Python SDK, LiveKit's JS SDK in Chromium), and smoke-runs
+# the fuzz targets and the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
