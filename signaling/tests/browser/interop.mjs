@@ -7,9 +7,9 @@
 // Scenarios:
 // - two-browsers: alice and bob join the same room through the page's own form, each
 //   publishing simulcast camera and microphone (Chromium's fake devices). Each must decode
-//   the other's video and receive the other's audio (getStats), alice's chat message must
-//   reach bob, the status page must list both, and when alice leaves, bob's page must drop
-//   her tile. Screenshots of the page (desktop and phone sizes) and of the status page go
+//   the other's video and receive the other's audio (getStats), bob's muted microphone
+//   must show on alice's page, alice's chat message must reach bob, the status page must
+//   list both, and when alice leaves, bob's page must drop her tile. Screenshots of the page (desktop and phone sizes) and of the status page go
 //   to --out.
 // - with-python: one browser participant joins a room where LiveKit's Python SDK
 //   publishes (started by the Rust test); it must decode the Python participant's video,
@@ -240,6 +240,20 @@ async function twoBrowsers() {
   check(/\d+×\d+/.test(tileText || '') && /b\/s/.test(tileText || ''), "bob's tile of alice shows resolution and bitrate");
 
   await screenshot(bob.page, 'try-it.png');
+
+  // Bob mutes his microphone: alice's tile of bob shows it; unmuted, it goes away.
+  const micOff = (id) => {
+    const el = document.querySelector(`.tile[data-identity="${id}"] .mic-off`);
+    return el && !el.hidden;
+  };
+  await bob.page.click('#btn-mic');
+  await until(alice.page, "bob's muted microphone on alice's page", micOff, bob.identity, 10000);
+  await bob.page.click('#btn-mic');
+  await until(alice.page, "bob's microphone back on alice's page", (id) => {
+    const el = document.querySelector(`.tile[data-identity="${id}"] .mic-off`);
+    return el && el.hidden;
+  }, bob.identity, 10000);
+  result.mute_seen = true;
 
   // Data: alice writes in the chat, bob's page shows it.
   await alice.page.click('#btn-chat');
