@@ -187,11 +187,14 @@ fn two_browsers_see_hear_and_message_each_other_then_one_leaves() {
     publish_screenshots(&["try-it.png", "try-it-phone.png", "status.png"]);
     println!(
         "time to first remote frame after clicking Join: alice {} ms, bob {} ms; \
-         connect {} / {} ms; chat {} ms; leave seen after {} ms",
+         connect {} / {} ms (of which the /rtc/v1 attempt {} / {} ms); chat {} ms; \
+         leave seen after {} ms",
         s["first_frame_ms"]["alice"],
         s["first_frame_ms"]["bob"],
         s["connect_ms"]["alice"],
         s["connect_ms"]["bob"],
+        s["v1_fallback_ms"]["alice"],
+        s["v1_fallback_ms"]["bob"],
         s["data_ms"],
         s["leave_seen_ms"]
     );

@@ -145,21 +145,27 @@ async function newParticipant(name, viewport) {
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') consoleLines.push(`${m.type()}: ${m.text()}`.slice(0, 300));
   });
+  // When the SDK opens each signaling socket: the /rtc/v1 attempt, then /rtc.
+  const sockets = [];
+  page.on('websocket', (ws) => sockets.push({ path: new URL(ws.url()).pathname, at: Date.now() }));
   page.on('pageerror', (e) => {
     consoleLines.push('pageerror: ' + e.message);
     log(name, 'page error:', e.message);
   });
   await page.goto(`${URL_BASE}/?room=${encodeURIComponent(ROOM)}&name=${encodeURIComponent(name)}`);
   await page.waitForSelector('#join-form');
-  return { name, context, page, consoleLines };
+  return { name, context, page, consoleLines, sockets };
 }
 
 async function join(who) {
-  const t0 = Date.now();
   await who.page.click('#join-btn');
   await until(who.page, `${who.name} to connect`, () => window.prism.room?.state === 'connected' && !!window.prism.localIdentity);
   who.identity = await who.page.evaluate(() => window.prism.localIdentity);
-  who.connectMs = Date.now() - t0;
+  // Measured in the page, from the Join click to room.connect() resolving.
+  who.connectMs = Math.round(await who.page.evaluate(() => window.prism.joinedAt - window.prism.joinClickedAt));
+  const v1 = who.sockets.find((w) => w.path.endsWith('/rtc/v1'));
+  const v0 = who.sockets.find((w) => w.path.endsWith('/rtc'));
+  who.fallbackMs = v1 && v0 ? v0.at - v1.at : null;
   log(who.name, 'connected as', who.identity, 'in', who.connectMs, 'ms');
 }
 
@@ -217,6 +223,8 @@ async function twoBrowsers() {
     bob: await bob.page.evaluate(() => window.prism.firstRemoteFrameMs),
   };
   result.connect_ms = { alice: alice.connectMs, bob: bob.connectMs };
+  // Time lost trying /rtc/v1 before falling back to /rtc.
+  result.v1_fallback_ms = { alice: alice.fallbackMs, bob: bob.fallbackMs };
   log('both decode each other; first remote frame after join click (ms):', result.first_frame_ms);
 
   // Simulcast: every layer the camera sends must be flowing.
