@@ -47,6 +47,18 @@ async function init() {
   $('token-field').hidden = !!app.config.dev;
   $('token').required = !app.config.dev;
   if (q.get('token')) $('token').value = q.get('token');
+  if (!window.isSecureContext || !navigator.mediaDevices) {
+    // Browsers keep camera and microphone from pages that are not localhost or HTTPS.
+    for (const id of ['use-camera', 'use-mic']) {
+      $(id).checked = false;
+      $(id).disabled = true;
+    }
+    const e = $('join-error');
+    e.textContent =
+      'This page is not served over HTTPS, so the browser keeps the camera and microphone ' +
+      'from it: you can join to watch and listen.';
+    e.hidden = false;
+  }
   $('join-form').addEventListener('submit', (e) => {
     e.preventDefault();
     join().catch(showJoinError);
@@ -100,7 +112,7 @@ function setConnState(state, label) {
 }
 
 async function join() {
-  $('join-error').hidden = true;
+  if (window.isSecureContext) $('join-error').hidden = true;
   $('join-btn').disabled = true;
   $('join-btn').textContent = 'Joining…';
   app.joinClickedAt = performance.now();
