@@ -13,7 +13,8 @@
 //   to --out.
 // - with-python: one browser participant joins a room where LiveKit's Python SDK
 //   publishes (started by the Rust test); it must decode the Python participant's video,
-//   receive its audio and its data, and see it leave.
+//   receive its audio and its data, and see it leave. With --viewer the browser publishes
+//   nothing.
 //
 // Prints progress on stderr and one JSON line last on stdout: {ok, failures, ...figures}.
 // Exits 1 when a check failed. Never waits forever: every wait has a deadline, and the
@@ -158,6 +159,11 @@ async function newParticipant(name, viewport) {
 }
 
 async function join(who) {
+  if (args.viewer) {
+    // Join without camera and microphone: watch and listen only.
+    await who.page.uncheck('#use-camera');
+    await who.page.uncheck('#use-mic');
+  }
   await who.page.click('#join-btn');
   await until(who.page, `${who.name} to connect`, () => window.prism.room?.state === 'connected' && !!window.prism.localIdentity);
   who.identity = await who.page.evaluate(() => window.prism.localIdentity);
