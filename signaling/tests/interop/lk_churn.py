@@ -7,6 +7,8 @@ a second, and leave. Prints one JSON line: rounds, joins, failures.
 
 import argparse
 import asyncio
+import os
+import sys
 import time
 
 from livekit import api, rtc
@@ -66,3 +68,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # The SDK's native library can abort while it tears itself down at interpreter exit
+    # (seen under load); everything worth reporting is printed by now.
+    sys.stdout.flush()
+    os._exit(0)
