@@ -196,6 +196,27 @@ impl SimulcastSource {
     }
 }
 
+/// `packet` (an RTP packet without extensions) with a one-byte-form extension block of
+/// `elements` (ids 1..=14, values 1..=16 bytes) inserted after its fixed header.
+pub fn with_extensions(packet: &[u8], elements: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (id, v) in elements {
+        block.push((id << 4) | (v.len() as u8 - 1));
+        block.extend_from_slice(v);
+    }
+    while block.len() % 4 != 0 {
+        block.push(0);
+    }
+    let mut out = Vec::with_capacity(packet.len() + 4 + block.len());
+    out.extend_from_slice(&packet[..12]);
+    out[0] |= 0x10;
+    out.extend_from_slice(&[0xbe, 0xde]);
+    out.extend_from_slice(&((block.len() / 4) as u16).to_be_bytes());
+    out.extend_from_slice(&block);
+    out.extend_from_slice(&packet[12..]);
+    out
+}
+
 /// An [`Egress`] that keeps every datagram queued, for tests. `send_split` bodies are read
 /// from the copy of the current datagram given to [`CollectEgress::begin`], or, with
 /// [`CollectEgress::feed`], from the datagram as the engine left it.
@@ -382,7 +403,54 @@ pub mod cmd {
             preferred_temporal: None,
             rtx_ssrc: 0,
             rtx_payload_type: 0,
+            mid: String::new(),
+            header_extensions: None,
         })
+    }
+
+    /// Header extension ids for a transport (0: not negotiated), with transport-cc
+    /// feedback toward the peer when `feedback`.
+    pub fn header_extensions(
+        room_id: u64,
+        transport_id: u64,
+        ids: pb::RtpHeaderExtensions,
+        feedback: bool,
+    ) -> Body {
+        Body::SetHeaderExtensions(pb::SetHeaderExtensions {
+            room_id,
+            transport_id,
+            ids: Some(ids),
+            transport_cc_feedback: feedback,
+        })
+    }
+
+    /// A down track like [`down_track`] whose copies carry `mid` in the sdes:mid extension.
+    #[allow(clippy::too_many_arguments)]
+    pub fn down_track_with_mid(
+        room_id: u64,
+        track_id: u64,
+        down_track_id: u64,
+        transport_id: u64,
+        ssrc: u32,
+        payload_type: u32,
+        spatial: u32,
+        mid: &str,
+    ) -> Body {
+        match down_track(
+            room_id,
+            track_id,
+            down_track_id,
+            transport_id,
+            ssrc,
+            payload_type,
+            spatial,
+        ) {
+            Body::AddDownTrack(mut d) => {
+                d.mid = mid.to_owned();
+                Body::AddDownTrack(d)
+            }
+            other => other,
+        }
     }
 
     /// Applies `body` to `engine` and returns the answer, panicking on an error answer.

@@ -7,6 +7,12 @@
 //! sends sender reports; half the subscribers NACK and get RTX answers; the timer sends
 //! receiver and sender reports.
 //!
+//! Header extensions are on: every media and RTX packet from the publisher carries a
+//! transport-wide number, and the timer sends it transport-cc feedback; each subscriber's
+//! copy carries its mid, abs-send-time and its transport's number; subscriber 0 answers
+//! with transport-cc feedback each frame, which runs the bandwidth estimator and the layer
+//! allocation.
+//!
 //! The test runs alone in this binary (one `#[test]`), so no other test thread allocates
 //! while it counts; the test's own sockets use `send_to`/`recv`, which do not allocate.
 
@@ -16,9 +22,12 @@ use std::time::{Duration, Instant};
 
 use pb::command::Body;
 use prism_forwarder::engine::EngineConfig;
+use prism_forwarder::ids::Ssrc;
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
-use prism_forwarder::testing::{cmd, SimulcastSource};
+use prism_forwarder::testing::{cmd, with_extensions, SimulcastSource};
+use prism_forwarder::wire::rtcp::{emit_twcc, FeedbackHeader};
+use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -34,6 +43,9 @@ fn allocations() -> usize {
 const SUBSCRIBERS: usize = 20;
 /// RTX payload type, both from the publisher and toward subscribers.
 const RTX_PT: u8 = 97;
+
+/// Transport-cc extension id on every transport (mid 1, abs-send-time 2).
+const TCC: u8 = 3;
 
 fn rtx_ssrc(layer: usize) -> u32 {
     0x7100 + layer as u32
@@ -60,8 +72,13 @@ fn rtx_of(p: &[u8], layer: usize, seq: u16) -> Vec<u8> {
 
 /// `n` frames of `src` with RTX, reordering and sender reports mixed in (see the module
 /// doc), built before counting starts.
-fn script(src: &mut SimulcastSource, n: usize, rtx_seq: &mut u16) -> Vec<Frame> {
+fn script(src: &mut SimulcastSource, n: usize, rtx_seq: &mut u16, tseq: &mut u16) -> Vec<Frame> {
     let ssrcs = src.ssrcs();
+    // Every RTP packet (media or RTX) takes the publisher's next transport-wide number.
+    let mut stamp = |p: Vec<u8>| {
+        *tseq = tseq.wrapping_add(1);
+        with_extensions(&p, &[(TCC, &tseq.to_be_bytes())])
+    };
     (0..n)
         .map(|i| {
             let packets = src.next_frame();
@@ -79,15 +96,15 @@ fn script(src: &mut SimulcastSource, n: usize, rtx_seq: &mut u16) -> Vec<Frame> 
                 }
                 if i % 10 == 7 && l == 1 {
                     *rtx_seq = rtx_seq.wrapping_add(1);
-                    datagrams.push(p.clone());
-                    datagrams.push(rtx_of(&p, 1, *rtx_seq));
+                    datagrams.push(stamp(p.clone()));
+                    datagrams.push(stamp(rtx_of(&p, 1, *rtx_seq)));
                     continue;
                 }
-                datagrams.push(p);
+                datagrams.push(stamp(p));
             }
             if let Some(p) = held {
                 *rtx_seq = rtx_seq.wrapping_add(1);
-                datagrams.push(rtx_of(&p, 2, *rtx_seq));
+                datagrams.push(stamp(rtx_of(&p, 2, *rtx_seq)));
             }
             if i % 10 == 0 {
                 for (l, s) in ssrcs.iter().enumerate() {
@@ -131,6 +148,9 @@ fn pump(
     let mut buf = [0u8; 2048];
     let mut got = 0;
     let mut last_seq = [0u16; SUBSCRIBERS];
+    let mut fb = [0u8; 512];
+    let mut deltas = [None::<i32>; 64];
+    let mut ref_time = 0;
     for frame in frames {
         for p in &frame.datagrams {
             publisher.send_to(p, core).unwrap();
@@ -139,6 +159,7 @@ fn pump(
         for (i, s) in subs.iter().enumerate() {
             let want = frame.per_layer[i % 3];
             let mut n = 0;
+            let mut base = None;
             while n < want {
                 let t = Instant::now();
                 let len = match s.recv(&mut buf) {
@@ -155,8 +176,34 @@ fn pump(
                     continue;
                 }
                 last_seq[i] = u16::from_be_bytes([buf[2], buf[3]]);
+                let p = RtpPacket::new_checked(&buf[..len]).map_err(|e| format!("{e:?}"))?;
+                let (Some(mid), Some(tseq)) = (p.extension(1), p.extension(TCC)) else {
+                    return Err(format!("subscriber {i}: extensions missing"));
+                };
+                if mid != [&b"m0"[..], b"m1", b"m2"][i % 3] {
+                    return Err(format!("subscriber {i}: wrong mid"));
+                }
+                base.get_or_insert(u16::from_be_bytes([tseq[0], tseq[1]]));
+                if n < deltas.len() {
+                    deltas[n] = Some(1000);
+                }
                 n += 1;
                 got += 1;
+            }
+            // Subscriber 0 reports what it got, as a browser would (RTX answers and
+            // reports it skipped above leave gaps, reported lost).
+            if let (0, Some(base)) = (i, base) {
+                ref_time += 1;
+                let h = FeedbackHeader {
+                    sender_ssrc: Ssrc(1),
+                    media_ssrc: Ssrc(out_ssrc(0)),
+                    base_seq: base,
+                    reference_time: ref_time,
+                    fb_pkt_count: ref_time as u8,
+                };
+                let k = n.min(deltas.len());
+                let len = emit_twcc(&mut fb, h, &deltas[..k]).map_err(|e| format!("{e:?}"))?;
+                s.send_to(&fb[..len], core).unwrap();
             }
             if frame.nack && i % 2 == 0 {
                 // Generic NACK (RFC 4585) for the last packet received, built on the stack.
@@ -200,6 +247,13 @@ fn run(kind: DriverKind) {
     let mut src = SimulcastSource::three_layers(0x7000, 0);
     request(&fwd, cmd::room(1));
     request(&fwd, cmd::plain(1, 1, publisher.local_addr().unwrap()));
+    let ids = pb::RtpHeaderExtensions {
+        mid: 1,
+        abs_send_time: 2,
+        transport_cc: u32::from(TCC),
+        ..Default::default()
+    };
+    request(&fwd, cmd::header_extensions(1, 1, ids, true));
     let track = match cmd::vp8_track(1, 1, 1, &src.ssrcs()) {
         Body::AddTrack(mut t) => {
             for (l, layer) in t.layers.iter_mut().enumerate() {
@@ -221,7 +275,10 @@ fn run(kind: DriverKind) {
     for (i, s) in subs.iter().enumerate() {
         let t = 10 + i as u64;
         request(&fwd, cmd::plain(1, t, s.local_addr().unwrap()));
-        let mut dt = cmd::down_track(1, 1, 100 + i as u64, t, out_ssrc(i), 96, (i % 3) as u32);
+        request(&fwd, cmd::header_extensions(1, t, ids, false));
+        let (layer, mid) = ((i % 3) as u32, format!("m{}", i % 3));
+        let mut dt =
+            cmd::down_track_with_mid(1, 1, 100 + i as u64, t, out_ssrc(i), 96, layer, &mid);
         if let Body::AddDownTrack(d) = &mut dt {
             if i % 2 == 0 {
                 d.rtx_ssrc = 0xa000 + i as u32;
@@ -231,9 +288,9 @@ fn run(kind: DriverKind) {
         request(&fwd, dt);
     }
     // Build every packet up front: the generator allocates, the forwarder must not.
-    let mut rtx_seq = 0;
-    let warm = script(&mut src, 60, &mut rtx_seq);
-    let steady = script(&mut src, 300, &mut rtx_seq);
+    let (mut rtx_seq, mut tseq) = (0, 0);
+    let warm = script(&mut src, 60, &mut rtx_seq, &mut tseq);
+    let steady = script(&mut src, 300, &mut rtx_seq, &mut tseq);
     if let Err(e) = pump(&warm, &publisher, core, &subs) {
         explain(&fwd, e);
     }
@@ -276,6 +333,24 @@ fn run(kind: DriverKind) {
     );
     assert!(c.rtx_sent > 0 && c.rtx_recovered > 0 && c.rtx_received > c.rtx_recovered);
     assert!(c.sender_reports_sent > 0 && c.receiver_reports_sent > 0);
+    // Transport-cc feedback went to the publisher, and subscriber 0's reached its
+    // estimator.
+    let by_id = |id: u64| {
+        stats
+            .transports
+            .iter()
+            .find(|t| t.transport_id == id)
+            .unwrap()
+    };
+    assert!(
+        by_id(1).twcc_feedback_sent > 0,
+        "feedback toward the publisher"
+    );
+    let bwe = by_id(10)
+        .bandwidth
+        .as_ref()
+        .expect("an estimate for subscriber 0");
+    assert!(bwe.feedbacks > 100, "{bwe:?}");
     assert_eq!(
         cleanest,
         0,

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prism_proto::control as pb;
 
+use crate::sdp::codecs::ext;
 use crate::sdp::{
     Codec, CodecParams, MediaKind, MediaSection, SectionChoice, SessionOffer, SetupRole,
 };
@@ -242,4 +243,102 @@ pub fn add_track_for(
         rtx_payload_type: choice.rtx_pt.map_or(0, u32::from),
         repaired_rid_ext_id,
     }))
+}
+
+/// The transport's header extension ids from what an answer chose (one id per extension
+/// across the bundle, which the answer guarantees), and whether the peer takes
+/// transport-cc feedback: it negotiated the extension and `a=rtcp-fb:… transport-cc` on
+/// a section it sends on.
+pub fn header_extensions(
+    room_id: u64,
+    transport_id: u64,
+    choices: &[SectionChoice],
+) -> pb::SetHeaderExtensions {
+    let ids = extension_ids(choices.iter().flat_map(|c| &c.extmaps));
+    let feedback = choices.iter().any(|c| {
+        c.direction.receives()
+            && c.extmaps.iter().any(|(_, u)| u == ext::TRANSPORT_CC)
+            && c.codec
+                .as_ref()
+                .is_some_and(|k| k.rtcp_fb.iter().any(|f| f == "transport-cc"))
+    });
+    pb::SetHeaderExtensions {
+        room_id,
+        transport_id,
+        ids: Some(ids),
+        transport_cc_feedback: feedback,
+    }
+}
+
+/// The control form of a list of `(id, uri)` extmaps (the first id of each extension).
+pub fn extension_ids<'a>(
+    extmaps: impl Iterator<Item = &'a (u16, String)> + Clone,
+) -> pb::RtpHeaderExtensions {
+    let id = |uri: &str| {
+        extmaps
+            .clone()
+            .find(|(_, u)| u == uri)
+            .map_or(0, |(id, _)| u32::from(*id))
+    };
+    pb::RtpHeaderExtensions {
+        mid: id(ext::MID),
+        rid: id(ext::RID),
+        repaired_rid: id(ext::REPAIRED_RID),
+        abs_send_time: id(ext::ABS_SEND_TIME),
+        transport_cc: id(ext::TRANSPORT_CC),
+        audio_level: id(ext::AUDIO_LEVEL),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdp::Direction;
+
+    fn choice(direction: Direction, fb: &[&str], extmaps: &[(u16, &str)]) -> SectionChoice {
+        SectionChoice {
+            mid: "0".into(),
+            kind: MediaKind::Video,
+            direction,
+            codec: Some(CodecParams {
+                pt: 96,
+                name: "VP8".into(),
+                clock_rate: 90000,
+                channels: None,
+                fmtp: String::new(),
+                rtcp_fb: fb.iter().map(|s| (*s).to_owned()).collect(),
+            }),
+            rtx_pt: None,
+            extmaps: extmaps.iter().map(|(i, u)| (*i, (*u).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn feedback_needs_the_extension_and_rtcp_fb_on_a_receiving_section() {
+        let both = [
+            (2, ext::ABS_SEND_TIME),
+            (3, ext::TRANSPORT_CC),
+            (4, ext::MID),
+        ];
+        let c = header_extensions(
+            1,
+            2,
+            &[choice(Direction::RecvOnly, &["transport-cc"], &both)],
+        );
+        let ids = c.ids.unwrap();
+        assert_eq!((ids.abs_send_time, ids.transport_cc, ids.mid), (2, 3, 4));
+        assert_eq!((ids.rid, ids.audio_level), (0, 0));
+        assert!(c.transport_cc_feedback);
+        // No rtcp-fb: the publisher would not read our feedback.
+        let c = header_extensions(1, 2, &[choice(Direction::RecvOnly, &["nack"], &both)]);
+        assert!(!c.transport_cc_feedback);
+        // A viewer: we send, it gives feedback; we give none.
+        let c = header_extensions(
+            1,
+            2,
+            &[choice(Direction::SendOnly, &["transport-cc"], &both)],
+        );
+        assert!(!c.transport_cc_feedback);
+        assert_eq!(c.ids.unwrap().transport_cc, 3);
+    }
 }

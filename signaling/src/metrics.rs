@@ -1,6 +1,7 @@
 //! `/metrics` in the Prometheus text format: what signaling knows (rooms, sessions,
 //! tracks) and what every core of the media plane counts (packets, bytes, drops by
-//! reason, NACKs, retransmissions, keyframe requests, loop turns and batches).
+//! reason, NACKs, retransmissions, keyframe requests, loop turns and batches), and each
+//! transport's send-side bandwidth estimate once it has one.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -210,6 +211,21 @@ pub fn render(whip: &Whip, hub: HubGauges) -> Result<String, String> {
         header(&mut out, name, "counter", help);
         for (core, _, cs) in &counters {
             let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(cs));
+        }
+    }
+    header(
+        &mut out,
+        "prism_transport_bandwidth_estimate_bps",
+        "gauge",
+        "Send-side bandwidth estimate toward each transport's peer (transport-cc feedback).",
+    );
+    for t in &stats.transports {
+        if let Some(b) = t.bandwidth.as_ref().filter(|b| b.estimate_bps > 0) {
+            let _ = writeln!(
+                out,
+                "prism_transport_bandwidth_estimate_bps{{transport=\"{}\"}} {}",
+                t.transport_id, b.estimate_bps
+            );
         }
     }
     Ok(out)

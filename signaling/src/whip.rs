@@ -8,12 +8,14 @@
 //!
 //! Each session is one WebRTC transport on the room's core. The offer is parsed and
 //! answered here, and the forwarder is told what to expect:
-//! - the transport (ICE credentials, the peer's fingerprint, our DTLS role);
+//! - the transport (ICE credentials, the peer's fingerprint, our DTLS role), then the
+//!   header extension ids the answer settled on ([`header_extensions`]);
 //! - the published tracks, with their SSRCs and payload types, and their RTX streams
 //!   (RFC 4588), which the answer accepts so that a publisher's retransmissions do not
 //!   disturb the loss statistics of its media stream;
-//! - or the down tracks, with the payload types the viewer expects, and an RTX stream
-//!   where the viewer offered RTX for the codec it receives.
+//! - or the down tracks, with the payload types the viewer expects, an RTX stream
+//!   where the viewer offered RTX for the codec it receives, and the header extensions
+//!   of the viewer's section.
 //!
 //! ICE is not trickled: the answer has the core's address as its only candidate, and
 //! `PATCH` is answered 405.
@@ -26,7 +28,10 @@ use prism_forwarder::control::ControlClient;
 use prism_proto::control as pb;
 
 use crate::auth::{AuthError, Claims, KeyStore};
-use crate::media::{add_track_for, next_id, random_ice_string, random_u32, sdp_codec};
+use crate::media::{
+    add_track_for, extension_ids, header_extensions, next_id, random_ice_string, random_u32,
+    sdp_codec,
+};
 use crate::rooms::{PublishedTrack, Rooms, Session};
 use crate::sdp::{AnswerBuilder, AnswerTrack, ServerParams, SessionOffer, SetupRole};
 
@@ -211,6 +216,11 @@ impl Whip {
             let (answer, choices) = AnswerBuilder::new(&offer, &params)
                 .build_with_choices()
                 .map_err(|e| bad_request(format!("{e}")))?;
+            self.request(Cmd::SetHeaderExtensions(header_extensions(
+                room_id,
+                transport_id,
+                &choices,
+            )))?;
             let session_id = random_ice_string(16).replace(['+', '/'], "x");
             let mut published = Vec::new();
             for (section, choice) in offer.media.iter().zip(&choices) {
@@ -336,6 +346,11 @@ impl Whip {
             let (answer, choices) = builder
                 .build_with_choices()
                 .map_err(|e| bad_request(format!("{e}")))?;
+            self.request(Cmd::SetHeaderExtensions(header_extensions(
+                room_id,
+                transport_id,
+                &choices,
+            )))?;
             let session_id = random_ice_string(16).replace(['+', '/'], "x");
             for (mid, t, ssrc, rtx_ssrc) in planned {
                 let Some(choice) = choices.iter().find(|c| c.mid == mid) else {
@@ -358,6 +373,10 @@ impl Whip {
                     // announces the RTX SSRC in an FID group).
                     rtx_ssrc: choice.rtx_pt.map_or(0, |_| rtx_ssrc),
                     rtx_payload_type: choice.rtx_pt.map_or(0, u32::from),
+                    mid: mid.clone(),
+                    // Only what this section negotiated (e.g. aiortc gives audio no
+                    // abs-send-time).
+                    header_extensions: Some(extension_ids(choice.extmaps.iter())),
                 }))?;
             }
             let mut rooms = self

@@ -431,7 +431,24 @@ fn server_offer_for_a_subscriber() {
         .collect();
     assert_eq!(names, ["VP8", "VP9", "H264", "AV1"]);
     assert_eq!(v.rtx.len(), 4, "an RTX payload type for every video codec");
-    assert!(v.extmaps.iter().any(|(_, u)| u == ext::RID));
+    // What the forwarder writes, with the same id in every section (BUNDLE); RID is
+    // only read from publishers.
+    let uris = |m: &prism_signaling::sdp::MediaSection| -> Vec<(u16, String)> { m.extmaps.clone() };
+    assert_eq!(
+        uris(v),
+        [
+            (2, ext::ABS_SEND_TIME.to_owned()),
+            (3, ext::TRANSPORT_CC.to_owned()),
+            (4, ext::MID.to_owned())
+        ]
+    );
+    assert!(uris(a).contains(&(1, ext::AUDIO_LEVEL.to_owned())));
+    assert!(uris(a).contains(&(3, ext::TRANSPORT_CC.to_owned())));
+    assert!(v
+        .codec(96)
+        .unwrap()
+        .rtcp_fb
+        .contains(&"transport-cc".to_owned()));
     assert!(v
         .codec(96)
         .unwrap()

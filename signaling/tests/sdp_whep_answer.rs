@@ -124,7 +124,11 @@ fn whep_offer_is_answered_sendonly_with_the_tracks() {
     assert_eq!(pts(a), [96], "only opus, under the viewer's payload type");
     assert_eq!(a.codecs[0].name, "opus");
     assert_eq!(a.codecs[0].channels, Some(2));
-    assert!(a.extmaps.is_empty(), "no header extensions on egress");
+    assert_eq!(
+        a.extmaps,
+        [(1, ext::MID.to_owned()), (2, ext::AUDIO_LEVEL.to_owned())],
+        "what the forwarder writes on egress"
+    );
     assert_eq!(a.msid, Some(("PA_alice".into(), Some("TR_1111".into()))));
     assert_eq!(a.ssrcs.len(), 1);
     assert_eq!(a.ssrcs[0].ssrc, 1111);
@@ -136,7 +140,10 @@ fn whep_offer_is_answered_sendonly_with_the_tracks() {
     assert_eq!(v.direction, Direction::SendOnly);
     assert_eq!(pts(v), [97, 98], "VP8 and its RTX, as offered");
     assert_eq!(v.rtx.get(&98), Some(&97));
-    assert!(v.extmaps.is_empty());
+    assert_eq!(
+        v.extmaps,
+        [(1, ext::MID.to_owned()), (3, ext::ABS_SEND_TIME.to_owned())]
+    );
     assert_eq!(v.ssrc_groups.len(), 1);
     assert_eq!(v.ssrc_groups[0].semantics, "FID");
     assert_eq!(v.ssrc_groups[0].ssrcs, [2222, 3333]);
@@ -148,7 +155,10 @@ fn whep_offer_is_answered_sendonly_with_the_tracks() {
         .all(|s| s.cname.as_deref() == Some("prism-cname")
             && s.msid.as_deref() == Some("PA_alice TR_2222")));
 
-    assert!(!text.contains("a=extmap"), "{text}");
+    assert!(
+        text.contains("a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n"),
+        "{text}"
+    );
     assert!(text.contains("a=ssrc-group:FID 2222 3333\r\n"));
     assert!(text.contains("a=ssrc:2222 msid:PA_alice TR_2222\r\n"));
     assert!(text.contains("a=msid:PA_alice TR_1111\r\n"));
@@ -159,11 +169,11 @@ fn whep_offer_is_answered_sendonly_with_the_tracks() {
     let c = choices[0].codec.as_ref().unwrap();
     assert_eq!((c.pt, c.name.as_str()), (96, "opus"));
     assert_eq!(choices[0].rtx_pt, None);
-    assert!(choices[0].extmaps.is_empty());
+    assert_eq!(choices[0].extmaps, a.extmaps);
     let c = choices[1].codec.as_ref().unwrap();
     assert_eq!((c.pt, c.name.as_str()), (97, "VP8"));
     assert_eq!(choices[1].rtx_pt, Some(98));
-    assert!(choices[1].extmaps.is_empty());
+    assert_eq!(choices[1].extmaps, v.extmaps);
 }
 
 #[test]
@@ -266,7 +276,10 @@ fn sendrecv_offer_with_a_track_is_answered_sendonly_unless_also_receiving() {
     assert_eq!(ans.media[0].direction, Direction::SendOnly);
     assert_eq!(ans.media[1].direction, Direction::SendOnly);
     assert_eq!(pts(&ans.media[1]), [97, 98]);
-    assert!(ans.media[1].extmaps.is_empty());
+    assert_eq!(
+        ans.media[1].extmaps,
+        [(1, ext::MID.to_owned()), (3, ext::ABS_SEND_TIME.to_owned())]
+    );
     assert!(ans.media[2].is_data_channel());
     assert_eq!(choices[2].direction, Direction::SendRecv);
     assert_eq!(choices[2].codec, None);
@@ -293,22 +306,38 @@ fn sendrecv_offer_with_a_track_is_answered_sendonly_unless_also_receiving() {
 }
 
 #[test]
-fn header_extensions_on_sending_sections_are_opt_in() {
-    let offer = SessionOffer::parse(WHEP).unwrap();
+fn sending_sections_answer_the_extensions_the_forwarder_writes() {
+    // Chrome as a viewer: it offers RID and others the forwarder does not write.
+    let sdp: String = CHROME
+        .lines()
+        .filter(|l| !l.starts_with("a=rid:") && !l.starts_with("a=simulcast:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        .replace("a=sendonly", "a=recvonly");
+    let offer = SessionOffer::parse(&sdp).unwrap();
     let p = params();
     let b = AnswerBuilder::new(&offer, &p)
         .send("0", opus())
-        .send("1", vp8())
-        .with_header_extensions_for("0");
-    let (ans, _, choices) = run(&b);
+        .send("1", track(Codec::Vp8, 9, None));
+    let (ans, _, _) = run(&b);
     assert_eq!(
-        ans.media[0].extmaps,
-        [(1, ext::MID.to_owned()), (2, ext::AUDIO_LEVEL.to_owned())]
+        ans.media[1].extmaps,
+        [
+            (2, ext::ABS_SEND_TIME.to_owned()),
+            (3, ext::TRANSPORT_CC.to_owned()),
+            (4, ext::MID.to_owned())
+        ],
+        "no RID, no unknown extensions"
     );
-    assert_eq!(choices[0].extmaps, ans.media[0].extmaps);
-    assert!(ans.media[1].extmaps.is_empty());
+    assert!(ans.media[0]
+        .extmaps
+        .contains(&(1, ext::AUDIO_LEVEL.to_owned())));
+    // `with` keeps the receive-only ones too.
+    let (ans, _, _) = run(&b.with_header_extensions_for("1"));
+    assert!(ans.media[1].extmaps.iter().any(|(_, u)| u == ext::RID));
 
     // `without` wins, and also applies where the server receives.
+    let offer = SessionOffer::parse(WHEP).unwrap();
     let b = AnswerBuilder::new(&offer, &p)
         .send("0", opus())
         .with_header_extensions_for("0")
@@ -325,6 +354,38 @@ fn header_extensions_on_sending_sections_are_opt_in() {
         "unchanged"
     );
     assert!(ans.media[1].extmaps.is_empty());
+}
+
+#[test]
+fn one_id_per_extension_across_the_bundle() {
+    // The video section offers mid under another id, and reuses id 2 for abs-send-time,
+    // which audio gave to the audio level: both are left out of the video answer.
+    let sdp = WHEP.replacen(
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=extmap:3",
+        "a=extmap:5 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=extmap:2",
+        1,
+    );
+    assert_ne!(sdp, WHEP);
+    // Only the video section has mid followed by abs-send-time.
+    let offer = SessionOffer::parse(&sdp).unwrap();
+    assert_eq!(offer.media[1].extmaps.len(), 2);
+    let p = params();
+    let b = AnswerBuilder::new(&offer, &p)
+        .send("0", opus())
+        .send("1", vp8());
+    let (ans, _, choices) = AnswerBuilder::build_with_choices(&b)
+        .map(|(t, c)| (SessionOffer::parse(&t).unwrap(), t, c))
+        .unwrap();
+    assert_eq!(
+        ans.media[0].extmaps,
+        [(1, ext::MID.to_owned()), (2, ext::AUDIO_LEVEL.to_owned())]
+    );
+    assert!(
+        ans.media[1].extmaps.is_empty(),
+        "{:?}",
+        ans.media[1].extmaps
+    );
+    assert!(choices[1].extmaps.is_empty());
 }
 
 #[test]
@@ -408,10 +469,12 @@ fn chrome_recvonly_offer_gets_the_viewers_payload_types() {
     check_transport(&offer, &ans);
     assert_eq!(pts(&ans.media[0]), [111]);
     assert_eq!(pts(&ans.media[1]), [98, 99], "VP9 profile 0 and its RTX");
-    assert!(ans.media[..2].iter().all(|m| m.extmaps.is_empty()
-        && m.direction == Direction::SendOnly
-        && m.rids.is_empty()
-        && m.simulcast.is_none()));
+    assert!(ans.media[..2]
+        .iter()
+        .all(|m| m.extmaps.iter().all(|(_, u)| u != ext::RID)
+            && m.direction == Direction::SendOnly
+            && m.rids.is_empty()
+            && m.simulcast.is_none()));
     assert!(ans.extmap_allow_mixed);
     assert_eq!(
         choices[1].codec.as_ref().unwrap().fmtp_param("profile-id"),

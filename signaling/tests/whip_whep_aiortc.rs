@@ -4,8 +4,10 @@
 //! What passing proves: a standard publisher connects over WHIP (RFC 9725) and is ended by
 //! DELETE; viewers joining over WHEP decode its VP8 video and Opus audio; media survives
 //! 5 % RTP loss between publisher and server, repaired through RTX (RFC 4588), while the
-//! server sends the publisher receiver reports and the viewer sender reports; a late viewer decodes its first frame within
-//! 1 s of connecting (so the server asks the publisher for a keyframe); bad tokens and bad
+//! server sends the publisher receiver reports and the viewer sender reports; a late
+//! viewer decodes its first frame within 1 s of connecting (so the server asks the
+//! publisher for a keyframe); every packet a viewer gets carries its own negotiated header
+//! extensions (mid, abs-send-time, audio level); bad tokens and bad
 //! SDP are refused; a viewer of an emptied room does not crash the server.
 //!
 //! The clients run from the project venv (`scripts/setup.sh` makes it). Without it these
@@ -74,6 +76,27 @@ fn assert_decoded(v: &Outcome, video: f64, audio: f64) {
     assert!(v.num("audio_frames") >= audio, "{v}");
 }
 
+/// Every packet a viewer got carried the extensions it negotiated (aiortc: mid on both,
+/// abs-send-time on video, audio level on audio), with its own mid for each section.
+fn assert_viewer_extensions(v: &Outcome) {
+    let ext = &v.summary["extensions"];
+    for (kind, per_packet) in [("video", "abs_send_time"), ("audio", "audio_level")] {
+        let e = &ext[kind];
+        let packets = e["packets"].as_u64().unwrap_or(0);
+        assert!(packets > 0, "no {kind} packets seen:\n{v}");
+        assert_eq!(
+            e["mids"],
+            serde_json::json!([e["mid"].clone()]),
+            "{kind} mid:\n{v}"
+        );
+        assert_eq!(
+            e[per_packet].as_u64(),
+            Some(packets),
+            "{kind} {per_packet}:\n{v}"
+        );
+    }
+}
+
 #[test]
 fn publisher_and_two_viewers_decode_video_and_audio() {
     let Some(py) = python("aiortc, av") else {
@@ -99,6 +122,7 @@ fn publisher_and_two_viewers_decode_video_and_audio() {
         assert_decoded(v, 60.0, 50.0);
         assert_eq!(v.summary["width"], 320, "{v}");
         assert_eq!(v.summary["height"], 240, "{v}");
+        assert_viewer_extensions(v);
     }
     server.assert_alive();
 }

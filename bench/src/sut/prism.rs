@@ -175,6 +175,7 @@ impl PrismControl {
                 preferred_temporal: None,
                 rtx_ssrc: 0,
                 rtx_payload_type: 0,
+                ..Default::default()
             }));
         }
         self.pipeline(bodies)

@@ -9,11 +9,12 @@ use pb::command::Body;
 use prism_proto::control as pb;
 
 use super::downtrack::{DownTrack, DownTrackParams};
+use super::hdrext::ExtIds;
 use super::rtx::RtxSender;
 use super::track::{Layer, Track};
 use super::{DownTrackEntry, Engine, Transport};
 use crate::codec::Codec;
-use crate::ids::{Pt, Rid, ShortId, Ssrc};
+use crate::ids::{Mid, Pt, Rid, ShortId, Ssrc};
 
 type CmdResult = Result<pb::event::Body, String>;
 
@@ -45,8 +46,9 @@ impl Engine {
                     core: self.core,
                 }))
             }
-            Body::CreatePlainTransport(c) => self.create_transport(c),
-            Body::CreateWebrtcTransport(c) => self.create_webrtc_transport(c),
+            Body::CreatePlainTransport(c) => self.create_transport(now, c),
+            Body::CreateWebrtcTransport(c) => self.create_webrtc_transport(now, c),
+            Body::SetHeaderExtensions(c) => self.set_header_extensions(c),
             Body::AddTrack(c) => self.add_track(now, c),
             Body::AddDownTrack(c) => self.add_down_track(now, c),
             Body::SetPreferredLayer(c) => {
@@ -97,7 +99,7 @@ impl Engine {
                 }
                 ok()
             }
-            Body::GetStats(_) => Ok(pb::event::Body::Stats(self.stats())),
+            Body::GetStats(_) => Ok(pb::event::Body::Stats(self.stats(now))),
             Body::SendData(c) => {
                 let i = *self
                     .transport_ids
@@ -144,7 +146,7 @@ impl Engine {
         Ok((i, e.track))
     }
 
-    fn create_transport(&mut self, c: pb::CreatePlainTransport) -> CmdResult {
+    fn create_transport(&mut self, now: Instant, c: pb::CreatePlainTransport) -> CmdResult {
         if !self.rooms.contains_key(&c.room_id) {
             return Err(format!("no room {} on core {}", c.room_id, self.core));
         }
@@ -171,15 +173,9 @@ impl Engine {
             Some(p) => Some(Box::new(srtp_pair(p)?)),
         };
         let i = self.transports.insert(Transport {
-            id: c.transport_id,
-            room: c.room_id,
-            remote,
             comedia: c.comedia && remote.is_none(),
-            counters: Default::default(),
-            tracks: Vec::new(),
-            down_tracks: Vec::new(),
-            webrtc: None,
             srtp,
+            ..Transport::new(c.transport_id, c.room_id, remote, now)
         });
         self.transport_ids.insert(c.transport_id, i);
         if let Some(a) = remote {
@@ -195,7 +191,7 @@ impl Engine {
         }))
     }
 
-    fn create_webrtc_transport(&mut self, c: pb::CreateWebRtcTransport) -> CmdResult {
+    fn create_webrtc_transport(&mut self, now: Instant, c: pb::CreateWebRtcTransport) -> CmdResult {
         if !self.rooms.contains_key(&c.room_id) {
             return Err(format!("no room {} on core {}", c.room_id, self.core));
         }
@@ -215,15 +211,10 @@ impl Engine {
         let fingerprint = cert.fingerprint().to_string();
         let w = super::webrtc::WebRtc::new(&c, cert)?;
         let i = self.transports.insert(Transport {
-            id: c.transport_id,
-            room: c.room_id,
-            remote: None,
-            comedia: false,
-            counters: Default::default(),
-            tracks: Vec::new(),
-            down_tracks: Vec::new(),
             webrtc: Some(Box::new(w)),
-            srtp: None,
+            // Nothing is negotiated until signaling says so.
+            ext: Some(ExtIds::default()),
+            ..Transport::new(c.transport_id, c.room_id, None, now)
         });
         self.transport_ids.insert(c.transport_id, i);
         self.by_ufrag.insert(c.local_ufrag.into_bytes(), i);
@@ -235,6 +226,37 @@ impl Engine {
             local: self.local.to_string(),
             fingerprint,
         }))
+    }
+
+    /// Sets a transport's header extension ids, and with them its transport-wide CC state:
+    /// a send history when transport-cc is negotiated, an arrival recorder when feedback
+    /// toward the peer is too. Existing state is kept when the ids are set again.
+    fn set_header_extensions(&mut self, c: pb::SetHeaderExtensions) -> CmdResult {
+        let i = self.transport_in_room(c.transport_id, c.room_id)?;
+        let ids = ExtIds::from_proto(&c.ids.unwrap_or_default())?;
+        let t = self.transports.get_mut(i).ok_or("no such transport")?;
+        t.ext = Some(ids);
+        if ids.transport_cc == 0 {
+            t.twcc_out = None;
+            t.twcc_in = None;
+            // No estimate any more: nothing caps the layers.
+            for &di in &t.down_tracks {
+                if let Some(e) = self.down_tracks.get_mut(di) {
+                    let active = self.tracks.get(e.track).map_or(0, |tr| tr.active);
+                    e.dt.set_cap(super::cc::UNCAPPED, active);
+                }
+            }
+        } else {
+            if t.twcc_out.is_none() {
+                t.twcc_out = Some(Box::default());
+            }
+            if !c.transport_cc_feedback {
+                t.twcc_in = None;
+            } else if t.twcc_in.is_none() {
+                t.twcc_in = Some(Box::default());
+            }
+        }
+        ok()
     }
 
     /// The transport index for `id`, checked to belong to `room`.
@@ -438,11 +460,35 @@ impl Engine {
         });
         dt.retarget(track.active);
         let room = c.room_id;
+        let mid = if c.mid.is_empty() {
+            None
+        } else {
+            Some(Mid(ShortId::new(c.mid.as_bytes()).ok_or_else(|| {
+                format!("mid {:?} is not 1 to 16 printable characters", c.mid)
+            })?))
+        };
+        let ext = match &c.header_extensions {
+            None => None,
+            Some(p) => {
+                let ids = ExtIds::from_proto(p)?;
+                let transport = self.transports.get(ti).and_then(|t| t.ext);
+                if let Some(t) = transport {
+                    if !ids.within(&t) {
+                        return Err("the down track's header extension ids differ from its \
+                                    transport's"
+                            .into());
+                    }
+                }
+                Some(ids)
+            }
+        };
         let di = self.down_tracks.insert(DownTrackEntry {
             id: c.down_track_id,
             room,
             track: track_i,
             transport: ti,
+            mid,
+            ext,
             dt,
             rtx,
             report: Default::default(),
@@ -529,7 +575,7 @@ impl Engine {
     }
 
     /// This core's counters and every transport's.
-    pub fn stats(&self) -> pb::Stats {
+    pub fn stats(&self, now: Instant) -> pb::Stats {
         pb::Stats {
             cores: vec![pb::CoreStats {
                 core: self.core,
@@ -548,6 +594,17 @@ impl Engine {
                     core: self.core,
                     remote: t.remote.map(|a| a.to_string()).unwrap_or_default(),
                     counters: Some(t.counters.to_proto()),
+                    bandwidth: t.twcc_out.as_ref().and_then(|s| {
+                        let e = &s.estimator;
+                        (e.feedbacks > 0).then(|| pb::BandwidthEstimate {
+                            estimate_bps: e.estimate_bps().unwrap_or(0),
+                            acked_bps: e.acked_bps(super::cc::micros(t.epoch, now)),
+                            loss: e.loss(),
+                            delay_state: e.state().name().to_string(),
+                            feedbacks: e.feedbacks,
+                        })
+                    }),
+                    twcc_feedback_sent: t.twcc_in.as_ref().map_or(0, |r| r.sent),
                 })
                 .collect(),
         }

@@ -173,8 +173,12 @@ pub struct DownTrack {
     paused: bool,
     /// Layer being forwarded.
     current: Option<u8>,
-    /// Layer wanted (the preference, bounded by what the publisher sends).
+    /// Layer wanted (the preference, bounded by what the publisher sends and by the
+    /// bandwidth cap).
     target: u8,
+    /// Highest spatial layer the transport's bandwidth estimate allows
+    /// (`cc::UNCAPPED`: no limit).
+    cap: u8,
     /// Temporal layers up to this one are forwarded.
     temporal: u8,
     /// Set when the target layer needs a keyframe; the track collects and clears it.
@@ -198,6 +202,7 @@ impl DownTrack {
             paused: false,
             current: None,
             target: params.preferred_spatial,
+            cap: crate::engine::cc::UNCAPPED,
             temporal: params.preferred_temporal,
             keyframe_needed: false,
             seq: SeqMap::default(),
@@ -237,11 +242,23 @@ impl DownTrack {
         self.params.preferred_temporal = temporal;
     }
 
-    /// Chooses the target layer: the preferred one if the publisher sends it, else the
-    /// closest active layer below it, else the lowest active one. `active` has bit `i` set
-    /// when layer `i` is being received.
+    /// The bandwidth cap on the spatial layer.
+    pub fn cap(&self) -> u8 {
+        self.cap
+    }
+
+    /// Caps the spatial layer (bandwidth allocation) and retargets. The switch itself
+    /// still waits for a keyframe of the new layer.
+    pub fn set_cap(&mut self, cap: u8, active: u8) {
+        self.cap = cap;
+        self.retarget(active);
+    }
+
+    /// Chooses the target layer: the preferred one (bounded by the bandwidth cap) if the
+    /// publisher sends it, else the closest active layer below it, else the lowest active
+    /// one. `active` has bit `i` set when layer `i` is being received.
     pub fn retarget(&mut self, active: u8) {
-        let pref = self.params.preferred_spatial.min(7);
+        let pref = self.params.preferred_spatial.min(self.cap).min(7);
         let below = (0..=pref).rev().find(|l| active & (1 << l) != 0);
         let any = (0..8).find(|l| active & (1 << l) != 0);
         if let Some(t) = below.or(any) {

@@ -13,7 +13,9 @@
 //! locks, or logs above `trace`.
 
 pub mod cache;
+pub mod cc;
 pub mod downtrack;
+pub mod hdrext;
 pub mod reports;
 pub mod rtx;
 pub mod slab;
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use prism_proto::control as pb;
 
+use crate::codec::vp8::Vp8Descriptor;
 use crate::codec::{self, vp8, Codec};
 use crate::dtls::DtlsCert;
 use crate::ice::{self, IceOutcome};
@@ -38,6 +41,9 @@ use crate::srtp::MAX_OVERHEAD;
 use crate::wire::demux::{self, PacketKind};
 use crate::wire::rtcp::{self, RtcpPacket};
 use crate::wire::rtp::RtpPacket;
+
+use cc::micros;
+use hdrext::{ExtIds, ExtValues, Ingress};
 
 pub use downtrack::{Decision, DownTrack, DownTrackParams, Forward};
 pub use slab::{FastMap, Slab};
@@ -80,6 +86,11 @@ pub struct DownTrackEntry {
     pub room: u64,
     pub track: usize,
     pub transport: usize,
+    /// The subscriber's mid, for the sdes:mid header extension.
+    pub mid: Option<crate::ids::Mid>,
+    /// The extensions negotiated on the subscriber's section, if fewer than the
+    /// transport's.
+    pub ext: Option<ExtIds>,
     pub dt: DownTrack,
     /// The RTX stream NACKs are answered on, when the subscriber negotiated RTX.
     pub rtx: Option<rtx::RtxSender>,
@@ -127,6 +138,12 @@ pub struct Engine {
     pending_pump: Vec<usize>,
     /// When receiver reports go out next.
     next_report: Option<Instant>,
+    /// When layer bitrates roll over next, and when bandwidth is allocated next.
+    next_rate_roll: Option<Instant>,
+    next_allocation: Option<Instant>,
+    /// Scratch for the allocation (reused, so the timer does not allocate).
+    alloc_items: Vec<cc::Item>,
+    alloc_dts: Vec<usize>,
 }
 
 impl Engine {
@@ -154,6 +171,10 @@ impl Engine {
             next_tick: None,
             pending_pump: Vec::new(),
             next_report: None,
+            next_rate_roll: None,
+            next_allocation: None,
+            alloc_items: Vec::new(),
+            alloc_dts: Vec::new(),
         }
     }
 
@@ -257,6 +278,7 @@ impl Engine {
             }
         }
         self.send_reports(now, eg);
+        self.cc_timers(now, eg);
         for i in 0..self.transports.slots() {
             let due = self
                 .transports
@@ -269,6 +291,111 @@ impl Engine {
                     w.handle_timeout(now);
                 }
                 self.pump_webrtc(now, i, eg);
+            }
+        }
+    }
+
+    /// Congestion control on the timer: transport-cc feedback toward peers that send to
+    /// us, layer bitrates, and fitting down tracks into each transport's estimate.
+    fn cc_timers<E: Egress>(&mut self, now: Instant, eg: &mut E) {
+        let sender = self.cfg.rtcp_ssrc;
+        for (_, t) in self.transports.iter_mut() {
+            let due = t.twcc_in.as_ref().is_some_and(|r| r.pending())
+                && t.last_twcc_feedback.is_none_or(|at| {
+                    now.saturating_duration_since(at) >= cc::arrivals::FEEDBACK_INTERVAL
+                });
+            if !due {
+                continue;
+            }
+            let Some(mut rec) = t.twcc_in.take() else {
+                continue;
+            };
+            send_rtcp(t, eg, &mut |slot: &mut [u8]| rec.build(slot, sender));
+            t.twcc_in = Some(rec);
+            t.last_twcc_feedback = Some(now);
+        }
+        if self.next_rate_roll.is_none_or(|t| now >= t) {
+            self.next_rate_roll = Some(now + cc::RATE_BUCKET);
+            for (_, track) in self.tracks.iter_mut() {
+                for l in &mut track.layers {
+                    l.rate.roll();
+                }
+            }
+        }
+        if self.next_allocation.is_none_or(|t| now >= t) {
+            self.next_allocation = Some(now + cc::allocate::ALLOCATION_INTERVAL);
+            self.allocate_bandwidth(now);
+        }
+    }
+
+    /// Caps the simulcast layer of each down track so that what a transport sends fits
+    /// its bandwidth estimate (`cc::allocate`). Tracks without layers (audio, single
+    /// encodings) are a fixed reserve. Transports without an estimate are left alone.
+    fn allocate_bandwidth(&mut self, now: Instant) {
+        let Engine {
+            transports,
+            down_tracks,
+            tracks,
+            alloc_items,
+            alloc_dts,
+            ..
+        } = self;
+        for (_, t) in transports.iter_mut() {
+            let Some(estimate) = t.twcc_out.as_ref().and_then(|s| s.estimator.estimate_bps())
+            else {
+                continue;
+            };
+            alloc_items.clear();
+            alloc_dts.clear();
+            let mut reserve = 0;
+            for &di in &t.down_tracks {
+                let Some(e) = down_tracks.get(di) else {
+                    continue;
+                };
+                let Some(tr) = tracks.get(e.track) else {
+                    continue;
+                };
+                if e.dt.paused() {
+                    continue;
+                }
+                if !tr.video || tr.layers.len() < 2 {
+                    reserve += tr.layers.first().map_or(0, |l| l.rate.bps());
+                    continue;
+                }
+                let mut rates = [0u64; 8];
+                for (r, l) in rates.iter_mut().zip(&tr.layers) {
+                    *r = l.rate.bps();
+                }
+                alloc_items.push(cc::Item {
+                    rates,
+                    active: tr.active,
+                    preferred: e.dt.params.preferred_spatial,
+                    cap: e.dt.cap(),
+                });
+                alloc_dts.push(di);
+            }
+            if alloc_items.is_empty()
+                || !t
+                    .allocator
+                    .run(micros(t.epoch, now), estimate, reserve, alloc_items)
+            {
+                continue;
+            }
+            for (&di, item) in alloc_dts.iter().zip(alloc_items.iter()) {
+                let Some(e) = down_tracks.get_mut(di) else {
+                    continue;
+                };
+                if e.dt.cap() != item.cap {
+                    let active = tracks.get(e.track).map_or(0, |t| t.active);
+                    tracing::debug!(
+                        transport = t.id,
+                        down_track = e.id,
+                        cap = item.cap,
+                        estimate,
+                        "bandwidth cap"
+                    );
+                    e.dt.set_cap(item.cap, active);
+                }
             }
         }
     }
@@ -458,6 +585,21 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return self.count_drop(Some(transport), e.into()),
         };
+        // Every packet with a transport-wide number is recorded for feedback, before any
+        // drop: the sender's estimator counts what we do not report as lost.
+        let ingress = match self.transports.get_mut(transport) {
+            Some(t) => match t.ext {
+                Some(ids) => {
+                    let ing = Ingress::read(&ids, pkt.extensions());
+                    if let (Some(s), Some(r)) = (ing.transport_seq, t.twcc_in.as_mut()) {
+                        r.on_packet(s, micros(t.epoch, now), pkt.ssrc());
+                    }
+                    ing
+                }
+                None => Ingress::default(),
+            },
+            None => Ingress::default(),
+        };
         let found = match self.by_ssrc.get(&(transport, pkt.ssrc())) {
             Some(&f) => Some(f),
             None => {
@@ -504,6 +646,7 @@ impl Engine {
         }
         l.cache.store(seq, pkt.as_bytes());
         l.recv.on_packet(seq, ts, now, track.clock_rate, newest);
+        l.rate.add(buf.len());
         if track.active & (1 << li) == 0 {
             track.active |= 1 << li;
             for &d in &track.subscribers {
@@ -577,57 +720,53 @@ impl Engine {
                 out_t.counters.drop(DropReason::NoRemote);
                 continue;
             };
-            let strip = out_t.webrtc.is_some();
-            let sent = if let Some(srtp) = out_t.srtp.as_mut() {
-                // Encrypted: each subscriber's copy is written whole into its egress slot
-                // (header, codec descriptor, payload) and the tag appended there. Toward
-                // WebRTC peers the header goes without extensions: none are negotiated on
-                // sending sections yet.
-                let keep = if strip {
-                    12 + 4 * usize::from(pkt.csrc_count())
-                } else {
-                    header_len
-                };
-                let src = &buf[..];
-                eg.send_with(remote, &mut |slot: &mut [u8]| {
-                    let n = keep + (total - header_len);
-                    if n + MAX_OVERHEAD > slot.len() {
-                        return 0;
-                    }
-                    slot[..keep].copy_from_slice(&src[..keep]);
-                    if strip {
-                        slot[0] &= !0x10;
-                    }
-                    slot[keep..n].copy_from_slice(&src[header_len..total]);
-                    if downtrack::apply(&mut slot[..n], keep, &f, vp8d.as_ref()).is_err() {
-                        return 0;
-                    }
-                    srtp.outbound.protect_rtp(slot, n).unwrap_or(0)
-                })
-            } else if strip {
+            if out_t.webrtc.is_some() && out_t.srtp.is_none() {
                 counters.drop(DropReason::NotConnected);
                 out_t.counters.drop(DropReason::NotConnected);
                 continue;
-            } else if head_len <= HEAD_CAP {
-                let h = &mut head[..head_len];
-                h.copy_from_slice(&buf[..head_len]);
-                downtrack::apply(h, header_len, &f, vp8d.as_ref()).is_ok()
-                    && eg.send_split(remote, h, head_len..total)
-            } else {
-                let src = &buf[..];
-                eg.send_with(remote, &mut |slot: &mut [u8]| {
-                    let Some(dst) = slot.get_mut(..total) else {
-                        return 0;
-                    };
-                    dst.copy_from_slice(src);
-                    match downtrack::apply(dst, header_len, &f, vp8d.as_ref()) {
-                        Ok(()) => total,
-                        Err(_) => 0,
-                    }
-                })
+            }
+            let ext = out_t.ext.map(|t| entry.ext.unwrap_or(t));
+            let tcc = ext
+                .filter(|ids| ids.transport_cc != 0)
+                .and(out_t.twcc_out.as_ref())
+                .map(|s| s.next_seq());
+            let values = ExtValues {
+                mid: entry.mid.as_ref().map(|m| m.0.as_bytes()),
+                abs_send_time: Some(hdrext::abs_send_time(
+                    now.saturating_duration_since(out_t.epoch),
+                )),
+                transport_seq: tcc,
+                audio_level: if track.video {
+                    None
+                } else {
+                    ingress.audio_level
+                },
             };
-            if sent {
+            let layout = Layout {
+                csrc_end: 12 + 4 * usize::from(pkt.csrc_count()),
+                header_len,
+                head_len,
+                total,
+                received: true,
+            };
+            let wire = send_copy(
+                eg,
+                remote,
+                out_t.srtp.as_deref_mut(),
+                &buf[..],
+                layout,
+                ext.as_ref(),
+                &values,
+                &f,
+                vp8d.as_ref(),
+                None,
+                &mut head,
+            );
+            if wire > 0 {
                 entry.report.on_sent(payload.len());
+                if let (Some(_), Some(s)) = (tcc, out_t.twcc_out.as_mut()) {
+                    s.record(micros(out_t.epoch, now), wire);
+                }
                 counters.packets_out += 1;
                 counters.bytes_out += total as u64;
                 out_t.counters.packets_out += 1;
@@ -684,11 +823,19 @@ impl Engine {
                         continue;
                     };
                     for seq in n.lost() {
-                        self.retransmit(di, seq, eg);
+                        self.retransmit(now, di, seq, eg);
                     }
                 }
                 RtcpPacket::Pli(p) => self.on_keyframe_feedback(now, transport, p.media_ssrc(), eg),
                 RtcpPacket::SenderReport(sr) => self.on_sender_report(now, transport, &sr),
+                RtcpPacket::Twcc(fb) => {
+                    if let Some(t) = self.transports.get_mut(transport) {
+                        let at = micros(t.epoch, now);
+                        if let Some(s) = t.twcc_out.as_mut() {
+                            s.on_feedback(&fb, at);
+                        }
+                    }
+                }
                 RtcpPacket::Fir(f) => {
                     for entry in f.entries() {
                         self.on_keyframe_feedback(now, transport, entry.ssrc, eg);
@@ -744,8 +891,9 @@ impl Engine {
 
     /// Answers a NACK for output number `seq` of down track `di` from the cache, rewritten
     /// exactly as it was the first time, and sent as RTX where the subscriber negotiated
-    /// it (`rtx`).
-    fn retransmit<E: Egress>(&mut self, di: usize, seq: u16, eg: &mut E) {
+    /// it (`rtx`). Header extensions are written afresh: the retransmission is a new
+    /// packet on the wire (new send time, new transport-wide number).
+    fn retransmit<E: Egress>(&mut self, now: Instant, di: usize, seq: u16, eg: &mut E) {
         let Some(entry) = self.down_tracks.get(di) else {
             return;
         };
@@ -754,80 +902,93 @@ impl Engine {
         let found = entry.dt.lookup_sent(seq).and_then(|(layer, src, f)| {
             let track = self.tracks.get(entry.track)?;
             let bytes = track.layers.get(usize::from(layer))?.cache.get(src)?;
-            Some((bytes, f, track.codec))
+            Some((bytes, f, track.codec, track.video, track.transport))
         });
+        let pub_ext = found
+            .and_then(|(.., publisher)| self.transports.get(publisher))
+            .and_then(|t| t.ext);
         let Some(tr) = self.transports.get_mut(transport) else {
             return;
         };
-        let (Some((bytes, f, codec)), Some(remote)) = (found, tr.remote) else {
+        let (Some((bytes, f, codec, video, _)), Some(remote)) = (found, tr.remote) else {
             self.counters.drop(DropReason::NotInCache);
             tr.counters.drop(DropReason::NotInCache);
             return;
         };
-        let strip = tr.webrtc.is_some();
-        let mut srtp = match tr.srtp.as_mut() {
-            Some(s) => Some(&mut s.outbound),
-            None if strip => return,
-            None => None,
+        if tr.webrtc.is_some() && tr.srtp.is_none() {
+            return;
+        }
+        let Ok(p) = RtpPacket::new_checked(bytes) else {
+            return;
         };
-        let len = bytes.len();
-        let ok = len + rtx::OSN_LEN + MAX_OVERHEAD <= MAX_DATAGRAM
-            && eg.send_with(remote, &mut |slot: &mut [u8]| {
-                let Some(dst) = slot.get_mut(..len) else {
-                    return 0;
-                };
-                dst.copy_from_slice(bytes);
-                let Ok(p) = RtpPacket::new_checked(&dst[..]) else {
-                    return 0;
-                };
-                let header_len = p.header_len();
-                let vp8d = if codec == Codec::Vp8 {
-                    vp8::parse_descriptor(p.payload()).ok()
-                } else {
-                    None
-                };
-                let mut n = len;
-                let mut out_header = header_len;
-                if strip {
-                    // As on the first send: no header extensions toward WebRTC peers.
-                    let csrc_end = 12 + 4 * usize::from(p.csrc_count());
-                    slot.copy_within(header_len..len, csrc_end);
-                    slot[0] &= !0x10;
-                    n = len - (header_len - csrc_end);
-                    out_header = csrc_end;
-                }
-                if downtrack::apply(&mut slot[..n], out_header, &f, vp8d.as_ref()).is_err() {
-                    return 0;
-                }
-                if let Some(r) = &rtx {
-                    match rtx::wrap(slot, out_header, n, r, r.next_seq) {
-                        Some(m) => n = m,
-                        None => return 0,
-                    }
-                }
-                match srtp.as_mut() {
-                    Some(s) => s.protect_rtp(slot, n).unwrap_or(0),
-                    None => n,
-                }
-            });
+        let header_len = p.header_len();
+        let vp8d = if codec == Codec::Vp8 {
+            vp8::parse_descriptor(p.payload()).ok()
+        } else {
+            None
+        };
+        let ext = tr.ext.map(|t| entry.ext.unwrap_or(t));
+        let tcc = ext
+            .filter(|ids| ids.transport_cc != 0)
+            .and(tr.twcc_out.as_ref())
+            .map(|s| s.next_seq());
+        let values = ExtValues {
+            mid: entry.mid.as_ref().map(|m| m.0.as_bytes()),
+            abs_send_time: Some(hdrext::abs_send_time(
+                now.saturating_duration_since(tr.epoch),
+            )),
+            transport_seq: tcc,
+            audio_level: match pub_ext {
+                Some(ids) if !video => Ingress::read(&ids, p.extensions()).audio_level,
+                _ => None,
+            },
+        };
+        let layout = Layout {
+            csrc_end: 12 + 4 * usize::from(p.csrc_count()),
+            header_len,
+            head_len: header_len + vp8d.map_or(0, |d| d.header_len),
+            total: bytes.len(),
+            received: false,
+        };
+        let mut head = [0u8; HEAD_CAP];
+        let room = bytes.len() + hdrext::MAX_BLOCK + rtx::OSN_LEN + MAX_OVERHEAD;
+        let wire = if room <= MAX_DATAGRAM {
+            send_copy(
+                eg,
+                remote,
+                tr.srtp.as_deref_mut(),
+                bytes,
+                layout,
+                ext.as_ref(),
+                &values,
+                &f,
+                vp8d.as_ref(),
+                rtx.as_ref(),
+                &mut head,
+            )
+        } else {
+            0
+        };
         let as_rtx = u64::from(rtx.is_some());
-        let len = len as u64 + as_rtx * rtx::OSN_LEN as u64;
-        if ok {
-            if let Some(r) = self.down_tracks.get_mut(di).and_then(|e| e.rtx.as_mut()) {
-                r.next_seq = r.next_seq.wrapping_add(1);
+        let len = bytes.len() as u64 + as_rtx * rtx::OSN_LEN as u64;
+        if wire > 0 {
+            if let (Some(_), Some(s)) = (tcc, tr.twcc_out.as_mut()) {
+                s.record(micros(tr.epoch, now), wire);
             }
             self.counters.retransmits_sent += 1;
             self.counters.rtx_sent += as_rtx;
             self.counters.packets_out += 1;
             self.counters.bytes_out += len;
-            if let Some(t) = self.transports.get_mut(transport) {
-                t.counters.retransmits_sent += 1;
-                t.counters.rtx_sent += as_rtx;
-                t.counters.packets_out += 1;
-                t.counters.bytes_out += len;
+            tr.counters.retransmits_sent += 1;
+            tr.counters.rtx_sent += as_rtx;
+            tr.counters.packets_out += 1;
+            tr.counters.bytes_out += len;
+            if let Some(r) = self.down_tracks.get_mut(di).and_then(|e| e.rtx.as_mut()) {
+                r.next_seq = r.next_seq.wrapping_add(1);
             }
         } else {
-            self.count_drop(Some(transport), DropReason::QueueFull);
+            self.counters.drop(DropReason::QueueFull);
+            tr.counters.drop(DropReason::QueueFull);
         }
     }
 }
@@ -870,6 +1031,127 @@ fn request_keyframe<E: Egress>(
             })),
         });
     }
+}
+
+/// Where the parts of a received RTP packet are: fixed header and CSRCs end at
+/// `csrc_end`, the extension block at `header_len`, the codec descriptor the down track
+/// rewrites (VP8) at `head_len`, the packet at `total`. `received`: the packet is the
+/// datagram being handled, so a plain copy can send its payload from the receive buffer
+/// (`send_split`); a retransmission from the cache is copied whole instead.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    csrc_end: usize,
+    header_len: usize,
+    head_len: usize,
+    total: usize,
+    received: bool,
+}
+
+/// Writes the header of one subscriber's copy into `dst` from the received packet `src`:
+/// with `ext`, the fixed header and CSRCs followed by this transport's own extension
+/// block (`hdrext`), the X bit set to match; without, the received header unchanged.
+/// Returns the new header length.
+fn write_head(
+    dst: &mut [u8],
+    src: &[u8],
+    l: &Layout,
+    ext: Option<&ExtIds>,
+    values: &ExtValues<'_>,
+) -> Option<usize> {
+    let Some(ids) = ext else {
+        dst.get_mut(..l.header_len)?
+            .copy_from_slice(src.get(..l.header_len)?);
+        return Some(l.header_len);
+    };
+    dst.get_mut(..l.csrc_end)?
+        .copy_from_slice(src.get(..l.csrc_end)?);
+    let block = hdrext::write_block(dst.get_mut(l.csrc_end..)?, ids, values).ok()?;
+    dst[0] = (dst[0] & !0x10) | if block > 0 { 0x10 } else { 0 };
+    Some(l.csrc_end + block)
+}
+
+/// Queues one subscriber's copy of a packet: its own header (`write_head`), the
+/// rewrite of `f`, then the payload, wrapped as RTX when `rtx` is given (retransmissions
+/// to a subscriber that negotiated it). Encrypted copies are written whole into the egress
+/// slot and protected there; plain ones send a rewritten header copy followed by the
+/// received payload itself. Returns the bytes on the wire (0: not sent).
+#[allow(clippy::too_many_arguments)]
+fn send_copy<E: Egress>(
+    eg: &mut E,
+    remote: SocketAddr,
+    srtp: Option<&mut SrtpPair>,
+    src: &[u8],
+    l: Layout,
+    ext: Option<&ExtIds>,
+    values: &ExtValues<'_>,
+    f: &Forward,
+    vp8d: Option<&Vp8Descriptor>,
+    rtx: Option<&rtx::RtxSender>,
+    head: &mut [u8; HEAD_CAP],
+) -> usize {
+    let mut wire = 0;
+    let body = l.total - l.header_len;
+    if let Some(srtp) = srtp {
+        eg.send_with(remote, &mut |slot: &mut [u8]| {
+            let Some(hl) = write_head(slot, src, &l, ext, values) else {
+                return 0;
+            };
+            let mut n = hl + body;
+            if n + rtx::OSN_LEN + MAX_OVERHEAD > slot.len() {
+                return 0;
+            }
+            slot[hl..n].copy_from_slice(&src[l.header_len..l.total]);
+            if downtrack::apply(&mut slot[..n], hl, f, vp8d).is_err() {
+                return 0;
+            }
+            if let Some(r) = rtx {
+                match rtx::wrap(slot, hl, n, r, r.next_seq) {
+                    Some(m) => n = m,
+                    None => return 0,
+                }
+            }
+            wire = srtp.outbound.protect_rtp(slot, n).unwrap_or(0);
+            wire
+        });
+        return wire;
+    }
+    let desc = l.head_len - l.header_len;
+    let new_head = match ext {
+        Some(_) => l.csrc_end + hdrext::MAX_BLOCK + desc,
+        None => l.head_len,
+    };
+    if l.received && rtx.is_none() && new_head <= HEAD_CAP {
+        let Some(hl) = write_head(&mut head[..], src, &l, ext, values) else {
+            return 0;
+        };
+        let h = &mut head[..hl + desc];
+        h[hl..].copy_from_slice(&src[l.header_len..l.head_len]);
+        let ok = downtrack::apply(h, hl, f, vp8d).is_ok()
+            && eg.send_split(remote, h, l.head_len..l.total);
+        return if ok { hl + body } else { 0 };
+    }
+    eg.send_with(remote, &mut |slot: &mut [u8]| {
+        let Some(hl) = write_head(slot, src, &l, ext, values) else {
+            return 0;
+        };
+        let mut n = hl + body;
+        let Some(dst) = slot.get_mut(..n) else {
+            return 0;
+        };
+        dst[hl..].copy_from_slice(&src[l.header_len..l.total]);
+        if downtrack::apply(dst, hl, f, vp8d).is_err() {
+            return 0;
+        }
+        if let Some(r) = rtx {
+            match rtx::wrap(slot, hl, n, r, r.next_seq) {
+                Some(m) => n = m,
+                None => return 0,
+            }
+        }
+        wire = n;
+        n
+    });
+    wire
 }
 
 /// Queues a copy of `data` to `to` (slow path: STUN replies, DTLS records).

@@ -124,6 +124,8 @@ pub struct Layer {
     pub rtx_ssrc: Ssrc,
     /// What the receiver reports to the publisher say about this layer.
     pub recv: ReceiveStats,
+    /// Recent bitrate, for fitting subscribers into their bandwidth estimate.
+    pub rate: crate::engine::cc::RateMeter,
 }
 
 impl Layer {
@@ -141,6 +143,7 @@ impl Layer {
             nack: NackGenerator::default(),
             rtx_ssrc: Ssrc(0),
             recv: ReceiveStats::default(),
+            rate: Default::default(),
         }
     }
 

@@ -9,7 +9,10 @@
 //! of the transport's SSRCs.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
+use crate::engine::cc::{Allocator, ArrivalRecorder, SendSide};
+use crate::engine::hdrext::ExtIds;
 use crate::engine::stats::Counters;
 use crate::engine::webrtc::WebRtc;
 use crate::srtp::SrtpContext;
@@ -39,4 +42,42 @@ pub struct Transport {
     pub webrtc: Option<Box<WebRtc>>,
     /// SRTP, when the transport encrypts. A WebRTC transport without it is not connected.
     pub srtp: Option<Box<SrtpPair>>,
+    /// Negotiated header extension ids. `None` (plain transports until told otherwise):
+    /// packets keep the publisher's extensions as they are. A WebRTC transport starts with
+    /// an empty map, so nothing is sent that was not negotiated.
+    pub ext: Option<ExtIds>,
+    /// When the transport was created: the zero of its abs-send-time and of the µs clock
+    /// used by its congestion control.
+    pub epoch: Instant,
+    /// Arrival times of the peer's transport-wide numbers, when feedback was negotiated.
+    pub twcc_in: Option<Box<ArrivalRecorder>>,
+    pub last_twcc_feedback: Option<Instant>,
+    /// Our transport-wide numbering, send history and bandwidth estimate, when the
+    /// transport-cc extension was negotiated.
+    pub twcc_out: Option<Box<SendSide>>,
+    /// Layer-cap hysteresis of the down tracks sent here.
+    pub allocator: Allocator,
+}
+
+impl Transport {
+    /// A transport with no media state yet.
+    pub fn new(id: u64, room: u64, remote: Option<SocketAddr>, now: Instant) -> Self {
+        Self {
+            id,
+            room,
+            remote,
+            comedia: false,
+            counters: Counters::default(),
+            tracks: Vec::new(),
+            down_tracks: Vec::new(),
+            webrtc: None,
+            srtp: None,
+            ext: None,
+            epoch: now,
+            twcc_in: None,
+            last_twcc_feedback: None,
+            twcc_out: None,
+            allocator: Allocator::default(),
+        }
+    }
 }

@@ -27,8 +27,8 @@ use lk::signal_response::Message as Resp;
 
 use crate::auth::Claims;
 use crate::media::{
-    add_track_for, mime_type, next_id, random_alnum, random_ice_string, random_u32,
-    remote_transport,
+    add_track_for, extension_ids, header_extensions, mime_type, next_id, random_alnum,
+    random_ice_string, random_u32, remote_transport,
 };
 use crate::sdp::{
     AnswerBuilder, CodecParams, MediaKind, OfferBuilder, OfferSection, SendTrack, ServerParams,
@@ -977,6 +977,7 @@ impl Hub {
             .map_err(|e| e.to_string())?;
         let transport_id = pc.transport_id;
         let can_publish = p.permission.can_publish;
+        let extensions = header_extensions(room_id, transport_id, &choices);
 
         // Sections that stopped sending: their tracks are unpublished.
         let mut unpublished = Vec::new();
@@ -1046,6 +1047,9 @@ impl Hub {
             mid_to_track_id: HashMap::new(),
         }));
 
+        // Before the tracks: their RID layers are learnt with these ids, and transport-cc
+        // feedback starts with the first packet.
+        self.request(Cmd::SetHeaderExtensions(extensions))?;
         let mut published = Vec::new();
         for (cmd, pending, mid, kind, codec) in adds {
             let track_id = cmd.track_id;
@@ -1350,6 +1354,20 @@ impl Hub {
             .and_then(|r| r.participant_mut(pid))
             .ok_or("gone")?;
         let transport_id = p.subscriber.transport_id.ok_or("no subscriber transport")?;
+        // The extensions the subscriber accepted from our offer: one id each across the
+        // bundle (our offer uses the same ids everywhere), written on what we send it.
+        let live = || answer.media.iter().filter(|m| !m.is_rejected());
+        self.request(Cmd::SetHeaderExtensions(pb::SetHeaderExtensions {
+            room_id,
+            transport_id,
+            ids: Some(extension_ids(live().flat_map(|m| &m.extmaps))),
+            transport_cc_feedback: false,
+        }))?;
+        let p = self
+            .rooms
+            .get_mut(&room_name)
+            .and_then(|r| r.participant_mut(pid))
+            .ok_or("gone")?;
         let mut adds = Vec::new();
         for (i, s) in p.subscriber.sections.iter_mut().enumerate() {
             let Some(m) = answer.media.iter().find(|m| m.mid == s.mid) else {
@@ -1368,13 +1386,14 @@ impl Hub {
                     else {
                         continue;
                     };
-                    adds.push((i, t.track_id, t.ssrc, c.pt, t.spatial));
+                    let ext = extension_ids(m.extmaps.iter());
+                    adds.push((i, t.track_id, t.ssrc, c.pt, t.spatial, s.mid.clone(), ext));
                 }
                 Some(_) => {}
             }
         }
         let mut done = Vec::new();
-        for (i, track_id, ssrc, pt, spatial) in adds {
+        for (i, track_id, ssrc, pt, spatial, mid, ext) in adds {
             let down_track_id = next_id();
             match self.request(Cmd::AddDownTrack(pb::AddDownTrack {
                 room_id,
@@ -1387,6 +1406,8 @@ impl Hub {
                 preferred_temporal: None,
                 rtx_ssrc: 0,
                 rtx_payload_type: 0,
+                mid,
+                header_extensions: Some(ext),
             })) {
                 Ok(_) => done.push((i, down_track_id)),
                 Err(e) => tracing::warn!(participant = %pid, error = %e, "down track not added"),

@@ -13,9 +13,13 @@
 //! - sending (WHEP viewers): a section the offerer receives on, with a track attached
 //!   whose codec was offered, is answered `sendonly` (`sendrecv` only on request) with
 //!   just that codec and its RTX, under the offered payload types (the forwarder rewrites
-//!   to them, see [`SectionChoice`]), `a=msid` and `a=ssrc` lines, and no header
-//!   extensions unless asked: the forwarder strips them on egress, and a viewer that
-//!   negotiated one would expect it;
+//!   to them, see [`SectionChoice`]), `a=msid` and `a=ssrc` lines, and the accepted header
+//!   extensions the forwarder writes on egress (mid, abs-send-time, transport-wide CC,
+//!   audio level: [`codecs::extension_sendable`]), so the viewer's estimator gets the
+//!   timing it needs;
+//! - one id per extension across the answer (BUNDLE: the forwarder keeps one map per
+//!   transport): an extension offered in a later section under another id, or an id
+//!   offered for another extension, is left out of that section's answer;
 //! - RTX where the server receives only while [`AnswerBuilder::accept_rtx`] is on;
 //! - simulcast: offered `a=rid:X send` + `a=simulcast:send …` become `a=rid:X recv` +
 //!   `a=simulcast:recv …` with the same layers, if the rid header extension is accepted;
@@ -149,7 +153,8 @@ pub struct AnswerBuilder<'a> {
     tracks: Vec<(String, AnswerTrack)>,
     /// Mids of `sendrecv` sections answered `sendrecv` despite an attached track.
     also_receive: Vec<String>,
-    /// Mids whose sending section keeps the accepted header extensions.
+    /// Mids whose sending section keeps every accepted header extension, receive-only
+    /// ones included.
     with_extensions: Vec<String>,
     /// Mids answered with no header extension at all.
     without_extensions: Vec<String>,
@@ -319,8 +324,8 @@ impl<'a> AnswerBuilder<'a> {
     /// Sends `track` in the section `mid`. An offered `recvonly` or `sendrecv` section is
     /// then answered `sendonly` (see [`Self::also_receive`]), listing only the track's
     /// codec (and its RTX, if the offer has it and the track has an RTX SSRC) with the
-    /// offered payload types, and announcing the SSRCs; no header extensions by default
-    /// (see [`Self::with_header_extensions_for`]).
+    /// offered payload types, and announcing the SSRCs, with the accepted header
+    /// extensions the forwarder writes.
     ///
     /// If the offerer cannot receive there or did not offer the track's codec, the
     /// section is answered as if no track were attached; [`Self::build_with_choices`]
@@ -340,9 +345,9 @@ impl<'a> AnswerBuilder<'a> {
         self
     }
 
-    /// Keeps the accepted header extensions on the sending section `mid`. Off by default:
-    /// the forwarder strips header extensions on egress, and a receiver that negotiated
-    /// e.g. `sdes:mid` would expect to find it in every packet.
+    /// Keeps every accepted header extension on the sending section `mid`, including the
+    /// receive-only ones (RID) that the forwarder does not write. By default a sending
+    /// section answers only the ones it writes.
     pub fn with_header_extensions_for(mut self, mid: &str) -> Self {
         self.with_extensions.push(mid.to_owned());
         self
@@ -406,6 +411,8 @@ impl<'a> AnswerBuilder<'a> {
         let mut media = Vec::with_capacity(self.offer.media.len());
         let mut choices = Vec::with_capacity(self.offer.media.len());
         let mut accepted_mids = Vec::new();
+        // (id, uri) answered so far: one map for the whole bundle.
+        let mut ids: Vec<(u16, String)> = Vec::new();
         for (i, m) in self.offer.media.iter().enumerate() {
             let raw = self.offer.raw.media.get(i);
             let mut choice = SectionChoice {
@@ -423,7 +430,14 @@ impl<'a> AnswerBuilder<'a> {
                     self.data(m, first)?
                 }
                 Verdict::Rtp { codecs, extmaps } => {
-                    let plan = self.plan(m, codecs, extmaps);
+                    let mut plan = self.plan(m, codecs, extmaps);
+                    plan.extmaps.retain(|(id, uri)| {
+                        let clash = ids.iter().any(|(i, u)| (i == id) != (u == uri));
+                        if !clash && !ids.iter().any(|(i, _)| i == id) {
+                            ids.push((*id, uri.clone()));
+                        }
+                        !clash
+                    });
                     let out = self.rtp(m, &plan, first)?;
                     choice.direction = plan.direction;
                     choice.codec = plan.chosen;
@@ -523,17 +537,19 @@ impl<'a> AnswerBuilder<'a> {
             }
         };
         let rtx_pt = chosen.as_ref().and_then(|c| rtx_for(m, &codecs, c.pt));
-        let keep_extmaps = if has(&self.without_extensions) {
-            false
-        } else if send && !recv {
-            has(&self.with_extensions)
+        let extmaps = if has(&self.without_extensions) {
+            Vec::new()
+        } else if send && !recv && !has(&self.with_extensions) {
+            let mut e = extmaps;
+            e.retain(|(_, uri)| codecs::extension_sendable(m.kind, uri));
+            e
         } else {
-            true
+            extmaps
         };
         Plan {
             direction,
             codecs,
-            extmaps: if keep_extmaps { extmaps } else { Vec::new() },
+            extmaps,
             chosen,
             rtx_pt,
             track: sent.map(|(t, _)| t),

@@ -54,6 +54,20 @@ pub fn extension_supported(kind: MediaKind, uri: &str) -> bool {
     }
 }
 
+/// Whether the forwarder writes header extension `uri` into what it sends for `kind`:
+/// the subscriber's mid, abs-send-time, its transport-wide sequence number, and for audio
+/// the publisher's audio level. RID and repaired RID are only read on ingress.
+pub fn extension_sendable(kind: MediaKind, uri: &str) -> bool {
+    match kind {
+        MediaKind::Audio => matches!(
+            uri,
+            ext::MID | ext::AUDIO_LEVEL | ext::ABS_SEND_TIME | ext::TRANSPORT_CC
+        ),
+        MediaKind::Video => matches!(uri, ext::MID | ext::ABS_SEND_TIME | ext::TRANSPORT_CC),
+        MediaKind::Application | MediaKind::Other => false,
+    }
+}
+
 /// Whether an `a=rtcp-fb` value (`nack`, `nack pli`, `ccm fir`, `goog-remb`,
 /// `transport-cc`) is one Prism acts on for `kind`.
 pub fn feedback_supported(kind: MediaKind, fb: &str) -> bool {
@@ -164,7 +178,16 @@ pub fn default_codecs(kind: MediaKind) -> Vec<CodecParams> {
     }
 }
 
-/// The header extensions Prism offers for `kind`, with Chrome's ids.
+/// The header extensions Prism offers on a section it sends on: [`default_extmaps`]
+/// without the receive-only ones (RID, repaired RID).
+pub fn sending_extmaps(kind: MediaKind) -> Vec<(u16, String)> {
+    let mut list = default_extmaps(kind);
+    list.retain(|(_, uri)| extension_sendable(kind, uri));
+    list
+}
+
+/// The header extensions Prism offers for `kind`, with Chrome's ids. An id names the same
+/// extension in every kind, as BUNDLE requires.
 pub fn default_extmaps(kind: MediaKind) -> Vec<(u16, String)> {
     let list: &[(u16, &str)] = match kind {
         MediaKind::Audio => &[

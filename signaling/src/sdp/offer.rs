@@ -161,7 +161,8 @@ impl<'a> OfferBuilder<'a> {
         emit::push(&mut m, SdpAttribute::Mid(mid.to_owned()))?;
         emit::push(&mut m, direction)?;
         emit::transport(&mut m, self.params, SetupRole::ActPass)?;
-        for (id, uri) in codecs::default_extmaps(kind) {
+        // Every section here sends (or did): only what the forwarder writes.
+        for (id, uri) in codecs::sending_extmaps(kind) {
             emit::push(&mut m, emit::extmap(id, &uri))?;
         }
         emit::push(&mut m, SdpAttribute::RtcpMux)?;

@@ -7,8 +7,12 @@ frames (20 ms each) before --timeout. It also measures how long after the PeerCo
 reports "connected" the first video frame is decoded, which tells whether the server
 asks the publisher for a keyframe when a viewer joins.
 
+It also records the RTP header extensions each receiver saw (aiortc parses them with the
+ids the answer negotiated): the mids, and how many packets carried abs-send-time and the
+audio level, which shows that Prism writes the viewer's own extensions on egress.
+
 Prints one JSON line: video_frames, audio_frames, first_frame_after_connect_s, width,
-height, and diagnostics. Exits 0 only if both frame targets were reached.
+height, extensions, and diagnostics. Exits 0 only if both frame targets were reached.
 """
 
 import argparse
@@ -34,6 +38,26 @@ async def count_frames(track, result, t, enough):
             enough()
     except MediaStreamError:
         pass
+
+
+def watch_extensions(pc, result):
+    """Wraps each receiver's packet handler (aiortc has no public hook for this) to
+    record the header extensions of the packets it gets."""
+    for t in pc.getTransceivers():
+        seen = {"mid": t.mid, "mids": [], "packets": 0, "abs_send_time": 0, "audio_level": 0}
+        result["extensions"][t.kind] = seen
+        original = t.receiver._handle_rtp_packet
+
+        async def handle(packet, arrival_time_ms, original=original, seen=seen):
+            e = packet.extensions
+            seen["packets"] += 1
+            if e.mid is not None and e.mid not in seen["mids"]:
+                seen["mids"].append(e.mid)
+            seen["abs_send_time"] += e.abs_send_time is not None
+            seen["audio_level"] += e.audio_level is not None
+            return await original(packet, arrival_time_ms)
+
+        t.receiver._handle_rtp_packet = handle
 
 
 async def view(args, result):
@@ -74,6 +98,7 @@ async def view(args, result):
             result["error"] = f"POST answered {status}: {body[:200]}"
             return
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        watch_extensions(pc, result)
         try:
             await asyncio.wait_for(done.wait(), args.timeout)
         except asyncio.TimeoutError:
@@ -110,6 +135,7 @@ def main():
         "width": None,
         "height": None,
         "tracks": [],
+        "extensions": {},
     }
     try:
         asyncio.run(view(args, result))

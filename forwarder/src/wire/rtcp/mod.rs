@@ -71,7 +71,9 @@ pub use sdes::{
     Bye, ByeRepr, ByeSsrcs, Sdes, SdesChunk, SdesChunkRepr, SdesChunks, SdesItem, SdesItemRepr,
     SdesItems, SdesRepr, SDES_CNAME,
 };
-pub use twcc::{PacketStatus, Twcc, TwccRepr, TwccStatuses};
+pub use twcc::{
+    emit_feedback as emit_twcc, FeedbackHeader, PacketStatus, Twcc, TwccRepr, TwccStatuses,
+};
 
 use super::{Error, Result};
 

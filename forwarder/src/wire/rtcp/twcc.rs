@@ -386,83 +386,115 @@ impl TwccRepr {
         }
     }
 
-    fn symbols(&self) -> impl Iterator<Item = u8> + '_ {
-        self.deltas_us
-            .iter()
-            .map(|d| symbol_for(*d).map_or(LARGE, |s| s.0))
-    }
-
-    /// Length without alignment padding.
-    fn unpadded_len(&self) -> usize {
-        let mut chunks = 0;
-        let mut count = |_| chunks += 1;
-        let mut enc = ChunkEncoder::new();
-        let mut deltas = 0;
-        for s in self.symbols() {
-            deltas += delta_size(s);
-            enc.add(s, &mut count);
-        }
-        enc.finish(&mut count);
-        FIXED_LEN + 2 * chunks + deltas
-    }
-
     pub fn buffer_len(&self) -> usize {
-        self.unpadded_len().next_multiple_of(4)
+        unpadded_len(&self.deltas_us).next_multiple_of(4)
     }
 
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize> {
-        if self.deltas_us.len() > usize::from(u16::MAX) {
-            return Err(Error::TooLarge);
-        }
-        if !(-(1 << 23)..1 << 23).contains(&self.reference_time) {
-            return Err(Error::BadField);
-        }
-        for d in &self.deltas_us {
-            symbol_for(*d)?;
-        }
-        let unpadded = self.unpadded_len();
-        let len = unpadded.next_multiple_of(4);
-        if len > usize::from(u16::MAX) * 4 {
-            return Err(Error::TooLarge);
-        }
-        let b = dest(buf, len)?;
-        b.fill(0);
-        let pad = len - unpadded;
-        write_header(b, pad > 0, FMT_TWCC, PT_RTPFB, len);
-        wr32(b, 4, self.sender_ssrc.0);
-        wr32(b, 8, self.media_ssrc.0);
-        wr16(b, 12, self.base_seq);
-        wr16(b, 14, self.deltas_us.len() as u16);
-        wr24(b, 16, self.reference_time);
-        b[19] = self.fb_pkt_count;
-        let mut at = FIXED_LEN;
-        let mut enc = ChunkEncoder::new();
-        let mut put = |chunk| {
-            wr16(b, at, chunk);
-            at += 2;
-        };
-        for s in self.symbols() {
-            enc.add(s, &mut put);
-        }
-        enc.finish(&mut put);
-        for d in &self.deltas_us {
-            match symbol_for(*d)? {
-                (SMALL, t) => {
-                    b[at] = t as u8;
-                    at += 1;
-                }
-                (LARGE, t) => {
-                    wr16(b, at, t as i16 as u16);
-                    at += 2;
-                }
-                _ => {}
-            }
-        }
-        if pad > 0 {
-            b[len - 1] = pad as u8;
-        }
-        Ok(len)
+        emit_feedback(
+            buf,
+            FeedbackHeader {
+                sender_ssrc: self.sender_ssrc,
+                media_ssrc: self.media_ssrc,
+                base_seq: self.base_seq,
+                reference_time: self.reference_time,
+                fb_pkt_count: self.fb_pkt_count,
+            },
+            &self.deltas_us,
+        )
     }
+}
+
+/// The fixed fields of a feedback packet, for [`emit_feedback`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FeedbackHeader {
+    pub sender_ssrc: Ssrc,
+    pub media_ssrc: Ssrc,
+    pub base_seq: u16,
+    /// 64 ms units; must fit in signed 24 bits.
+    pub reference_time: i32,
+    pub fb_pkt_count: u8,
+}
+
+fn symbols(deltas_us: &[Option<i32>]) -> impl Iterator<Item = u8> + '_ {
+    deltas_us
+        .iter()
+        .map(|d| symbol_for(*d).map_or(LARGE, |s| s.0))
+}
+
+/// Length without alignment padding.
+fn unpadded_len(deltas_us: &[Option<i32>]) -> usize {
+    let mut chunks = 0;
+    let mut count = |_| chunks += 1;
+    let mut enc = ChunkEncoder::new();
+    let mut deltas = 0;
+    for s in symbols(deltas_us) {
+        deltas += delta_size(s);
+        enc.add(s, &mut count);
+    }
+    enc.finish(&mut count);
+    FIXED_LEN + 2 * chunks + deltas
+}
+
+/// Writes a feedback packet reporting `deltas_us` (one entry per sequence number from
+/// `h.base_seq`, as in [`TwccRepr::deltas_us`]) without allocating: the timer path sends
+/// feedback to publishers with it.
+pub fn emit_feedback(
+    buf: &mut [u8],
+    h: FeedbackHeader,
+    deltas_us: &[Option<i32>],
+) -> Result<usize> {
+    if deltas_us.len() > usize::from(u16::MAX) {
+        return Err(Error::TooLarge);
+    }
+    if !(-(1 << 23)..1 << 23).contains(&h.reference_time) {
+        return Err(Error::BadField);
+    }
+    for d in deltas_us {
+        symbol_for(*d)?;
+    }
+    let unpadded = unpadded_len(deltas_us);
+    let len = unpadded.next_multiple_of(4);
+    if len > usize::from(u16::MAX) * 4 {
+        return Err(Error::TooLarge);
+    }
+    let b = dest(buf, len)?;
+    b.fill(0);
+    let pad = len - unpadded;
+    write_header(b, pad > 0, FMT_TWCC, PT_RTPFB, len);
+    wr32(b, 4, h.sender_ssrc.0);
+    wr32(b, 8, h.media_ssrc.0);
+    wr16(b, 12, h.base_seq);
+    wr16(b, 14, deltas_us.len() as u16);
+    wr24(b, 16, h.reference_time);
+    b[19] = h.fb_pkt_count;
+    let mut at = FIXED_LEN;
+    let mut enc = ChunkEncoder::new();
+    let mut put = |chunk| {
+        wr16(b, at, chunk);
+        at += 2;
+    };
+    for s in symbols(deltas_us) {
+        enc.add(s, &mut put);
+    }
+    enc.finish(&mut put);
+    for d in deltas_us {
+        match symbol_for(*d)? {
+            (SMALL, t) => {
+                b[at] = t as u8;
+                at += 1;
+            }
+            (LARGE, t) => {
+                wr16(b, at, t as i16 as u16);
+                at += 2;
+            }
+            _ => {}
+        }
+    }
+    if pad > 0 {
+        b[len - 1] = pad as u8;
+    }
+    Ok(len)
 }
 
 #[cfg(test)]
