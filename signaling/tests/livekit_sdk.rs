@@ -5,7 +5,8 @@
 //! What passing proves:
 //! - a participant publishes simulcast VP8 and Opus; another decodes the video and receives
 //!   the audio; a reliable data message arrives stamped with the sender's identity; a late
-//!   joiner decodes video within 2 s of connecting;
+//!   joiner decodes video within 2 s of connecting; the publisher's audio level makes it an
+//!   active speaker for the others;
 //! - refusals reach clients as LiveKit's HTTP statuses (wrong secret, expired token, no
 //!   `roomJoin`, no room), a token for another room joins that room only, and grants are
 //!   enforced (`canPublish=false` cannot publish, `canSubscribe=false` receives nothing);
@@ -141,6 +142,15 @@ fn sdk_participants_publish_subscribe_and_exchange_data() {
         data.iter()
             .any(|d| d["from"] == "alice" && d["data"] == "hello from alice"),
         "bob got alice's data message with her identity: {bob}"
+    );
+    // Alice's tone is loud enough to be speech: the server announced her as a speaker.
+    let speakers = bob.summary["speakers_seen"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        speakers.iter().any(|s| s == "alice"),
+        "bob never saw alice speaking: {bob}"
     );
     assert!(carol.ok(), "{carol}");
     let (first, connect) = (carol.num("first_frame_s"), carol.num("connect_s"));

@@ -372,6 +372,7 @@ impl Engine {
                 })
                 .collect(),
             subscribers: Vec::new(),
+            meter: Default::default(),
             active: Track::all_layers(layers.len()),
             mid: ShortId::new(c.mid.as_bytes()).map(crate::ids::Mid),
             mid_ext: u8::try_from(c.mid_ext_id).unwrap_or(0),

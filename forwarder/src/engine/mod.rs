@@ -140,6 +140,7 @@ pub struct Engine {
     next_report: Option<Instant>,
     /// When layer bitrates roll over next, and when bandwidth is allocated next.
     next_rate_roll: Option<Instant>,
+    next_speaker_roll: Option<Instant>,
     next_allocation: Option<Instant>,
     /// Scratch for the allocation (reused, so the timer does not allocate).
     alloc_items: Vec<cc::Item>,
@@ -172,6 +173,7 @@ impl Engine {
             pending_pump: Vec::new(),
             next_report: None,
             next_rate_roll: None,
+            next_speaker_roll: None,
             next_allocation: None,
             alloc_items: Vec::new(),
             alloc_dts: Vec::new(),
@@ -313,6 +315,29 @@ impl Engine {
             send_rtcp(t, eg, &mut |slot: &mut [u8]| rec.build(slot, sender));
             t.twcc_in = Some(rec);
             t.last_twcc_feedback = Some(now);
+        }
+        if self.next_speaker_roll.is_none_or(|t| now >= t) {
+            self.next_speaker_roll = Some(now + track::SPEAKER_INTERVAL);
+            let Engine { tracks, outbox, .. } = self;
+            for (_, track) in tracks.iter_mut() {
+                if track.video {
+                    continue;
+                }
+                if let Some((speaking, level)) = track.meter.roll() {
+                    // The outbox is preallocated; when full the report waits for the
+                    // next change (speaking state is advisory).
+                    if outbox.len() < outbox.capacity() {
+                        outbox.push(pb::Event {
+                            request_id: 0,
+                            body: Some(pb::event::Body::AudioLevel(pb::AudioLevel {
+                                track_id: track.id,
+                                speaking,
+                                level,
+                            })),
+                        });
+                    }
+                }
+            }
         }
         if self.next_rate_roll.is_none_or(|t| now >= t) {
             self.next_rate_roll = Some(now + cc::RATE_BUCKET);
@@ -656,6 +681,9 @@ impl Engine {
             }
         }
 
+        if let (false, Some(level)) = (track.video, ingress.audio_level) {
+            track.meter.observe(level);
+        }
         let payload = pkt.payload();
         let (info, vp8d) = if track.codec == Codec::Vp8 {
             match vp8::parse_descriptor(payload) {

@@ -168,6 +168,60 @@ impl Layer {
     }
 }
 
+/// How loud a packet must be to count as speech: −35 dBov or louder (RFC 6464 levels are
+/// 0 for the loudest to 127 for silence). Voice sits around −20 to −30 dBov; background
+/// noise and comfort noise below −40.
+pub const SPEECH_DBOV: u8 = 35;
+/// Share of an interval's packets (in percent) that must be speech for the track to count
+/// as speaking, so that a cough or a click does not.
+pub const SPEECH_SHARE_PERCENT: u32 = 40;
+/// How often speaking state is read out (and reported when it changed).
+pub const SPEAKER_INTERVAL: Duration = Duration::from_millis(400);
+
+/// Voice activity of an audio track, from the audio level its publisher writes into each
+/// packet (the ssrc-audio-level header extension). Signaling turns the reports into
+/// LiveKit's active speakers; nothing is decoded.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AudioMeter {
+    packets: u32,
+    loud: u32,
+    /// Sum of the linear amplitudes (0..1) of the loud packets.
+    amplitude: f32,
+    /// What was last reported.
+    pub speaking: bool,
+    pub level: f32,
+}
+
+impl AudioMeter {
+    /// One packet's level byte (the V bit is ignored: not every sender sets it).
+    pub fn observe(&mut self, ext: u8) {
+        let dbov = ext & 0x7f;
+        self.packets = self.packets.saturating_add(1);
+        if dbov <= SPEECH_DBOV {
+            self.loud += 1;
+            self.amplitude += 10f32.powf(-f32::from(dbov) / 20.0);
+        }
+    }
+
+    /// Ends an interval. Returns the new state when it is worth telling: speaking started
+    /// or stopped, or the level of a speaker moved by 0.05 or more.
+    pub fn roll(&mut self) -> Option<(bool, f32)> {
+        let speaking = self.packets > 0 && self.loud * 100 >= self.packets * SPEECH_SHARE_PERCENT;
+        let level = if speaking && self.loud > 0 {
+            (self.amplitude / self.loud as f32).min(1.0)
+        } else {
+            0.0
+        };
+        self.packets = 0;
+        self.loud = 0;
+        self.amplitude = 0.0;
+        let changed = speaking != self.speaking || (speaking && (level - self.level).abs() >= 0.05);
+        self.speaking = speaking;
+        self.level = level;
+        changed.then_some((speaking, level))
+    }
+}
+
 #[derive(Debug)]
 pub struct Track {
     pub id: u64,
@@ -182,6 +236,8 @@ pub struct Track {
     pub layers: Vec<Layer>,
     /// Indices of the down tracks fed by this track.
     pub subscribers: Vec<usize>,
+    /// Audio tracks: voice activity from the audio level extension.
+    pub meter: AudioMeter,
     /// Bit `i` set while layer `i` is active.
     pub active: u8,
     /// Whether lost packets are asked for again (negotiated per track).
@@ -265,6 +321,28 @@ impl Track {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_meter_reports_speech_starting_and_stopping_only() {
+        let mut m = AudioMeter::default();
+        assert_eq!(m.roll(), None, "silence stays unreported");
+        for _ in 0..20 {
+            m.observe(0x80 | 20); // −20 dBov, voice
+        }
+        let (speaking, level) = m.roll().expect("speech started");
+        assert!(speaking);
+        assert!((level - 0.1).abs() < 0.001, "{level}");
+        for _ in 0..20 {
+            m.observe(21);
+        }
+        assert_eq!(m.roll(), None, "a small level change is not news");
+        // Mostly quiet with a click: not speaking.
+        for i in 0..20 {
+            m.observe(if i == 0 { 5 } else { 90 });
+        }
+        assert_eq!(m.roll(), Some((false, 0.0)));
+        assert_eq!(m.roll(), None);
+    }
 
     #[test]
     fn keyframe_requests_are_throttled_per_layer() {

@@ -246,6 +246,9 @@ struct SubTrack {
     publisher_sid: String,
     track_id: u64,
     ssrc: u32,
+    /// The RTX stream offered with video (RFC 4588): lost packets are resent on it when the
+    /// subscriber accepts it, else on the media stream itself.
+    rtx_ssrc: Option<u32>,
     codec: CodecParams,
     down_track_id: Option<u64>,
     /// Spatial layer the subscriber asked for (UpdateTrackSettings), highest by default.
@@ -284,6 +287,8 @@ pub struct Participant {
     pub client_protocol: i32,
     pub auto_subscribe: bool,
     pub tracks: Vec<PubTrack>,
+    /// Audio tracks (forwarder ids) carrying speech now, with their levels.
+    speaking: HashMap<u64, f32>,
     pending: Vec<PendingTrack>,
     publisher: Option<PubPc>,
     subscriber: SubPc,
@@ -677,6 +682,7 @@ impl Hub {
             client_protocol: p.client_protocol,
             auto_subscribe: p.auto_subscribe,
             tracks: Vec::new(),
+            speaking: HashMap::new(),
             pending: Vec::new(),
             publisher: None,
             subscriber: SubPc {
@@ -701,6 +707,24 @@ impl Hub {
             .map(Participant::info)
             .collect();
         let sid = participant.sid.clone();
+        // Speaker updates are deltas: a newcomer first hears who is speaking already (queued
+        // behind the JoinResponse, which the session sends first).
+        let speakers: Vec<lk::SpeakerInfo> = room
+            .participants
+            .iter()
+            .filter(|q| !q.permission.hidden)
+            .filter_map(|q| {
+                let level = q.speaking.values().copied().reduce(f32::max)?;
+                Some(lk::SpeakerInfo {
+                    sid: q.sid.clone(),
+                    level,
+                    active: true,
+                })
+            })
+            .collect();
+        if !speakers.is_empty() {
+            let _ = participant.send(Resp::SpeakersChanged(lk::SpeakersChanged { speakers }));
+        }
         room.participants.push(participant);
         room.empty_since = None;
         room.ever_joined = true;
@@ -972,7 +996,6 @@ impl Hub {
         params.session_id = pc.session_id;
         params.session_version = pc.version;
         let (answer, choices) = AnswerBuilder::new(&offer, &params)
-            .accept_rtx(false)
             .build_with_choices()
             .map_err(|e| e.to_string())?;
         let transport_id = pc.transport_id;
@@ -1171,11 +1194,18 @@ impl Hub {
         if publisher.sid == sub {
             return;
         }
+        let ssrc = random_u32();
         let st = SubTrack {
             track_sid: track_sid.to_owned(),
             publisher_sid: publisher.sid.clone(),
             track_id: track.track_id,
-            ssrc: random_u32(),
+            ssrc,
+            rtx_ssrc: (track.kind == MediaKind::Video).then(|| loop {
+                let r = random_u32();
+                if r != ssrc {
+                    break r;
+                }
+            }),
             codec: track.codec.clone(),
             down_track_id: None,
             spatial: 2,
@@ -1282,8 +1312,8 @@ impl Hub {
                     track_id: t.track_sid.clone(),
                     cname: t.publisher_sid.clone(),
                     ssrc: t.ssrc,
-                    rtx_ssrc: None,
-                    codecs: vec![offered_codec(&t.codec)],
+                    rtx_ssrc: t.rtx_ssrc,
+                    codecs: offered_codecs(&t.codec, t.rtx_ssrc.is_some()),
                 }),
                 None => OfferSection::Inactive {
                     mid: s.mid.clone(),
@@ -1387,13 +1417,29 @@ impl Hub {
                         continue;
                     };
                     let ext = extension_ids(m.extmaps.iter());
-                    adds.push((i, t.track_id, t.ssrc, c.pt, t.spatial, s.mid.clone(), ext));
+                    // RTX only where the subscriber kept it for this codec.
+                    let rtx = t.rtx_ssrc.zip(
+                        m.rtx
+                            .iter()
+                            .find(|(_, apt)| **apt == c.pt)
+                            .map(|(pt, _)| *pt),
+                    );
+                    adds.push((
+                        i,
+                        t.track_id,
+                        t.ssrc,
+                        c.pt,
+                        rtx,
+                        t.spatial,
+                        s.mid.clone(),
+                        ext,
+                    ));
                 }
                 Some(_) => {}
             }
         }
         let mut done = Vec::new();
-        for (i, track_id, ssrc, pt, spatial, mid, ext) in adds {
+        for (i, track_id, ssrc, pt, rtx, spatial, mid, ext) in adds {
             let down_track_id = next_id();
             match self.request(Cmd::AddDownTrack(pb::AddDownTrack {
                 room_id,
@@ -1404,8 +1450,8 @@ impl Hub {
                 payload_type: u32::from(pt),
                 preferred_spatial: spatial,
                 preferred_temporal: None,
-                rtx_ssrc: 0,
-                rtx_payload_type: 0,
+                rtx_ssrc: rtx.map_or(0, |(ssrc, _)| ssrc),
+                rtx_payload_type: rtx.map_or(0, |(_, pt)| u32::from(pt)),
                 mid,
                 header_extensions: Some(ext),
             })) {
@@ -1684,11 +1730,62 @@ impl Hub {
                     self.remove_participant(&pid, lk::DisconnectReason::ConnectionTimeout, None);
                 }
             }
+            Some(pb::event::Body::AudioLevel(a)) => self.on_audio_level(&a),
             Some(pb::event::Body::DataMessage(d)) => {
                 self.on_data(d.transport_id, &d.label, &d.data)
             }
             _ => {}
         }
+    }
+
+    /// A published audio track started or stopped carrying speech: the room hears of the
+    /// participant's change as a `speakers_changed` delta (LiveKit's form since protocol 3:
+    /// only who changed, with `active=false` when someone stops).
+    fn on_audio_level(&mut self, a: &pb::AudioLevel) {
+        tracing::debug!(
+            track = a.track_id,
+            speaking = a.speaking,
+            level = a.level,
+            "audio level"
+        );
+        let found = self.rooms.iter_mut().find_map(|(name, r)| {
+            r.participants
+                .iter_mut()
+                .find(|p| p.tracks.iter().any(|t| t.track_id == a.track_id))
+                .map(|p| (name.clone(), p))
+        });
+        let Some((room, p)) = found else {
+            return;
+        };
+        let level_of = |p: &Participant| p.speaking.values().copied().reduce(f32::max);
+        let before = level_of(p);
+        if a.speaking {
+            p.speaking.insert(a.track_id, a.level);
+        } else {
+            p.speaking.remove(&a.track_id);
+        }
+        let after = level_of(p);
+        if before == after || p.permission.hidden {
+            return;
+        }
+        let info = lk::SpeakerInfo {
+            sid: p.sid.clone(),
+            level: after.unwrap_or(0.0),
+            active: after.is_some(),
+        };
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        let mut slow = Vec::new();
+        for q in &r.participants {
+            let msg = Resp::SpeakersChanged(lk::SpeakersChanged {
+                speakers: vec![info.clone()],
+            });
+            if !q.send(msg) {
+                slow.push(q.sid.clone());
+            }
+        }
+        self.drop_slow(slow);
     }
 
     /// A data packet from a participant: relayed with the sender's identity stamped, to its
@@ -1845,13 +1942,27 @@ fn core_params(t: &pb::TransportCreated) -> Result<(SocketAddr, [u8; 32]), Strin
     Ok((addr, sha))
 }
 
-/// The codec offered to a subscriber: the publisher's, with only the feedback Prism
-/// answers (NACK, PLI, FIR).
-fn offered_codec(c: &CodecParams) -> CodecParams {
+/// The codecs offered to a subscriber: the publisher's, with only the feedback Prism
+/// answers (NACK, PLI, FIR), and its RTX companion when `rtx` (on a payload type of its
+/// own, free in this section).
+fn offered_codecs(c: &CodecParams, rtx: bool) -> Vec<CodecParams> {
     let mut c = c.clone();
     c.rtcp_fb
         .retain(|f| f == "nack" || f == "nack pli" || f == "ccm fir");
-    c
+    let mut out = vec![c.clone()];
+    if rtx {
+        if let Some(pt) = (96u8..=127).find(|pt| *pt != c.pt) {
+            out.push(CodecParams {
+                pt,
+                name: "rtx".into(),
+                clock_rate: c.clock_rate,
+                channels: None,
+                fmtp: format!("apt={}", c.pt),
+                rtcp_fb: Vec::new(),
+            });
+        }
+    }
+    out
 }
 
 /// The TrackInfo of a track announced by `add_track`.

@@ -77,6 +77,7 @@ async def main() -> None:
     first_frame_at: list[float] = []
     data: list[dict] = []
     muted_seen: list[str] = []
+    speakers_seen: list[str] = []
     events: list[str] = []
     tasks: list[asyncio.Task] = []
     disconnected = asyncio.Event()
@@ -99,6 +100,12 @@ async def main() -> None:
             tasks.append(asyncio.ensure_future(count_video(track, pub.sid)))
         else:
             tasks.append(asyncio.ensure_future(count_audio(track, pub.sid)))
+
+    @room.on("active_speakers_changed")
+    def on_speakers(speakers):
+        for sp in speakers:
+            if sp.identity not in speakers_seen:
+                speakers_seen.append(sp.identity)
 
     @room.on("track_muted")
     def on_muted(who, pub):
@@ -211,6 +218,7 @@ async def main() -> None:
         first_frame_s=round(first_frame_at[0], 3) if first_frame_at else None,
         data=data,
         muted_seen=muted_seen,
+        speakers_seen=speakers_seen,
         remote=remote,
         events=events,
         disconnected_by_server=was_disconnected,
