@@ -351,6 +351,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn srtp_cost_compares_each_variant_with_plain_prism_of_the_same_scenario() {
+        use crate::runner::{failed, Plan};
+        use crate::scenario::Topology;
+        let topo = Topology::fanout(10);
+        let err = anyhow::anyhow!("x");
+        let cell = |sys, egress: f64, cpu: f64| {
+            let mut o = failed(&topo, sys, &err);
+            o.max_egress_pps = egress;
+            o.cpu_s_per_mpkt = cpu;
+            o.pps_per_core = 1e6 / cpu;
+            o
+        };
+        let mut r = Report {
+            tool: "prism-bench",
+            mode: "full",
+            started: String::new(),
+            duration_s: 0.0,
+            machine: Machine::probe(),
+            generator_cpu: None,
+            sut_cpu: None,
+            plan: Plan::full(),
+            note: String::new(),
+            outcomes: vec![
+                cell(SystemKind::PrismUring, 200_000.0, 4.0),
+                cell(SystemKind::PrismUringSrtpGcm, 150_000.0, 5.0),
+            ],
+        };
+        let t = r.srtp_cost();
+        assert!(t.contains("| fan-out 1→10 | AEAD_AES_128_GCM | 200.0 → 150.0 | 0.75× | 250.0 → 200.0 | 0.80× | 4.00 → 5.00 (+1.00)"), "{t}");
+        // Without its plain counterpart, no row (and no table).
+        r.outcomes.remove(0);
+        assert_eq!(r.srtp_cost(), "");
+    }
+
+    #[test]
     fn utc_dates() {
         assert_eq!(utc(0), ("1970-01-01".into(), "00:00".into()));
         assert_eq!(

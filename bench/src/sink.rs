@@ -197,3 +197,72 @@ impl Sinks {
         total
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::Trailer;
+    use crate::srtp::params;
+    use prism_forwarder::srtp::{SrtpContext, SrtpKeys, MAX_OVERHEAD};
+
+    /// What the forwarder would send to `sink`: a 200-byte RTP packet with a trailer,
+    /// protected with the send keys control gave that sink's transport.
+    fn protected_for(sink: usize, seq: u16) -> Vec<u8> {
+        let profile = SrtpProfile::AeadAes128Gcm;
+        let p = params(profile, Endpoint::Sink(sink));
+        let keys = SrtpKeys::new(profile, &p.send_key, &p.send_salt).unwrap();
+        let mut ctx = SrtpContext::new(profile, &keys).unwrap();
+        let mut plain = vec![0u8; 200];
+        plain[..2].copy_from_slice(&[0x80, 96]);
+        plain[2..4].copy_from_slice(&seq.to_be_bytes());
+        plain[8..12].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+        Trailer {
+            stream: 0,
+            seq: u64::from(seq),
+            sent_ns: clock::now_ns(),
+        }
+        .write(&mut plain);
+        let mut out = vec![0u8; plain.len() + MAX_OVERHEAD];
+        let n = ctx.protect_rtp_into(&plain, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn srtp_sinks_account_verified_packets_and_count_the_rest() {
+        let mut sinks = Sinks::bind(2).unwrap();
+        sinks.enable_srtp(SrtpProfile::AeadAes128Gcm).unwrap();
+        sinks.reset(0);
+        let addrs = sinks.addrs().unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let good = protected_for(0, 1);
+        tx.send_to(&good, addrs[0]).unwrap();
+        tx.send_to(&good, addrs[0]).unwrap(); // replayed
+        tx.send_to(&protected_for(0, 2), addrs[1]).unwrap(); // sink 0's key at sink 1
+        let mut forged = protected_for(0, 3);
+        *forged.last_mut().unwrap() ^= 1;
+        tx.send_to(&forged, addrs[0]).unwrap();
+        let mut got = 0;
+        for _ in 0..100 {
+            got += sinks.poll(Duration::from_millis(10)).unwrap();
+            if got == 4 {
+                break;
+            }
+        }
+        assert_eq!(got, 4, "every datagram arrived");
+        assert_eq!(
+            sinks.srtp,
+            SrtpTally {
+                auth_failed: 2,
+                replayed: 1
+            }
+        );
+        let t = sinks.reset(0);
+        assert_eq!(
+            t.totals().unique,
+            1,
+            "only the verified packet is accounted"
+        );
+        assert_eq!(t.streams.get(&(0, 0)).map(|s| s.unique), Some(1));
+    }
+}
