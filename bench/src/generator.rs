@@ -5,14 +5,20 @@
 //! turn sends the frames it owes at once rather than drifting; a publisher more than
 //! [`MAX_LAG`] behind drops the frames it owes and counts them, which marks the trial as
 //! limited by the generator rather than by the system under test.
+//!
+//! With SRTP ([`Generator::enable_srtp`]) each publisher protects its packets under its own
+//! keys before sending, and unprotects the forwarder's SRTCP before reading PLIs from it.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use prism_forwarder::srtp::{SrtpError, SrtpProfile, MAX_OVERHEAD};
+
 use crate::clock;
 use crate::scenario::{self, Topology};
 use crate::source::Source;
+use crate::srtp::{Endpoint, EndpointSrtp};
 
 /// How far behind its schedule a publisher may fall before it skips frames.
 pub const MAX_LAG: Duration = Duration::from_millis(20);
@@ -23,6 +29,7 @@ struct Publisher {
     source: Source,
     interval: Duration,
     next_due: Instant,
+    srtp: Option<Box<EndpointSrtp>>,
 }
 
 /// What the generator did in a trial.
@@ -33,14 +40,18 @@ pub struct Sent {
     pub datagrams: u64,
     /// Frames skipped because the generator fell behind.
     pub skipped_frames: u64,
-    /// Sends the kernel refused.
+    /// Sends the kernel refused, or packets SRTP could not protect.
     pub send_errors: u64,
+    /// SRTCP from the forwarder that did not authenticate (SRTP runs only).
+    pub srtcp_failures: u64,
 }
 
 /// Every publisher of a topology.
 pub struct Generator {
     pubs: Vec<Publisher>,
     scratch: Vec<(usize, Vec<u8>)>,
+    /// Where a packet is protected before it is sent (SRTP runs).
+    sealed: Vec<u8>,
     pub sent: Sent,
     rtcp_buf: Vec<u8>,
     /// Keyframe requests (RTCP PLI) honoured.
@@ -75,6 +86,7 @@ impl Generator {
                 source,
                 interval: Duration::from_secs(1),
                 next_due: Instant::now(),
+                srtp: None,
             });
         }
         let sent = Sent {
@@ -87,6 +99,7 @@ impl Generator {
         Ok(Self {
             pubs,
             scratch: Vec::new(),
+            sealed: vec![0; 2048],
             sent,
             rtcp_buf: vec![0; 2048],
             plis: 0,
@@ -95,6 +108,18 @@ impl Generator {
 
     pub fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
         self.pubs.iter().map(|p| p.socket.local_addr()).collect()
+    }
+
+    /// Makes every publisher protect its RTP (and unprotect the forwarder's RTCP) with
+    /// its own keys, the mirror of what [`crate::srtp::params`] gives the forwarder.
+    pub fn enable_srtp(&mut self, profile: SrtpProfile) -> Result<(), SrtpError> {
+        for (i, p) in self.pubs.iter_mut().enumerate() {
+            p.srtp = Some(Box::new(EndpointSrtp::new(
+                profile,
+                Endpoint::Publisher(i),
+            )?));
+        }
+        Ok(())
     }
 
     /// Where each publisher sends.
@@ -140,7 +165,23 @@ impl Generator {
                 p.source
                     .next_frame(clock::nanos_at(Instant::now()), &mut self.scratch);
                 for (layer, d) in &self.scratch {
-                    match p.socket.send_to(d, p.target) {
+                    let wire = match p.srtp.as_mut() {
+                        None => &d[..],
+                        Some(srtp) => {
+                            let need = d.len() + MAX_OVERHEAD;
+                            if self.sealed.len() < need {
+                                self.sealed.resize(need, 0);
+                            }
+                            match srtp.protect.protect_rtp_into(d, &mut self.sealed) {
+                                Ok(n) => &self.sealed[..n],
+                                Err(_) => {
+                                    self.sent.send_errors += 1;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    match p.socket.send_to(wire, p.target) {
                         Ok(_) => {
                             self.sent.per_layer[pi][*layer] += 1;
                             self.sent.datagrams += 1;
@@ -155,6 +196,18 @@ impl Generator {
             // it never fills the socket.
             if sent_any {
                 while let Ok(n) = p.socket.recv(&mut self.rtcp_buf) {
+                    let n = match p.srtp.as_mut() {
+                        None => n,
+                        Some(srtp) => {
+                            match srtp.unprotect.unprotect_rtcp(&mut self.rtcp_buf[..n]) {
+                                Ok(n) => n,
+                                Err(_) => {
+                                    self.sent.srtcp_failures += 1;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
                     for ssrc in pli_targets(&self.rtcp_buf[..n]) {
                         self.plis += 1;
                         p.source.request_keyframe(ssrc);

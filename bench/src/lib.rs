@@ -8,6 +8,7 @@
 //!   so loss and latency are measured independently of what the forwarder rewrites;
 //! - [`accounting`]: per-stream continuity (loss, duplicates, reordering) and latency;
 //! - [`source`], [`generator`], [`sink`]: publishers and subscribers on real UDP sockets;
+//! - [`srtp`]: per-endpoint SRTP keys and contexts, when the system under test runs SRTP;
 //! - [`scenario`]: the traffic shapes of the suite; [`sut`]: the systems measured;
 //! - [`runner`]: trials, the search over offered load; [`report`], [`plot`]: the output.
 
@@ -22,4 +23,5 @@ pub mod runner;
 pub mod scenario;
 pub mod sink;
 pub mod source;
+pub mod srtp;
 pub mod sut;

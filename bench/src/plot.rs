@@ -17,6 +17,8 @@ fn color(k: SystemKind) -> RGBColor {
         SystemKind::PrismMmsg => RGBColor(230, 140, 20),
         SystemKind::Conventional => RGBColor(40, 90, 200),
         SystemKind::Rtpengine => RGBColor(40, 160, 80),
+        SystemKind::PrismUringSrtpGcm => RGBColor(150, 40, 160),
+        SystemKind::PrismUringSrtpCm => RGBColor(90, 30, 60),
     }
 }
 

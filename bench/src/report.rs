@@ -1,5 +1,7 @@
 //! The results: JSON with every trial, a Markdown table with the headline figures and the
-//! issue's targets checked, and the README's Performance section regenerated from them.
+//! issue's targets checked, the cost of SRTP (each SRTP variant against plain Prism on the
+//! same driver, measured in the same run), and the README's Performance section
+//! regenerated from them.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -207,6 +209,7 @@ impl Report {
                 "**not met**"
             }
         );
+        s.push_str(&self.srtp_cost());
         let _ = writeln!(
             s,
             "\nEgress = packets received by all sinks per second in the best trial with at most \
@@ -221,6 +224,74 @@ impl Report {
             MAX_LOSS * 100.0
         );
         s
+    }
+
+    /// The SRTP table: every scenario where an SRTP variant and its plain counterpart were
+    /// both measured, with SRTP / plain ratios. Empty when no SRTP variant ran.
+    pub fn srtp_cost(&self) -> String {
+        let mut rows = String::new();
+        for o in self.outcomes.iter().filter(|o| o.system.srtp().is_some()) {
+            let Some(p) = self
+                .outcomes
+                .iter()
+                .find(|p| p.system == o.system.plain() && p.kind == o.kind && p.n == o.n)
+            else {
+                continue;
+            };
+            let ratio = |a: f64, b: f64| {
+                if a > 0.0 && b > 0.0 {
+                    format!("{:.2}×", a / b)
+                } else {
+                    "—".into()
+                }
+            };
+            let lat = |x: &Outcome| {
+                let l = &x.latency_half_load;
+                if l.samples > 0 {
+                    format!("{:.0} / {:.0}", l.p50_us, l.p99_us)
+                } else {
+                    "—".into()
+                }
+            };
+            let added = if o.cpu_s_per_mpkt > 0.0 && p.cpu_s_per_mpkt > 0.0 {
+                format!("{:+.2}", o.cpu_s_per_mpkt - p.cpu_s_per_mpkt)
+            } else {
+                "—".into()
+            };
+            let _ = writeln!(
+                rows,
+                "| {} | {} | {} → {} | {} | {} → {} | {} | {:.2} → {:.2} ({added}) | {} → {} | {:.0} → {:.0} | {} |",
+                o.scenario,
+                o.system.srtp().map_or("", crate::srtp::profile_name),
+                kpps(p.max_egress_pps),
+                kpps(o.max_egress_pps),
+                ratio(o.max_egress_pps, p.max_egress_pps),
+                kpps(p.pps_per_core),
+                kpps(o.pps_per_core),
+                ratio(o.pps_per_core, p.pps_per_core),
+                p.cpu_s_per_mpkt,
+                o.cpu_s_per_mpkt,
+                lat(p),
+                lat(o),
+                p.load_cpu_share * 100.0,
+                o.load_cpu_share * 100.0,
+                o.srtp_auth_failed,
+            );
+        }
+        if rows.is_empty() {
+            return rows;
+        }
+        format!(
+            "\n**Cost of SRTP** (each SRTP variant against plain {} in this run; every \
+             transport has its own keys, so the forwarder decrypts each ingress packet once and \
+             encrypts each egress copy under the subscriber's key; the sinks decrypt and verify \
+             every packet, which costs the load side CPU):\n\n\
+             | scenario | profile | max egress kpps plain → SRTP | ratio | kpps per SUT core \
+             plain → SRTP | ratio | SUT µs per egress packet plain → SRTP (added) | latency at \
+             half load p50 / p99 (µs) plain → SRTP | load CPU % plain → SRTP | tags refused |\n\
+             |---|---|---:|---:|---:|---:|---:|---|---:|---:|\n{rows}",
+            SystemKind::PrismUring.label(),
+        )
     }
 
     /// Writes `<stem>.json`, `<stem>.md` and `<stem>.svg` into `dir`; returns the stem.
@@ -278,6 +349,41 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn srtp_cost_compares_each_variant_with_plain_prism_of_the_same_scenario() {
+        use crate::runner::{failed, Plan};
+        use crate::scenario::Topology;
+        let topo = Topology::fanout(10);
+        let err = anyhow::anyhow!("x");
+        let cell = |sys, egress: f64, cpu: f64| {
+            let mut o = failed(&topo, sys, &err);
+            o.max_egress_pps = egress;
+            o.cpu_s_per_mpkt = cpu;
+            o.pps_per_core = 1e6 / cpu;
+            o
+        };
+        let mut r = Report {
+            tool: "prism-bench",
+            mode: "full",
+            started: String::new(),
+            duration_s: 0.0,
+            machine: Machine::probe(),
+            generator_cpu: None,
+            sut_cpu: None,
+            plan: Plan::full(),
+            note: String::new(),
+            outcomes: vec![
+                cell(SystemKind::PrismUring, 200_000.0, 4.0),
+                cell(SystemKind::PrismUringSrtpGcm, 150_000.0, 5.0),
+            ],
+        };
+        let t = r.srtp_cost();
+        assert!(t.contains("| fan-out 1→10 | AEAD_AES_128_GCM | 200.0 → 150.0 | 0.75× | 250.0 → 200.0 | 0.80× | 4.00 → 5.00 (+1.00)"), "{t}");
+        // Without its plain counterpart, no row (and no table).
+        r.outcomes.remove(0);
+        assert_eq!(r.srtp_cost(), "");
+    }
 
     #[test]
     fn utc_dates() {

@@ -5,6 +5,9 @@
 //! until a trial loses more than [`MAX_LOSS`] (or the generator cannot keep up), then
 //! bisects between the last passing and the first failing rate. Latency is measured in a
 //! separate trial at half the highest passing rate.
+//!
+//! For an SRTP system the generator and the sinks get their keys before the first trial;
+//! a trial in which any sink saw a tag that did not verify fails, whatever its loss.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -107,8 +110,13 @@ pub struct Trial {
     pub load_cpu_share: f64,
     /// Packets that arrived too late to count (see [`crate::accounting::LATE_NS`]).
     pub late: u64,
+    /// SRTP runs: packets whose tag did not verify at a sink (any fails the trial), packets
+    /// the sinks' replay windows refused, and SRTCP at the publishers that did not verify.
+    pub srtp_auth_failed: u64,
+    pub srtp_replayed: u64,
+    pub srtcp_failures: u64,
     pub latency: Latency,
-    /// Loss within limits, and the generator kept its schedule.
+    /// Loss within limits, the generator kept its schedule, and (SRTP) every tag verified.
     pub pass: bool,
     /// The generator fell behind its schedule (the trial measured the generator).
     pub generator_limited: bool,
@@ -143,6 +151,8 @@ pub struct Outcome {
     /// (RSS at the end − RSS at start) / subscribers.
     pub bytes_per_subscriber: f64,
     pub sut_counters: Option<String>,
+    /// SRTP runs: tags that did not verify at the sinks, over every trial and the warm-up.
+    pub srtp_auth_failed: u64,
     pub trials: Vec<Trial>,
 }
 
@@ -219,6 +229,7 @@ impl Rig<'_> {
         let pid = self.sys.pid();
         let cpu0 = proc::cpu_seconds(pid).unwrap_or(0.0);
         let own0 = proc::cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let refused0 = self.sinks.srtp;
         let t0 = Instant::now();
         self.sinks.reset(crate::clock::nanos_at(t0));
         self.gen.start(factor, t0);
@@ -267,6 +278,8 @@ impl Rig<'_> {
         // nine tenths of what was due.
         let generator_limited = (sent.datagrams as f64) < 0.9 * target_sent;
         let alive = self.sys.alive();
+        let refused = self.sinks.srtp;
+        let srtp_auth_failed = refused.auth_failed - refused0.auth_failed;
         Ok(Trial {
             target_egress_pps: target,
             factor,
@@ -286,8 +299,15 @@ impl Rig<'_> {
             sut_cpu_s: cpu,
             load_cpu_share: own / seconds,
             late: tally.late,
+            srtp_auth_failed,
+            srtp_replayed: refused.replayed - refused0.replayed,
+            srtcp_failures: sent.srtcp_failures,
             latency: Latency::of(&tally),
-            pass: alive && loss <= MAX_LOSS && !generator_limited && totals.unique > 0,
+            pass: alive
+                && loss <= MAX_LOSS
+                && !generator_limited
+                && totals.unique > 0
+                && srtp_auth_failed == 0,
             generator_limited,
         })
     }
@@ -295,8 +315,8 @@ impl Rig<'_> {
 
 fn progress(topo: &Topology, kind: SystemKind, what: &str, t: &Trial) {
     eprintln!(
-        "  [{:<18} {:<13}] {what:<8} target {:>8.0} pps → egress {:>8.0} pps, loss {:>7.3}%, \
-         p99 {:>8.0} µs, sut cpu {:>3.0}%, load cpu {:>3.0}%{}{}",
+        "  [{:<18} {:<20}] {what:<8} target {:>8.0} pps → egress {:>8.0} pps, loss {:>7.3}%, \
+         p99 {:>8.0} µs, sut cpu {:>3.0}%, load cpu {:>3.0}%{}{}{}",
         topo.name,
         kind.short(),
         t.target_egress_pps,
@@ -310,15 +330,25 @@ fn progress(topo: &Topology, kind: SystemKind, what: &str, t: &Trial) {
         } else {
             ""
         },
+        if t.srtp_auth_failed > 0 {
+            format!(", {} SRTP tags refused", t.srtp_auth_failed)
+        } else {
+            String::new()
+        },
         if t.pass { "" } else { "  FAIL" },
     );
 }
 
 /// Measures `kind` on `topo`.
 pub fn measure(env: &Env, topo: &Topology, kind: SystemKind, plan: &Plan) -> Result<Outcome> {
-    let sinks = Sinks::bind(topo.subscribers)?;
+    let mut sinks = Sinks::bind(topo.subscribers)?;
     let sink_addrs = sinks.addrs()?;
     let mut gen = Generator::bind(topo)?;
+    if let Some(profile) = kind.srtp() {
+        let keyed = |e| anyhow::anyhow!("SRTP keys: {e:?}");
+        gen.enable_srtp(profile).map_err(keyed)?;
+        sinks.enable_srtp(profile).map_err(keyed)?;
+    }
     let sys = System::start(kind, env, topo, &gen.addrs()?, &sink_addrs)?;
     gen.set_targets(&sys.targets);
     let mut rig = Rig {
@@ -452,6 +482,7 @@ pub fn measure(env: &Env, topo: &Topology, kind: SystemKind, plan: &Plan) -> Res
         bytes_per_subscriber: rss.saturating_sub(rig.sys.rss_at_start) as f64
             / topo.subscribers.max(1) as f64,
         sut_counters: counters,
+        srtp_auth_failed: rig.sinks.srtp.auth_failed,
         trials,
     })
 }
@@ -477,6 +508,7 @@ pub fn failed(topo: &Topology, kind: SystemKind, err: &anyhow::Error) -> Outcome
         rss_bytes: 0,
         bytes_per_subscriber: 0.0,
         sut_counters: None,
+        srtp_auth_failed: 0,
         trials: Vec::new(),
     }
 }

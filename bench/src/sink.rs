@@ -5,6 +5,11 @@
 //! Sockets are registered edge-triggered, so a readable socket is always read until it
 //! reports `WouldBlock`; that keeps the poll cheap with a thousand sockets and most of
 //! them idle at any instant.
+//!
+//! With SRTP ([`Sinks::enable_srtp`]) every sink unprotects what it receives with its own
+//! keys before accounting it: a packet whose tag does not verify is never accounted (so it
+//! shows as loss) and is counted in [`SrtpTally`]; SRTCP is authenticated and counted as
+//! foreign, like plain RTCP.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -14,8 +19,11 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
+use prism_forwarder::srtp::{SrtpError, SrtpProfile};
+
 use crate::accounting::Tally;
 use crate::clock;
+use crate::srtp::{self, Endpoint, EndpointSrtp, Opened};
 
 /// Receive buffer per slot: room for a GRO-coalesced batch should the kernel build one.
 const SLOT: usize = 64 * 1024;
@@ -25,6 +33,16 @@ pub const SINK_RCVBUF: usize = 4 << 20;
 struct Sink {
     socket: UdpSocket,
     state: UdpSocketState,
+    srtp: Option<Box<EndpointSrtp>>,
+}
+
+/// What the sinks' SRTP contexts refused, over the sinks' lifetime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SrtpTally {
+    /// Tags that did not verify: the forwarder encrypted under the wrong key, or corrupted.
+    pub auth_failed: u64,
+    /// Authentic packets already seen (or older than the replay window).
+    pub replayed: u64,
 }
 
 /// Every subscriber's socket, and what they received.
@@ -37,6 +55,7 @@ pub struct Sinks {
     pub tally: Tally,
     /// Receive errors other than `WouldBlock`.
     pub errors: u64,
+    pub srtp: SrtpTally,
 }
 
 impl std::fmt::Debug for Sinks {
@@ -61,7 +80,11 @@ impl Sinks {
             let mut socket = UdpSocket::from_std(std);
             poll.registry()
                 .register(&mut socket, Token(i), Interest::READABLE)?;
-            sinks.push(Sink { socket, state });
+            sinks.push(Sink {
+                socket,
+                state,
+                srtp: None,
+            });
         }
         Ok(Self {
             sinks,
@@ -71,7 +94,17 @@ impl Sinks {
             metas: vec![RecvMeta::default(); BATCH_SIZE],
             tally: Tally::new(),
             errors: 0,
+            srtp: SrtpTally::default(),
         })
+    }
+
+    /// Makes every sink unprotect what it receives with its own keys, the mirror of what
+    /// [`crate::srtp::params`] gives the forwarder for the sink's transport.
+    pub fn enable_srtp(&mut self, profile: SrtpProfile) -> Result<(), SrtpError> {
+        for (i, s) in self.sinks.iter_mut().enumerate() {
+            s.srtp = Some(Box::new(EndpointSrtp::new(profile, Endpoint::Sink(i))?));
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -113,36 +146,123 @@ impl Sinks {
     }
 
     fn drain(&mut self, i: usize) -> u64 {
-        let Some(sink) = self.sinks.get(i) else {
+        let Sinks {
+            sinks,
+            bufs,
+            metas,
+            tally,
+            errors,
+            srtp: refused,
+            ..
+        } = self;
+        let Some(sink) = sinks.get_mut(i) else {
             return 0;
         };
         let mut total = 0;
         loop {
             let mut slices: Vec<IoSliceMut<'_>> =
-                self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            let got =
-                match sink
-                    .state
-                    .recv(UdpSockRef::from(&sink.socket), &mut slices, &mut self.metas)
-                {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        self.errors += 1;
-                        break;
-                    }
-                };
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let got = match sink
+                .state
+                .recv(UdpSockRef::from(&sink.socket), &mut slices, metas)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    *errors += 1;
+                    break;
+                }
+            };
             drop(slices);
             let now = clock::now_ns();
-            for (meta, buf) in self.metas.iter().zip(&self.bufs).take(got) {
+            for (meta, buf) in metas.iter().zip(bufs.iter_mut()).take(got) {
                 let stride = meta.stride.max(1);
-                for d in buf[..meta.len].chunks(stride) {
-                    self.tally.record(i as u32, d, now);
+                for d in buf[..meta.len].chunks_mut(stride) {
                     total += 1;
+                    let Some(ctx) = sink.srtp.as_mut() else {
+                        tally.record(i as u32, d, now);
+                        continue;
+                    };
+                    match srtp::open(&mut ctx.unprotect, d) {
+                        Opened::Rtp(n) => tally.record(i as u32, &d[..n], now),
+                        // Counted as a datagram without a trailer, as plain RTCP is.
+                        Opened::Rtcp => tally.record(i as u32, &[], now),
+                        Opened::AuthFailed => refused.auth_failed += 1,
+                        Opened::Replayed => refused.replayed += 1,
+                    }
                 }
             }
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::Trailer;
+    use crate::srtp::params;
+    use prism_forwarder::srtp::{SrtpContext, SrtpKeys, MAX_OVERHEAD};
+
+    /// What the forwarder would send to `sink`: a 200-byte RTP packet with a trailer,
+    /// protected with the send keys control gave that sink's transport.
+    fn protected_for(sink: usize, seq: u16) -> Vec<u8> {
+        let profile = SrtpProfile::AeadAes128Gcm;
+        let p = params(profile, Endpoint::Sink(sink));
+        let keys = SrtpKeys::new(profile, &p.send_key, &p.send_salt).unwrap();
+        let mut ctx = SrtpContext::new(profile, &keys).unwrap();
+        let mut plain = vec![0u8; 200];
+        plain[..2].copy_from_slice(&[0x80, 96]);
+        plain[2..4].copy_from_slice(&seq.to_be_bytes());
+        plain[8..12].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+        Trailer {
+            stream: 0,
+            seq: u64::from(seq),
+            sent_ns: clock::now_ns(),
+        }
+        .write(&mut plain);
+        let mut out = vec![0u8; plain.len() + MAX_OVERHEAD];
+        let n = ctx.protect_rtp_into(&plain, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn srtp_sinks_account_verified_packets_and_count_the_rest() {
+        let mut sinks = Sinks::bind(2).unwrap();
+        sinks.enable_srtp(SrtpProfile::AeadAes128Gcm).unwrap();
+        sinks.reset(0);
+        let addrs = sinks.addrs().unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let good = protected_for(0, 1);
+        tx.send_to(&good, addrs[0]).unwrap();
+        tx.send_to(&good, addrs[0]).unwrap(); // replayed
+        tx.send_to(&protected_for(0, 2), addrs[1]).unwrap(); // sink 0's key at sink 1
+        let mut forged = protected_for(0, 3);
+        *forged.last_mut().unwrap() ^= 1;
+        tx.send_to(&forged, addrs[0]).unwrap();
+        let mut got = 0;
+        for _ in 0..100 {
+            got += sinks.poll(Duration::from_millis(10)).unwrap();
+            if got == 4 {
+                break;
+            }
+        }
+        assert_eq!(got, 4, "every datagram arrived");
+        assert_eq!(
+            sinks.srtp,
+            SrtpTally {
+                auth_failed: 2,
+                replayed: 1
+            }
+        );
+        let t = sinks.reset(0);
+        assert_eq!(
+            t.totals().unique,
+            1,
+            "only the verified packet is accounted"
+        );
+        assert_eq!(t.streams.get(&(0, 0)).map(|s| s.unique), Some(1));
     }
 }

@@ -450,3 +450,215 @@ fn srtp_media_flows_and_bad_input_is_counted() {
         "unknown label refused"
     );
 }
+
+/// ICE restart through control (RFC 8445 §9). The viewer's network changes: signaling
+/// restarts ICE with new credentials on both sides, and the viewer checks from a new
+/// address. Until the new credentials nominate, media keeps going to the old address; the
+/// old ufrag no longer routes a check from anywhere new, and once the new credentials have
+/// nominated the old ones are refused from every address (dropped and counted). Media
+/// moves to the new address under the same SRTP keys (no DTLS handshake is repeated), and
+/// consent restarts there: the transport outlives the 30 s after its last old-path check,
+/// and closes 30 s after its last new-path one.
+#[test]
+fn ice_restart_moves_the_viewer_and_keeps_dtls_and_srtp() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut e = Engine::new(0, SERVER.parse().unwrap(), EngineConfig::default());
+    let mut eg = CollectEgress::default();
+    ok(&mut e, now, cmd::room(1));
+    let mut publisher = Peer::new("10.2.0.1:5000", "pubC", "pubS");
+    let mut viewer = Peer::new("10.2.0.2:6000", "subC", "subS");
+    let fp = create_transport(&mut e, now, 10, &publisher);
+    create_transport(&mut e, now, 20, &viewer);
+    for p in [&mut publisher, &mut viewer] {
+        p.dtls
+            .set_remote_fingerprint(Fingerprint::parse(&fp).unwrap())
+            .unwrap();
+    }
+    ok(&mut e, now, cmd::opus_track(1, 10, 1, 0x1111));
+    ok(&mut e, now, cmd::down_track(1, 1, 2, 20, 0x2222, 111, 0));
+    connect(&mut e, &mut eg, &mut publisher, &mut now);
+    connect(&mut e, &mut eg, &mut viewer, &mut now);
+    // Every event from here on, to check what was (not) reported.
+    let mut events: Vec<pb::Event> = e.drain_events().collect();
+
+    let stun = |e: &mut Engine, eg: &mut CollectEgress, from: SocketAddr, d: &[u8], now| {
+        eg.begin(d);
+        e.handle_datagram(now, from, &mut d.to_vec(), eg);
+        eg.take()
+    };
+    // One publisher packet: where it went, and its sequence number as the viewer decrypts
+    // it with the keys from the first (and only) DTLS handshake.
+    let mut seq_in = 1u16;
+    let mut relay = |e: &mut Engine,
+                     eg: &mut CollectEgress,
+                     publisher: &mut Peer,
+                     viewer: &mut Peer,
+                     now: Instant| {
+        seq_in += 1;
+        let srtp = protect(publisher, &opus(seq_in, 0x1111, b"voice"));
+        let out = stun(e, eg, publisher.addr, &srtp, now);
+        assert!(
+            out.iter().all(|(_, d)| !(20..=63).contains(&d[0])),
+            "no DTLS: the handshake is not repeated"
+        );
+        let [(to, d)] = &out[..] else {
+            panic!("one copy for the viewer, got {}", out.len())
+        };
+        let mut m = d.clone();
+        let n = viewer
+            .srtp_in
+            .as_mut()
+            .unwrap()
+            .unprotect_rtp(&mut m)
+            .expect("the viewer's SRTP keys still work");
+        (
+            *to,
+            RtpPacket::new_checked(&m[..n]).unwrap().sequence_number(),
+        )
+    };
+    let old_addr = viewer.addr;
+    let new_addr: SocketAddr = "10.2.9.9:7000".parse().unwrap();
+    let (to, s1) = relay(&mut e, &mut eg, &mut publisher, &mut viewer, now);
+    assert_eq!(to, old_addr);
+
+    // 20 s without a check from the viewer (its network is going away); the publisher keeps
+    // its own consent fresh.
+    for _ in 0..4 {
+        now += Duration::from_secs(5);
+        ice(&mut e, &mut eg, &publisher, now);
+        e.handle_timeout(now, &mut eg);
+        eg.take();
+    }
+
+    // Refused restarts change nothing.
+    let restart = |ufrag: &str, pwd: &str| pb::RestartIce {
+        room_id: 1,
+        transport_id: 20,
+        local_ufrag: ufrag.into(),
+        local_pwd: pwd.into(),
+        remote_ufrag: "subC2".into(),
+        remote_pwd: "client-password-9876543210".into(),
+    };
+    for (why, body) in [
+        (
+            "another transport's ufrag",
+            restart("pubS", "pubS-password-0123456789"),
+        ),
+        (
+            "the same ufrag",
+            restart("subS", "subS-password-0123456789"),
+        ),
+        ("no password", restart("subS2", "")),
+        (
+            "an unknown transport",
+            pb::RestartIce {
+                transport_id: 99,
+                ..restart("subS2", "x")
+            },
+        ),
+    ] {
+        let ev = e.handle_command(
+            now,
+            pb::Command {
+                request_id: 3,
+                body: Some(Body::RestartIce(body)),
+            },
+        );
+        assert!(
+            matches!(ev.body, Some(pb::event::Body::Error(_))),
+            "{why} refused"
+        );
+    }
+    let server_pwd2 = "subS2-password-0123456789";
+    ok(&mut e, now, Body::RestartIce(restart("subS2", server_pwd2)));
+
+    // Until the new credentials nominate, media keeps flowing on the old path.
+    let (to, s2) = relay(&mut e, &mut eg, &mut publisher, &mut viewer, now);
+    assert_eq!((to, s2), (old_addr, s1.wrapping_add(1)));
+
+    // The old ufrag no longer routes: a check with the old credentials from the new address
+    // is dropped unanswered and counted.
+    let old_check = viewer.binding_request(&viewer.server_pwd.clone());
+    let unknown = e.counters.dropped(DropReason::UnknownSource);
+    assert!(stun(&mut e, &mut eg, new_addr, &old_check, now).is_empty());
+    assert_eq!(e.counters.dropped(DropReason::UnknownSource), unknown + 1);
+
+    // The viewer checks from its new address with the new credentials: answered there, and
+    // the transport moves.
+    viewer.addr = new_addr;
+    viewer.ufrag = "subC2".into();
+    viewer.server_ufrag = "subS2".into();
+    viewer.server_pwd = server_pwd2.into();
+    let rejected = e
+        .transport_counters(20)
+        .unwrap()
+        .dropped(DropReason::IceRejected);
+    let forged = viewer.binding_request("not the new password");
+    assert!(stun(&mut e, &mut eg, new_addr, &forged, now).is_empty());
+    let new_check = viewer.binding_request(server_pwd2);
+    let replies = stun(&mut e, &mut eg, new_addr, &new_check, now);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].0, new_addr);
+    assert_eq!(replies[0].1[0..2], [0x01, 0x01], "Binding success");
+    let restarted_at = now;
+
+    // Media now goes to the new address, numbered on from the old path, under the same keys.
+    let (to, s3) = relay(&mut e, &mut eg, &mut publisher, &mut viewer, now);
+    assert_eq!((to, s3), (new_addr, s2.wrapping_add(1)));
+
+    // The old credentials are retired: refused from the new (selected) address, and from
+    // the old one they route nowhere. Both counted.
+    assert!(stun(&mut e, &mut eg, new_addr, &old_check, now).is_empty());
+    assert_eq!(
+        e.transport_counters(20)
+            .unwrap()
+            .dropped(DropReason::IceRejected),
+        rejected + 2,
+        "the forged check and the retired credentials"
+    );
+    assert!(stun(&mut e, &mut eg, old_addr, &old_check, now).is_empty());
+    assert_eq!(e.counters.dropped(DropReason::UnknownSource), unknown + 2);
+
+    // Consent restarted with the nomination: 35 s after the viewer's last old-path check
+    // (more than the 30 s that would have failed it) the transport is alive. Nothing sent
+    // meanwhile is DTLS.
+    let idle_until = |e: &mut Engine,
+                      eg: &mut CollectEgress,
+                      publisher: &Peer,
+                      events: &mut Vec<pb::Event>,
+                      now: &mut Instant,
+                      until: Instant| {
+        while *now < until {
+            *now += Duration::from_secs(5);
+            ice(e, eg, publisher, *now);
+            e.handle_timeout(*now, eg);
+            assert!(eg.take().iter().all(|(_, d)| !(20..=63).contains(&d[0])));
+            events.extend(e.drain_events());
+        }
+        !events.iter().any(|ev| {
+            matches!(&ev.body, Some(pb::event::Body::TransportClosed(c)) if c.transport_id == 20)
+        })
+    };
+    let until = t0 + Duration::from_secs(36);
+    assert!(
+        idle_until(&mut e, &mut eg, &publisher, &mut events, &mut now, until),
+        "consent restarted at the new address"
+    );
+    let (to, _) = relay(&mut e, &mut eg, &mut publisher, &mut viewer, now);
+    assert_eq!(to, new_addr);
+    // And it is enforced there: 30 s without a check from the new address close it.
+    let until = restarted_at + Duration::from_secs(31);
+    assert!(
+        !idle_until(&mut e, &mut eg, &publisher, &mut events, &mut now, until),
+        "consent lapsed on the new path"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|ev| matches!(ev.body, Some(pb::event::Body::TransportConnected(_))))
+            .count(),
+        2,
+        "each transport connected once, at setup, never again"
+    );
+}

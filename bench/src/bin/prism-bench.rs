@@ -23,12 +23,16 @@ RUN OPTIONS:
     --smoke                 one short trial per scenario and system (CI), no search
     --out DIR               results directory (default bench/results; smoke: target/bench-smoke)
     --readme PATH           README whose Performance section is regenerated (full runs;
-                            default README.md; 'none' to skip)
+                            default README.md, but only when every system and scenario ran:
+                            a partial run leaves it alone unless --readme is given; 'none'
+                            to skip)
     --forwarder PATH        prism-forwarder binary (default: next to this binary)
     --rtpengine PATH        rtpengine binary (default /usr/bin/rtpengine if present)
     --gen-cpu N             pin the generator and sinks to CPU N (default 0)
     --sut-cpu N             pin the systems under test to CPU N (default 1)
-    --systems LIST          subset of ceiling,prism-uring,prism-mmsg,conventional,rtpengine
+    --systems LIST          subset of ceiling,prism-uring,prism-mmsg,conventional,rtpengine,
+                            prism-uring-srtp-gcm,prism-uring-srtp-cm (the SRTP variants run
+                            the relay and fan-out scenarios; every transport has its own keys)
     --scenarios LIST        subset of relay,fanout,audio,meeting,simulcast (kind or kind:N)
     --note TEXT             a note printed with the results (e.g. the machine was shared)
 ";
@@ -79,6 +83,7 @@ fn run(args: &[String]) -> Result<()> {
     let mut smoke = false;
     let mut out = None;
     let mut readme = Some(PathBuf::from("README.md"));
+    let mut readme_given = false;
     let exe = std::env::current_exe()?;
     let mut forwarder = exe.with_file_name("prism-forwarder");
     let mut rtpengine = Some(PathBuf::from("/usr/bin/rtpengine")).filter(|p| p.exists());
@@ -96,6 +101,7 @@ fn run(args: &[String]) -> Result<()> {
             "--readme" => {
                 let v = val()?;
                 readme = (v != "none").then(|| PathBuf::from(v));
+                readme_given = true;
             }
             "--forwarder" => forwarder = PathBuf::from(val()?),
             "--rtpengine" => rtpengine = Some(PathBuf::from(val()?)),
@@ -217,6 +223,11 @@ fn run(args: &[String]) -> Result<()> {
         report.duration_s,
         out.display()
     );
+    let partial = filter.is_some() || systems != SystemKind::ALL;
+    if partial && !readme_given && !smoke {
+        eprintln!("prism-bench: partial run (--systems/--scenarios): README left as it is");
+        readme = None;
+    }
     if !smoke {
         if let Some(readme) = readme {
             let rel = |ext: &str| format!("{}/{stem}.{ext}", out.display());
@@ -227,8 +238,19 @@ fn run(args: &[String]) -> Result<()> {
         .outcomes
         .iter()
         .filter(|o| !o.limited_by.contains("not installed"))
-        .filter(|o| o.limited_by.starts_with("error") || o.trials.iter().all(|t| t.received == 0))
-        .map(|o| format!("{} on {}: {}", o.scenario, o.system.short(), o.limited_by))
+        .filter(|o| {
+            o.limited_by.starts_with("error")
+                || o.trials.iter().all(|t| t.received == 0)
+                || o.srtp_auth_failed > 0
+        })
+        .map(|o| {
+            let why = if o.srtp_auth_failed > 0 {
+                format!("{} SRTP tags did not verify", o.srtp_auth_failed)
+            } else {
+                o.limited_by.clone()
+            };
+            format!("{} on {}: {why}", o.scenario, o.system.short())
+        })
         .collect();
     if smoke && !broken.is_empty() {
         bail!("smoke run failed:\n  {}", broken.join("\n  "));

@@ -1,7 +1,9 @@
 //! The systems under test, each run as its own process pinned to the SUT CPU, and
 //! configured from a [`Topology`].
 //!
-//! - [`prism`]: the `prism-forwarder` binary (io_uring or mmsg driver), over its control socket;
+//! - [`prism`]: the `prism-forwarder` binary (io_uring or mmsg driver), over its control socket,
+//!   with plain RTP or, on the io_uring driver, SRTP under either profile (every transport
+//!   with its own keys; see [`crate::srtp`]);
 //! - [`reflector`]: the ceiling, `prism-bench serve reflector` on the forwarder's I/O drivers;
 //! - [`conventional`]: `prism-bench serve conventional`, tokio and a packet copy per subscriber;
 //! - [`rtpengine`]: Debian's rtpengine in userspace mode, over its ng protocol (relay only).
@@ -20,6 +22,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use prism_forwarder::srtp::SrtpProfile;
 use serde::Serialize;
 
 use crate::scenario::{self, Kind, Topology};
@@ -34,15 +37,21 @@ pub enum SystemKind {
     PrismMmsg,
     Conventional,
     Rtpengine,
+    /// Prism on io_uring, every transport SRTP with AEAD_AES_128_GCM.
+    PrismUringSrtpGcm,
+    /// Prism on io_uring, every transport SRTP with AES_CM_128_HMAC_SHA1_80.
+    PrismUringSrtpCm,
 }
 
 impl SystemKind {
-    pub const ALL: [SystemKind; 5] = [
+    pub const ALL: [SystemKind; 7] = [
         SystemKind::Ceiling,
         SystemKind::PrismUring,
         SystemKind::PrismMmsg,
         SystemKind::Conventional,
         SystemKind::Rtpengine,
+        SystemKind::PrismUringSrtpGcm,
+        SystemKind::PrismUringSrtpCm,
     ];
 
     pub fn label(self) -> &'static str {
@@ -52,6 +61,8 @@ impl SystemKind {
             SystemKind::PrismMmsg => "Prism mmsg",
             SystemKind::Conventional => "conventional (tokio)",
             SystemKind::Rtpengine => "rtpengine (userspace)",
+            SystemKind::PrismUringSrtpGcm => "Prism io_uring, SRTP AES-GCM",
+            SystemKind::PrismUringSrtpCm => "Prism io_uring, SRTP AES-CM/HMAC-SHA1-80",
         }
     }
 
@@ -62,6 +73,25 @@ impl SystemKind {
             SystemKind::PrismMmsg => "prism-mmsg",
             SystemKind::Conventional => "conventional",
             SystemKind::Rtpengine => "rtpengine",
+            SystemKind::PrismUringSrtpGcm => "prism-uring-srtp-gcm",
+            SystemKind::PrismUringSrtpCm => "prism-uring-srtp-cm",
+        }
+    }
+
+    /// The SRTP profile every transport uses, for the SRTP variants.
+    pub fn srtp(self) -> Option<SrtpProfile> {
+        match self {
+            SystemKind::PrismUringSrtpGcm => Some(SrtpProfile::AeadAes128Gcm),
+            SystemKind::PrismUringSrtpCm => Some(SrtpProfile::AesCm128HmacSha1_80),
+            _ => None,
+        }
+    }
+
+    /// The plain system an SRTP variant is compared with (itself for the others).
+    pub fn plain(self) -> SystemKind {
+        match self {
+            SystemKind::PrismUringSrtpGcm | SystemKind::PrismUringSrtpCm => SystemKind::PrismUring,
+            k => k,
         }
     }
 
@@ -69,10 +99,15 @@ impl SystemKind {
         Self::ALL.into_iter().find(|k| k.short() == s)
     }
 
-    /// Whether this system takes part in a scenario.
+    /// Whether this system takes part in a scenario. The SRTP variants run the relay and
+    /// the fan-outs: one stream per subscriber makes the per-copy cost of encryption plain
+    /// to see, and the full run stays within a quarter of an hour or so.
     pub fn runs(self, kind: Kind) -> bool {
         match self {
             SystemKind::Rtpengine => kind == Kind::Relay,
+            SystemKind::PrismUringSrtpGcm | SystemKind::PrismUringSrtpCm => {
+                matches!(kind, Kind::Relay | Kind::Fanout)
+            }
             _ => true,
         }
     }
@@ -138,11 +173,14 @@ impl System {
         let log = env.scratch.join(format!("{tag}.log"));
         let ingress = SocketAddr::from(([127, 0, 0, 1], port));
         let (child, control, targets) = match kind {
-            SystemKind::PrismUring | SystemKind::PrismMmsg => {
-                let driver = if kind == SystemKind::PrismUring {
-                    "io_uring"
-                } else {
+            SystemKind::PrismUring
+            | SystemKind::PrismMmsg
+            | SystemKind::PrismUringSrtpGcm
+            | SystemKind::PrismUringSrtpCm => {
+                let driver = if kind == SystemKind::PrismMmsg {
                     "mmsg"
+                } else {
+                    "io_uring"
                 };
                 let args: Vec<String> = [
                     "--control-unix",
@@ -231,7 +269,7 @@ impl System {
         sinks: &[SocketAddr],
     ) -> Result<()> {
         match &mut self.control {
-            Control::Prism(c) => c.setup(topo, pubs, sinks),
+            Control::Prism(c) => c.setup(topo, pubs, sinks, self.kind.srtp()),
             Control::Routes(c) => {
                 let cmds: Vec<RouteCommand> = topo
                     .subscriptions

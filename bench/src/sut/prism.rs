@@ -1,8 +1,9 @@
 //! Configuring a `prism-forwarder` process for a topology over its control socket.
 //!
 //! One room pinned to the forwarder's only core; a plain transport per publisher socket
-//! (remote set, so no comedia learning is needed) and per sink socket; a track per
-//! publisher with its layers; a down track per subscription.
+//! (remote set, so no comedia learning is needed) and per sink socket, each with its own
+//! SRTP keys when the system runs SRTP; a track per publisher with its layers; a down
+//! track per subscription.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +16,8 @@ use prism_proto::control as pb;
 
 use crate::scenario::{self, Topology};
 use crate::source::{Media, AUDIO_PT, VIDEO_PT};
+use crate::srtp::{self, Endpoint};
+use prism_forwarder::srtp::SrtpProfile;
 
 const ROOM: u64 = 1;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,7 +97,9 @@ impl PrismControl {
         topo: &Topology,
         pubs: &[SocketAddr],
         sinks: &[SocketAddr],
+        profile: Option<SrtpProfile>,
     ) -> Result<()> {
+        let keys = |at| profile.map(|p| srtp::params(p, at));
         self.request(Body::CreateRoom(pb::CreateRoom {
             room_id: ROOM,
             pin_core: true,
@@ -104,7 +109,7 @@ impl PrismControl {
         let mut bodies = Vec::new();
         for (p, spec) in topo.publishers.iter().enumerate() {
             bodies.push(Body::CreatePlainTransport(pb::CreatePlainTransport {
-                srtp: None,
+                srtp: keys(Endpoint::Publisher(p)),
                 room_id: ROOM,
                 transport_id: pub_transport(p),
                 remote: pubs[p].to_string(),
@@ -152,7 +157,7 @@ impl PrismControl {
         }
         for (s, addr) in sinks.iter().enumerate() {
             bodies.push(Body::CreatePlainTransport(pb::CreatePlainTransport {
-                srtp: None,
+                srtp: keys(Endpoint::Sink(s)),
                 room_id: ROOM,
                 transport_id: sub_transport(s),
                 remote: addr.to_string(),

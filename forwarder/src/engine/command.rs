@@ -100,6 +100,7 @@ impl Engine {
                 ok()
             }
             Body::GetStats(_) => Ok(pb::event::Body::Stats(self.stats(now))),
+            Body::RestartIce(c) => self.restart_ice(c),
             Body::SendData(c) => {
                 let i = *self
                     .transport_ids
@@ -256,6 +257,45 @@ impl Engine {
                 t.twcc_in = Some(Box::default());
             }
         }
+        ok()
+    }
+
+    /// ICE restart: the new local ufrag routes, the old one stops routing new addresses,
+    /// and the agent takes the new credentials (see `IceLite::restart` for what happens
+    /// to the current path). DTLS and the transport's SRTP contexts are left alone.
+    fn restart_ice(&mut self, c: pb::RestartIce) -> CmdResult {
+        let i = self.transport_in_room(c.transport_id, c.room_id)?;
+        if c.local_ufrag.is_empty() || c.local_pwd.is_empty() {
+            return Err("local ICE credentials are required".into());
+        }
+        if c.remote_ufrag.is_empty() != c.remote_pwd.is_empty() {
+            return Err("remote ICE ufrag and password go together".into());
+        }
+        if let Some(&other) = self.by_ufrag.get(c.local_ufrag.as_bytes()) {
+            // The same ufrag again would not be a restart (RFC 8445 §9 changes both), and
+            // another transport's would steal its checks.
+            let whose = if other == i {
+                "this transport"
+            } else {
+                "another transport"
+            };
+            return Err(format!(
+                "ICE ufrag {:?} is already in use by {whose}",
+                c.local_ufrag
+            ));
+        }
+        let w = self
+            .transports
+            .get_mut(i)
+            .and_then(|t| t.webrtc.as_mut())
+            .ok_or("not a WebRTC transport")?;
+        w.ice.restart(&c.local_ufrag, &c.local_pwd);
+        if !c.remote_ufrag.is_empty() {
+            w.ice.set_remote_credentials(&c.remote_ufrag, &c.remote_pwd);
+        }
+        self.by_ufrag.retain(|_, v| *v != i);
+        self.by_ufrag.insert(c.local_ufrag.into_bytes(), i);
+        tracing::debug!(transport = c.transport_id, "ICE restart");
         ok()
     }
 

@@ -368,6 +368,7 @@ impl Router {
             Some(Body::RemoveDownTrack(c)) => c.room_id,
             Some(Body::SendData(c)) => c.room_id,
             Some(Body::SetHeaderExtensions(c)) => c.room_id,
+            Some(Body::RestartIce(c)) => c.room_id,
         };
         match self.rooms.get(&room) {
             Some(&core) => self.to_core(core, cmd),
