@@ -593,6 +593,62 @@ fn duplicate_identity_replaces_the_first_session_and_resume_means_rejoin() {
     server.assert_alive();
 }
 
+/// Sends a publisher offer on a raw session and returns the answer's SDP.
+fn offer_and_answer(sess: &mut RawSession, sdp: &str, id: u32) -> String {
+    let req = lk::SignalRequest {
+        message: Some(lk::signal_request::Message::Offer(lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp: sdp.into(),
+            id,
+            ..Default::default()
+        })),
+    };
+    sess.send(Message::Binary(req.encode_to_vec().into()));
+    loop {
+        let r = next_response(&mut sess.ws).expect("an answer");
+        if let Some(lk::signal_response::Message::Answer(a)) = r.message {
+            assert_eq!(a.id, id, "the answer echoes the offer id");
+            return a.sdp;
+        }
+    }
+}
+
+fn ice_ufrag(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("an ice-ufrag")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn publisher_reoffer_with_new_ice_credentials_restarts_ice() {
+    let _one_at_a_time = serial();
+    let mut server = Server::start();
+    let mut sess = RawSession::open(&server, "mover");
+    let offer = include_str!("fixtures/aiortc_offer.sdp");
+    let first = offer_and_answer(&mut sess, offer, 1);
+    // The same session renegotiated: same credentials, same answer credentials.
+    let again = offer_and_answer(&mut sess, offer, 2);
+    assert_eq!(ice_ufrag(&first), ice_ufrag(&again));
+    // New client credentials (the JS SDK's restartICE): Prism answers with new ones too.
+    let restarted = offer
+        .replace("a=ice-ufrag:nYxO", "a=ice-ufrag:Zq9K")
+        .replace(
+            "a=ice-pwd:VculIayymT7Yd4In0b66Uv",
+            "a=ice-pwd:Pl0mZ3xJvB8wq2Rr6Tt4Yy",
+        );
+    let after = offer_and_answer(&mut sess, &restarted, 3);
+    assert_ne!(
+        ice_ufrag(&first),
+        ice_ufrag(&after),
+        "an ICE restart must change the server's credentials too"
+    );
+    // The session is still served.
+    let _ = sess.ping(7);
+    server.assert_alive();
+}
+
 /// A metric's value from `/metrics` (no labels).
 fn metric(server: &Server, name: &str) -> f64 {
     let (status, body) = http_get(server, "/metrics");

@@ -222,6 +222,8 @@ struct PubPc {
     transport_id: u64,
     ufrag: String,
     pwd: String,
+    /// The client's ICE ufrag: a re-offer with another one is an ICE restart.
+    remote_ufrag: String,
     session_id: u64,
     version: u64,
     /// mid → track sid, for sections already published.
@@ -959,6 +961,7 @@ impl Hub {
             let (transport_id, ufrag, pwd) =
                 (next_id(), random_ice_string(8), random_ice_string(24));
             let room_id = self.rooms.get(&room_name).ok_or("gone")?.id;
+            let remote_ufrag = remote.ufrag.clone();
             let created = self.request(Cmd::CreateWebrtcTransport(pb::CreateWebRtcTransport {
                 room_id,
                 transport_id,
@@ -980,11 +983,14 @@ impl Hub {
                 transport_id,
                 ufrag,
                 pwd,
+                remote_ufrag,
                 session_id: u64::from(random_u32()),
                 version: 0,
                 mids: HashMap::new(),
             });
             self.by_transport.insert(transport_id, pid.to_owned());
+        } else {
+            self.restart_ice_if_asked(&room_name, pid, &offer)?;
         }
         let room = self.rooms.get_mut(&room_name).ok_or("gone")?;
         let room_id = room.id;
@@ -1112,6 +1118,48 @@ impl Hub {
             tracing::info!(participant = %pid, track = %t, "track published");
             self.subscribe_everyone(&room_name, &t);
         }
+        Ok(())
+    }
+
+    /// A publisher re-offer with new ICE credentials is an ICE restart (the client lost
+    /// its path, or moved networks): Prism answers with new credentials of its own and the
+    /// media plane switches to them, keeping DTLS and SRTP (RFC 8445 §9).
+    fn restart_ice_if_asked(
+        &mut self,
+        room_name: &str,
+        pid: &str,
+        offer: &SessionOffer,
+    ) -> Result<(), String> {
+        let remote = remote_transport(offer)?;
+        let room = self.rooms.get_mut(room_name).ok_or("gone")?;
+        let room_id = room.id;
+        let pc = room
+            .participant_mut(pid)
+            .and_then(|p| p.publisher.as_mut())
+            .ok_or("no publisher transport")?;
+        if pc.remote_ufrag == remote.ufrag {
+            return Ok(());
+        }
+        let (ufrag, pwd) = (random_ice_string(8), random_ice_string(24));
+        let transport_id = pc.transport_id;
+        self.request(Cmd::RestartIce(pb::RestartIce {
+            room_id,
+            transport_id,
+            local_ufrag: ufrag.clone(),
+            local_pwd: pwd.clone(),
+            remote_ufrag: remote.ufrag.clone(),
+            remote_pwd: remote.pwd,
+        }))?;
+        tracing::info!(participant = %pid, "ICE restart");
+        let pc = self
+            .rooms
+            .get_mut(room_name)
+            .and_then(|r| r.participant_mut(pid))
+            .and_then(|p| p.publisher.as_mut())
+            .ok_or("gone")?;
+        pc.ufrag = ufrag;
+        pc.pwd = pwd;
+        pc.remote_ufrag = remote.ufrag;
         Ok(())
     }
 
