@@ -310,7 +310,11 @@ fn serve(args: &[String]) -> Result<()> {
             );
             println!("development mode: API key `{DEV_KEY}`, secret `{DEV_SECRET}`");
             println!("a join token for room `demo` as `alice`, valid 6 h:\n\n  {t}\n");
-            println!("mint others with: prism token create --room demo --identity bob");
+            println!("next:");
+            println!("  - try it in a browser: http://{bind}/ (two tabs talk to each other)");
+            println!("  - LiveKit SDKs: connect to ws://{bind} with the token above");
+            println!("  - WHIP/WHEP: POST an SDP offer to http://{bind}/whip/demo or /whep/demo");
+            println!("  - mint more tokens: prism token create --room demo --identity bob");
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(server::serve(listener, state, rx));
