@@ -823,12 +823,7 @@ impl Hub {
     /// Sends one signaling message to a participant (closing its session if it is too far
     /// behind).
     pub fn send_to(&mut self, pid: &str, msg: Resp) {
-        let ok = self
-            .by_sid
-            .get(pid)
-            .and_then(|room| self.rooms.get(room))
-            .and_then(|r| r.participant(pid))
-            .is_none_or(|p| p.send(msg));
+        let ok = self.participant(pid).is_none_or(|p| p.send(msg));
         if !ok {
             self.drop_slow(vec![pid.to_owned()]);
         }
@@ -846,13 +841,21 @@ impl Hub {
             Req::Offer(sd) => {
                 if let Err(e) = self.on_publisher_offer(pid, &sd) {
                     tracing::warn!(participant = %pid, error = %e, "publisher offer refused");
-                    self.close_session(pid, &format!("bad offer: {e}"));
+                    self.close_session(
+                        pid,
+                        &format!("bad offer: {e}"),
+                        lk::DisconnectReason::StateMismatch,
+                    );
                 }
             }
             Req::Answer(sd) => {
                 if let Err(e) = self.on_subscriber_answer(pid, &sd) {
                     tracing::warn!(participant = %pid, error = %e, "subscriber answer refused");
-                    self.close_session(pid, &format!("bad answer: {e}"));
+                    self.close_session(
+                        pid,
+                        &format!("bad answer: {e}"),
+                        lk::DisconnectReason::StateMismatch,
+                    );
                 }
             }
             Req::AddTrack(t) => self.on_add_track(pid, t),
@@ -879,16 +882,18 @@ impl Hub {
         }
     }
 
-    fn close_session(&mut self, pid: &str, reason: &str) {
-        if let Some(p) = self
-            .by_sid
-            .get(pid)
-            .and_then(|room| self.rooms.get(room))
-            .and_then(|r| r.participant(pid))
-        {
-            let _ = p.out.try_send(Out::Close(reason.to_owned()));
+    /// The participant with this sid, wherever it is.
+    fn participant(&self, pid: &str) -> Option<&Participant> {
+        self.rooms.get(self.by_sid.get(pid)?)?.participant(pid)
+    }
+
+    /// Closes a participant's signaling session with `text` as the WebSocket close reason,
+    /// and removes it with `reason`.
+    fn close_session(&mut self, pid: &str, text: &str, reason: lk::DisconnectReason) {
+        if let Some(p) = self.participant(pid) {
+            let _ = p.out.try_send(Out::Close(text.to_owned()));
         }
-        self.remove_participant(pid, lk::DisconnectReason::StateMismatch, None);
+        self.remove_participant(pid, reason, None);
     }
 
     fn on_add_track(&mut self, pid: &str, req: lk::AddTrackRequest) {
@@ -1765,17 +1770,11 @@ impl Hub {
             Some(pb::event::Body::TransportClosed(c)) => {
                 if let Some(pid) = self.by_transport.get(&c.transport_id).cloned() {
                     tracing::info!(participant = %pid, reason = %c.reason, "transport closed");
-                    if let Some(p) = self
-                        .by_sid
-                        .get(&pid)
-                        .and_then(|room| self.rooms.get(room))
-                        .and_then(|r| r.participant(&pid))
-                    {
-                        let _ = p
-                            .out
-                            .try_send(Out::Close(format!("media connection lost: {}", c.reason)));
-                    }
-                    self.remove_participant(&pid, lk::DisconnectReason::ConnectionTimeout, None);
+                    self.close_session(
+                        &pid,
+                        &format!("media connection lost: {}", c.reason),
+                        lk::DisconnectReason::ConnectionTimeout,
+                    );
                 }
             }
             Some(pb::event::Body::AudioLevel(a)) => self.on_audio_level(&a),
