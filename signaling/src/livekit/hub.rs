@@ -887,6 +887,12 @@ impl Hub {
         self.rooms.get(self.by_sid.get(pid)?)?.participant(pid)
     }
 
+    fn participant_mut(&mut self, pid: &str) -> Option<&mut Participant> {
+        self.rooms
+            .get_mut(self.by_sid.get(pid)?)?
+            .participant_mut(pid)
+    }
+
     /// Closes a participant's signaling session with `text` as the WebSocket close reason,
     /// and removes it with `reason`.
     fn close_session(&mut self, pid: &str, text: &str, reason: lk::DisconnectReason) {
@@ -897,14 +903,7 @@ impl Hub {
     }
 
     fn on_add_track(&mut self, pid: &str, req: lk::AddTrackRequest) {
-        let Some(room) = self.by_sid.get(pid).cloned() else {
-            return;
-        };
-        let Some(p) = self
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.participant_mut(pid))
-        else {
+        let Some(p) = self.participant_mut(pid) else {
             return;
         };
         let kind_ok =
@@ -1630,14 +1629,7 @@ impl Hub {
     }
 
     fn on_update_metadata(&mut self, pid: &str, m: lk::UpdateParticipantMetadata) {
-        let Some(room) = self.by_sid.get(pid).cloned() else {
-            return;
-        };
-        let Some(p) = self
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.participant_mut(pid))
-        else {
+        let Some(p) = self.participant_mut(pid) else {
             return;
         };
         if !p.permission.can_update_metadata {
