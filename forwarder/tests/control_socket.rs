@@ -61,6 +61,7 @@ fn spawn_fake_forwarder(server: ControlServer) -> thread::JoinHandle<()> {
                     body: Some(event::Body::RoomCreated(RoomCreated {
                         room_id: c.room_id,
                         core: 3,
+                        ..Default::default()
                     })),
                 },
                 Some(command::Body::GetStats(_)) => ok_event(cmd.request_id),

@@ -400,6 +400,7 @@ mod tests {
                         body: Some(event::Body::RoomCreated(RoomCreated {
                             room_id: c.room_id,
                             core: 0,
+                            ..Default::default()
                         })),
                     },
                     _ => error_event(cmd.request_id, "unsupported"),

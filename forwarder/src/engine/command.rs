@@ -40,10 +40,13 @@ impl Engine {
     fn apply_command(&mut self, now: Instant, body: Body) -> CmdResult {
         match body {
             Body::CreateRoom(c) => {
+                let fingerprint = self.ensure_cert()?.fingerprint().to_string();
                 self.rooms.entry(c.room_id).or_default();
                 Ok(pb::event::Body::RoomCreated(pb::RoomCreated {
                     room_id: c.room_id,
                     core: self.core,
+                    local: self.local.to_string(),
+                    fingerprint,
                 }))
             }
             Body::CreatePlainTransport(c) => self.create_transport(now, c),
@@ -118,6 +121,18 @@ impl Engine {
                 ok()
             }
         }
+    }
+
+    /// The core's DTLS certificate, made on first use (one per core, shared by every
+    /// WebRTC transport on it).
+    fn ensure_cert(&mut self) -> Result<&crate::dtls::DtlsCert, String> {
+        if self.cert.is_none() {
+            self.cert = Some(
+                crate::dtls::DtlsCert::generate()
+                    .map_err(|e| format!("making a DTLS certificate: {e:?}"))?,
+            );
+        }
+        self.cert.as_ref().ok_or_else(|| "no certificate".into())
     }
 
     /// Whether `ssrc` already names a layer or an RTX stream published on transport `ti`.
@@ -202,13 +217,7 @@ impl Engine {
         if self.by_ufrag.contains_key(c.local_ufrag.as_bytes()) {
             return Err(format!("ICE ufrag {:?} is already in use", c.local_ufrag));
         }
-        if self.cert.is_none() {
-            self.cert = Some(
-                crate::dtls::DtlsCert::generate()
-                    .map_err(|e| format!("making a DTLS certificate: {e:?}"))?,
-            );
-        }
-        let cert = self.cert.as_ref().ok_or("no certificate")?;
+        let cert = self.ensure_cert()?;
         let fingerprint = cert.fingerprint().to_string();
         let w = super::webrtc::WebRtc::new(&c, cert)?;
         let i = self.transports.insert(Transport {
