@@ -5,6 +5,8 @@
 //! - [`codec`]: keyframe/layer detection and payload-descriptor rewriting.
 //! - [`engine`]: sans-IO forwarding state (tracks, down tracks, simulcast selection,
 //!   retransmission cache), driven by `(now, bytes)`.
+//! - [`egress`]: the seam between the two: the trait the engine sends through and the
+//!   datagram size limits both sides agree on.
 //! - [`io`]: the only place that talks to the kernel (io_uring, or recvmmsg/sendmmsg).
 //! - [`control`]: commands and events between signaling and the cores.
 //! - [`runtime`]: the pinned worker threads and the router that places rooms on cores.
@@ -14,6 +16,7 @@
 pub mod codec;
 pub mod control;
 pub mod dtls;
+pub mod egress;
 pub mod engine;
 pub mod ice;
 pub mod ids;

@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 
+use crate::egress::{Egress, MAX_DATAGRAM};
 use crate::ids::{Pt, Ssrc};
-use crate::io::{Egress, MAX_DATAGRAM};
 
 /// Bytes at the end of each synthetic payload: layer (1), frame (8), packet index (2).
 pub const TAG_LEN: usize = 11;

@@ -9,9 +9,10 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use prism_forwarder::egress::{Egress, MAX_DATAGRAM};
 use prism_forwarder::io::{
-    bind_udp, uring_available, Driver, Egress, IoStats, MmsgConfig, MmsgDriver, SocketConfig,
-    UringConfig, UringDriver, Waker, MAX_DATAGRAM,
+    bind_udp, uring_available, Driver, IoStats, MmsgConfig, MmsgDriver, SocketConfig, UringConfig,
+    UringDriver, Waker,
 };
 
 type Make<D> = fn(usize) -> D;

@@ -41,7 +41,7 @@ impl Engine {
         match body {
             Body::CreateRoom(c) => {
                 let fingerprint = self.ensure_cert()?.fingerprint().to_string();
-                self.rooms.entry(c.room_id).or_default();
+                self.objs.rooms.entry(c.room_id).or_default();
                 Ok(pb::event::Body::RoomCreated(pb::RoomCreated {
                     room_id: c.room_id,
                     core: self.core,
@@ -56,20 +56,29 @@ impl Engine {
             Body::AddDownTrack(c) => self.add_down_track(now, c),
             Body::SetPreferredLayer(c) => {
                 let (dt, track) = self.down_track_and_track(c.down_track_id)?;
-                let active = self.tracks.get(track).map_or(0, |t| t.active);
-                let e = self.down_tracks.get_mut(dt).ok_or("no such down track")?;
+                let active = self.objs.tracks.get(track).map_or(0, |t| t.active);
+                let e = self
+                    .objs
+                    .down_tracks
+                    .get_mut(dt)
+                    .ok_or("no such down track")?;
                 e.dt.set_preferred(layer_u8(c.spatial)?, layer_u8(c.temporal)?);
                 e.dt.retarget(active);
                 ok()
             }
             Body::SetPaused(c) => {
                 let (dt, _) = self.down_track_and_track(c.down_track_id)?;
-                let e = self.down_tracks.get_mut(dt).ok_or("no such down track")?;
+                let e = self
+                    .objs
+                    .down_tracks
+                    .get_mut(dt)
+                    .ok_or("no such down track")?;
                 e.dt.set_paused(c.paused);
                 ok()
             }
             Body::RemoveDownTrack(c) => {
                 let i = *self
+                    .routes
                     .down_track_ids
                     .get(&c.down_track_id)
                     .ok_or_else(|| format!("no down track {}", c.down_track_id))?;
@@ -78,6 +87,7 @@ impl Engine {
             }
             Body::RemoveTrack(c) => {
                 let i = *self
+                    .routes
                     .track_ids
                     .get(&c.track_id)
                     .ok_or_else(|| format!("no track {}", c.track_id))?;
@@ -86,6 +96,7 @@ impl Engine {
             }
             Body::CloseTransport(c) => {
                 let i = *self
+                    .routes
                     .transport_ids
                     .get(&c.transport_id)
                     .ok_or_else(|| format!("no transport {}", c.transport_id))?;
@@ -94,6 +105,7 @@ impl Engine {
             }
             Body::CloseRoom(c) => {
                 let room = self
+                    .objs
                     .rooms
                     .remove(&c.room_id)
                     .ok_or_else(|| format!("no room {}", c.room_id))?;
@@ -106,17 +118,19 @@ impl Engine {
             Body::RestartIce(c) => self.restart_ice(c),
             Body::SendData(c) => {
                 let i = *self
+                    .routes
                     .transport_ids
                     .get(&c.transport_id)
                     .ok_or_else(|| format!("no transport {}", c.transport_id))?;
                 let w = self
+                    .objs
                     .transports
                     .get_mut(i)
                     .and_then(|t| t.webrtc.as_mut())
                     .ok_or("not a WebRTC transport")?;
                 w.send_data(&c.label, c.binary, &c.data)?;
-                if !self.pending_pump.contains(&i) {
-                    self.pending_pump.push(i);
+                if !self.timers.pending_pump.contains(&i) {
+                    self.timers.pending_pump.push(i);
                 }
                 ok()
             }
@@ -135,38 +149,21 @@ impl Engine {
         self.cert.as_ref().ok_or_else(|| "no certificate".into())
     }
 
-    /// Whether `ssrc` already names a layer or an RTX stream published on transport `ti`.
-    fn ssrc_published(&self, ti: usize, ssrc: Ssrc) -> bool {
-        self.by_ssrc.contains_key(&(ti, ssrc)) || self.by_rtx_ssrc.contains_key(&(ti, ssrc))
-    }
-
-    /// Whether `ssrc` is already sent on transport `ti`, by a down track or its RTX stream.
-    fn ssrc_sent(&self, ti: usize, ssrc: Ssrc) -> bool {
-        self.by_out_ssrc.contains_key(&(ti, ssrc))
-            || self.transports.get(ti).is_some_and(|t| {
-                t.down_tracks.iter().any(|&d| {
-                    self.down_tracks
-                        .get(d)
-                        .and_then(|e| e.rtx)
-                        .is_some_and(|r| r.ssrc == ssrc)
-                })
-            })
-    }
-
     fn down_track_and_track(&self, id: u64) -> Result<(usize, usize), String> {
         let i = *self
+            .routes
             .down_track_ids
             .get(&id)
             .ok_or_else(|| format!("no down track {id}"))?;
-        let e = self.down_tracks.get(i).ok_or("no such down track")?;
+        let e = self.objs.down_tracks.get(i).ok_or("no such down track")?;
         Ok((i, e.track))
     }
 
     fn create_transport(&mut self, now: Instant, c: pb::CreatePlainTransport) -> CmdResult {
-        if !self.rooms.contains_key(&c.room_id) {
+        if !self.objs.rooms.contains_key(&c.room_id) {
             return Err(format!("no room {} on core {}", c.room_id, self.core));
         }
-        if self.transport_ids.contains_key(&c.transport_id) {
+        if self.routes.transport_ids.contains_key(&c.transport_id) {
             return Err(format!("transport {} exists", c.transport_id));
         }
         let remote = if c.remote.is_empty() {
@@ -179,7 +176,7 @@ impl Engine {
                 .remote
                 .parse()
                 .map_err(|_| format!("bad remote address {:?}", c.remote))?;
-            if self.by_addr.contains_key(&a) {
+            if self.routes.by_addr.contains_key(&a) {
                 return Err(format!("remote {a} is already used by another transport"));
             }
             Some(a)
@@ -188,16 +185,16 @@ impl Engine {
             None => None,
             Some(p) => Some(Box::new(srtp_pair(p)?)),
         };
-        let i = self.transports.insert(Transport {
+        let i = self.objs.transports.insert(Transport {
             comedia: c.comedia && remote.is_none(),
             srtp,
             ..Transport::new(c.transport_id, c.room_id, remote, now)
         });
-        self.transport_ids.insert(c.transport_id, i);
+        self.routes.transport_ids.insert(c.transport_id, i);
         if let Some(a) = remote {
-            self.by_addr.insert(a, i);
+            self.routes.by_addr.insert(a, i);
         }
-        if let Some(r) = self.rooms.get_mut(&c.room_id) {
+        if let Some(r) = self.objs.rooms.get_mut(&c.room_id) {
             r.transports.push(i);
         }
         Ok(pb::event::Body::TransportCreated(pb::TransportCreated {
@@ -208,27 +205,27 @@ impl Engine {
     }
 
     fn create_webrtc_transport(&mut self, now: Instant, c: pb::CreateWebRtcTransport) -> CmdResult {
-        if !self.rooms.contains_key(&c.room_id) {
+        if !self.objs.rooms.contains_key(&c.room_id) {
             return Err(format!("no room {} on core {}", c.room_id, self.core));
         }
-        if self.transport_ids.contains_key(&c.transport_id) {
+        if self.routes.transport_ids.contains_key(&c.transport_id) {
             return Err(format!("transport {} exists", c.transport_id));
         }
-        if self.by_ufrag.contains_key(c.local_ufrag.as_bytes()) {
+        if self.routes.by_ufrag.contains_key(c.local_ufrag.as_bytes()) {
             return Err(format!("ICE ufrag {:?} is already in use", c.local_ufrag));
         }
         let cert = self.ensure_cert()?;
         let fingerprint = cert.fingerprint().to_string();
         let w = super::webrtc::WebRtc::new(&c, cert)?;
-        let i = self.transports.insert(Transport {
+        let i = self.objs.transports.insert(Transport {
             webrtc: Some(Box::new(w)),
             // Nothing is negotiated until signaling says so.
             ext: Some(ExtIds::default()),
             ..Transport::new(c.transport_id, c.room_id, None, now)
         });
-        self.transport_ids.insert(c.transport_id, i);
-        self.by_ufrag.insert(c.local_ufrag.into_bytes(), i);
-        if let Some(r) = self.rooms.get_mut(&c.room_id) {
+        self.routes.transport_ids.insert(c.transport_id, i);
+        self.routes.by_ufrag.insert(c.local_ufrag.into_bytes(), i);
+        if let Some(r) = self.objs.rooms.get_mut(&c.room_id) {
             r.transports.push(i);
         }
         Ok(pb::event::Body::TransportCreated(pb::TransportCreated {
@@ -244,15 +241,15 @@ impl Engine {
     fn set_header_extensions(&mut self, c: pb::SetHeaderExtensions) -> CmdResult {
         let i = self.transport_in_room(c.transport_id, c.room_id)?;
         let ids = ExtIds::from_proto(&c.ids.unwrap_or_default())?;
-        let t = self.transports.get_mut(i).ok_or("no such transport")?;
+        let t = self.objs.transports.get_mut(i).ok_or("no such transport")?;
         t.ext = Some(ids);
         if ids.transport_cc == 0 {
             t.twcc_out = None;
             t.twcc_in = None;
             // No estimate any more: nothing caps the layers.
             for &di in &t.down_tracks {
-                if let Some(e) = self.down_tracks.get_mut(di) {
-                    let active = self.tracks.get(e.track).map_or(0, |tr| tr.active);
+                if let Some(e) = self.objs.down_tracks.get_mut(di) {
+                    let active = self.objs.tracks.get(e.track).map_or(0, |tr| tr.active);
                     e.dt.set_cap(super::cc::UNCAPPED, active);
                 }
             }
@@ -280,7 +277,7 @@ impl Engine {
         if c.remote_ufrag.is_empty() != c.remote_pwd.is_empty() {
             return Err("remote ICE ufrag and password go together".into());
         }
-        if let Some(&other) = self.by_ufrag.get(c.local_ufrag.as_bytes()) {
+        if let Some(&other) = self.routes.by_ufrag.get(c.local_ufrag.as_bytes()) {
             // The same ufrag again would not be a restart (RFC 8445 §9 changes both), and
             // another transport's would steal its checks.
             let whose = if other == i {
@@ -294,6 +291,7 @@ impl Engine {
             ));
         }
         let w = self
+            .objs
             .transports
             .get_mut(i)
             .and_then(|t| t.webrtc.as_mut())
@@ -302,8 +300,8 @@ impl Engine {
         if !c.remote_ufrag.is_empty() {
             w.ice.set_remote_credentials(&c.remote_ufrag, &c.remote_pwd);
         }
-        self.by_ufrag.retain(|_, v| *v != i);
-        self.by_ufrag.insert(c.local_ufrag.into_bytes(), i);
+        self.routes.by_ufrag.retain(|_, v| *v != i);
+        self.routes.by_ufrag.insert(c.local_ufrag.into_bytes(), i);
         tracing::debug!(transport = c.transport_id, "ICE restart");
         ok()
     }
@@ -311,10 +309,11 @@ impl Engine {
     /// The transport index for `id`, checked to belong to `room`.
     fn transport_in_room(&self, id: u64, room: u64) -> Result<usize, String> {
         let i = *self
+            .routes
             .transport_ids
             .get(&id)
             .ok_or_else(|| format!("no transport {id}"))?;
-        let t = self.transports.get(i).ok_or("no such transport")?;
+        let t = self.objs.transports.get(i).ok_or("no such transport")?;
         if t.room != room {
             return Err(format!("transport {id} is not in room {room}"));
         }
@@ -323,7 +322,7 @@ impl Engine {
 
     fn add_track(&mut self, now: Instant, c: pb::AddTrack) -> CmdResult {
         let ti = self.transport_in_room(c.transport_id, c.room_id)?;
-        if self.track_ids.contains_key(&c.track_id) {
+        if self.routes.track_ids.contains_key(&c.track_id) {
             return Err(format!("track {} exists", c.track_id));
         }
         if c.layers.is_empty() || c.layers.len() > 8 {
@@ -431,26 +430,30 @@ impl Engine {
             nack: c.nack.unwrap_or(true),
             created: now,
         };
-        let i = self.tracks.insert(track);
-        self.track_ids.insert(c.track_id, i);
+        let i = self.objs.tracks.insert(track);
+        self.routes.track_ids.insert(c.track_id, i);
         let pending = self
+            .objs
             .transports
             .get(ti)
             .is_some_and(|t| t.comedia && t.remote.is_none());
         for (li, l) in layers.iter().enumerate() {
             if l.rtx_ssrc != 0 {
-                self.by_rtx_ssrc
+                self.routes
+                    .by_rtx_ssrc
                     .insert((ti, Ssrc(l.rtx_ssrc)), (i, li as u8));
             }
             if l.ssrc == 0 {
                 continue;
             }
-            self.by_ssrc.insert((ti, Ssrc(l.ssrc)), (i, li as u8));
+            self.routes
+                .by_ssrc
+                .insert((ti, Ssrc(l.ssrc)), (i, li as u8));
             if pending {
-                self.comedia.insert(Ssrc(l.ssrc), ti);
+                self.routes.comedia.insert(Ssrc(l.ssrc), ti);
             }
         }
-        if let Some(t) = self.transports.get_mut(ti) {
+        if let Some(t) = self.objs.transports.get_mut(ti) {
             t.tracks.push(i);
         }
         ok()
@@ -459,10 +462,11 @@ impl Engine {
     fn add_down_track(&mut self, now: Instant, c: pb::AddDownTrack) -> CmdResult {
         let ti = self.transport_in_room(c.transport_id, c.room_id)?;
         let track_i = *self
+            .routes
             .track_ids
             .get(&c.track_id)
             .ok_or_else(|| format!("no track {}", c.track_id))?;
-        if self.down_track_ids.contains_key(&c.down_track_id) {
+        if self.routes.down_track_ids.contains_key(&c.down_track_id) {
             return Err(format!("down track {} exists", c.down_track_id));
         }
         let ssrc = Ssrc(c.ssrc);
@@ -487,7 +491,7 @@ impl Engine {
                 (r ^ (r >> 16)) as u16,
             )),
         };
-        let track = self.tracks.get_mut(track_i).ok_or("no such track")?;
+        let track = self.objs.tracks.get_mut(track_i).ok_or("no such track")?;
         if track.room != c.room_id {
             return Err(format!("track {} is not in room {}", c.track_id, c.room_id));
         }
@@ -521,7 +525,7 @@ impl Engine {
             None => None,
             Some(p) => {
                 let ids = ExtIds::from_proto(p)?;
-                let transport = self.transports.get(ti).and_then(|t| t.ext);
+                let transport = self.objs.transports.get(ti).and_then(|t| t.ext);
                 if let Some(t) = transport {
                     if !ids.within(&t) {
                         return Err("the down track's header extension ids differ from its \
@@ -532,7 +536,7 @@ impl Engine {
                 Some(ids)
             }
         };
-        let di = self.down_tracks.insert(DownTrackEntry {
+        let di = self.objs.down_tracks.insert(DownTrackEntry {
             id: c.down_track_id,
             room,
             track: track_i,
@@ -544,120 +548,15 @@ impl Engine {
             report: Default::default(),
         });
         track.subscribers.push(di);
-        self.down_track_ids.insert(c.down_track_id, di);
-        self.by_out_ssrc.insert((ti, ssrc), di);
-        if let Some(t) = self.transports.get_mut(ti) {
+        self.routes.down_track_ids.insert(c.down_track_id, di);
+        self.routes.by_out_ssrc.insert((ti, ssrc), di);
+        if let Some(t) = self.objs.transports.get_mut(ti) {
             t.down_tracks.push(di);
             if t.comedia && t.remote.is_none() {
-                self.comedia.insert(ssrc, ti);
+                self.routes.comedia.insert(ssrc, ti);
             }
         }
         ok()
-    }
-
-    fn remove_down_track(&mut self, di: usize) {
-        let Some(e) = self.down_tracks.remove(di) else {
-            return;
-        };
-        self.down_track_ids.remove(&e.id);
-        self.by_out_ssrc.remove(&(e.transport, e.dt.params.ssrc));
-        self.comedia.remove(&e.dt.params.ssrc);
-        if let Some(t) = self.tracks.get_mut(e.track) {
-            t.subscribers.retain(|&d| d != di);
-        }
-        if let Some(t) = self.transports.get_mut(e.transport) {
-            t.down_tracks.retain(|&d| d != di);
-        }
-    }
-
-    fn remove_track(&mut self, ti: usize) {
-        let Some(track) = self.tracks.remove(ti) else {
-            return;
-        };
-        self.track_ids.remove(&track.id);
-        for di in track.subscribers {
-            self.remove_down_track(di);
-        }
-        for l in &track.layers {
-            self.by_ssrc.remove(&(track.transport, l.ssrc));
-            self.by_rtx_ssrc.remove(&(track.transport, l.rtx_ssrc));
-            self.comedia.remove(&l.ssrc);
-        }
-        if let Some(t) = self.transports.get_mut(track.transport) {
-            t.tracks.retain(|&x| x != ti);
-        }
-    }
-
-    pub(crate) fn close_transport(&mut self, i: usize, reason: &str) {
-        let Some(t) = self.transports.get(i) else {
-            return;
-        };
-        let (tracks, dts, id, room, remote) = (
-            t.tracks.clone(),
-            t.down_tracks.clone(),
-            t.id,
-            t.room,
-            t.remote,
-        );
-        for di in dts {
-            self.remove_down_track(di);
-        }
-        for ti in tracks {
-            self.remove_track(ti);
-        }
-        self.transports.remove(i);
-        self.transport_ids.remove(&id);
-        if let Some(a) = remote {
-            self.by_addr.remove(&a);
-        }
-        self.comedia.retain(|_, v| *v != i);
-        self.by_ufrag.retain(|_, v| *v != i);
-        if let Some(r) = self.rooms.get_mut(&room) {
-            r.transports.retain(|&x| x != i);
-        }
-        self.emit(pb::Event {
-            request_id: 0,
-            body: Some(pb::event::Body::TransportClosed(pb::TransportClosed {
-                transport_id: id,
-                reason: reason.to_string(),
-            })),
-        });
-    }
-
-    /// This core's counters and every transport's.
-    pub fn stats(&self, now: Instant) -> pb::Stats {
-        pb::Stats {
-            cores: vec![pb::CoreStats {
-                core: self.core,
-                counters: Some(self.counters.to_proto()),
-                rooms: self.rooms.len() as u32,
-                transports: self.transports.len() as u32,
-                tracks: self.tracks.len() as u32,
-                down_tracks: self.down_tracks.len() as u32,
-                ..Default::default()
-            }],
-            transports: self
-                .transports
-                .iter()
-                .map(|(_, t)| pb::TransportStats {
-                    transport_id: t.id,
-                    core: self.core,
-                    remote: t.remote.map(|a| a.to_string()).unwrap_or_default(),
-                    counters: Some(t.counters.to_proto()),
-                    bandwidth: t.twcc_out.as_ref().and_then(|s| {
-                        let e = &s.estimator;
-                        (e.feedbacks > 0).then(|| pb::BandwidthEstimate {
-                            estimate_bps: e.estimate_bps().unwrap_or(0),
-                            acked_bps: e.acked_bps(super::cc::micros(t.epoch, now)),
-                            loss: e.loss(),
-                            delay_state: e.state().name().to_string(),
-                            feedbacks: e.feedbacks,
-                        })
-                    }),
-                    twcc_feedback_sent: t.twcc_in.as_ref().map_or(0, |r| r.sent),
-                })
-                .collect(),
-        }
     }
 }
 

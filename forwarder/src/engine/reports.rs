@@ -28,9 +28,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::{send_rtcp, Engine};
+use super::egress::send_rtcp;
+use super::routes::Objects;
+use super::Engine;
+use crate::egress::Egress;
 use crate::ids::{ExtTimestamp, SeqNo, Ssrc};
-use crate::io::Egress;
 use crate::wire::rtcp::{self, ReportBlockRepr, SenderInfo, SenderReport};
 
 /// How often receiver and sender reports go out (RFC 3550 leaves it to the profile; 1 s
@@ -200,10 +202,11 @@ impl Engine {
         transport: usize,
         sr: &SenderReport<&[u8]>,
     ) {
-        let Some(&(ti, li)) = self.by_ssrc.get(&(transport, sr.ssrc())) else {
+        let Some(&(ti, li)) = self.routes.by_ssrc.get(&(transport, sr.ssrc())) else {
             return;
         };
         if let Some(l) = self
+            .objs
             .tracks
             .get_mut(ti)
             .and_then(|t| t.layers.get_mut(usize::from(li)))
@@ -215,8 +218,9 @@ impl Engine {
 
     /// Timer work: receiver reports once per interval, sender reports when due.
     pub(super) fn send_reports<E: Egress>(&mut self, now: Instant, eg: &mut E) {
-        if self.next_report.is_none_or(|t| now >= t) && self.send_receiver_reports(now, eg) {
-            self.next_report = Some(now + self.cfg.report_interval);
+        let due = self.timers.next_report.is_none_or(|t| now >= t);
+        if due && self.send_receiver_reports(now, eg) {
+            self.timers.next_report = Some(now + self.cfg.report_interval);
         }
         self.send_sender_reports(now, eg);
     }
@@ -224,14 +228,11 @@ impl Engine {
     /// One RR per publishing transport (more if it receives over 31 streams), a block per
     /// layer that has received a packet. True if any was sent.
     fn send_receiver_reports<E: Egress>(&mut self, now: Instant, eg: &mut E) -> bool {
-        let Engine {
-            transports,
-            tracks,
-            counters,
-            cfg,
-            ..
-        } = self;
-        let sender = cfg.rtcp_ssrc;
+        let Objects {
+            transports, tracks, ..
+        } = &mut self.objs;
+        let counters = &mut self.counters;
+        let sender = self.cfg.rtcp_ssrc;
         let mut blocks = [ReportBlockRepr::default(); MAX_BLOCKS];
         let mut any = false;
         for (_, t) in transports.iter_mut() {
@@ -266,14 +267,13 @@ impl Engine {
     /// An SR for each down track that is due one and whose forwarded layer's NTP↔RTP
     /// mapping is known.
     fn send_sender_reports<E: Egress>(&mut self, now: Instant, eg: &mut E) {
-        let Engine {
+        let Objects {
             transports,
             tracks,
             down_tracks,
-            counters,
-            cfg,
             ..
-        } = self;
+        } = &mut self.objs;
+        let (counters, cfg) = (&mut self.counters, &self.cfg);
         for (_, e) in down_tracks.iter_mut() {
             if !e.report.due(now, e.dt.switches, cfg.report_interval) {
                 continue;

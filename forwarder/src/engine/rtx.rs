@@ -26,9 +26,9 @@
 use std::time::Instant;
 
 use super::{Engine, Track};
+use crate::egress::Egress;
 use crate::engine::stats::DropReason;
 use crate::ids::{Pt, Ssrc};
-use crate::io::Egress;
 use crate::wire::rtp::{self, RtpPacket};
 
 /// Length of the original sequence number at the start of an RTX payload.
@@ -119,12 +119,13 @@ impl Engine {
         transport: usize,
         pkt: &RtpPacket<&[u8]>,
     ) -> Option<(usize, u8)> {
-        if let Some(&f) = self.by_rtx_ssrc.get(&(transport, pkt.ssrc())) {
+        if let Some(&f) = self.routes.by_rtx_ssrc.get(&(transport, pkt.ssrc())) {
             return Some(f);
         }
-        let tr = self.transports.get(transport)?;
+        let tr = self.objs.transports.get(transport)?;
+        let tracks = &self.objs.tracks;
         let (ti, li) = tr.tracks.iter().find_map(|&ti| {
-            let t = self.tracks.get(ti)?;
+            let t = tracks.get(ti)?;
             if t.repaired_rid_ext == 0 || t.rtx_pt.is_none() {
                 return None;
             }
@@ -137,8 +138,10 @@ impl Engine {
             t.match_repaired_rid(mid, rid).map(|li| (ti, li))
         })?;
         let ssrc = pkt.ssrc();
-        self.tracks.get_mut(ti)?.layers.get_mut(li)?.rtx_ssrc = ssrc;
-        self.by_rtx_ssrc.insert((transport, ssrc), (ti, li as u8));
+        self.objs.tracks.get_mut(ti)?.layers.get_mut(li)?.rtx_ssrc = ssrc;
+        self.routes
+            .by_rtx_ssrc
+            .insert((transport, ssrc), (ti, li as u8));
         tracing::debug!(transport, track = ti, layer = li, %ssrc, "RTX SSRC learnt from its RID");
         Some((ti, li as u8))
     }
@@ -154,6 +157,7 @@ impl Engine {
         eg: &mut E,
     ) {
         let checked = self
+            .objs
             .tracks
             .get(ti)
             .ok_or(DropReason::UnknownSsrc)
@@ -169,7 +173,7 @@ impl Engine {
         };
         self.counters.rtx_received += 1;
         self.counters.rtx_recovered += u64::from(recovered);
-        if let Some(t) = self.transports.get_mut(transport) {
+        if let Some(t) = self.objs.transports.get_mut(transport) {
             t.counters.rtx_received += 1;
             t.counters.rtx_recovered += u64::from(recovered);
         }

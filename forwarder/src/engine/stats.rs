@@ -5,6 +5,8 @@
 //! when the source is known, on the core otherwise. Counters are plain integers owned by
 //! the core's thread; control reads them through a `GetStats` command, never by sharing.
 
+use std::time::Instant;
+
 use prism_proto::control as pb;
 
 /// Why a datagram, or one subscriber's copy of it, was not forwarded.
@@ -258,6 +260,45 @@ pub fn proto_drop(c: &pb::Counters, r: DropReason) -> u64 {
         .iter()
         .find(|d| d.reason == r.name())
         .map_or(0, |d| d.count)
+}
+
+impl super::Engine {
+    /// This core's counters and every transport's.
+    pub fn stats(&self, now: Instant) -> pb::Stats {
+        pb::Stats {
+            cores: vec![pb::CoreStats {
+                core: self.core,
+                counters: Some(self.counters.to_proto()),
+                rooms: self.objs.rooms.len() as u32,
+                transports: self.objs.transports.len() as u32,
+                tracks: self.objs.tracks.len() as u32,
+                down_tracks: self.objs.down_tracks.len() as u32,
+                ..Default::default()
+            }],
+            transports: self
+                .objs
+                .transports
+                .iter()
+                .map(|(_, t)| pb::TransportStats {
+                    transport_id: t.id,
+                    core: self.core,
+                    remote: t.remote.map(|a| a.to_string()).unwrap_or_default(),
+                    counters: Some(t.counters.to_proto()),
+                    bandwidth: t.twcc_out.as_ref().and_then(|s| {
+                        let e = &s.estimator;
+                        (e.feedbacks > 0).then(|| pb::BandwidthEstimate {
+                            estimate_bps: e.estimate_bps().unwrap_or(0),
+                            acked_bps: e.acked_bps(super::cc::micros(t.epoch, now)),
+                            loss: e.loss(),
+                            delay_state: e.state().name().to_string(),
+                            feedbacks: e.feedbacks,
+                        })
+                    }),
+                    twcc_feedback_sent: t.twcc_in.as_ref().map_or(0, |r| r.sent),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

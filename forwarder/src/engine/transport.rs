@@ -7,25 +7,18 @@
 //! Comedia matters for ffmpeg, GStreamer and most recorders behind NAT: they send before
 //! they can be sent to, so the remote is learnt from the first datagram that carries one
 //! of the transport's SSRCs.
+//!
+//! A transport holds its WebRTC layers (`webrtc`), never the other way round: `webrtc`
+//! knows nothing of transports, and the SRTP pair both use lives in `srtp`.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::engine::cc::{Allocator, ArrivalRecorder, SendSide};
 use crate::engine::hdrext::ExtIds;
-use crate::engine::stats::Counters;
+use crate::engine::stats::{Counters, DropReason};
 use crate::engine::webrtc::WebRtc;
-use crate::srtp::SrtpContext;
-
-/// The SRTP contexts of a transport: set by control (plain transports) or by the DTLS
-/// handshake (WebRTC). Boxed: each context is about 10 KB and lives as long as the transport.
-#[derive(Debug)]
-pub struct SrtpPair {
-    /// Decrypts what the peer sends.
-    pub inbound: SrtpContext,
-    /// Encrypts what we send.
-    pub outbound: SrtpContext,
-}
+use crate::srtp::SrtpPair;
 
 #[derive(Debug)]
 pub struct Transport {
@@ -79,5 +72,17 @@ impl Transport {
             twcc_out: None,
             allocator: Allocator::default(),
         }
+    }
+
+    /// Whether media can be sent now: a remote is known and, on WebRTC, DTLS has made the
+    /// SRTP keys. The error is the drop reason for what could not be sent.
+    pub fn ready_to_send(&self) -> Result<(), DropReason> {
+        if self.remote.is_none() {
+            return Err(DropReason::NoRemote);
+        }
+        if self.webrtc.is_some() && self.srtp.is_none() {
+            return Err(DropReason::NotConnected);
+        }
+        Ok(())
     }
 }

@@ -18,12 +18,12 @@ use std::time::Instant;
 use prism_proto::control as pb;
 
 use crate::dtls::{DtlsCert, DtlsEndpoint, DtlsEvent, DtlsRole, Fingerprint};
+use crate::egress::{send_bytes, Egress};
+use crate::engine::outbox::Outbox;
 use crate::engine::slab::FastMap;
-use crate::engine::transport::SrtpPair;
 use crate::ice::{IceEvent, IceLite, IceState};
-use crate::io::Egress;
 use crate::sctp::DataChannels;
-use crate::srtp::{SrtpContext, SrtpKeys, SrtpProfile};
+use crate::srtp::{SrtpContext, SrtpKeys, SrtpPair, SrtpProfile};
 
 /// How a pump ended for the transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +137,7 @@ impl WebRtc {
         transport_id: u64,
         remote: Option<SocketAddr>,
         eg: &mut E,
-        events: &mut Vec<pb::Event>,
+        events: &mut Outbox,
     ) -> Health {
         let mut health = Health::Ok;
         while let Some(ev) = self.ice.poll_event() {
@@ -183,7 +183,7 @@ impl WebRtc {
             while let Some(d) = self.dtls.poll_transmit() {
                 progressed = true;
                 if let Some(to) = remote {
-                    super::send_bytes(eg, to, &d);
+                    send_bytes(eg, to, &d);
                 }
             }
             if !progressed {
@@ -229,7 +229,7 @@ fn on_channel_event(
     labels: &mut FastMap<u16, String>,
     transport_id: u64,
     ev: crate::sctp::DataChannelEvent,
-    events: &mut Vec<pb::Event>,
+    events: &mut Outbox,
 ) {
     use crate::sctp::DataChannelEvent as D;
     match ev {

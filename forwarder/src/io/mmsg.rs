@@ -25,7 +25,8 @@ use std::time::Duration;
 use mio::{Events, Interest, Poll, Token};
 
 use super::socket::{read_sockaddr, write_sockaddr};
-use super::{Driver, Egress, IoStats, RawBuf, Waker, HEAD_CAP, MAX_DATAGRAM};
+use super::{Driver, IoStats, RawBuf, Waker};
+use crate::egress::{Egress, HEAD_CAP, MAX_DATAGRAM};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);

@@ -17,7 +17,6 @@
 use std::alloc::{self, Layout};
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -30,27 +29,9 @@ pub use mmsg::{MmsgConfig, MmsgDriver};
 pub use socket::{bind_udp, SocketConfig};
 pub use uring::{UringConfig, UringDriver};
 
-/// Largest datagram received or sent. Larger datagrams are truncated by the kernel and
-/// dropped by the driver as `Oversized`.
-pub const MAX_DATAGRAM: usize = 2048;
-
-/// Largest `head` accepted by [`Egress::send_split`]: an RTP header with CSRCs and header
-/// extensions plus a codec payload descriptor.
-pub const HEAD_CAP: usize = 256;
-
-/// Where the engine queues the datagrams to send in the current loop turn.
-pub trait Egress {
-    /// Queue a datagram made of `head` (copied) followed by `body`, a byte range of the
-    /// datagram currently being handled (shared with the kernel, not copied, where the
-    /// driver can). Returns false, sending nothing, if the turn's send queue is full and
-    /// could not be flushed, `head` is longer than [`HEAD_CAP`], `body` is out of range or
-    /// no datagram is being handled.
-    fn send_split(&mut self, to: SocketAddr, head: &[u8], body: Range<usize>) -> bool;
-
-    /// Queue a datagram written by `fill` into a slot of [`MAX_DATAGRAM`] bytes; `fill`
-    /// returns the length written (0 cancels the send). Returns false if nothing was queued.
-    fn send_with(&mut self, to: SocketAddr, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> bool;
-}
+// The engine's side of the seam lives in `crate::egress`; re-exported here because driver
+// users (the bench's reflector) name it next to the drivers.
+pub use crate::egress::Egress;
 
 /// Wakes a driver sleeping in [`Driver::turn`] from another thread (an eventfd write).
 pub trait Waker: Send + Sync + 'static {
@@ -69,7 +50,7 @@ pub struct IoStats {
     pub bytes_sent: u64,
     /// Sends the kernel refused (e.g. ENOBUFS, unreachable) — counted, not retried.
     pub send_errors: u64,
-    /// Datagrams larger than [`MAX_DATAGRAM`], dropped.
+    /// Datagrams larger than [`MAX_DATAGRAM`](crate::egress::MAX_DATAGRAM), dropped.
     pub oversized: u64,
     /// Sends not queued because the queue was full.
     pub queue_full: u64,

@@ -31,7 +31,8 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::socket::{read_sockaddr, write_sockaddr};
-use super::{Driver, Egress, IoStats, RawBuf, Waker, HEAD_CAP, MAX_DATAGRAM};
+use super::{Driver, IoStats, RawBuf, Waker};
+use crate::egress::{Egress, HEAD_CAP, MAX_DATAGRAM};
 
 /// Size of `struct io_uring_recvmsg_out` that heads every multishot receive buffer.
 const RECV_OUT_LEN: usize = 16;

@@ -31,6 +31,17 @@ mod tests;
 pub use context::{SrtpContext, MAX_SSRCS};
 pub use kdf::SrtpKeys;
 
+/// The two SRTP contexts of one transport: set by control (plain transports) or by the
+/// DTLS handshake (WebRTC). Boxed by its owners: each context is about 10 KB and lives as
+/// long as the transport.
+#[derive(Debug)]
+pub struct SrtpPair {
+    /// Decrypts what the peer sends.
+    pub inbound: SrtpContext,
+    /// Encrypts what we send.
+    pub outbound: SrtpContext,
+}
+
 /// The largest number of bytes `protect_rtp` or `protect_rtcp` adds to a packet, over all
 /// profiles: the room a caller's buffer needs past the plain packet.
 pub const MAX_OVERHEAD: usize = 20;
