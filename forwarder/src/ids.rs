@@ -173,6 +173,39 @@ pub struct Rid(pub ShortId);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct Mid(pub ShortId);
 
+/// Control ids: chosen by signaling, unique per kind across the process, carried in
+/// commands and events. Newtypes so a track id can never be looked up as a transport's.
+macro_rules! control_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+control_id!(
+    /// A room's control id.
+    RoomId
+);
+control_id!(
+    /// A transport's control id.
+    TransportId
+);
+control_id!(
+    /// A published track's control id.
+    TrackId
+);
+control_id!(
+    /// A down track's (one subscriber's copy of a track) control id.
+    DownTrackId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

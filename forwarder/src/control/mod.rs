@@ -8,8 +8,8 @@
 //!
 //! Invariants:
 //! - Every command is answered by exactly one event carrying the same `request_id`;
-//!   unsolicited events carry `request_id` 0. This module only moves messages; it never
-//!   interprets a command.
+//!   unsolicited events carry `request_id` 0. This module only moves messages; [`translate`]
+//!   turns them into the engine's typed commands and its answers back into events.
 //! - Request ids handed out by [`ControlClient::next_request_id`] (and used by
 //!   [`ControlClient::request`]) are unique across all clones of one client and never 0.
 //! - A core never blocks on the control path: [`ControlServer::send_event`] does not wait;
@@ -21,6 +21,7 @@
 
 pub mod frame;
 pub mod socket;
+pub mod translate;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;

@@ -3,7 +3,8 @@
 //! An [`Engine`] owns every room, transport, published track and down track placed on its
 //! core. It is driven from outside with the time and the bytes: [`Engine::handle_datagram`]
 //! for each received datagram, [`Engine::handle_timeout`] when [`Engine::poll_timeout`]
-//! says so, and [`Engine::handle_command`] for control. It owns no socket, thread or clock;
+//! says so, and [`Engine::apply`] for control ([`Command`]; the control protocol's prost
+//! messages are translated at the edge, in `control::translate`). It owns no socket, thread or clock;
 //! what it sends goes into an [`Egress`](crate::egress::Egress), what it reports into an
 //! event outbox. That is what lets the tests run it deterministically in virtual time.
 //!
@@ -19,7 +20,7 @@
 //! - `ingress_rtp`, `ingress_rtcp`: media and feedback from peers;
 //! - `egress`: writing and sending a subscriber's copy, RTCP, retransmissions, PLIs;
 //! - `timers`: what runs on the housekeeping tick;
-//! - `command`: control commands (slow path).
+//! - `command`, `apply`: typed control commands and applying them (slow path).
 //!
 //! The state is grouped the same way ([`Objects`], [`Routes`], [`Timers`], the outbox and
 //! the counters), so that a method can borrow the parts it writes disjointly from the parts
@@ -35,6 +36,7 @@ pub mod slab;
 pub mod stats;
 pub mod track;
 
+mod apply;
 mod command;
 mod egress;
 mod ingress;
@@ -56,6 +58,10 @@ use crate::ids::Ssrc;
 
 use hdrext::ExtIds;
 
+pub use command::{
+    AddDownTrack, AddTrack, Command, CommandError, LayerSpec, PlainTransport, Reply, RestartIce,
+    WebRtcParams,
+};
 pub use downtrack::{Decision, DownTrack, DownTrackParams, Forward};
 pub use outbox::Outbox;
 pub use routes::{Objects, Routes};

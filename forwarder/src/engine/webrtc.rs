@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use prism_proto::control as pb;
 
-use crate::dtls::{DtlsCert, DtlsEndpoint, DtlsEvent, DtlsRole, Fingerprint};
+use crate::dtls::{DtlsCert, DtlsEndpoint, DtlsError, DtlsEvent, DtlsRole};
 use crate::egress::{send_bytes, Egress};
+use crate::engine::command::{CommandError, WebRtcParams};
 use crate::engine::outbox::Outbox;
 use crate::engine::slab::FastMap;
 use crate::ice::{IceEvent, IceLite, IceState};
@@ -56,28 +57,19 @@ impl std::fmt::Debug for WebRtc {
 }
 
 impl WebRtc {
-    pub fn new(c: &pb::CreateWebRtcTransport, cert: &DtlsCert) -> Result<Self, String> {
-        let role = if c.dtls_client {
-            DtlsRole::Client
-        } else {
-            DtlsRole::Server
-        };
-        let fp = Fingerprint::parse(&c.remote_fingerprint)
-            .map_err(|e| format!("bad remote fingerprint {:?}: {e:?}", c.remote_fingerprint))?;
-        let mut dtls = DtlsEndpoint::new(role, cert).map_err(|e| format!("DTLS: {e:?}"))?;
-        dtls.set_remote_fingerprint(fp)
-            .map_err(|e| format!("DTLS fingerprint: {e:?}"))?;
-        if c.local_ufrag.is_empty() || c.local_pwd.is_empty() {
-            return Err("local ICE credentials are required".into());
-        }
-        let mut ice = IceLite::new(&c.local_ufrag, &c.local_pwd);
-        if !c.remote_ufrag.is_empty() {
-            ice.set_remote_credentials(&c.remote_ufrag, &c.remote_pwd);
+    /// A transport's WebRTC layers from checked parameters; fails only if OpenSSL cannot
+    /// set up the DTLS endpoint.
+    pub fn new(p: WebRtcParams, cert: &DtlsCert) -> Result<Self, DtlsError> {
+        let mut dtls = DtlsEndpoint::new(p.role, cert)?;
+        dtls.set_remote_fingerprint(p.remote_fingerprint)?;
+        let mut ice = IceLite::new(&p.local_ufrag, &p.local_pwd);
+        if !p.remote_ufrag.is_empty() {
+            ice.set_remote_credentials(&p.remote_ufrag, &p.remote_pwd);
         }
         Ok(Self {
             ice,
             dtls,
-            role,
+            role: p.role,
             keys: None,
             sctp: None,
             profile: None,
@@ -92,16 +84,21 @@ impl WebRtc {
     }
 
     /// Queues a message on the data channel labelled `label`.
-    pub fn send_data(&mut self, label: &str, binary: bool, data: &[u8]) -> Result<(), String> {
-        let sctp = self.sctp.as_mut().ok_or("data channels are not up yet")?;
+    pub fn send_data(
+        &mut self,
+        label: &str,
+        binary: bool,
+        data: &[u8],
+    ) -> Result<(), CommandError> {
+        let sctp = self.sctp.as_mut().ok_or(CommandError::DataChannelsDown)?;
         let id = self
             .labels
             .iter()
             .find(|(_, l)| l.as_str() == label)
             .map(|(id, _)| *id)
-            .ok_or_else(|| format!("no data channel labelled {label:?}"))?;
+            .ok_or_else(|| CommandError::NoDataChannel(label.to_string()))?;
         sctp.send(id, binary, data)
-            .map_err(|e| format!("data channel: {e:?}"))
+            .map_err(CommandError::DataChannel)
     }
 
     /// The SRTP contexts derived from the handshake, once.
