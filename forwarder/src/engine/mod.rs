@@ -22,8 +22,8 @@
 //! - `timers`: what runs on the housekeeping tick;
 //! - `command`, `apply`: typed control commands and applying them (slow path).
 //!
-//! The state is grouped the same way ([`Objects`], [`Routes`], [`Timers`], the outbox and
-//! the counters), so that a method can borrow the parts it writes disjointly from the parts
+//! The state is grouped the same way (`Objects`, `Routes`, `Timers`, the outbox and the
+//! counters), so that a method can borrow the parts it writes disjointly from the parts
 //! it reads instead of taking the whole engine apart.
 
 pub mod cache;
@@ -57,6 +57,8 @@ use crate::dtls::DtlsCert;
 use crate::ids::Ssrc;
 
 use hdrext::ExtIds;
+use routes::{Objects, Routes};
+use timers::Timers;
 
 pub use command::{
     AddDownTrack, AddTrack, Command, CommandError, LayerSpec, PlainTransport, Reply, RestartIce,
@@ -64,10 +66,8 @@ pub use command::{
 };
 pub use downtrack::{Decision, DownTrack, DownTrackParams, Forward};
 pub use outbox::Outbox;
-pub use routes::{Objects, Routes};
 pub use slab::{FastMap, Slab};
 pub use stats::{Counters, DropReason};
-pub use timers::Timers;
 pub use track::Track;
 pub use transport::Transport;
 
