@@ -44,8 +44,13 @@ pub enum BadCommand {
     IceCredentials(&'static str),
     LayerOutOfRange(u32),
     BadMid(String),
-    /// Header extension ids out of range or given twice.
-    HeaderExtensions(String),
+    /// A header extension id outside 1..=255 (0: not negotiated).
+    ExtensionIdOutOfRange {
+        extension: &'static str,
+        id: u32,
+    },
+    /// One header extension id given to two extensions.
+    ExtensionIdTwice(u8),
 }
 
 impl fmt::Display for BadCommand {
@@ -61,7 +66,10 @@ impl fmt::Display for BadCommand {
             Self::IceCredentials(why) => f.write_str(why),
             Self::LayerOutOfRange(v) => write!(f, "layer index {v} out of range"),
             Self::BadMid(m) => write!(f, "mid {m:?} is not 1 to 16 printable characters"),
-            Self::HeaderExtensions(why) => f.write_str(why),
+            Self::ExtensionIdOutOfRange { extension, id } => {
+                write!(f, "{extension} extension id {id} is out of range")
+            }
+            Self::ExtensionIdTwice(id) => write!(f, "extension id {id} is given to two extensions"),
         }
     }
 }
@@ -288,8 +296,34 @@ fn add_down_track(c: pb::AddDownTrack) -> Result<AddDownTrack, BadCommand> {
     })
 }
 
+/// A transport's or section's header extension ids; an id outside 1..=255, or one given
+/// to two extensions, is refused.
 fn ext_ids(p: &pb::RtpHeaderExtensions) -> Result<ExtIds, BadCommand> {
-    ExtIds::from_proto(p).map_err(BadCommand::HeaderExtensions)
+    let id = |id: u32, extension| {
+        u8::try_from(id).map_err(|_| BadCommand::ExtensionIdOutOfRange { extension, id })
+    };
+    let ids = ExtIds {
+        mid: id(p.mid, "mid")?,
+        rid: id(p.rid, "rid")?,
+        repaired_rid: id(p.repaired_rid, "repaired-rid")?,
+        abs_send_time: id(p.abs_send_time, "abs-send-time")?,
+        transport_cc: id(p.transport_cc, "transport-cc")?,
+        audio_level: id(p.audio_level, "audio-level")?,
+    };
+    let list = [
+        ids.mid,
+        ids.rid,
+        ids.repaired_rid,
+        ids.abs_send_time,
+        ids.transport_cc,
+        ids.audio_level,
+    ];
+    for (i, a) in list.iter().enumerate() {
+        if *a != 0 && list[i + 1..].contains(a) {
+            return Err(BadCommand::ExtensionIdTwice(*a));
+        }
+    }
+    Ok(ids)
 }
 
 /// SRTP contexts from keys given by control.
@@ -347,6 +381,24 @@ mod tests {
             command_of(bad_layer).unwrap_err(),
             BadCommand::LayerOutOfRange(256)
         );
+    }
+
+    #[test]
+    fn duplicate_or_out_of_range_extension_ids_are_refused() {
+        let p = pb::RtpHeaderExtensions {
+            mid: 3,
+            transport_cc: 3,
+            ..Default::default()
+        };
+        assert_eq!(ext_ids(&p), Err(BadCommand::ExtensionIdTwice(3)));
+        let p = pb::RtpHeaderExtensions {
+            mid: 300,
+            ..Default::default()
+        };
+        assert!(matches!(
+            ext_ids(&p),
+            Err(BadCommand::ExtensionIdOutOfRange { id: 300, .. })
+        ));
     }
 
     #[test]

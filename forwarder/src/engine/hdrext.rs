@@ -18,8 +18,6 @@
 
 use std::time::Duration;
 
-use prism_proto::control as pb;
-
 use crate::wire::rtp::{ONE_BYTE_PROFILE, TWO_BYTE_PROFILE};
 use crate::wire::{Error, Result};
 
@@ -37,37 +35,6 @@ pub struct ExtIds {
     pub abs_send_time: u8,
     pub transport_cc: u8,
     pub audio_level: u8,
-}
-
-impl ExtIds {
-    /// From control; an id outside 1..=255 is refused.
-    pub fn from_proto(p: &pb::RtpHeaderExtensions) -> std::result::Result<Self, String> {
-        let id = |v: u32, what: &str| {
-            u8::try_from(v).map_err(|_| format!("{what} extension id {v} is out of range"))
-        };
-        let ids = Self {
-            mid: id(p.mid, "mid")?,
-            rid: id(p.rid, "rid")?,
-            repaired_rid: id(p.repaired_rid, "repaired-rid")?,
-            abs_send_time: id(p.abs_send_time, "abs-send-time")?,
-            transport_cc: id(p.transport_cc, "transport-cc")?,
-            audio_level: id(p.audio_level, "audio-level")?,
-        };
-        let list = [
-            ids.mid,
-            ids.rid,
-            ids.repaired_rid,
-            ids.abs_send_time,
-            ids.transport_cc,
-            ids.audio_level,
-        ];
-        for (i, a) in list.iter().enumerate() {
-            if *a != 0 && list[i + 1..].contains(a) {
-                return Err(format!("extension id {a} is given to two extensions"));
-            }
-        }
-        Ok(ids)
-    }
 }
 
 impl ExtIds {
@@ -272,20 +239,5 @@ mod tests {
             0,
             "wraps every 64 s"
         );
-    }
-
-    #[test]
-    fn duplicate_ids_are_refused() {
-        let p = pb::RtpHeaderExtensions {
-            mid: 3,
-            transport_cc: 3,
-            ..Default::default()
-        };
-        assert!(ExtIds::from_proto(&p).is_err());
-        let p = pb::RtpHeaderExtensions {
-            mid: 300,
-            ..Default::default()
-        };
-        assert!(ExtIds::from_proto(&p).is_err());
     }
 }
