@@ -3,12 +3,14 @@
 //! Twirp). It never touches a media
 //! packet: it drives the media plane (`prism-forwarder`) with control commands.
 
+pub mod app;
 pub mod auth;
 pub mod config;
+pub mod http;
 pub mod livekit;
 pub mod media;
 pub mod metrics;
-pub mod rooms;
+pub mod rtc;
 pub mod sdp;
 pub mod server;
 pub mod twirp;

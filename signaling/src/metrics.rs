@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use prism_proto::control as pb;
 
-use crate::whip::Whip;
+use prism_proto::livekit as lk;
+
+use crate::app::AppState;
+use crate::rtc::{Counters, Room};
 
 /// One metric read from a core's counters: name, help, getter.
 type CounterMetric = (&'static str, &'static str, fn(&pb::Counters) -> u64);
@@ -20,82 +23,162 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// What the LiveKit hub holds, counted (see `livekit::Hub`).
+/// What the rooms hold, counted.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HubGauges {
-    pub rooms: usize,
-    pub participants: usize,
-    pub tracks: usize,
-    pub transports: usize,
+struct Gauges {
+    rooms: usize,
+    participants: usize,
+    publishers: usize,
+    tracks: usize,
+    transports: usize,
+    ingress: usize,
 }
 
-/// Renders the metrics page. Blocking: asks the media plane for its counters.
-pub fn render(whip: &Whip, hub: HubGauges) -> Result<String, String> {
-    let ev = whip
-        .control
-        .request(
+impl Gauges {
+    fn add(mut self, o: Gauges) -> Gauges {
+        self.rooms += o.rooms;
+        self.participants += o.participants;
+        self.publishers += o.publishers;
+        self.tracks += o.tracks;
+        self.transports += o.transports;
+        self.ingress += o.ingress;
+        self
+    }
+}
+
+fn room_gauges(r: &Room) -> Gauges {
+    let ps = &r.participants;
+    Gauges {
+        rooms: 1,
+        participants: ps.len(),
+        publishers: ps.iter().filter(|p| !p.tracks.is_empty()).count(),
+        tracks: ps.iter().map(|p| p.tracks.len()).sum(),
+        transports: ps.iter().map(|p| p.transport_ids().len()).sum(),
+        ingress: ps
+            .iter()
+            .filter(|p| p.kind == lk::participant_info::Kind::Ingress)
+            .count(),
+    }
+}
+
+/// Renders the metrics page: the rooms, each read on its own task, then the media plane's
+/// counters (a blocking control request, run off the async threads).
+pub async fn render(state: &AppState) -> Result<String, String> {
+    let g = state
+        .rooms
+        .each(room_gauges)
+        .await
+        .into_iter()
+        .fold(Gauges::default(), Gauges::add);
+    let control = state.rooms.media().control().clone();
+    let ev = tokio::task::spawn_blocking(move || {
+        control.request(
             pb::command::Body::GetStats(pb::GetStats {}),
             Duration::from_secs(5),
         )
-        .map_err(|e| format!("media plane: {e:?}"))?;
+    })
+    .await
+    .map_err(|_| "internal error".to_owned())?
+    .map_err(|e| format!("media plane: {e:?}"))?;
     let Some(pb::event::Body::Stats(stats)) = ev.body else {
         return Err("media plane: unexpected answer".into());
     };
-    let (rooms, sessions, publishers, tracks) = {
-        let r = whip
-            .rooms
-            .lock()
-            .map_err(|_| "registry poisoned".to_string())?;
-        let rooms: Vec<_> = r.iter().collect();
-        (
-            rooms.len(),
-            rooms.iter().map(|r| r.sessions.len()).sum::<usize>(),
-            rooms
-                .iter()
-                .map(|r| r.sessions.values().filter(|s| s.publisher).count())
-                .sum::<usize>(),
-            rooms.iter().map(|r| r.tracks.len()).sum::<usize>(),
-        )
-    };
+    let counters = state.rooms.counters();
     let mut out = String::new();
-    header(&mut out, "prism_rooms", "gauge", "Rooms on this node.");
-    let _ = writeln!(out, "prism_rooms {rooms}");
-    header(
-        &mut out,
-        "prism_participants",
-        "gauge",
-        "Sessions (publishers and viewers).",
-    );
-    let _ = writeln!(out, "prism_participants {sessions}");
-    header(
-        &mut out,
-        "prism_publishers",
-        "gauge",
-        "Publishing sessions.",
-    );
-    let _ = writeln!(out, "prism_publishers {publishers}");
-    header(&mut out, "prism_tracks", "gauge", "Published tracks.");
-    let _ = writeln!(out, "prism_tracks {tracks}");
-    let lk: [(&str, &str, usize); 4] = [
-        ("prism_livekit_rooms", "LiveKit rooms.", hub.rooms),
+    let gauges: [(&str, &str, usize); 6] = [
+        ("prism_rooms", "Rooms on this node.", g.rooms),
+        (
+            "prism_participants",
+            "Participants of every kind (LiveKit sessions, WHIP publishers, WHEP viewers).",
+            g.participants,
+        ),
+        (
+            "prism_publishers",
+            "Participants publishing at least one track.",
+            g.publishers,
+        ),
+        ("prism_tracks", "Published tracks.", g.tracks),
+        (
+            "prism_ingress_participants",
+            "WHIP publishers (participants of kind INGRESS).",
+            g.ingress,
+        ),
+        (
+            "prism_transports",
+            "WebRTC transports of participants.",
+            g.transports,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    // The names of the first LiveKit-only release, kept for dashboards: the same figures.
+    let compat: [(&str, &str, usize); 4] = [
+        (
+            "prism_livekit_rooms",
+            "Rooms (same as prism_rooms).",
+            g.rooms,
+        ),
         (
             "prism_livekit_participants",
-            "LiveKit participants.",
-            hub.participants,
+            "Participants (same as prism_participants).",
+            g.participants,
         ),
         (
             "prism_livekit_tracks",
-            "Tracks published by LiveKit participants.",
-            hub.tracks,
+            "Published tracks (same as prism_tracks).",
+            g.tracks,
         ),
         (
             "prism_livekit_transports",
-            "WebRTC transports of LiveKit participants.",
-            hub.transports,
+            "WebRTC transports (same as prism_transports).",
+            g.transports,
         ),
     ];
-    for (name, help, v) in lk {
+    for (name, help, v) in compat {
         header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let totals: [(&str, &str, u64); 7] = [
+        (
+            "prism_joins_total",
+            "Participants admitted.",
+            Counters::get(&counters.joins),
+        ),
+        (
+            "prism_leaves_total",
+            "Participants gone.",
+            Counters::get(&counters.leaves),
+        ),
+        (
+            "prism_data_relayed_total",
+            "Data packets relayed (one per recipient).",
+            Counters::get(&counters.data_relayed),
+        ),
+        (
+            "prism_data_refused_total",
+            "Data packets from participants not allowed to publish data.",
+            Counters::get(&counters.refused_data),
+        ),
+        (
+            "prism_data_malformed_total",
+            "Data packets that are not a DataPacket.",
+            Counters::get(&counters.malformed_data),
+        ),
+        (
+            "prism_slow_sessions_total",
+            "Sessions closed for not draining their signaling queue.",
+            Counters::get(&counters.slow_sessions),
+        ),
+        (
+            "prism_media_command_errors_total",
+            "Media-plane commands answered with an error.",
+            Counters::get(&counters.media_errors),
+        ),
+    ];
+    for (name, help, v) in totals {
+        header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {v}");
     }
     header(

@@ -557,15 +557,31 @@ fn duplicate_identity_replaces_the_first_session_and_resume_means_rejoin() {
         lk::DisconnectReason::DuplicateIdentity as i32,
         "{leave:?}"
     );
-    let seen = watcher.ping(1);
+    // The protocol orders a room's messages to a session, but a pong is the session's own
+    // answer and may overtake them: wait for the updates themselves (the read timeout
+    // bounds the wait).
+    let mut seen: Vec<lk::ParticipantInfo> = Vec::new();
+    let saw_leave = |seen: &[lk::ParticipantInfo]| {
+        seen.iter().any(|p| {
+            p.sid == first.sid && p.state == lk::participant_info::State::Disconnected as i32
+        })
+    };
+    let saw_join = |seen: &[lk::ParticipantInfo]| seen.iter().any(|p| p.sid == second.sid);
+    while !(saw_leave(&seen) && saw_join(&seen)) {
+        match next_response(&mut watcher.ws) {
+            Some(lk::SignalResponse {
+                message: Some(lk::signal_response::Message::Update(u)),
+            }) => seen.extend(u.participants),
+            Some(_) => {}
+            None => break,
+        }
+    }
     assert!(
-        seen.iter()
-            .any(|p| p.sid == first.sid
-                && p.state == lk::participant_info::State::Disconnected as i32),
+        saw_leave(&seen),
         "the watcher saw the first twin leave: {seen:?}"
     );
     assert!(
-        seen.iter().any(|p| p.sid == second.sid),
+        saw_join(&seen),
         "the watcher saw the second twin join: {seen:?}"
     );
 

@@ -16,7 +16,7 @@ use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 use prism_signaling::auth::{self, KeyStore, VideoGrant, DEV_KEY, DEV_SECRET};
 use prism_signaling::config::{parse_keys, Config};
-use prism_signaling::livekit::RoomDefaults;
+use prism_signaling::rtc::RoomDefaults;
 use prism_signaling::server::{self, AppState, ServeOptions};
 use prism_signaling::twirp::room_service::RoomServiceOptions;
 
@@ -288,7 +288,7 @@ fn serve(args: &[String]) -> Result<()> {
     let driver = forwarder.driver_name();
     let dev = flags.dev;
     let state = Arc::new(AppState::with_options(keys, forwarder, dev, options));
-    let hub = state.hub.clone();
+    let rooms = state.rooms.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -324,7 +324,7 @@ fn serve(args: &[String]) -> Result<()> {
         // Stop accepting first, so nobody joins behind the leaves.
         let _ = tx.send(true);
         let _ = server.await;
-        hub.shutdown().await;
+        rooms.shutdown().await;
         // The sessions' tasks write the leave and close their sockets; give them a moment
         // before the runtime (and with it every task) goes away.
         tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -16,15 +16,12 @@
 //!   `prism_proto::control`); events come back (connected, closed, data). Signaling never
 //!   touches a media packet.
 //!
-//! Concurrency: all room state lives in one thread, the [`hub::Hub`]. WebSocket sessions
-//! (async tasks, [`ws`]) and the HTTP API send it messages and get replies through
-//! channels; the hub is the only caller of the media plane's blocking control requests on
-//! the LiveKit side, so state changes are sequential and need no locks.
+//! Concurrency: each room is a task of its own (`crate::rtc`). A WebSocket session
+//! ([`ws`]) sends its requests to its room's task and drains the queue the room fills;
+//! answers from the media plane come back to the room as events, so no room ever waits
+//! on the media plane or on another room.
 
-pub mod hub;
 pub mod ws;
-
-pub use hub::{Hub, HubHandle, RoomDefaults};
 
 /// The server version announced to clients. SDKs parse it as semver and enable features
 /// (RPC needs ≥ 1.8.0) by it, so it is the LiveKit server version whose behaviour Prism

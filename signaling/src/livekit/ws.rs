@@ -3,15 +3,15 @@
 //! The request is checked and the participant joined before the upgrade, so that a refusal
 //! is an HTTP status the SDKs understand (they call `/rtc/validate` only to read its text).
 //! After the upgrade one task per session moves binary protobuf frames between the socket
-//! and the hub, answers pings itself (they must not wait behind room work), and closes the
+//! and its room, answers pings itself (they must not wait behind room work), and closes the
 //! socket, with a reason, on:
 //! - a frame that is not a `SignalRequest` (1007), a text frame (1003), a frame over
 //!   [`MAX_FRAME`] (1009);
 //! - silence: no frame of any kind for [`PING_TIMEOUT_S`] seconds while Prism pings every
 //!   [`PING_INTERVAL_S`] (1001);
-//! - the hub's word (removal, duplicate identity, shutdown).
+//! - the room's word (removal, duplicate identity, shutdown).
 //!
-//! Whatever ends the session, the hub is told, and the others in the room are not
+//! Whatever ends the session, the room is told, and the others in the room are not
 //! affected.
 
 use std::sync::Arc;
@@ -31,9 +31,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::hub::{HubHandle, JoinParams, Out};
 use super::{PING_INTERVAL_S, PING_TIMEOUT_S};
-use crate::server::{query_param, request_token, text, AppState, Body};
+use crate::app::AppState;
+use crate::http::{query_param, request_token, rtc_error, text, Body};
+use crate::rtc::{JoinParams, Out, ParticipantSid, RoomHandle, RoomName};
 
 /// Largest signaling frame accepted. Offers of clients publishing many tracks stay far
 /// below it; anything larger is an attack or a bug.
@@ -84,13 +85,12 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
     let int = |name: &str| query_param(&query, name).and_then(|v| v.parse::<i32>().ok());
     let params = JoinParams {
         claims,
-        room,
+        room: RoomName::new(room),
         auto_subscribe: flag(&query, "auto_subscribe").unwrap_or(true),
         protocol: int("protocol").unwrap_or(0),
         client_protocol: int("client_protocol").unwrap_or(0),
     };
     let resume = flag(&query, "reconnect").unwrap_or(false);
-    let hub = state.hub.clone();
     let first;
     let session;
     if resume {
@@ -105,28 +105,27 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
         };
         session = None;
     } else {
-        match hub.join(params).await {
+        match state.rooms.join(params).await {
             Ok(j) => {
                 first = j.join;
-                session = Some((j.sid, j.rx));
+                session = Some(Session {
+                    sid: j.sid,
+                    rx: j.rx,
+                    room: j.room,
+                });
             }
-            Err(e) => {
-                return text(
-                    StatusCode::from_u16(e.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    e.1,
-                )
-            }
+            Err(e) => return rtc_error(&e),
         }
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let sid_for_fail = session.as_ref().map(|(s, _)| s.clone());
+    let for_fail = session.as_ref().map(|s| (s.sid.clone(), s.room.clone()));
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(error = %e, "WebSocket upgrade failed");
-                if let Some(sid) = sid_for_fail {
-                    hub.left(&sid, lk::DisconnectReason::SignalClose);
+                if let Some((sid, room)) = for_fail {
+                    room.left(&sid, lk::DisconnectReason::SignalClose);
                 }
                 return;
             }
@@ -137,7 +136,7 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        run(ws, first, session, hub).await;
+        run(ws, first, session).await;
     });
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -178,20 +177,22 @@ fn close(code: CloseCode, reason: &str) -> Message {
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-async fn run(
-    ws: Ws,
-    first: lk::SignalResponse,
-    session: Option<(String, tokio::sync::mpsc::Receiver<Out>)>,
-    hub: HubHandle,
-) {
+/// A joined session: its sid, what its room sends it, and its room.
+struct Session {
+    sid: ParticipantSid,
+    rx: tokio::sync::mpsc::Receiver<Out>,
+    room: RoomHandle,
+}
+
+async fn run(ws: Ws, first: lk::SignalResponse, session: Option<Session>) {
     let (mut sink, mut stream) = ws.split();
     if sink.send(encode(&first)).await.is_err() {
-        if let Some((sid, _)) = session {
-            hub.left(&sid, lk::DisconnectReason::SignalClose);
+        if let Some(s) = session {
+            s.room.left(&s.sid, lk::DisconnectReason::SignalClose);
         }
         return;
     }
-    let Some((sid, mut rx)) = session else {
+    let Some(Session { sid, mut rx, room }) = session else {
         // A resume attempt: the leave is all there is to say.
         let _ = sink.send(close(CloseCode::Normal, "rejoin")).await;
         return;
@@ -243,11 +244,11 @@ async fn run(
                                     }
                                 }
                                 Some(Req::Leave(_)) => {
-                                    hub.left(&sid, lk::DisconnectReason::ClientInitiated);
+                                    room.left(&sid, lk::DisconnectReason::ClientInitiated);
                                     let _ = sink.send(close(CloseCode::Normal, "bye")).await;
                                     return;
                                 }
-                                _ => hub.signal(&sid, req),
+                                _ => room.signal(&sid, req),
                             }
                         }
                         Err(e) => {
@@ -291,9 +292,9 @@ async fn run(
             }
         }
     };
-    // Flush what the hub queued (a leave, say) before going.
+    // Flush what the room queued (a leave, say) before going.
     let _ = sink.flush().await;
-    hub.left(&sid, reason);
+    room.left(&sid, reason);
 }
 
 fn now_ms() -> i64 {

@@ -11,7 +11,7 @@
 //! 2. token: a valid bearer token (else `unauthenticated`, 401);
 //! 3. body: decodes as the method's request (else `malformed`, 400);
 //! 4. grant: the method's grant, for the request's room (else `unauthenticated`, 401);
-//! 5. the method itself, on the hub's thread ([`room_service`]).
+//! 5. the method itself, on the room's task ([`room_service`]).
 //!
 //! As LiveKit's server does, a valid token that lacks the grant is `unauthenticated` (401)
 //! too, with a message naming the missing grant: clients and their tests written against
@@ -28,8 +28,10 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::app::AppState;
 use crate::auth::AuthError;
-use crate::server::{request_token, AppState, Body};
+use crate::http::{request_token, Body};
+use crate::rtc::RtcError;
 use codec::Codec;
 
 /// Largest request body accepted. SendData payloads are the large ones, and LiveKit's
@@ -137,6 +139,26 @@ impl std::fmt::Display for TwirpError {
 
 impl std::error::Error for TwirpError {}
 
+impl From<RtcError> for TwirpError {
+    /// The room model's errors, with the codes LiveKit's server answers for them.
+    fn from(e: RtcError) -> Self {
+        let code = match &e {
+            RtcError::Auth(a) => return a.clone().into(),
+            RtcError::RoomNotFound
+            | RtcError::ParticipantNotFound
+            | RtcError::TrackNotFound
+            | RtcError::SessionNotFound
+            | RtcError::NothingPublished(_) => Code::NotFound,
+            RtcError::Invalid(_) | RtcError::BadDescription(_) => Code::InvalidArgument,
+            RtcError::FailedPrecondition(_) | RtcError::RoomFull => Code::FailedPrecondition,
+            RtcError::NotAllowed(_) => Code::PermissionDenied,
+            RtcError::ShuttingDown | RtcError::RoomClosed => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        TwirpError::new(code, e.to_string())
+    }
+}
+
 impl From<AuthError> for TwirpError {
     /// Every token failure, a missing grant included, is `unauthenticated`, as in LiveKit.
     fn from(e: AuthError) -> Self {
@@ -225,7 +247,7 @@ async fn serve(
         }
     };
     let call = room_service::Call {
-        hub: &state.hub,
+        rooms: &state.rooms,
         claims: &claims,
         codec,
         method: &desc,

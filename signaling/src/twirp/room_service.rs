@@ -1,5 +1,5 @@
 //! `livekit.RoomService`: each method decodes its request, checks its grant and the
-//! request's own fields, and runs on the hub (`livekit::hub::roomservice`).
+//! request's own fields, and runs on the room's task (`rtc::roomservice`).
 //!
 //! Grants, as LiveKit checks them: `roomCreate` for CreateRoom and DeleteRoom, `roomList`
 //! for ListRooms, and `roomAdmin` with `room` equal to the request's room for the rest.
@@ -10,24 +10,18 @@ use prost_reflect::MethodDescriptor;
 
 use super::codec::{self, Codec};
 use super::{Code, TwirpError};
+pub use crate::app::RoomServiceOptions;
 use crate::auth::Claims;
-use crate::livekit::{Hub, HubHandle};
+use crate::rtc::roomservice::{check_metadata, check_send_data};
+use crate::rtc::{RoomManager, RoomName, RoomOptions};
 
 /// The service's full name, as in the path.
 pub const SERVICE: &str = "livekit.RoomService";
 
-/// Server settings that change what RoomService allows.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RoomServiceOptions {
-    /// Whether MutePublishedTrack may unmute (LiveKit's `room.enable_remote_unmute`, off by
-    /// default: the server can silence someone, never make them heard).
-    pub enable_remote_unmute: bool,
-}
-
 /// One RoomService request, authenticated but not yet decoded.
 #[derive(Debug)]
 pub struct Call<'a> {
-    pub hub: &'a HubHandle,
+    pub rooms: &'a RoomManager,
     pub claims: &'a Claims,
     pub codec: Codec,
     pub method: &'a MethodDescriptor,
@@ -59,48 +53,42 @@ impl Call<'_> {
         Ok(())
     }
 
-    async fn on_hub<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Hub) -> Result<R, TwirpError> + Send + 'static,
-    ) -> Result<R, TwirpError> {
-        self.hub.call(f).await.unwrap_or_else(|| {
-            Err(TwirpError::new(
-                Code::Unavailable,
-                "the server is shutting down",
-            ))
-        })
-    }
-
     /// Runs the method; returns the encoded response.
     pub async fn run(self) -> Result<Vec<u8>, TwirpError> {
+        let rooms = self.rooms;
         match self.method.name() {
             "CreateRoom" => {
                 let req: lk::CreateRoomRequest = self.request()?;
                 self.claims.ensure_create()?;
                 required("name", &req.name)?;
-                let room = self.on_hub(move |h| h.api_create_room(&req)).await?;
+                check_metadata(&req.metadata)?;
+                let opts = RoomOptions {
+                    empty_timeout: req.empty_timeout,
+                    departure_timeout: req.departure_timeout,
+                    max_participants: req.max_participants,
+                    metadata: req.metadata.clone(),
+                };
+                let room = rooms.create_room(&RoomName::new(req.name), opts).await?;
                 self.reply(&room)
             }
             "ListRooms" => {
                 let req: lk::ListRoomsRequest = self.request()?;
                 self.claims.ensure_list()?;
-                let rooms = self
-                    .on_hub(move |h| Ok(h.api_list_rooms(&req.names)))
-                    .await?;
-                self.reply(&rooms)
+                let rooms = rooms.list_rooms(&req.names).await;
+                self.reply(&lk::ListRoomsResponse { rooms })
             }
             "DeleteRoom" => {
                 let req: lk::DeleteRoomRequest = self.request()?;
                 self.claims.ensure_create()?;
                 required("room", &req.room)?;
-                self.on_hub(move |h| h.api_delete_room(&req.room)).await?;
+                rooms.delete_room(&RoomName::new(req.room)).await?;
                 self.reply(&lk::DeleteRoomResponse {})
             }
             "ListParticipants" => {
                 let req: lk::ListParticipantsRequest = self.request()?;
                 self.admin(&req.room)?;
-                let participants = self
-                    .on_hub(move |h| h.api_list_participants(&req.room))
+                let participants = rooms
+                    .with_room(&RoomName::new(req.room), |r| Ok(r.api_list_participants()))
                     .await?;
                 self.reply(&lk::ListParticipantsResponse { participants })
             }
@@ -108,8 +96,9 @@ impl Call<'_> {
                 let req: lk::RoomParticipantIdentity = self.request()?;
                 self.admin(&req.room)?;
                 required("identity", &req.identity)?;
-                let p = self
-                    .on_hub(move |h| h.api_get_participant(&req.room, &req.identity))
+                let room = RoomName::new(req.room);
+                let p = rooms
+                    .with_room(&room, move |r| r.api_get_participant(&req.identity))
                     .await?;
                 self.reply(&p)
             }
@@ -117,7 +106,9 @@ impl Call<'_> {
                 let req: lk::RoomParticipantIdentity = self.request()?;
                 self.admin(&req.room)?;
                 required("identity", &req.identity)?;
-                self.on_hub(move |h| h.api_remove_participant(&req.room, &req.identity))
+                let room = RoomName::new(req.room);
+                rooms
+                    .with_room(&room, move |r| r.api_remove_participant(&req.identity))
                     .await?;
                 self.reply(&lk::RemoveParticipantResponse {})
             }
@@ -127,37 +118,53 @@ impl Call<'_> {
                 required("identity", &req.identity)?;
                 required("track_sid", &req.track_sid)?;
                 let allow = self.options.enable_remote_unmute;
-                let track = self.on_hub(move |h| h.api_mute_track(&req, allow)).await?;
+                let room = RoomName::new(req.room.clone());
+                let track = rooms
+                    .with_room(&room, move |r| r.api_mute_track(&req, allow))
+                    .await?;
                 self.reply(&lk::MuteRoomTrackResponse { track: Some(track) })
             }
             "UpdateParticipant" => {
                 let req: lk::UpdateParticipantRequest = self.request()?;
                 self.admin(&req.room)?;
                 required("identity", &req.identity)?;
-                let p = self.on_hub(move |h| h.api_update_participant(&req)).await?;
+                check_metadata(&req.metadata)?;
+                let room = RoomName::new(req.room.clone());
+                let p = rooms
+                    .with_room(&room, move |r| r.api_update_participant(&req))
+                    .await?;
                 self.reply(&p)
             }
             "UpdateSubscriptions" => {
                 let req: lk::UpdateSubscriptionsRequest = self.request()?;
                 self.admin(&req.room)?;
                 required("identity", &req.identity)?;
-                self.on_hub(move |h| h.api_update_subscriptions(&req))
+                let room = RoomName::new(req.room.clone());
+                rooms
+                    .with_room(&room, move |r| r.api_update_subscriptions(&req))
                     .await?;
                 self.reply(&lk::UpdateSubscriptionsResponse {})
             }
             "SendData" => {
                 let req: lk::SendDataRequest = self.request()?;
                 self.admin(&req.room)?;
-                self.on_hub(move |h| h.api_send_data(&req)).await?;
+                check_send_data(&req)?;
+                let room = RoomName::new(req.room.clone());
+                rooms
+                    .with_room(&room, move |r| r.api_send_data(&req))
+                    .await?;
                 self.reply(&lk::SendDataResponse {})
             }
             "UpdateRoomMetadata" => {
                 let req: lk::UpdateRoomMetadataRequest = self.request()?;
                 self.admin(&req.room)?;
-                let room = self
-                    .on_hub(move |h| h.api_update_room_metadata(&req.room, &req.metadata))
+                check_metadata(&req.metadata)?;
+                let room = RoomName::new(req.room);
+                let metadata = req.metadata;
+                let info = rooms
+                    .with_room(&room, move |r| r.api_update_room_metadata(&metadata))
                     .await?;
-                self.reply(&room)
+                self.reply(&info)
             }
             // A method in the .proto without a handler here.
             other => Err(TwirpError::new(

@@ -30,8 +30,9 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
+use crate::app::AppState;
 use crate::auth::{self, Claims, VideoGrant, DEV_KEY};
-use crate::server::{request_token, text, AppState, Body};
+use crate::http::{request_token, text, Body};
 
 /// Largest `/dev/token` body accepted.
 const MAX_TOKEN_REQUEST: usize = 4 * 1024;

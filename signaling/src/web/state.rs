@@ -1,13 +1,11 @@
 //! `GET /api/state`: one JSON snapshot of what this node holds, for the status page.
 //!
-//! Two sources, read one after the other, not atomically: the hub (rooms, participants,
-//! tracks, subscriptions; read on its own thread through [`HubHandle::call`], so the
-//! snapshot of the hub is consistent), and the media plane's counters per core and per
+//! Two sources, read one after the other, not atomically: the rooms (participants of every
+//! kind, tracks, subscriptions; each room read on its own task, so each room's snapshot is
+//! consistent), and the media plane's counters per core and per
 //! transport (`GetStats`, a blocking control request, run off the async threads). The
 //! counters are totals since start: the page derives rates from two snapshots and the
 //! `now_ms` they carry, so the server keeps no history.
-//!
-//! [`HubHandle::call`]: crate::livekit::HubHandle::call
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,10 +14,10 @@ use prism_proto::control as pb;
 use prism_proto::livekit as lk;
 use serde_json::{json, Value};
 
-use crate::livekit::hub::{Hub, Participant};
-use crate::server::AppState;
+use crate::app::AppState;
+use crate::rtc::{Participant, Room};
 
-/// A participant as the hub knows it, with its transports to look up in the stats.
+/// A participant as its room knows it, with its transports to look up in the stats.
 struct PartRow {
     info: Value,
     transports: Vec<u64>,
@@ -61,34 +59,31 @@ fn participant_row(p: &Participant) -> PartRow {
         .collect();
     PartRow {
         info: json!({
-            "sid": p.sid,
-            "identity": p.identity,
+            "sid": p.sid.as_str(),
+            "identity": p.identity.as_str(),
             "name": p.name,
             "state": enum_name::<lk::participant_info::State>(p.state as i32),
-            "kind": enum_name::<lk::participant_info::Kind>(p.kind),
+            "kind": enum_name::<lk::participant_info::Kind>(p.kind as i32),
             "joined_at_ms": p.joined_at_ms,
             "client_protocol": p.client_protocol,
             "tracks": tracks,
             "subscribed": p.subscribed_track_sids(),
         }),
-        transports: p.transport_ids(),
+        transports: p.transport_ids().iter().map(|t| t.0).collect(),
     }
 }
 
-fn hub_rows(h: &mut Hub) -> Vec<RoomRow> {
-    h.rooms
-        .values()
-        .map(|r| RoomRow {
-            info: json!({
-                "name": r.name,
-                "sid": r.sid,
-                "created_at_ms": r.created_at,
-                "metadata": r.metadata,
-                "max_participants": r.max_participants,
-            }),
-            participants: r.participants.iter().map(participant_row).collect(),
-        })
-        .collect()
+fn room_row(r: &Room) -> RoomRow {
+    RoomRow {
+        info: json!({
+            "name": r.name.as_str(),
+            "sid": r.sid,
+            "created_at_ms": r.created_at,
+            "metadata": r.metadata,
+            "max_participants": r.max_participants,
+        }),
+        participants: r.participants.iter().map(participant_row).collect(),
+    }
 }
 
 fn counters_json(c: &pb::Counters) -> Value {
@@ -131,12 +126,9 @@ fn add_counters(a: &mut pb::Counters, b: &pb::Counters) {
 
 /// The whole snapshot.
 pub async fn snapshot(state: &AppState) -> Result<Value, String> {
-    let rooms = state
-        .hub
-        .call(hub_rows)
-        .await
-        .ok_or("the hub is not running")?;
-    let control = state.whip.control.clone();
+    let mut rooms = state.rooms.each(room_row).await;
+    rooms.sort_by(|a, b| a.info["name"].as_str().cmp(&b.info["name"].as_str()));
+    let control = state.rooms.media().control().clone();
     let stats = tokio::task::spawn_blocking(move || {
         control.request(
             pb::command::Body::GetStats(pb::GetStats {}),

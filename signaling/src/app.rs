@@ -1,0 +1,60 @@
+//! The state every request handler reaches: the key store, the media plane, the rooms and
+//! the server's settings. Built once by `prism serve` (or a test) and shared behind an
+//! `Arc`.
+
+use prism_forwarder::runtime::Forwarder;
+
+use crate::auth::KeyStore;
+use crate::rtc::{RoomDefaults, RoomManager};
+
+/// Server settings that change what RoomService allows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoomServiceOptions {
+    /// Whether MutePublishedTrack may unmute (LiveKit's `room.enable_remote_unmute`, off by
+    /// default: the server can silence someone, never make them heard).
+    pub enable_remote_unmute: bool,
+}
+
+/// What `prism serve` configures beyond keys and the media plane.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServeOptions {
+    pub room_defaults: RoomDefaults,
+    pub room_service: RoomServiceOptions,
+}
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub keys: KeyStore,
+    pub forwarder: Forwarder,
+    pub rooms: RoomManager,
+    pub dev: bool,
+    pub room_service: RoomServiceOptions,
+}
+
+impl AppState {
+    pub fn new(keys: KeyStore, forwarder: Forwarder, dev: bool) -> Self {
+        Self::with_options(keys, forwarder, dev, ServeOptions::default())
+    }
+
+    pub fn with_options(
+        keys: KeyStore,
+        forwarder: Forwarder,
+        dev: bool,
+        options: ServeOptions,
+    ) -> Self {
+        let rooms = RoomManager::start(forwarder.client(), options.room_defaults);
+        Self {
+            keys,
+            forwarder,
+            rooms,
+            dev,
+            room_service: options.room_service,
+        }
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("dev", &self.dev).finish()
+    }
+}

@@ -1,0 +1,888 @@
+//! A room: its participants, tracks and subscriptions, owned by one task.
+//!
+//! Why an actor per room: every change (a join, an offer, a subscription) fans out to
+//! several participants and to the media plane. Doing all of a room's work in one task,
+//! one message at a time, keeps its invariants (versions only grow, a track is subscribed
+//! at most once, a subscriber has at most one offer in flight) without locks, and rooms
+//! run side by side: a busy room never delays another. Nothing here waits on the media
+//! plane: commands are sent as they are decided, and their answers come back as
+//! [`RoomMsg::Media`] events in order, handled like any other message (see
+//! `media_plane`).
+//!
+//! This file holds the state, the message loop, joining and leaving. Publishing,
+//! subscribing, data, speakers, lifetimes, RoomService and WHIP/WHEP are further `impl
+//! Room` blocks in their own files.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pb::command::Body as Cmd;
+use prism_proto::control as pb;
+use prism_proto::livekit as lk;
+use tokio::sync::{mpsc, oneshot};
+
+use lk::signal_response::Message as Resp;
+
+use super::error::RtcError;
+use super::ids::{Identity, MediaRoomId, ParticipantSid, RoomName, TrackSid, TransportId};
+use super::media_plane::MediaPlane;
+use super::node::{Counters, RoomDefaults};
+use super::participant::{Link, Out, Participant, SubPc};
+use crate::auth::Claims;
+use crate::livekit::{PING_INTERVAL_S, PING_TIMEOUT_S, PROTOCOL_VERSION, SERVER_VERSION};
+
+/// Messages queued per session before it counts as too slow and is closed.
+pub const SESSION_QUEUE: usize = 1024;
+
+/// What a client asked for when it connected (query parameters of `/rtc`).
+#[derive(Clone, Debug)]
+pub struct JoinParams {
+    pub claims: Claims,
+    pub room: RoomName,
+    pub auto_subscribe: bool,
+    pub protocol: i32,
+    pub client_protocol: i32,
+}
+
+/// A joined participant: its sid, the first message to send, its outgoing queue and its
+/// room.
+#[derive(Debug)]
+pub struct Joined {
+    pub sid: ParticipantSid,
+    pub join: lk::SignalResponse,
+    pub rx: mpsc::Receiver<Out>,
+    pub room: RoomHandle,
+}
+
+pub(crate) type Call = Box<dyn FnOnce(&mut Room) + Send>;
+
+/// What a room's task handles, one at a time.
+pub(crate) enum RoomMsg {
+    Join(Box<JoinParams>, oneshot::Sender<Result<Joined, RtcError>>),
+    Signal(ParticipantSid, lk::SignalRequest),
+    Left(ParticipantSid, lk::DisconnectReason),
+    /// An event from the media plane: the answer to one of the room's commands, or news
+    /// about one of its transports or tracks.
+    Media(pb::Event),
+    Call(Call),
+    /// A call that needs the room's core (it answers an offer): held until it is known.
+    CallReady(Call),
+}
+
+/// A cheap, cloneable way to reach one room's task.
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub(crate) tx: mpsc::UnboundedSender<RoomMsg>,
+    pub name: RoomName,
+}
+
+impl std::fmt::Debug for RoomHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomHandle")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoomHandle {
+    pub fn signal(&self, sid: &ParticipantSid, req: lk::SignalRequest) {
+        let _ = self.tx.send(RoomMsg::Signal(sid.clone(), req));
+    }
+
+    pub fn left(&self, sid: &ParticipantSid, reason: lk::DisconnectReason) {
+        let _ = self.tx.send(RoomMsg::Left(sid.clone(), reason));
+    }
+
+    /// Runs `f` on the room's task. [`RtcError::RoomClosed`] if the room closed first.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Room) -> Result<R, RtcError> + Send + 'static,
+    ) -> Result<R, RtcError> {
+        self.call_as(f, RoomMsg::Call).await
+    }
+
+    /// Like [`Self::call`], once the room knows its core (to answer an offer).
+    pub async fn call_ready<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Room) -> Result<R, RtcError> + Send + 'static,
+    ) -> Result<R, RtcError> {
+        self.call_as(f, RoomMsg::CallReady).await
+    }
+
+    async fn call_as<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Room) -> Result<R, RtcError> + Send + 'static,
+        wrap: fn(Call) -> RoomMsg,
+    ) -> Result<R, RtcError> {
+        let (tx, rx) = oneshot::channel();
+        let call: Call = Box::new(move |room| {
+            let r = if room.closed {
+                Err(RtcError::RoomClosed)
+            } else {
+                f(room)
+            };
+            let _ = tx.send(r);
+        });
+        self.tx.send(wrap(call)).map_err(|_| RtcError::RoomClosed)?;
+        rx.await.map_err(|_| RtcError::RoomClosed)?
+    }
+
+    pub(crate) async fn join(&self, params: JoinParams) -> Result<Joined, RtcError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::Join(Box::new(params), tx))
+            .map_err(|_| RtcError::RoomClosed)?;
+        rx.await.map_err(|_| RtcError::RoomClosed)?
+    }
+}
+
+/// What the room does with the answer to one of its commands.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// `CreateRoom`: the answer says where the room's core is.
+    RoomCreated,
+    /// A participant's transport: if it fails, the participant cannot go on.
+    Transport(ParticipantSid),
+    /// A published track: if it fails, it is unpublished.
+    Track(ParticipantSid, TrackSid),
+    /// A subscriber's copy of a track: if it fails, the subscription has no media.
+    DownTrack(ParticipantSid, TrackSid),
+}
+
+/// How a room was created (RoomService CreateRoom, or a first join with the defaults).
+#[derive(Clone, Debug, Default)]
+pub struct RoomOptions {
+    pub empty_timeout: u32,
+    pub departure_timeout: u32,
+    pub max_participants: u32,
+    pub metadata: String,
+}
+
+/// A room's state. Reached only from its own task.
+pub struct Room {
+    pub sid: String,
+    pub name: RoomName,
+    /// The media plane's id of this room.
+    pub id: MediaRoomId,
+    pub created_at: i64,
+    pub metadata: String,
+    pub empty_timeout: u32,
+    pub departure_timeout: u32,
+    pub max_participants: u32,
+    /// Participants in join order.
+    pub participants: Vec<Participant>,
+    /// The room's core: its address and certificate fingerprint, from `RoomCreated`.
+    pub(crate) core: Option<(SocketAddr, [u8; 32])>,
+    /// Signaling that needs the core, held until `RoomCreated` arrives.
+    pub(crate) deferred: Vec<RoomMsg>,
+    /// Since when the room has had nobody in it, and whether anyone ever joined.
+    pub(crate) empty_since: Option<Instant>,
+    pub(crate) ever_joined: bool,
+    pub(crate) media: MediaPlane,
+    pub(crate) pending: HashMap<u64, Pending>,
+    pub(crate) counters: Arc<Counters>,
+    /// Set once the room is closing: nothing new is accepted.
+    pub closed: bool,
+    pub(crate) stopping: bool,
+    /// The room's own mailbox, handed to the sessions that join it.
+    pub(crate) handle: RoomHandle,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("name", &self.name)
+            .field("participants", &self.participants.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(crate) fn new_sid(prefix: &str) -> String {
+    format!("{prefix}{}", crate::media::random_alnum(12))
+}
+
+impl Room {
+    /// A new room; the caller spawns its task with [`Room::run`].
+    pub(crate) fn new(
+        name: RoomName,
+        opts: &RoomOptions,
+        defaults: RoomDefaults,
+        media: MediaPlane,
+        counters: Arc<Counters>,
+        handle: RoomHandle,
+    ) -> Self {
+        let or = |v: u32, d: u32| if v == 0 { d } else { v };
+        Self {
+            sid: new_sid("RM_"),
+            name,
+            id: MediaRoomId::fresh(),
+            created_at: now_ms(),
+            metadata: opts.metadata.clone(),
+            empty_timeout: or(opts.empty_timeout, defaults.empty_timeout),
+            departure_timeout: or(opts.departure_timeout, defaults.departure_timeout),
+            max_participants: opts.max_participants,
+            participants: Vec::new(),
+            core: None,
+            deferred: Vec::new(),
+            empty_since: Some(Instant::now()),
+            ever_joined: false,
+            media,
+            pending: HashMap::new(),
+            counters,
+            closed: false,
+            stopping: false,
+            handle,
+        }
+    }
+
+    /// The room's task: handles messages one at a time until the room closes, then
+    /// refuses what is still queued (a join retries on a new room).
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<RoomMsg>,
+        on_close: Box<dyn FnOnce() + Send>,
+    ) {
+        if self
+            .command_tracked(
+                Cmd::CreateRoom(pb::CreateRoom {
+                    room_id: self.id.0,
+                    ..Default::default()
+                }),
+                Pending::RoomCreated,
+            )
+            .is_err()
+        {
+            self.closed = true;
+        }
+        tracing::info!(room = %self.name, "room created");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.closed {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => self.handle(m),
+                    None => break,
+                },
+                _ = tick.tick() => self.tick(Instant::now()),
+            }
+        }
+        on_close();
+        rx.close();
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                RoomMsg::Join(_, reply) => {
+                    let _ = reply.send(Err(RtcError::RoomClosed));
+                }
+                RoomMsg::Call(f) | RoomMsg::CallReady(f) => f(&mut self),
+                RoomMsg::Signal(..) | RoomMsg::Left(..) | RoomMsg::Media(_) => {}
+            }
+        }
+        tracing::info!(room = %self.name, "room closed");
+    }
+
+    pub(crate) fn handle(&mut self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Join(p, reply) => {
+                let r = self.join(*p);
+                let _ = reply.send(r);
+            }
+            RoomMsg::Signal(sid, req) => {
+                if self.core.is_none() && needs_core(&req) {
+                    self.deferred.push(RoomMsg::Signal(sid, req));
+                } else {
+                    self.on_signal(&sid, req);
+                }
+            }
+            RoomMsg::Left(sid, reason) => self.remove_participant(&sid, reason, None),
+            RoomMsg::Media(ev) => self.on_media(ev),
+            RoomMsg::Call(f) => f(self),
+            RoomMsg::CallReady(f) => {
+                if self.core.is_none() {
+                    self.deferred.push(RoomMsg::CallReady(f));
+                } else {
+                    f(self);
+                }
+            }
+        }
+    }
+
+    /// Sends a command to the media plane without waiting; an error answer is logged.
+    pub(crate) fn command(&mut self, body: Cmd) {
+        if let Err(e) = self.media.send(self.id, body) {
+            tracing::warn!(room = %self.name, error = %e, "media plane unreachable");
+        }
+    }
+
+    /// Sends a command whose answer the room acts on.
+    pub(crate) fn command_tracked(&mut self, body: Cmd, then: Pending) -> Result<(), RtcError> {
+        let id = self
+            .media
+            .send(self.id, body)
+            .map_err(|e| RtcError::MediaPlane(e.to_string()))?;
+        self.pending.insert(id, then);
+        Ok(())
+    }
+
+    pub fn participant(&self, sid: &ParticipantSid) -> Option<&Participant> {
+        self.participants.iter().find(|p| &p.sid == sid)
+    }
+
+    pub fn participant_mut(&mut self, sid: &ParticipantSid) -> Option<&mut Participant> {
+        self.participants.iter_mut().find(|p| &p.sid == sid)
+    }
+
+    pub fn by_identity(&self, identity: &str) -> Option<&Participant> {
+        self.participants.iter().find(|p| p.identity == *identity)
+    }
+
+    /// The participant owning a transport.
+    pub(crate) fn by_transport(&self, t: TransportId) -> Option<&Participant> {
+        self.participants
+            .iter()
+            .find(|p| p.transport_ids().contains(&t))
+    }
+
+    /// The published track with this sid, and its publisher.
+    pub fn track(&self, track_sid: &TrackSid) -> Option<(&Participant, &super::PubTrack)> {
+        self.participants
+            .iter()
+            .find_map(|p| p.track(track_sid).map(|t| (p, t)))
+    }
+
+    pub fn info(&self) -> lk::Room {
+        lk::Room {
+            sid: self.sid.clone(),
+            name: self.name.to_string(),
+            empty_timeout: self.empty_timeout,
+            departure_timeout: self.departure_timeout,
+            max_participants: self.max_participants,
+            creation_time: self.created_at / 1000,
+            creation_time_ms: self.created_at,
+            metadata: self.metadata.clone(),
+            num_participants: self.participants.len() as u32,
+            num_publishers: self
+                .participants
+                .iter()
+                .filter(|p| !p.tracks.is_empty())
+                .count() as u32,
+            ..Default::default()
+        }
+    }
+
+    /// Adds a participant, shared by every way in: a second session with the same
+    /// identity replaces the first, and the others are told (unless it is hidden).
+    pub(crate) fn admit(&mut self, p: Participant) -> Result<(), RtcError> {
+        if self.stopping || self.closed {
+            return Err(RtcError::ShuttingDown);
+        }
+        if let Some(old) = self.by_identity(p.identity.as_str()).map(|q| q.sid.clone()) {
+            let r = lk::DisconnectReason::DuplicateIdentity;
+            self.remove_participant(&old, r, Some(r));
+        }
+        if self.max_participants > 0 && self.participants.len() >= self.max_participants as usize {
+            return Err(RtcError::RoomFull);
+        }
+        let info = p.info();
+        let hidden = p.permission.hidden;
+        let sid = p.sid.clone();
+        tracing::info!(room = %self.name, participant = %sid, identity = %p.identity, kind = ?p.kind, "joined");
+        self.participants.push(p);
+        self.empty_since = None;
+        self.ever_joined = true;
+        Counters::bump(&self.counters.joins, 1);
+        if !hidden {
+            self.broadcast(&[info], Some(&sid));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self, p: JoinParams) -> Result<Joined, RtcError> {
+        let grant = p.claims.grant()?.clone();
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let permission = permission_of(&grant);
+        let participant = Participant {
+            sid: ParticipantSid::new(new_sid("PA_")),
+            identity: Identity::new(p.claims.identity()),
+            name: p.claims.name.clone(),
+            metadata: p.claims.metadata.clone(),
+            attributes: p.claims.attributes.clone(),
+            kind: kind_of(&p.claims.kind),
+            joined_at_ms: now_ms(),
+            version: 1,
+            state: lk::participant_info::State::Joined,
+            permission,
+            client_protocol: p.client_protocol,
+            auto_subscribe: p.auto_subscribe,
+            tracks: Vec::new(),
+            allowed: None,
+            wanted: Vec::new(),
+            speaking: HashMap::new(),
+            pending: Vec::new(),
+            publisher: None,
+            subscriber: SubPc::new(),
+            link: Link::Signal(tx),
+        };
+        let info = participant.info();
+        let sid = participant.sid.clone();
+        // Speaker updates are deltas: a newcomer first hears who is speaking already
+        // (queued behind the JoinResponse, which the session sends first).
+        let speakers = self.current_speakers();
+        if !speakers.is_empty() {
+            let _ = participant.send(Resp::SpeakersChanged(lk::SpeakersChanged { speakers }));
+        }
+        self.admit(participant)?;
+        let others: Vec<lk::ParticipantInfo> = self
+            .participants
+            .iter()
+            .filter(|q| q.sid != sid && !q.permission.hidden)
+            .map(Participant::info)
+            .collect();
+        let join = lk::SignalResponse {
+            message: Some(Resp::Join(lk::JoinResponse {
+                room: Some(self.info()),
+                participant: Some(info),
+                other_participants: others,
+                server_version: SERVER_VERSION.into(),
+                subscriber_primary: false,
+                ping_timeout: PING_TIMEOUT_S,
+                ping_interval: PING_INTERVAL_S,
+                server_info: Some(lk::ServerInfo {
+                    edition: lk::server_info::Edition::Standard as i32,
+                    version: SERVER_VERSION.into(),
+                    protocol: PROTOCOL_VERSION.min(p.protocol.max(1)),
+                    node_id: "prism".into(),
+                    ..Default::default()
+                }),
+                enabled_publish_codecs: ["audio/opus", "video/VP8", "video/H264"]
+                    .iter()
+                    .map(|m| lk::Codec {
+                        mime: (*m).into(),
+                        fmtp_line: String::new(),
+                    })
+                    .collect(),
+                // Sessions are not resumed: SDKs must not try (they would wait for a
+                // resume that cannot succeed before reconnecting in full).
+                client_configuration: Some(lk::ClientConfiguration {
+                    resume_connection: lk::ClientConfigSetting::Disabled as i32,
+                    ..Default::default()
+                }),
+                fast_publish: false,
+                ..Default::default()
+            })),
+        };
+        Ok(Joined {
+            sid,
+            join,
+            rx,
+            room: self.handle.clone(),
+        })
+    }
+
+    /// Sends a participant update with `infos` to everyone in the room but `except`.
+    pub(crate) fn broadcast(
+        &mut self,
+        infos: &[lk::ParticipantInfo],
+        except: Option<&ParticipantSid>,
+    ) {
+        let msg = Resp::Update(lk::ParticipantUpdate {
+            participants: infos.to_vec(),
+        });
+        self.send_all(&msg, except);
+    }
+
+    /// Sends `msg` to every session but `except`, closing those too far behind.
+    pub(crate) fn send_all(&mut self, msg: &Resp, except: Option<&ParticipantSid>) {
+        let slow: Vec<ParticipantSid> = self
+            .participants
+            .iter()
+            .filter(|q| Some(&q.sid) != except)
+            .filter(|q| !q.send(msg.clone()))
+            .map(|q| q.sid.clone())
+            .collect();
+        self.drop_slow(slow);
+    }
+
+    /// Tells everyone (the participant too) that a participant changed.
+    pub(crate) fn announce(&mut self, pid: &ParticipantSid) {
+        let Some(p) = self.participant_mut(pid) else {
+            return;
+        };
+        p.version += 1;
+        let info = p.info();
+        if p.permission.hidden {
+            let _ = p.send(Resp::Update(lk::ParticipantUpdate {
+                participants: vec![info],
+            }));
+        } else {
+            self.broadcast(&[info], None);
+        }
+    }
+
+    pub(crate) fn drop_slow(&mut self, slow: Vec<ParticipantSid>) {
+        for sid in slow {
+            Counters::bump(&self.counters.slow_sessions, 1);
+            tracing::warn!(participant = %sid, "session too far behind; closing it");
+            self.remove_participant(&sid, lk::DisconnectReason::SignalClose, None);
+        }
+    }
+
+    /// Sends one signaling message to a participant (closing its session if it is too far
+    /// behind).
+    pub(crate) fn send_to(&mut self, pid: &ParticipantSid, msg: Resp) {
+        let ok = self.participant(pid).is_none_or(|p| p.send(msg));
+        if !ok {
+            self.drop_slow(vec![pid.clone()]);
+        }
+    }
+
+    /// Closes a participant's signaling session with `text` as the WebSocket close reason,
+    /// and removes it with `reason`.
+    pub(crate) fn close_session(
+        &mut self,
+        pid: &ParticipantSid,
+        text: &str,
+        reason: lk::DisconnectReason,
+    ) {
+        if let Some(p) = self.participant(pid) {
+            p.close_signal(text.to_owned());
+        }
+        self.remove_participant(pid, reason, None);
+    }
+
+    fn on_signal(&mut self, pid: &ParticipantSid, req: lk::SignalRequest) {
+        use lk::signal_request::Message as Req;
+        let Some(msg) = req.message else {
+            return;
+        };
+        if self.participant(pid).is_none() {
+            return;
+        }
+        match msg {
+            Req::Offer(sd) => {
+                if let Err(e) = self.on_publisher_offer(pid, &sd) {
+                    tracing::warn!(participant = %pid, error = %e, "publisher offer refused");
+                    self.close_session(
+                        pid,
+                        &format!("bad offer: {e}"),
+                        lk::DisconnectReason::StateMismatch,
+                    );
+                }
+            }
+            Req::Answer(sd) => {
+                if let Err(e) = self.on_subscriber_answer(pid, &sd) {
+                    tracing::warn!(participant = %pid, error = %e, "subscriber answer refused");
+                    self.close_session(
+                        pid,
+                        &format!("bad answer: {e}"),
+                        lk::DisconnectReason::StateMismatch,
+                    );
+                }
+            }
+            Req::AddTrack(t) => self.on_add_track(pid, t),
+            Req::Mute(m) => {
+                self.set_muted(pid, &TrackSid::new(m.sid), m.muted);
+            }
+            Req::Subscription(s) => self.on_subscription(pid, &s),
+            Req::TrackSetting(s) => self.on_track_settings(pid, &s),
+            Req::Leave(_) => {
+                self.remove_participant(pid, lk::DisconnectReason::ClientInitiated, None);
+            }
+            Req::UpdateMetadata(m) => self.on_update_metadata(pid, m),
+            Req::SubscriptionPermission(perm) => self.on_subscription_permission(pid, perm),
+            // ICE-lite: Prism learns the client's address from its checks, so the client's
+            // candidates are not needed; the rest is optional in the protocol.
+            Req::Trickle(_)
+            | Req::UpdateLayers(_)
+            | Req::SyncState(_)
+            | Req::Simulate(_)
+            | Req::UpdateAudioTrack(_)
+            | Req::UpdateVideoTrack(_)
+            | Req::Ping(_)
+            | Req::PingReq(_) => {}
+        }
+    }
+
+    fn on_update_metadata(&mut self, pid: &ParticipantSid, m: lk::UpdateParticipantMetadata) {
+        let Some(p) = self.participant_mut(pid) else {
+            return;
+        };
+        if !p.permission.can_update_metadata {
+            let _ = p.send(Resp::RequestResponse(lk::RequestResponse {
+                request_id: m.request_id,
+                reason: lk::request_response::Reason::NotAllowed as i32,
+                message: "does not have permission to update own metadata".into(),
+                request: Some(lk::request_response::Request::UpdateMetadata(m)),
+            }));
+            return;
+        }
+        if !m.metadata.is_empty() {
+            p.metadata = m.metadata.clone();
+        }
+        if !m.name.is_empty() {
+            p.name = m.name.clone();
+        }
+        merge_attributes(&mut p.attributes, &m.attributes);
+        let _ = p.send(Resp::RequestResponse(lk::RequestResponse {
+            request_id: m.request_id,
+            reason: lk::request_response::Reason::Ok as i32,
+            message: String::new(),
+            request: None,
+        }));
+        self.announce(pid);
+    }
+
+    /// Removes a participant: its transports close, its tracks leave every subscriber, the
+    /// others see it disconnected. `leave` sends it a leave request first (server-initiated
+    /// removals).
+    pub fn remove_participant(
+        &mut self,
+        pid: &ParticipantSid,
+        reason: lk::DisconnectReason,
+        leave: Option<lk::DisconnectReason>,
+    ) {
+        let Some(pos) = self.participants.iter().position(|p| &p.sid == pid) else {
+            return;
+        };
+        let mut p = self.participants.remove(pos);
+        if self.participants.is_empty() {
+            self.empty_since = Some(Instant::now());
+        }
+        if let Some(r) = leave {
+            let _ = p.send(Resp::Leave(lk::LeaveRequest {
+                can_reconnect: false,
+                reason: r as i32,
+                action: lk::leave_request::Action::Disconnect as i32,
+            }));
+            p.close_signal(format!("{r:?}"));
+        }
+        Counters::bump(&self.counters.leaves, 1);
+        tracing::info!(room = %self.name, participant = %pid, ?reason, "left");
+        for t in p.transport_ids() {
+            self.command(Cmd::CloseTransport(pb::CloseTransport {
+                room_id: self.id.0,
+                transport_id: t.0,
+            }));
+        }
+        let tracks: Vec<TrackSid> = p.tracks.iter().map(super::PubTrack::sid).collect();
+        let subs: Vec<ParticipantSid> = self.participants.iter().map(|q| q.sid.clone()).collect();
+        for t in &tracks {
+            for s in &subs {
+                // The media plane removed the down tracks with the transport's tracks.
+                self.unsubscribe(s, t, false);
+            }
+        }
+        for q in &mut self.participants {
+            q.wanted.retain(|w| !tracks.contains(w));
+        }
+        p.state = lk::participant_info::State::Disconnected;
+        p.version += 1;
+        p.tracks.clear();
+        let mut info = p.info();
+        info.disconnect_reason = reason as i32;
+        if !p.permission.hidden {
+            self.broadcast(&[info], None);
+        }
+    }
+
+    /// An event from the media plane.
+    fn on_media(&mut self, ev: pb::Event) {
+        use pb::event::Body as Ev;
+        if ev.request_id != 0 {
+            let then = self.pending.remove(&ev.request_id);
+            self.on_answer(then, ev.body);
+            return;
+        }
+        match ev.body {
+            Some(Ev::TransportConnected(c)) => self.on_connected(TransportId(c.transport_id)),
+            Some(Ev::TransportClosed(c)) => {
+                let t = TransportId(c.transport_id);
+                if let Some(pid) = self.by_transport(t).map(|p| p.sid.clone()) {
+                    tracing::info!(participant = %pid, reason = %c.reason, "transport closed");
+                    self.close_session(
+                        &pid,
+                        &format!("media connection lost: {}", c.reason),
+                        lk::DisconnectReason::ConnectionTimeout,
+                    );
+                }
+            }
+            Some(Ev::AudioLevel(a)) => self.on_audio_level(&a),
+            Some(Ev::DataMessage(d)) => {
+                self.on_data(TransportId(d.transport_id), &d.label, &d.data);
+            }
+            _ => {}
+        }
+    }
+
+    /// The answer to one of the room's commands.
+    fn on_answer(&mut self, then: Option<Pending>, body: Option<pb::event::Body>) {
+        use pb::event::Body as Ev;
+        match (then, body) {
+            (Some(Pending::RoomCreated), Some(Ev::RoomCreated(c))) => match core_params(&c) {
+                Ok(core) => {
+                    self.core = Some(core);
+                    for m in std::mem::take(&mut self.deferred) {
+                        self.handle(m);
+                    }
+                }
+                Err(e) => self.fail_room(&e),
+            },
+            (Some(Pending::RoomCreated), other) => {
+                self.fail_room(&RtcError::MediaPlane(format!(
+                    "unexpected answer to CreateRoom: {other:?}"
+                )));
+            }
+            (then, Some(Ev::Error(e))) => {
+                Counters::bump(&self.counters.media_errors, 1);
+                self.on_command_failed(then, &e.message);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_command_failed(&mut self, then: Option<Pending>, message: &str) {
+        match then {
+            Some(Pending::Transport(pid)) => {
+                tracing::warn!(participant = %pid, error = %message, "transport refused");
+                self.close_session(
+                    &pid,
+                    &format!("media plane: {message}"),
+                    lk::DisconnectReason::StateMismatch,
+                );
+            }
+            Some(Pending::Track(pid, track)) => {
+                tracing::warn!(participant = %pid, %track, error = %message, "track not published");
+                self.unpublish(&pid, &track);
+                self.announce(&pid);
+            }
+            Some(Pending::DownTrack(sub, track)) => {
+                tracing::warn!(participant = %sub, %track, error = %message, "down track not added");
+                if let Some(t) = self.participant_mut(&sub).and_then(|p| {
+                    p.subscriber
+                        .sections
+                        .iter_mut()
+                        .filter_map(|s| s.track.as_mut())
+                        .find(|t| t.track_sid == track)
+                }) {
+                    t.down_track_id = None;
+                }
+            }
+            Some(Pending::RoomCreated) | None => {
+                tracing::warn!(room = %self.name, error = %message, "media plane command failed");
+            }
+        }
+    }
+
+    /// The media plane could not hold the room: everyone is told, and it closes.
+    fn fail_room(&mut self, e: &RtcError) {
+        tracing::error!(room = %self.name, error = %e, "room failed");
+        self.close(lk::DisconnectReason::StateMismatch);
+    }
+
+    /// A transport finished ICE and DTLS. For a LiveKit publisher transport that makes the
+    /// participant active (and, subscribing automatically, it gets what is published).
+    fn on_connected(&mut self, t: TransportId) {
+        let Some(p) = self
+            .participants
+            .iter_mut()
+            .find(|p| p.transport_ids().contains(&t))
+        else {
+            return;
+        };
+        let is_publisher = p.publisher.as_ref().is_some_and(|pc| pc.transport_id == t);
+        if !is_publisher || p.state == lk::participant_info::State::Active {
+            return;
+        }
+        p.state = lk::participant_info::State::Active;
+        let pid = p.sid.clone();
+        let auto = p.auto_subscribe;
+        self.announce(&pid);
+        if auto {
+            self.subscribe_existing(&pid);
+        }
+    }
+
+    /// Closes the room: everyone in it is told to leave with `reason`, the media plane
+    /// drops it, and the task ends.
+    pub fn close(&mut self, reason: lk::DisconnectReason) {
+        let pids: Vec<ParticipantSid> = self.participants.iter().map(|p| p.sid.clone()).collect();
+        for pid in pids {
+            self.remove_participant(&pid, reason, Some(reason));
+        }
+        if !self.closed {
+            self.closed = true;
+            self.command(Cmd::CloseRoom(pb::CloseRoom { room_id: self.id.0 }));
+        }
+    }
+}
+
+/// Whether a request needs the room's core (address and fingerprint) to be answered.
+fn needs_core(req: &lk::SignalRequest) -> bool {
+    use lk::signal_request::Message as Req;
+    matches!(req.message, Some(Req::Offer(_) | Req::Answer(_)))
+}
+
+/// The room core's address and fingerprint from a `RoomCreated` answer.
+fn core_params(c: &pb::RoomCreated) -> Result<(SocketAddr, [u8; 32]), RtcError> {
+    let addr: SocketAddr = c
+        .local
+        .parse()
+        .map_err(|_| RtcError::MediaPlane(format!("bad core address {:?}", c.local)))?;
+    let fp = prism_forwarder::dtls::Fingerprint::parse(&c.fingerprint)
+        .map_err(|_| RtcError::MediaPlane("bad fingerprint".into()))?;
+    Ok((addr, *fp.as_bytes()))
+}
+
+/// A participant's permission from its token's grant.
+pub(crate) fn permission_of(grant: &crate::auth::VideoGrant) -> lk::ParticipantPermission {
+    lk::ParticipantPermission {
+        can_subscribe: grant.can_subscribe(),
+        can_publish: grant.can_publish(),
+        can_publish_data: grant.can_publish_data(),
+        can_publish_sources: grant
+            .can_publish_sources
+            .iter()
+            .filter_map(|s| match s.as_str() {
+                "camera" => Some(lk::TrackSource::Camera as i32),
+                "microphone" => Some(lk::TrackSource::Microphone as i32),
+                "screen_share" => Some(lk::TrackSource::ScreenShare as i32),
+                "screen_share_audio" => Some(lk::TrackSource::ScreenShareAudio as i32),
+                _ => None,
+            })
+            .collect(),
+        hidden: grant.hidden,
+        recorder: grant.recorder,
+        can_update_metadata: grant.can_update_own_metadata(),
+        agent: grant.agent,
+        ..Default::default()
+    }
+}
+
+/// A participant kind from a token's `kind` claim.
+pub(crate) fn kind_of(kind: &str) -> lk::participant_info::Kind {
+    match kind {
+        "ingress" => lk::participant_info::Kind::Ingress,
+        "egress" => lk::participant_info::Kind::Egress,
+        "sip" => lk::participant_info::Kind::Sip,
+        "agent" => lk::participant_info::Kind::Agent,
+        _ => lk::participant_info::Kind::Standard,
+    }
+}
+
+/// Merges attributes as LiveKit does: an empty value deletes the key.
+pub(crate) fn merge_attributes(into: &mut HashMap<String, String>, from: &HashMap<String, String>) {
+    for (k, v) in from {
+        if v.is_empty() {
+            into.remove(k);
+        } else {
+            into.insert(k.clone(), v.clone());
+        }
+    }
+}
