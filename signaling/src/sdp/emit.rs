@@ -19,8 +19,8 @@ use webrtc_sdp::media_type::{
 };
 use webrtc_sdp::{SdpConnection, SdpOrigin, SdpSession, SdpTiming, SdpType};
 
-use super::answer::ServerParams;
 use super::model::{CodecParams, MediaKind, SetupRole};
+use super::params::ServerParams;
 use super::SdpError;
 
 /// Parses one `a=` value through the crate, for attributes with many optional fields.

@@ -39,14 +39,16 @@ pub mod codecs;
 mod emit;
 pub mod model;
 pub mod offer;
+pub mod params;
 
-pub use answer::{AnswerBuilder, AnswerTrack, SectionChoice, ServerParams};
+pub use answer::{AnswerBuilder, AnswerTrack, SectionChoice};
 pub use codecs::Codec;
 pub use model::{
     CodecParams, Direction, Fingerprint, MediaKind, MediaSection, RidDirection, SessionOffer,
     SetupRole, Simulcast, SsrcGroup, SsrcInfo,
 };
 pub use offer::{OfferBuilder, OfferSection, SendTrack};
+pub use params::ServerParams;
 
 use std::fmt;
 

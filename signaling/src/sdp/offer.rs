@@ -16,10 +16,10 @@ use webrtc_sdp::attribute_type::{
 use webrtc_sdp::media_type::{SdpFormatList, SdpMediaValue, SdpProtocolValue};
 use webrtc_sdp::SdpSession;
 
-use super::answer::ServerParams;
 use super::codecs;
 use super::emit;
 use super::model::{CodecParams, MediaKind, SetupRole};
+use super::params::ServerParams;
 use super::SdpError;
 
 /// One track the server sends.
