@@ -603,7 +603,7 @@ fn join_response_tells_clients_not_to_resume() {
     let mut sess = RawSession::open(&server, "configured");
     // Prism keeps no session state to resume: the client is told to rejoin instead
     // (ClientConfiguration.resume_connection = DISABLED), before it ever tries.
-    let config = sess.join.client_configuration.clone();
+    let config = sess.join.client_configuration;
     assert_eq!(
         config.as_ref().map(|c| c.resume_connection),
         Some(lk::ClientConfigSetting::Disabled as i32),

@@ -220,6 +220,7 @@ fn room_service_lists_and_removes_a_whip_participant() {
     };
     cam.tell("delete");
     let cam = cam.finish();
+    watching.tell("stop");
     let watching = watching.finish();
 
     assert!(

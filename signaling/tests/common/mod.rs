@@ -345,9 +345,9 @@ impl Client {
         }
     }
 
+    /// Waits for the client to end by itself (a live client: as told, or on its own
+    /// terms; its stdin stays open meanwhile), at most until its timeout.
     pub fn finish(mut self) -> Outcome {
-        // A live client's stdin closes: it takes that as the end of its commands.
-        drop(self.stdin.take());
         let mut child = self.child.take().unwrap();
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
@@ -360,6 +360,7 @@ impl Client {
             }
             thread::sleep(Duration::from_millis(50));
         };
+        drop(self.stdin.take());
         let stdout = self.stdout.take().unwrap().take();
         let stderr = self.stderr.take().unwrap().take();
         let summary = stdout

@@ -71,7 +71,8 @@ def event(name: str, **fields) -> None:
 
 
 async def commands() -> "asyncio.Queue[str | None]":
-    """The lines the driver writes to stdin, stripped; None once stdin is closed."""
+    """The lines the driver writes to stdin, stripped; None once stdin is closed (the
+    driver is gone: take it as `stop`)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
