@@ -12,7 +12,9 @@
 //!   enforced (`canPublish=false` cannot publish, `canSubscribe=false` receives nothing);
 //!   with auto-subscribe off, a participant receives what it asks for;
 //! - a second session with the same identity replaces the first, which is told why; a
-//!   resume attempt is answered with a leave asking for a full reconnect;
+//!   resume attempt is answered with a leave asking for a full reconnect, and the
+//!   JoinResponse tells clients not to try (`client_configuration.resume_connection`
+//!   `DISABLED`);
 //! - malformed protobuf, oversized and text frames, and a socket that never answers pings
 //!   each close that session with a reason, while another session carries on;
 //! - fifty participants joining and leaving for a minute leave no room, participant,
@@ -373,6 +375,7 @@ fn refusals_and_grants() {
 struct RawSession {
     ws: tungstenite::WebSocket<TcpStream>,
     sid: String,
+    join: lk::JoinResponse,
 }
 
 impl RawSession {
@@ -397,9 +400,9 @@ impl RawSession {
         let Some(lk::signal_response::Message::Join(j)) = first.message else {
             panic!("{identity}: the first message is not a JoinResponse: {first:?}");
         };
-        let sid = j.participant.expect("participant").sid;
+        let sid = j.participant.as_ref().expect("participant").sid.clone();
         assert!(sid.starts_with("PA_"), "{sid}");
-        RawSession { ws, sid }
+        RawSession { ws, sid, join: j }
     }
 
     fn send(&mut self, m: Message) {
@@ -606,6 +609,23 @@ fn duplicate_identity_replaces_the_first_session_and_resume_means_rejoin() {
         lk::leave_request::Action::Reconnect as i32,
         "{l:?}"
     );
+    server.assert_alive();
+}
+
+#[test]
+fn join_response_tells_clients_not_to_resume() {
+    let _one_at_a_time = serial();
+    let mut server = Server::start();
+    let mut sess = RawSession::open(&server, "configured");
+    // Prism keeps no session state to resume: the client is told to rejoin instead
+    // (ClientConfiguration.resume_connection = DISABLED), before it ever tries.
+    let config = sess.join.client_configuration;
+    assert_eq!(
+        config.as_ref().map(|c| c.resume_connection),
+        Some(lk::ClientConfigSetting::Disabled as i32),
+        "JoinResponse.client_configuration: {config:?}"
+    );
+    let _ = sess.ping(1);
     server.assert_alive();
 }
 

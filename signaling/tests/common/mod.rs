@@ -1,12 +1,13 @@
 //! The harness shared by the interop tests: `prism serve --dev` as a subprocess on free
 //! ports, tokens from `prism token create`, raw HTTP requests, and the Python clients of
-//! `tests/interop/` run from the project venv with a timeout, their last JSON line parsed.
+//! `tests/interop/` run from the project venv with a timeout, their last JSON line parsed
+//! (or, for a `live_client`, driven step by step through stdin and their event lines).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -203,6 +204,9 @@ pub struct Client {
     stdout: Option<Pipe>,
     stderr: Option<Pipe>,
     deadline: Instant,
+    /// For a `live_client`: its stdout lines as they come, and its stdin.
+    lines: Option<mpsc::Receiver<String>>,
+    stdin: Option<ChildStdin>,
 }
 
 /// What a client did: exit status (`None`: killed at the timeout), output, summary line.
@@ -239,6 +243,16 @@ impl Outcome {
 }
 
 pub fn client(py: &Path, name: &str, script: &str, args: &[&str]) -> Client {
+    spawn_client(py, name, script, args, false)
+}
+
+/// A client driven step by step: it reads commands from stdin (`tell`) and prints
+/// `event: NAME {json}` lines (`common.event` in Python), which `wait_event` waits for.
+pub fn live_client(py: &Path, name: &str, script: &str, args: &[&str]) -> Client {
+    spawn_client(py, name, script, args, true)
+}
+
+fn spawn_client(py: &Path, name: &str, script: &str, args: &[&str], live: bool) -> Client {
     let mut child = Command::new(py)
         .arg(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -246,19 +260,27 @@ pub fn client(py: &Path, name: &str, script: &str, args: &[&str]) -> Client {
                 .join(script),
         )
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if live { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {script}: {e}"));
     let stdout: ChildStdout = child.stdout.take().unwrap();
     let stderr: ChildStderr = child.stderr.take().unwrap();
+    let (tx, lines) = if live {
+        let (tx, rx) = mpsc::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     Client {
         name: name.to_string(),
+        stdin: child.stdin.take(),
         child: Some(child),
-        stdout: Some(drain(stdout, None)),
+        stdout: Some(drain(stdout, tx)),
         stderr: Some(drain(stderr, None)),
         deadline: Instant::now() + PROCESS_TIMEOUT,
+        lines,
     }
 }
 
@@ -269,6 +291,62 @@ impl Client {
         self
     }
 
+    /// Waits (at most `within`) for the client's next `event: NAME …` line whose JSON
+    /// satisfies `pred`, skipping other lines (they stay in the outcome's stdout). `None`
+    /// if it does not come in time or the client exits first.
+    pub fn wait_event_where(
+        &mut self,
+        name: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let lines = self.lines.as_ref().expect("wait_event needs a live_client");
+        let deadline = Instant::now() + within;
+        let prefix = format!("event: {name} ");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines.recv_timeout(left).ok()?;
+            if let Some(json) = line.strip_prefix(&prefix) {
+                let v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+
+    /// The client's next `event: NAME …` line, within `within`.
+    pub fn wait_event(&mut self, name: &str, within: Duration) -> Option<Value> {
+        self.wait_event_where(name, within, |_| true)
+    }
+
+    /// As `wait_event`, but a missing event fails the test, with all the client printed.
+    pub fn expect_event(&mut self, name: &str, within: Duration) -> Value {
+        if let Some(v) = self.wait_event(name, within) {
+            return v;
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let stdout = self.stdout.take().map(Pipe::take).unwrap_or_default();
+        let stderr = self.stderr.take().map(Pipe::take).unwrap_or_default();
+        panic!(
+            "{}: no {name:?} event within {within:?}\nstdout:\n{stdout}stderr:\n{stderr}",
+            self.name
+        );
+    }
+
+    /// Writes one command line to the client's stdin (ignored if it has exited).
+    pub fn tell(&mut self, command: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = writeln!(stdin, "{command}");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Waits for the client to end by itself (a live client: as told, or on its own
+    /// terms; its stdin stays open meanwhile), at most until its timeout.
     pub fn finish(mut self) -> Outcome {
         let mut child = self.child.take().unwrap();
         let status = loop {
@@ -282,6 +360,7 @@ impl Client {
             }
             thread::sleep(Duration::from_millis(50));
         };
+        drop(self.stdin.take());
         let stdout = self.stdout.take().unwrap().take();
         let stderr = self.stderr.take().unwrap().take();
         let summary = stdout
@@ -309,4 +388,55 @@ impl Drop for Client {
             let _ = c.wait();
         }
     }
+}
+
+/// The server's LiveKit signaling URL (`ws://…`).
+pub fn ws_url(server: &Server) -> String {
+    server.http.replacen("http://", "ws://", 1)
+}
+
+/// A LiveKit SDK participant watching its room (`lk_watch.py`), driven step by step.
+pub fn lk_watch(py: &Path, server: &Server, room: &str, identity: &str, args: &[&str]) -> Client {
+    let (url, tok) = (ws_url(server), token(room, identity, &[]));
+    let mut all = vec!["--url", &url, "--token", &tok];
+    all.extend_from_slice(args);
+    live_client(py, identity, "lk_watch.py", &all).timeout(Duration::from_secs(150))
+}
+
+/// A LiveKit SDK publisher (`lk_publisher.py`) of VP8 video of one colour ("R,G,B") and
+/// Opus audio, driven step by step; `args` adds options such as `--allow-only`.
+pub fn lk_publisher(
+    py: &Path,
+    server: &Server,
+    room: &str,
+    identity: &str,
+    rgb: &str,
+    args: &[&str],
+) -> Client {
+    let (url, tok) = (ws_url(server), token(room, identity, &[]));
+    let mut all = vec![
+        "--url",
+        &url,
+        "--token",
+        &tok,
+        "--color",
+        rgb,
+        "--duration",
+        "140",
+    ];
+    all.extend_from_slice(args);
+    live_client(py, identity, "lk_publisher.py", &all).timeout(Duration::from_secs(150))
+}
+
+/// The tracks of `identity` in an `lk_watch.py` state (its summary or a `report` event),
+/// as ("audio" or "video", track) pairs.
+pub fn tracks_of<'a>(state: &'a Value, identity: &str) -> Vec<(&'a str, &'a Value)> {
+    state["participants"][identity]["tracks"]
+        .as_object()
+        .map(|t| {
+            t.values()
+                .map(|v| (v["kind"].as_str().unwrap_or(""), v))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,13 +1,18 @@
-"""Helpers shared by the aiortc WHIP/WHEP test clients.
+"""Helpers shared by the interop test clients (aiortc WHIP/WHEP, LiveKit SDK participants).
 
 - `allow_loopback()`: aioice leaves 127.0.0.1 out of its host candidates; the tests run on
   loopback only, so it is made the one host address. Call it before creating a peer.
 - `http()`: one HTTP request (urllib in a thread, so the event loop keeps running ICE).
 - `summary()`: the single JSON line each client prints last; the Rust driver parses it.
+- `event()` and `commands()`: how a client run step by step by the driver (its
+  `live_client`) tells what happened and hears what to do next.
+- `feed_video()`, `feed_audio()`: synthetic media for LiveKit SDK publishers, the video of
+  one colour so that a receiver can tell publishers apart; `mean_rgb()` measures it.
 """
 
 import asyncio
 import json
+import math
 import sys
 import urllib.error
 import urllib.parse
@@ -53,3 +58,83 @@ def summary(**fields) -> None:
 
 def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
+
+
+# ---- Driving a client step by step ----------------------------------------------------
+# A client started by the Rust driver's `live_client` reads commands, one a line, from
+# stdin, and tells what happened as `event: NAME {json}` lines on stdout, which the driver
+# waits on. The summary stays the last JSON line.
+
+
+def event(name: str, **fields) -> None:
+    print(f"event: {name} {json.dumps(fields)}", flush=True)
+
+
+async def commands() -> "asyncio.Queue[str | None]":
+    """The lines the driver writes to stdin, stripped; None once stdin is closed (the
+    driver is gone: take it as `stop`)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump():
+        while True:
+            line = await reader.readline()
+            if not line:
+                await queue.put(None)
+                return
+            await queue.put(line.decode().strip())
+
+    queue.pump = asyncio.ensure_future(pump())  # kept referenced
+    return queue
+
+
+# ---- Synthetic media for LiveKit SDK publishers ----------------------------------------
+
+
+def parse_color(text: str) -> tuple:
+    r, g, b = (int(v) for v in text.split(","))
+    return r, g, b
+
+
+async def feed_video(source, stop: asyncio.Event, width: int, height: int, color=(0, 0, 0)) -> None:
+    """Frames of one colour with a bar that moves every frame (so the encoder has
+    something to encode), at 30 fps, into an `rtc.VideoSource`."""
+    from livekit import rtc
+
+    frame_no = 0
+    background = bytes([*color, 255]) * (width * height)
+    while not stop.is_set():
+        buf = bytearray(background)
+        shade = (frame_no * 7) % 256
+        x0 = (frame_no * 16) % max(1, width - 64)
+        for y in range(0, height, 8):
+            start = (y * width + x0) * 4
+            buf[start : start + 64 * 4] = bytes([shade, 255 - shade, 128, 255]) * 64
+        source.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, bytes(buf)))
+        frame_no += 1
+        await asyncio.sleep(1 / 30)
+
+
+async def feed_audio(source, stop: asyncio.Event) -> None:
+    """A 440 Hz tone, 10 ms frames at 48 kHz, into an `rtc.AudioSource` (which paces it)."""
+    from livekit import rtc
+
+    rate, per = 48000, 480
+    t = 0
+    while not stop.is_set():
+        frame = rtc.AudioFrame.create(rate, 1, per)
+        data = frame.data
+        for i in range(per):
+            data[i] = int(8000 * math.sin(2 * math.pi * 440 * (t + i) / rate))
+        t += per
+        await source.capture_frame(frame)
+
+
+def mean_rgb(pixels, channels: int) -> list:
+    """The mean colour of packed 8-bit pixels (RGB or RGBA), rounded."""
+    import numpy
+
+    a = numpy.frombuffer(pixels, dtype=numpy.uint8).reshape(-1, channels)[:, :3]
+    return [round(float(v)) for v in a.mean(axis=0)]

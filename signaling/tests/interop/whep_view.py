@@ -12,7 +12,7 @@ ids the answer negotiated): the mids, and how many packets carried abs-send-time
 audio level, which shows that Prism writes the viewer's own extensions on egress.
 
 Prints one JSON line: video_frames, audio_frames, first_frame_after_connect_s, width,
-height, extensions, and diagnostics. Exits 0 only if both frame targets were reached.
+height, rgb (the mean colour of a recent frame), extensions, and diagnostics. Exits 0 only if both frame targets were reached.
 """
 
 import argparse
@@ -22,7 +22,7 @@ import time
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from common import allow_loopback, http, log, resource_url, summary
+from common import allow_loopback, http, log, mean_rgb, resource_url, summary
 
 
 async def count_frames(track, result, t, enough):
@@ -35,6 +35,9 @@ async def count_frames(track, result, t, enough):
             if track.kind == "video" and result["video_frames"] == 1:
                 t["first_frame"] = time.monotonic()
                 result["width"], result["height"] = frame.width, frame.height
+            if track.kind == "video" and result["video_frames"] % 10 == 1:
+                # The mean colour tells which publisher's video this is.
+                result["rgb"] = mean_rgb(frame.to_ndarray(format="rgb24").tobytes(), 3)
             enough()
     except MediaStreamError:
         pass
@@ -134,6 +137,7 @@ def main():
         "first_frame_after_connect_s": None,
         "width": None,
         "height": None,
+        "rgb": None,
         "tracks": [],
         "extensions": {},
     }

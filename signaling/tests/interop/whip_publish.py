@@ -9,8 +9,14 @@ lossy_relay.py, which drops that fraction of RTP towards Prism.
 The video is synthetic: 320x240 at 30 fps, a moving gradient with the frame counter drawn
 as 16 black/white blocks in the top rows. The audio is a 440 Hz sine at 48 kHz.
 
+With --until-told it is driven step by step (see `common.event`): it prints
+`event: connected {location}` once connected, publishes until told `delete` on stdin (or
+the connection closes), then DELETEs, whatever the answer (the tests of a session the
+server ended expect 404).
+
 Prints one JSON line: status, connected, packets sent, DELETE status, relay counters.
-Exits 0 only if the session connected and DELETE succeeded.
+Exits 0 only if the session connected and DELETE succeeded (with --until-told: was
+answered).
 """
 
 import argparse
@@ -24,7 +30,7 @@ from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc import VideoStreamTrack
 from av import AudioFrame, VideoFrame
 
-from common import allow_loopback, http, log, resource_url, summary
+from common import allow_loopback, commands, event, http, log, resource_url, summary
 from lossy_relay import start_relay
 
 WIDTH, HEIGHT = 320, 240
@@ -103,6 +109,19 @@ async def stats_summary(pc):
     return out
 
 
+async def until_told(args, failed: asyncio.Event) -> str:
+    """With --until-told: publishes until the driver says `delete` (or closes stdin), the
+    connection fails or closes, or --seconds pass. Says which."""
+    cmds = await commands()
+    told = asyncio.ensure_future(cmds.get())
+    closed = asyncio.ensure_future(failed.wait())
+    await asyncio.wait([told, closed], timeout=args.seconds, return_when=asyncio.FIRST_COMPLETED)
+    ended_by = "told" if told.done() else "connection closed" if closed.done() else "timeout"
+    told.cancel()
+    closed.cancel()
+    return ended_by
+
+
 async def publish(args, result):
     pc = RTCPeerConnection()
     connected = asyncio.Event()
@@ -140,7 +159,12 @@ async def publish(args, result):
         done.cancel()
         bad.cancel()
         result["connected"] = connected.is_set()
-        if connected.is_set():
+        if connected.is_set() and args.until_told:
+            event("connected", location=location)
+            result["ended_by"] = await until_told(args, failed)
+            result["state_before_delete"] = pc.connectionState
+            result.update(await stats_summary(pc))
+        elif connected.is_set():
             await asyncio.sleep(args.seconds)
             result.update(await stats_summary(pc))
         else:
@@ -164,6 +188,9 @@ def main():
                     help="publish through a relay dropping this fraction of RTP")
     ap.add_argument("--seed", type=int, default=1, help="seed of the relay's drops")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
+    ap.add_argument("--until-told", action="store_true",
+                    help="once connected, say so (event: connected) and publish until stdin "
+                         "says delete (--seconds at most); any DELETE answer is then a success")
     args = ap.parse_args()
 
     allow_loopback()
@@ -173,7 +200,8 @@ def main():
     except Exception as e:  # a clean one-line failure for the driver
         result["error"] = f"{type(e).__name__}: {e}"
     summary(**result)
-    ok = result.get("connected") and 200 <= result.get("delete_status", 0) < 300
+    deleted = result.get("delete_status", 0)
+    ok = result.get("connected") and (200 <= deleted < 300 or (args.until_told and deleted > 0))
     raise SystemExit(0 if ok else 1)
 
 
