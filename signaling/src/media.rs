@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prism_proto::control as pb;
 
+use crate::rtc::RtcError;
 use crate::sdp::codecs::ext;
 use crate::sdp::{
     Codec, CodecParams, MediaKind, MediaSection, SectionChoice, SessionOffer, SetupRole,
@@ -119,18 +120,22 @@ pub struct RemoteTransport {
 }
 
 /// The ICE credentials, fingerprint and DTLS role of the first usable section.
-pub fn remote_transport(desc: &SessionOffer) -> Result<RemoteTransport, String> {
+pub fn remote_transport(desc: &SessionOffer) -> Result<RemoteTransport, RtcError> {
     let first = desc
         .media
         .iter()
         .find(|m| !m.is_rejected())
-        .ok_or("the description has no media")?;
+        .ok_or_else(|| RtcError::BadDescription("the description has no media".into()))?;
     let (Some(ufrag), Some(pwd), Some(fp)) = (&first.ice_ufrag, &first.ice_pwd, &first.fingerprint)
     else {
-        return Err("the description lacks ICE credentials or a fingerprint".into());
+        return Err(RtcError::BadDescription(
+            "the description lacks ICE credentials or a fingerprint".into(),
+        ));
     };
     if !fp.algorithm.eq_ignore_ascii_case("sha-256") || fp.value.len() != 32 {
-        return Err("only sha-256 certificate fingerprints are supported".into());
+        return Err(RtcError::BadDescription(
+            "only sha-256 certificate fingerprints are supported".into(),
+        ));
     }
     let hex: Vec<String> = fp.value.iter().map(|b| format!("{b:02X}")).collect();
     Ok(RemoteTransport {
@@ -156,7 +161,7 @@ pub fn add_track_for(
     room_id: u64,
     transport_id: u64,
     track_id: u64,
-) -> Result<Option<pb::AddTrack>, String> {
+) -> Result<Option<pb::AddTrack>, RtcError> {
     if !choice.direction.receives() || !matches!(section.kind, MediaKind::Audio | MediaKind::Video)
     {
         return Ok(None);
@@ -216,10 +221,10 @@ pub fn add_track_for(
             rtx_ssrc: rtx_of(ssrc),
         }]
     } else {
-        return Err(format!(
+        return Err(RtcError::BadDescription(format!(
             "section {} announces neither SSRCs nor RIDs with the rid extension",
             section.mid
-        ));
+        )));
     };
     Ok(Some(pb::AddTrack {
         mid: section.mid.clone(),

@@ -98,7 +98,7 @@ impl Room {
     pub fn whip_publish(&mut self, claims: &Claims, sdp: &str) -> Result<Created, RtcError> {
         let offer = SessionOffer::parse(sdp)?;
         offer.validate()?;
-        let remote = remote_transport(&offer).map_err(RtcError::BadDescription)?;
+        let remote = remote_transport(&offer)?;
         let (ufrag, pwd) = (random_ice_string(8), random_ice_string(24));
         let params = self.server_params(&ufrag, &pwd)?;
         let (answer, choices) = AnswerBuilder::new(&offer, &params).build_with_choices()?;
@@ -110,8 +110,7 @@ impl Room {
         let mut mids = HashMap::new();
         for (section, choice) in offer.media.iter().zip(&choices) {
             let track_id = MediaTrackId::fresh();
-            let Some(cmd) = add_track_for(section, choice, room_id, transport_id.0, track_id.0)
-                .map_err(RtcError::BadDescription)?
+            let Some(cmd) = add_track_for(section, choice, room_id, transport_id.0, track_id.0)?
             else {
                 continue;
             };
@@ -243,7 +242,7 @@ impl Room {
     ) -> Result<Created, RtcError> {
         let offer = SessionOffer::parse(sdp)?;
         offer.validate()?;
-        let remote = remote_transport(&offer).map_err(RtcError::BadDescription)?;
+        let remote = remote_transport(&offer)?;
         let (ufrag, pwd) = (random_ice_string(8), random_ice_string(24));
         let params = self.server_params(&ufrag, &pwd)?;
         let tracks = self.viewable(filter)?;

@@ -68,7 +68,7 @@ pub fn decide_offer(
     offer: &SessionOffer,
 ) -> Result<OfferDecision, RtcError> {
     offer.validate()?;
-    let remote = remote_transport(offer).map_err(RtcError::BadDescription)?;
+    let remote = remote_transport(offer)?;
     let room_id = input.room_id.0;
     let mut commands = Vec::new();
     let (mut pc, created) = match input.pc {
@@ -185,9 +185,7 @@ pub fn decide_offer(
             continue;
         };
         let track_id = MediaTrackId::fresh();
-        let Some(cmd) = add_track_for(section, choice, room_id, transport_id, track_id.0)
-            .map_err(RtcError::BadDescription)?
-        else {
+        let Some(cmd) = add_track_for(section, choice, room_id, transport_id, track_id.0)? else {
             continue;
         };
         let Some(codec) = choice.codec.clone() else {
@@ -306,6 +304,9 @@ impl Room {
         if restarted {
             tracing::info!(participant = %pid, "ICE restart");
         }
+        if d.created {
+            tracing::debug!(participant = %pid, transport = %d.pc.transport_id, "publisher transport");
+        }
         for cmd in d.commands {
             let then = match &cmd {
                 Cmd::CreateWebrtcTransport(_) => Some(Pending::Transport(pid.clone())),
@@ -328,7 +329,6 @@ impl Room {
         let Some(p) = self.participant_mut(pid) else {
             return;
         };
-        let _ = d.created;
         p.publisher = Some(d.pc);
         let mut published = Vec::new();
         for pb in d.published {

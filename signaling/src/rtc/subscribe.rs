@@ -45,7 +45,7 @@ pub fn decide_answer(
     let (create, transport_id) = match pc.transport_id {
         Some(t) => (None, t),
         None => {
-            let remote = remote_transport(answer).map_err(RtcError::BadDescription)?;
+            let remote = remote_transport(answer)?;
             let t = TransportId::fresh();
             (
                 Some(pb::CreateWebRtcTransport {
