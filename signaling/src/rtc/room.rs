@@ -786,8 +786,9 @@ impl Room {
         self.close(lk::DisconnectReason::StateMismatch);
     }
 
-    /// A transport finished ICE and DTLS. For a LiveKit publisher transport that makes the
-    /// participant active (and, subscribing automatically, it gets what is published).
+    /// A transport finished ICE and DTLS. A LiveKit session's publisher transport, or a
+    /// WHIP/WHEP participant's only one, makes the participant active (and, subscribing
+    /// automatically, it gets what is published).
     fn on_connected(&mut self, t: TransportId) {
         let Some(p) = self
             .participants
@@ -796,8 +797,9 @@ impl Room {
         else {
             return;
         };
+        // A WHIP publisher's or WHEP viewer's one transport; a LiveKit session's publisher.
         let is_publisher = p.publisher.as_ref().is_some_and(|pc| pc.transport_id == t);
-        if !is_publisher || p.state == lk::participant_info::State::Active {
+        if !(is_publisher || !p.has_signal()) || p.state == lk::participant_info::State::Active {
             return;
         }
         p.state = lk::participant_info::State::Active;
