@@ -267,7 +267,22 @@ async fn run(ws: Ws, first: lk::SignalResponse, session: Option<Session>) {
             }
             out = rx.recv() => match out {
                 Some(Out::Signal(m)) => {
-                    if sink.send(encode(&m)).await.is_err() {
+                    // Everything already queued goes out in one write, with runs of
+                    // participant updates merged (a room that many join at once sends
+                    // each session one update per join).
+                    let (batch, closing) = drain_batch(*m, &mut rx);
+                    let mut failed = false;
+                    for m in &batch {
+                        if sink.feed(encode(m)).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed || sink.flush().await.is_err() {
+                        break lk::DisconnectReason::SignalClose;
+                    }
+                    if let Some(reason) = closing {
+                        let _ = sink.send(close(CloseCode::Away, &reason)).await;
                         break lk::DisconnectReason::SignalClose;
                     }
                 }
@@ -297,8 +312,125 @@ async fn run(ws: Ws, first: lk::SignalResponse, session: Option<Session>) {
     room.left(&sid, reason);
 }
 
+/// Most messages written in one batch.
+const BATCH: usize = 256;
+
+/// `first` and whatever else is queued now (up to [`BATCH`]), in order, with each run of
+/// consecutive participant updates merged into one (a participant's latest version wins,
+/// in the position of its first mention). Also the close that ended the batch, if any.
+fn drain_batch(
+    first: lk::SignalResponse,
+    rx: &mut tokio::sync::mpsc::Receiver<Out>,
+) -> (Vec<lk::SignalResponse>, Option<String>) {
+    use lk::signal_response::Message as Resp;
+    let mut out: Vec<lk::SignalResponse> = vec![first];
+    let mut closing = None;
+    while out.len() < BATCH {
+        let next = match rx.try_recv() {
+            Ok(Out::Signal(m)) => *m,
+            Ok(Out::Close(reason)) => {
+                closing = Some(reason);
+                break;
+            }
+            Err(_) => break,
+        };
+        if let (
+            Some(lk::SignalResponse {
+                message: Some(Resp::Update(prev)),
+            }),
+            Some(Resp::Update(upd)),
+        ) = (out.last_mut(), &next.message)
+        {
+            merge_update(prev, upd);
+            continue;
+        }
+        out.push(next);
+    }
+    (out, closing)
+}
+
+/// Adds `upd`'s participants to `into`, keeping one entry per participant: the newest.
+fn merge_update(into: &mut lk::ParticipantUpdate, upd: &lk::ParticipantUpdate) {
+    for p in &upd.participants {
+        match into.participants.iter_mut().find(|q| q.sid == p.sid) {
+            Some(q) if p.version >= q.version => *q = p.clone(),
+            Some(_) => {}
+            None => into.participants.push(p.clone()),
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(sids: &[(&str, u32)]) -> Out {
+        Out::Signal(Box::new(lk::SignalResponse {
+            message: Some(lk::signal_response::Message::Update(
+                lk::ParticipantUpdate {
+                    participants: sids
+                        .iter()
+                        .map(|(sid, version)| lk::ParticipantInfo {
+                            sid: (*sid).into(),
+                            version: *version,
+                            ..Default::default()
+                        })
+                        .collect(),
+                },
+            )),
+        }))
+    }
+
+    fn pong() -> Out {
+        Out::Signal(Box::new(lk::SignalResponse {
+            message: Some(lk::signal_response::Message::Pong(1)),
+        }))
+    }
+
+    #[tokio::test]
+    async fn queued_updates_merge_only_when_adjacent_and_keep_the_newest_version() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        for m in [
+            update(&[("b", 1)]),
+            update(&[("a", 3), ("c", 1)]),
+            pong(),
+            update(&[("a", 4)]),
+            Out::Close("bye".into()),
+            update(&[("d", 1)]),
+        ] {
+            tx.try_send(m).unwrap();
+        }
+        let Out::Signal(first) = update(&[("a", 2)]) else {
+            unreachable!()
+        };
+        let (batch, closing) = drain_batch(*first, &mut rx);
+        assert_eq!(closing.as_deref(), Some("bye"));
+        let shape: Vec<Vec<(String, u32)>> = batch
+            .iter()
+            .map(|m| match &m.message {
+                Some(lk::signal_response::Message::Update(u)) => u
+                    .participants
+                    .iter()
+                    .map(|p| (p.sid.clone(), p.version))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let v = |s: &[(&str, u32)]| -> Vec<(String, u32)> {
+            s.iter().map(|(a, b)| ((*a).to_owned(), *b)).collect()
+        };
+        // a's newest version in its first position, then b and c; the pong stays between
+        // the runs; the update after the close is left for later.
+        assert_eq!(
+            shape,
+            vec![v(&[("a", 3), ("b", 1), ("c", 1)]), vec![], v(&[("a", 4)])]
+        );
+        assert!(matches!(rx.try_recv(), Ok(Out::Signal(_))));
+    }
 }
