@@ -799,7 +799,8 @@ impl Room {
         };
         // A WHIP publisher's or WHEP viewer's one transport; a LiveKit session's publisher.
         let is_publisher = p.publisher.as_ref().is_some_and(|pc| pc.transport_id == t);
-        if !(is_publisher || !p.has_signal()) || p.state == lk::participant_info::State::Active {
+        let makes_active = is_publisher || !p.has_signal();
+        if !makes_active || p.state == lk::participant_info::State::Active {
             return;
         }
         p.state = lk::participant_info::State::Active;
