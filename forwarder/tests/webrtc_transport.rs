@@ -414,6 +414,7 @@ fn srtp_media_flows_and_bad_input_is_counted() {
             label: "_reliable".into(),
             binary: true,
             data: b"hello from the server".to_vec(),
+            also_transport_ids: Vec::new(),
         }),
     );
     let events = pump_data(&mut e, &mut eg, &mut viewer, &mut dc, &mut now);
@@ -442,6 +443,7 @@ fn srtp_media_flows_and_bad_input_is_counted() {
                 label: "_lossy".into(),
                 binary: false,
                 data: vec![1],
+                also_transport_ids: Vec::new(),
             })),
         },
     );

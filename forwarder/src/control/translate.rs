@@ -226,7 +226,10 @@ pub fn command_of(body: pb::command::Body) -> Result<Command, BadCommand> {
             })
         }
         B::SendData(c) => Command::SendData {
-            transport: TransportId(c.transport_id),
+            transports: std::iter::once(c.transport_id)
+                .chain(c.also_transport_ids)
+                .map(TransportId)
+                .collect(),
             label: c.label,
             binary: c.binary,
             data: c.data,

@@ -98,26 +98,48 @@ impl Engine {
             }
             Command::RestartIce(c) => self.restart_ice(c),
             Command::SendData {
-                transport,
+                transports,
                 label,
                 binary,
                 data,
             } => {
-                let i = self.routes.transport_ids.get(&transport.0);
-                let i = *i.ok_or(CommandError::NoTransport(transport))?;
-                let w = self
-                    .objs
-                    .transports
-                    .get_mut(i)
-                    .and_then(|t| t.webrtc.as_mut())
-                    .ok_or(CommandError::NotWebRtc)?;
-                w.send_data(&label, binary, &data)?;
-                if !self.timers.pending_pump.contains(&i) {
-                    self.timers.pending_pump.push(i);
+                // Every recipient that can take it gets it; the answer names the first
+                // that could not.
+                let mut first_error = None;
+                for transport in transports {
+                    if let Err(e) = self.send_data(transport, &label, binary, &data) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                if let Some(e) = first_error {
+                    return Err(e);
                 }
                 Ok(Reply::Ok)
             }
         }
+    }
+
+    /// Queues one data channel message on a WebRTC transport.
+    fn send_data(
+        &mut self,
+        transport: TransportId,
+        label: &str,
+        binary: bool,
+        data: &[u8],
+    ) -> Result<(), CommandError> {
+        let i = self.routes.transport_ids.get(&transport.0);
+        let i = *i.ok_or(CommandError::NoTransport(transport))?;
+        let w = self
+            .objs
+            .transports
+            .get_mut(i)
+            .and_then(|t| t.webrtc.as_mut())
+            .ok_or(CommandError::NotWebRtc)?;
+        w.send_data(label, binary, data)?;
+        if !self.timers.pending_pump.contains(&i) {
+            self.timers.pending_pump.push(i);
+        }
+        Ok(())
     }
 
     /// The core's DTLS certificate, made on first use (one per core, shared by every

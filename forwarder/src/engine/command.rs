@@ -50,8 +50,9 @@ pub enum Command {
     CloseTransport(TransportId),
     CloseRoom(RoomId),
     RestartIce(RestartIce),
+    /// One data channel message to each transport (a relayed packet's recipients).
     SendData {
-        transport: TransportId,
+        transports: Vec<TransportId>,
         label: String,
         binary: bool,
         data: Vec<u8>,

@@ -1,7 +1,7 @@
 //! Data packets: what a participant sends on its data channels is relayed to the others
 //! (or to those it names), with its identity stamped so that nobody can speak for someone
-//! else. Each recipient's copy is one `SendData` command sent without waiting, so a
-//! message to fifty participants costs fifty queue pushes, not fifty round trips.
+//! else. All recipients of a message are one `SendData` command, sent without waiting: a
+//! message to fifty participants costs one queue push, not fifty round trips.
 
 use pb::command::Body as Cmd;
 use prism_proto::control as pb;
@@ -66,13 +66,14 @@ impl Room {
             .filter_map(|q| q.publisher.as_ref().map(|pc| pc.transport_id))
             .collect();
         Counters::bump(&self.counters.data_relayed, targets.len() as u64);
-        for t in &targets {
+        if let Some((first, rest)) = targets.split_first() {
             self.command(Cmd::SendData(pb::SendData {
                 room_id: self.id.0,
-                transport_id: t.0,
+                transport_id: first.0,
                 label: label.to_owned(),
                 binary: true,
                 data: packet.to_vec(),
+                also_transport_ids: rest.iter().map(|t| t.0).collect(),
             }));
         }
         targets.len()
