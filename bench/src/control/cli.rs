@@ -32,6 +32,7 @@ COMPARE OPTIONS:
     --out DIR               results directory (default bench/results)
     --load-cpu N            pin this process to CPU N (default 0)
     --server-cpu N          pin the servers to CPU N (default 1)
+    --no-pin                pin nothing (tests)
     --note TEXT             a note kept with the results
 ";
 
@@ -87,6 +88,7 @@ fn compare(args: &[String], smoke: bool) -> Result<()> {
             "--out" => out = PathBuf::from(val()?),
             "--load-cpu" => load_cpu = Some(val()?.parse()?),
             "--server-cpu" => server_cpu = Some(val()?.parse()?),
+            "--no-pin" => (load_cpu, server_cpu) = (None, None),
             "--note" => note = val()?.clone(),
             "-h" | "--help" => {
                 print!("{USAGE}");

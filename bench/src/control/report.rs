@@ -225,19 +225,32 @@ impl ControlReport {
                 Scenario::JoinsOneRoom | Scenario::JoinsManyRooms => "joins/s",
                 _ => "offers/s",
             };
-            let figures: [(&str, fn(&RowOut) -> f64, bool); 3] = [
-                (unit, |r| r.rate_per_s, true),
-                ("p50 ms", |r| r.latency.p50_ms, false),
-                ("p99 ms", |r| r.latency.p99_ms, false),
+            let figures = [
+                Figure {
+                    name: unit,
+                    get: |r| r.rate_per_s,
+                    is_rate: true,
+                },
+                Figure {
+                    name: "p50 ms",
+                    get: |r| r.latency.p50_ms,
+                    is_rate: false,
+                },
+                Figure {
+                    name: "p99 ms",
+                    get: |r| r.latency.p99_ms,
+                    is_rate: false,
+                },
             ];
-            for (i, (name, get, is_rate)) in figures.iter().enumerate() {
+            for (i, f) in figures.iter().enumerate() {
+                let (name, get, is_rate) = (f.name, f.get, f.is_rate);
                 let first = if i == 0 { sc.name() } else { "" };
                 let _ = write!(s, "| {first} | {name} |");
                 let vals: Vec<Option<f64>> = rows.iter().map(|r| r.map(get)).collect();
                 for (v, r) in vals.iter().zip(&rows) {
                     let bad = r.is_some_and(|r| r.failures > 0);
                     let cell = match v {
-                        Some(v) if *is_rate => fmt_rate(Some(*v)),
+                        Some(v) if is_rate => fmt_rate(Some(*v)),
                         v => fmt_ms(*v),
                     };
                     let _ = write!(s, " {cell}{} |", if bad && i == 0 { " ⚠" } else { "" });
@@ -290,6 +303,13 @@ impl ControlReport {
         std::fs::write(dir.join(format!("{stem}.md")), self.markdown())?;
         Ok(())
     }
+}
+
+/// One line of a scenario in the markdown table.
+struct Figure {
+    name: &'static str,
+    get: fn(&RowOut) -> f64,
+    is_rate: bool,
 }
 
 fn fmt_rate(v: Option<f64>) -> String {
