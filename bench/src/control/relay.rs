@@ -7,7 +7,7 @@
 //! participant of this process shares, so delivery latency needs no clock sync.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -21,6 +21,7 @@ use super::sdp::{data_offer, parse_answer};
 use super::session::Session;
 use super::stats::Latencies;
 use super::token::dev_token;
+use crate::sut::proc;
 
 /// How long a participant may take to join and open its channel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -152,6 +153,7 @@ async fn exchange(
 /// The whole scenario; `epoch` is shared by every participant of this process.
 pub async fn relay(
     http: SocketAddr,
+    server_pid: u32,
     tag: &str,
     participants: usize,
     messages: usize,
@@ -161,9 +163,19 @@ pub async fn relay(
     let room = format!("{tag}-room");
     let barrier = Arc::new(Barrier::new(participants));
     let expect = ((participants - 1) * messages) as u64;
+    // CPU seconds of this process and of the server when the barrier releases, to tell
+    // whether the exchange was the server's limit or the load generator's.
+    let cpu = move || {
+        (
+            proc::cpu_seconds(std::process::id()).unwrap_or(0.0),
+            proc::cpu_seconds(server_pid).unwrap_or(0.0),
+            Instant::now(),
+        )
+    };
+    let released: Arc<Mutex<Option<(f64, f64, Instant)>>> = Arc::default();
     let tasks: Vec<_> = (0..participants)
         .map(|i| {
-            let (room, barrier) = (room.clone(), barrier.clone());
+            let (room, barrier, released) = (room.clone(), barrier.clone(), released.clone());
             tokio::spawn(async move {
                 let conn = connect(http, &room, i).await;
                 let (session, mut peer) = match conn {
@@ -180,7 +192,14 @@ pub async fn relay(
                     let far = Instant::now() + Duration::from_secs(3600);
                     loop {
                         tokio::select! {
-                            _ = &mut all_ready => break,
+                            w = &mut all_ready => {
+                                if w.is_leader() {
+                                    if let Ok(mut r) = released.lock() {
+                                        *r = Some(cpu());
+                                    }
+                                }
+                                break;
+                            }
                             r = peer.turn(far) => r?,
                         }
                     }
@@ -222,6 +241,15 @@ pub async fn relay(
         m.failures += missing;
         m.errors
             .push(format!("{missing} of {wanted} deliveries missing"));
+    }
+    let at_release = released.lock().ok().and_then(|r| *r);
+    if let Some((load0, server0, t0)) = at_release {
+        let (load1, server1, t1) = cpu();
+        let wall = t1.saturating_duration_since(t0).as_secs_f64();
+        m.extra.insert("exchange_wall_s".into(), wall);
+        m.extra.insert("exchange_load_cpu_s".into(), load1 - load0);
+        m.extra
+            .insert("exchange_server_cpu_s".into(), server1 - server0);
     }
     m.extra.insert("connected".into(), connected as f64);
     m.extra.insert("unstamped".into(), unstamped as f64);

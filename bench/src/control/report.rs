@@ -262,6 +262,29 @@ impl ControlReport {
                 s.push('\n');
             }
         }
+        for r in &self.rows {
+            let (Some(load), Some(srv), Some(wall)) = (
+                r.extra.get("exchange_load_cpu_s"),
+                r.extra.get("exchange_server_cpu_s"),
+                r.extra.get("exchange_wall_s").filter(|w| **w > 0.0),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "\n{} on {}: during the exchange the load generator used {:.0} % of its CPU \
+                 and the server {:.0} % of its{}",
+                r.scenario.name(),
+                r.build,
+                100.0 * load / wall,
+                100.0 * srv / wall,
+                if load / wall > 0.7 {
+                    " — **load-bound**: the rate is a lower bound for the server"
+                } else {
+                    ""
+                }
+            );
+        }
         let failed: Vec<&RowOut> = self.rows.iter().filter(|r| r.failures > 0).collect();
         if !failed.is_empty() {
             let _ = writeln!(s, "\n⚠ failures:");

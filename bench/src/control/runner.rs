@@ -91,6 +91,7 @@ impl Scenario {
     async fn run(
         self,
         http: std::net::SocketAddr,
+        server_pid: u32,
         tag: &str,
         p: &Plan,
         epoch: Instant,
@@ -102,6 +103,7 @@ impl Scenario {
                 let timeout = Duration::from_secs(p.relay_timeout_s);
                 relay::relay(
                     http,
+                    server_pid,
                     tag,
                     p.relay_participants,
                     p.relay_messages,
@@ -136,6 +138,25 @@ pub struct Row {
     pub load_cpu_s: f64,
     pub server_cpu_s: f64,
     pub wall_s: f64,
+}
+
+/// Waits (at most 20 s) until no server is busy: the run just measured leaves work behind
+/// (leaves, closing transports), and both servers share one CPU, so the next run would be
+/// billed for it.
+fn quiesce(servers: &[Server]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let busy = || servers.iter().map(Server::cpu_seconds).sum::<f64>();
+    let mut before = busy();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = busy();
+        // Under 8 % of a CPU (the /proc clock ticks at 10 ms).
+        if now - before < 0.02 {
+            return;
+        }
+        before = now;
+    }
+    eprintln!("  (servers still busy after 20 s; going on)");
 }
 
 /// Runs `scenarios` against every build. `log_dir` gets each server's log.
@@ -188,7 +209,7 @@ pub fn run(
                     server.cpu_seconds(),
                     Instant::now(),
                 );
-                let m = rt.block_on(scenario.run(server.http, &tag, plan, epoch));
+                let m = rt.block_on(scenario.run(server.http, server.pid(), &tag, plan, epoch));
                 let row = &mut merged[b];
                 row.wall_s += t0.elapsed().as_secs_f64();
                 row.load_cpu_s += proc::cpu_seconds(me).unwrap_or(0.0) - load0;
@@ -212,6 +233,7 @@ pub fn run(
                     *server = Server::start(&builds[b].bin, server_cpu, &server.log.clone())?;
                 }
                 std::thread::sleep(Duration::from_millis(plan.settle_ms));
+                quiesce(&servers);
             }
         }
         rows.extend(merged);
