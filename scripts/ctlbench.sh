@@ -69,6 +69,12 @@ build_rev() {
     echo "$bin_dir/prism-$sha"
 }
 
+# "REV (sha)", or just the sha when REV is one.
+label() {
+    local sha
+    sha=$(git rev-parse --short "$1^{commit}")
+    if [[ $sha == "$1"* || $1 == "$sha"* ]]; then echo "$sha"; else echo "$1 ($sha)"; fi
+}
 old_sha=$(git rev-parse --short "$old^{commit}")
 old_bin=$(build_rev "$old")
 
@@ -84,7 +90,7 @@ if [[ -z $new ]]; then
     git diff --quiet "$old_sha" -- "${server_paths[@]}" && same=(--same-code)
 else
     new_bin=$(build_rev "$new")
-    new_label="$new ($(git rev-parse --short "$new^{commit}"))"
+    new_label=$(label "$new")
     step "build prism-bench (this checkout)"
     cargo build --release --locked -p prism-bench
     same=()
@@ -93,5 +99,5 @@ fi
 
 step "prism-bench control compare: old $old_sha vs new $new_label"
 "${pin[@]}" "$CARGO_TARGET_DIR/release/prism-bench" control compare \
-    --old "$old_bin" --old-label "$old ($old_sha)" \
+    --old "$old_bin" --old-label "$(label "$old")" \
     --new "$new_bin" --new-label "$new_label" "${same[@]}" "${pass[@]}"

@@ -7,6 +7,7 @@
 //! participant of this process shares, so delivery latency needs no clock sync.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,7 +104,9 @@ async fn exchange(
     expect: u64,
     epoch: Instant,
     timeout: Duration,
+    done_receiving: impl FnOnce(),
 ) -> Result<Received> {
+    let mut done_receiving = Some(done_receiving);
     let mut r = Received::default();
     let start = Instant::now();
     r.first_send = Some(start);
@@ -144,6 +147,11 @@ async fn exchange(
         if done_at.is_none() && r.delivered >= expect {
             done_at = Some(now);
         }
+        if done_at.is_some() || now >= until {
+            if let Some(f) = done_receiving.take() {
+                f();
+            }
+        }
         if now >= until {
             return Ok(r);
         }
@@ -173,15 +181,27 @@ pub async fn relay(
         )
     };
     let released: Arc<Mutex<Option<(f64, f64, Instant)>>> = Arc::default();
+    // … and when the last receiver has everything (before lingering and leaving).
+    let finished: Arc<Mutex<Option<(f64, f64, Instant)>>> = Arc::default();
+    let receiving = Arc::new(AtomicUsize::new(participants));
     let tasks: Vec<_> = (0..participants)
         .map(|i| {
             let (room, barrier, released) = (room.clone(), barrier.clone(), released.clone());
+            let (finished, receiving) = (finished.clone(), receiving.clone());
+            let done_receiving = move || {
+                if receiving.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if let Ok(mut f) = finished.lock() {
+                        *f = Some(cpu());
+                    }
+                }
+            };
             tokio::spawn(async move {
                 let conn = connect(http, &room, i).await;
                 let (session, mut peer) = match conn {
                     Ok(c) => c,
                     Err(e) => {
                         barrier.wait().await;
+                        done_receiving();
                         return Err(e.context(format!("participant {i}")));
                     }
                 };
@@ -204,7 +224,16 @@ pub async fn relay(
                         }
                     }
                 }
-                let r = exchange(&mut peer, i, messages, expect, epoch, timeout).await;
+                let r = exchange(
+                    &mut peer,
+                    i,
+                    messages,
+                    expect,
+                    epoch,
+                    timeout,
+                    done_receiving,
+                )
+                .await;
                 session.leave().await;
                 r
             })
@@ -243,8 +272,8 @@ pub async fn relay(
             .push(format!("{missing} of {wanted} deliveries missing"));
     }
     let at_release = released.lock().ok().and_then(|r| *r);
-    if let Some((load0, server0, t0)) = at_release {
-        let (load1, server1, t1) = cpu();
+    let at_finish = finished.lock().ok().and_then(|r| *r);
+    if let (Some((load0, server0, t0)), Some((load1, server1, t1))) = (at_release, at_finish) {
         let wall = t1.saturating_duration_since(t0).as_secs_f64();
         m.extra.insert("exchange_wall_s".into(), wall);
         m.extra.insert("exchange_load_cpu_s".into(), load1 - load0);

@@ -39,7 +39,9 @@ pub struct RowOut {
     pub rounds: usize,
     pub events: u64,
     pub failures: u64,
+    /// The median of the rounds' rates.
     pub rate_per_s: f64,
+    pub round_rates: Vec<f64>,
     pub latency: LatencySummary,
     pub load_cpu_s: f64,
     pub server_cpu_s: f64,
@@ -65,7 +67,8 @@ impl RowOut {
             rounds: r.rounds,
             events: r.measured.events,
             failures: r.measured.failures,
-            rate_per_s: r.measured.rate(),
+            rate_per_s: median(&r.round_rates),
+            round_rates: r.round_rates.clone(),
             latency: r.measured.summary(),
             load_cpu_s: r.load_cpu_s,
             server_cpu_s: r.server_cpu_s,
@@ -285,6 +288,17 @@ impl ControlReport {
                 }
             );
         }
+        for r in &self.rows {
+            if let Some(n) = r.extra.get("listen_overflows").filter(|n| **n > 0.0) {
+                let _ = writeln!(
+                    s,
+                    "\n{} on {}: {n:.0} SYN(s) dropped by a full listen queue \
+                     (TcpExtListenOverflows, host-wide); a join that hit one waited ≥ 1 s",
+                    r.scenario.name(),
+                    r.build
+                );
+            }
+        }
         let failed: Vec<&RowOut> = self.rows.iter().filter(|r| r.failures > 0).collect();
         if !failed.is_empty() {
             let _ = writeln!(s, "\n⚠ failures:");
@@ -328,6 +342,21 @@ impl ControlReport {
     }
 }
 
+/// The median (mean of the middle two for an even count); 0 for none.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// One line of a scenario in the markdown table.
 struct Figure {
     name: &'static str,
@@ -348,5 +377,18 @@ fn fmt_ms(v: Option<f64>) -> String {
         Some(v) if v >= 100.0 => format!("{v:.0}"),
         Some(v) if v > 0.0 => format!("{v:.1}"),
         _ => "—".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_ignores_one_disturbed_round() {
+        assert_eq!(median(&[4000.0, 196.0, 4500.0]), 4000.0);
+        assert_eq!(median(&[1.0, 3.0]), 2.0);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[f64::NAN, 5.0]), 5.0);
     }
 }

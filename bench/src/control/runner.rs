@@ -135,9 +135,31 @@ pub struct Row {
     pub build: usize,
     pub rounds: usize,
     pub measured: Measured,
+    /// Each round's rate: the report gives their median, which one disturbed round
+    /// cannot move (summed spans would let it).
+    pub round_rates: Vec<f64>,
     pub load_cpu_s: f64,
     pub server_cpu_s: f64,
     pub wall_s: f64,
+}
+
+/// `TcpExtListenOverflows` from `/proc/net/netstat`: connections the kernel refused because
+/// a listen queue was full (host-wide). A join that hits one waits a second for the SYN
+/// to be resent, which shows as a 1 s outlier.
+pub fn listen_overflows() -> u64 {
+    let Ok(t) = std::fs::read_to_string("/proc/net/netstat") else {
+        return 0;
+    };
+    let mut lines = t.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Waits (at most 20 s) until no server is busy: the run just measured leaves work behind
@@ -194,6 +216,7 @@ pub fn run(
                 build: b,
                 rounds: 0,
                 measured: Measured::default(),
+                round_rates: Vec::new(),
                 load_cpu_s: 0.0,
                 server_cpu_s: 0.0,
                 wall_s: 0.0,
@@ -209,12 +232,16 @@ pub fn run(
                     server.cpu_seconds(),
                     Instant::now(),
                 );
-                let m = rt.block_on(scenario.run(server.http, server.pid(), &tag, plan, epoch));
+                let overflows = listen_overflows();
+                let mut m = rt.block_on(scenario.run(server.http, server.pid(), &tag, plan, epoch));
+                let dropped = listen_overflows().saturating_sub(overflows);
+                m.extra.insert("listen_overflows".into(), dropped as f64);
                 let row = &mut merged[b];
                 row.wall_s += t0.elapsed().as_secs_f64();
                 row.load_cpu_s += proc::cpu_seconds(me).unwrap_or(0.0) - load0;
                 row.server_cpu_s += server.cpu_seconds() - srv0;
                 row.rounds += 1;
+                row.round_rates.push(m.rate());
                 let s = m.summary();
                 eprintln!(
                     "  {:<17} round {round} {:<4} {:>9.1}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  failures {}{}",
