@@ -289,6 +289,18 @@ impl ControlReport {
             );
         }
         for r in &self.rows {
+            if let (Some(j), Some(t)) = (
+                r.extra.get("neighbour_joins"),
+                r.extra.get("neighbour_s").filter(|t| **t > 0.0),
+            ) {
+                let _ = writeln!(
+                    s,
+                    "\n{} on {}: the busy neighbour joined and left {:.0} times a second",
+                    r.scenario.name(),
+                    r.build,
+                    j / t
+                );
+            }
             if let Some(n) = r.extra.get("listen_overflows").filter(|n| **n > 0.0) {
                 let _ = writeln!(
                     s,
