@@ -43,7 +43,7 @@ fi
 
 if [[ $smoke == 1 ]]; then
     step "build (smoke profile)"
-    cargo build --profile smoke --locked -p prism-signaling --bin prism -p prism-bench
+    cargo build --profile smoke --locked -p prism-signaling --bin prism -p prism-bench --bin prism-bench
     step "prism-bench control smoke"
     exec "${pin[@]}" "$CARGO_TARGET_DIR/smoke/prism-bench" control smoke \
         --prism "$CARGO_TARGET_DIR/smoke/prism" "${pass[@]}"
@@ -82,7 +82,7 @@ old_bin=$(build_rev "$old")
 server_paths=(forwarder signaling proto Cargo.lock Cargo.toml)
 if [[ -z $new ]]; then
     step "build prism and prism-bench (this checkout)"
-    cargo build --release --locked -p prism-signaling --bin prism -p prism-bench
+    cargo build --release --locked -p prism-signaling --bin prism -p prism-bench --bin prism-bench
     new_bin=$CARGO_TARGET_DIR/release/prism
     new_label="working tree at $(git rev-parse --short HEAD)"
     git diff --quiet HEAD -- "${server_paths[@]}" || new_label+=" (uncommitted changes)"
