@@ -4,7 +4,9 @@
 # load generator and sinks on CPU 0 and every system under test on CPU 1.
 #
 #   scripts/bench.sh --smoke    a few seconds per scenario and system (CI; results in
-#                               target/bench-smoke, nothing committed)
+#                               target/bench-smoke, nothing committed), then the
+#                               control-plane smoke against `prism serve` (a few joins,
+#                               offers and data messages; target/ctlbench-smoke)
 #   scripts/bench.sh            the full run: results in bench/results/, README section
 #                               regenerated; takes about a quarter of an hour
 # Other arguments are passed to `prism-bench run` (see `prism-bench --help`).
@@ -18,7 +20,9 @@ for a in "$@"; do
     [[ $a == --smoke ]] && profile=smoke
 done
 step "build ($profile)"
-cargo build --profile "$profile" --locked -p prism-forwarder -p prism-bench
+build=(-p prism-forwarder -p prism-bench)
+[[ $profile == smoke ]] && build+=(-p prism-signaling)
+cargo build --profile "$profile" --locked "${build[@]}"
 
 # rtpengine from Debian, installed once; the marker saves the apt round trip next time.
 marker=target/.rtpengine-checked
@@ -49,4 +53,9 @@ fi
 step "prism-bench run $*"
 start=$(date +%s)
 "${pin[@]}" "target/$profile/prism-bench" run "${sut[@]}" "$@"
+if [[ $profile == smoke ]]; then
+    # The control plane (scripts/ctlbench.sh compares two builds of it).
+    step "prism-bench control smoke"
+    "${pin[@]}" "target/$profile/prism-bench" control smoke --prism "target/$profile/prism"
+fi
 echo "bench.sh: done in $(($(date +%s) - start)) s" >&2

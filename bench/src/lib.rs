@@ -10,10 +10,13 @@
 //! - [`source`], [`generator`], [`sink`]: publishers and subscribers on real UDP sockets;
 //! - [`srtp`]: per-endpoint SRTP keys and contexts, when the system under test runs SRTP;
 //! - [`scenario`]: the traffic shapes of the suite; [`sut`]: the systems measured;
-//! - [`runner`]: trials, the search over offered load; [`report`], [`plot`]: the output.
+//! - [`runner`]: trials, the search over offered load; [`report`], [`plot`]: the output;
+//! - [`control`]: the control-plane benchmark (`prism-bench control`), a separate suite
+//!   that drives `prism serve` through LiveKit's client protocol.
 
 pub mod accounting;
 pub mod clock;
+pub mod control;
 pub mod generator;
 pub mod machine;
 pub mod payload;

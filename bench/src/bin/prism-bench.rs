@@ -18,6 +18,7 @@ USAGE:
     prism-bench run [OPTIONS]
     prism-bench serve reflector [--driver io_uring|mmsg] --port N --control PATH
     prism-bench serve conventional --port N --control PATH
+    prism-bench control compare|smoke ...   control-plane benchmark (see control --help)
 
 RUN OPTIONS:
     --smoke                 one short trial per scenario and system (CI), no search
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("serve") => serve(&args[1..]),
+        Some("control") => prism_bench::control::cli::main(&args[1..]),
         Some("-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())
