@@ -275,8 +275,8 @@ impl ControlReport {
             let (Some(load), Some(srv), Some(wall)) = (
                 r.extra.get("exchange_load_cpu_s"),
                 r.extra.get("exchange_server_cpu_s"),
-                // /proc counts CPU in 10 ms ticks: shorter exchanges say nothing.
-                r.extra.get("exchange_wall_s").filter(|w| **w >= 0.5),
+                // /proc counts CPU in 10 ms ticks: shorter exchanges say little.
+                r.extra.get("exchange_wall_s").filter(|w| **w >= 0.2),
             ) else {
                 continue;
             };
