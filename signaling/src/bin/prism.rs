@@ -294,9 +294,7 @@ fn serve(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding {bind}"))?;
+        let listener = listen(bind).with_context(|| format!("binding {bind}"))?;
         println!("prism: listening on http://{bind} (media: {media:?}, driver {driver})");
         tracing::info!(%bind, ?media, driver, "listening");
         if dev {
@@ -330,6 +328,22 @@ fn serve(args: &[String]) -> Result<()> {
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Pending connections the kernel holds for the HTTP listener. Many clients connect at
+/// once when a meeting starts (or a server restarts and every SDK reconnects): with
+/// tokio's default of 128 the rest are dropped and retried a second later.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn shutdown_signal() {
