@@ -119,6 +119,28 @@ pub struct RemoteTransport {
     pub dtls_client: bool,
 }
 
+impl RemoteTransport {
+    /// The command creating our side of the transport, with our ICE credentials.
+    pub fn create(
+        self,
+        room_id: u64,
+        transport_id: u64,
+        local_ufrag: &str,
+        local_pwd: &str,
+    ) -> pb::CreateWebRtcTransport {
+        pb::CreateWebRtcTransport {
+            room_id,
+            transport_id,
+            local_ufrag: local_ufrag.to_owned(),
+            local_pwd: local_pwd.to_owned(),
+            remote_ufrag: self.ufrag,
+            remote_pwd: self.pwd,
+            remote_fingerprint: self.fingerprint,
+            dtls_client: self.dtls_client,
+        }
+    }
+}
+
 /// The ICE credentials, fingerprint and DTLS role of the first usable section.
 pub fn remote_transport(desc: &SessionOffer) -> Result<RemoteTransport, RtcError> {
     let first = desc

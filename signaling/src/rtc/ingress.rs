@@ -174,16 +174,7 @@ impl Room {
         let tracks: Vec<TrackSid> = p.tracks.iter().map(PubTrack::sid).collect();
         self.admit(p)?;
         self.command_tracked(
-            Cmd::CreateWebrtcTransport(pb::CreateWebRtcTransport {
-                room_id,
-                transport_id: transport_id.0,
-                local_ufrag: ufrag,
-                local_pwd: pwd,
-                remote_ufrag: remote.ufrag,
-                remote_pwd: remote.pwd,
-                remote_fingerprint: remote.fingerprint,
-                dtls_client: remote.dtls_client,
-            }),
+            Cmd::CreateWebrtcTransport(remote.create(room_id, transport_id.0, &ufrag, &pwd)),
             Pending::Transport(pid.clone()),
         )?;
         self.command(Cmd::SetHeaderExtensions(header_extensions(
@@ -355,16 +346,7 @@ impl Room {
             .collect();
         self.admit(p)?;
         self.command_tracked(
-            Cmd::CreateWebrtcTransport(pb::CreateWebRtcTransport {
-                room_id,
-                transport_id: transport_id.0,
-                local_ufrag: ufrag,
-                local_pwd: pwd,
-                remote_ufrag: remote.ufrag,
-                remote_pwd: remote.pwd,
-                remote_fingerprint: remote.fingerprint,
-                dtls_client: remote.dtls_client,
-            }),
+            Cmd::CreateWebrtcTransport(remote.create(room_id, transport_id.0, &ufrag, &pwd)),
             Pending::Transport(pid.clone()),
         )?;
         for cmd in commands {

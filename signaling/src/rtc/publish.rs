@@ -82,16 +82,12 @@ pub fn decide_offer(
                 version: 0,
                 mids: HashMap::new(),
             };
-            commands.push(Cmd::CreateWebrtcTransport(pb::CreateWebRtcTransport {
+            commands.push(Cmd::CreateWebrtcTransport(remote.create(
                 room_id,
-                transport_id: pc.transport_id.0,
-                local_ufrag: pc.ufrag.clone(),
-                local_pwd: pc.pwd.clone(),
-                remote_ufrag: remote.ufrag,
-                remote_pwd: remote.pwd,
-                remote_fingerprint: remote.fingerprint,
-                dtls_client: remote.dtls_client,
-            }));
+                pc.transport_id.0,
+                &pc.ufrag,
+                &pc.pwd,
+            )));
             (pc, true)
         }
         Some(old) => {

@@ -47,19 +47,7 @@ pub fn decide_answer(
         None => {
             let remote = remote_transport(answer)?;
             let t = TransportId::fresh();
-            (
-                Some(pb::CreateWebRtcTransport {
-                    room_id: room_id.0,
-                    transport_id: t.0,
-                    local_ufrag: pc.ufrag.clone(),
-                    local_pwd: pc.pwd.clone(),
-                    remote_ufrag: remote.ufrag,
-                    remote_pwd: remote.pwd,
-                    remote_fingerprint: remote.fingerprint,
-                    dtls_client: remote.dtls_client,
-                }),
-                t,
-            )
+            (Some(remote.create(room_id.0, t.0, &pc.ufrag, &pc.pwd)), t)
         }
     };
     // The extensions the subscriber accepted from our offer: one id each across the bundle
