@@ -17,13 +17,12 @@ It prints one JSON line last (see `common.summary`), which the Rust driver parse
 import argparse
 import asyncio
 import sys
-import math
 import os
 import time
 
 from livekit import rtc
 
-from common import log, summary
+from common import feed_audio, log, summary
 
 WIDTH, HEIGHT = 1280, 720
 
@@ -43,18 +42,6 @@ async def feed_video(source: rtc.VideoSource, stop: asyncio.Event) -> None:
         source.capture_frame(frame)
         frame_no += 1
         await asyncio.sleep(1 / 30)
-
-
-async def feed_audio(source: rtc.AudioSource, stop: asyncio.Event) -> None:
-    rate, per = 48000, 480
-    t = 0
-    while not stop.is_set():
-        frame = rtc.AudioFrame.create(rate, 1, per)
-        data = frame.data
-        for i in range(per):
-            data[i] = int(8000 * math.sin(2 * math.pi * 440 * (t + i) / rate))
-        t += per
-        await source.capture_frame(frame)
 
 
 async def main() -> None:
