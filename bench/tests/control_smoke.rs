@@ -3,8 +3,9 @@
 //! DTLS, SCTP, DCEP), and offers with and without a busy neighbour, all without a failure.
 //!
 //! `prism` is another package's binary, so it is looked up: `PRISM_BIN`, else in this
-//! test's target directory (`cargo build -p prism-signaling` first). Without one the test
-//! says so and passes: the unit tests still run.
+//! test's target directory (`cargo test --workspace` builds it; alone, run `cargo build -p
+//! prism-signaling` first). Without one the test fails: it must not pass by measuring
+//! nothing.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,10 +27,8 @@ fn prism() -> Option<PathBuf> {
 
 #[test]
 fn control_smoke_runs_every_scenario_without_failures() {
-    let Some(prism) = prism() else {
-        eprintln!("skipped: no prism binary (cargo build -p prism-signaling, or set PRISM_BIN)");
-        return;
-    };
+    let prism =
+        prism().expect("no prism binary: cargo build -p prism-signaling first, or set PRISM_BIN");
     let out = std::env::temp_dir().join(format!("ctlbench-smoke-test-{}", std::process::id()));
     let run = Command::new(env!("CARGO_BIN_EXE_prism-bench"))
         .args(["control", "smoke", "--no-pin", "--prism"])

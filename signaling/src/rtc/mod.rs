@@ -99,11 +99,6 @@ impl RoomManager {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many rooms are open.
-    pub fn room_count(&self) -> usize {
-        self.registry().len()
-    }
-
     fn get(&self, name: &RoomName) -> Option<RoomHandle> {
         self.registry().get(name).cloned()
     }
