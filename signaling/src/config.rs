@@ -35,8 +35,13 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RtcConfig {
-    /// Address the media sockets bind to, and the one clients are given (127.0.0.1).
+    /// Address the media sockets bind to (127.0.0.1); also the one clients are given,
+    /// unless `node_ip` says otherwise.
     pub ip: Option<IpAddr>,
+    /// The address clients are given for media (ICE candidates, WHIP/WHEP answers) when
+    /// it is not `ip`: the public address of a host behind NAT, or the host's address
+    /// when `ip` is `0.0.0.0` (LiveKit's `rtc.node_ip`).
+    pub node_ip: Option<IpAddr>,
     /// UDP port of core 0; core *i* uses `udp_port + i` (7882).
     pub udp_port: Option<u16>,
     /// A port range instead of `udp_port`: the cores take ports from its start, and it

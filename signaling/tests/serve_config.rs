@@ -4,8 +4,10 @@
 //! What passing proves: a config file alone (no `--dev`) sets the port, the keys (a token
 //! signed with the file's key is accepted by the RoomService, the development key is not),
 //! the room defaults (a room created without timeouts gets the file's) and JSON logs;
-//! `LIVEKIT_KEYS` replaces the file's keys; a misspelt key or a missing file stops the
-//! server with a message naming the problem.
+//! `LIVEKIT_KEYS` replaces the file's keys; media bound to every interface is advertised
+//! as `rtc.node_ip` (or `NODE_IP`, or `--node-ip`) in WHIP answers, and refused without
+//! one; a misspelt key or a missing file stops the server with a message naming the
+//! problem.
 
 mod common;
 
@@ -33,10 +35,15 @@ fn free_port() -> u16 {
 }
 
 fn token(key: &str, secret: &str, grant: VideoGrant) -> String {
+    token_for("", key, secret, grant)
+}
+
+fn token_for(identity: &str, key: &str, secret: &str, grant: VideoGrant) -> String {
     let now = unix_now();
     sign(
         &Claims {
             iss: key.into(),
+            sub: identity.into(),
             nbf: Some(now),
             exp: Some(now + 600),
             video: Some(grant),
@@ -55,12 +62,18 @@ struct Serve {
 
 impl Serve {
     fn start(config: &Path, env: &[(&str, &str)]) -> Serve {
+        Self::start_with(config, env, &[])
+    }
+
+    fn start_with(config: &Path, env: &[(&str, &str)], flags: &[&str]) -> Serve {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_prism"));
         cmd.args(["serve", "--config"])
             .arg(config)
+            .args(flags)
             .env_remove("LIVEKIT_KEYS")
             .env_remove("PRISM_KEYS")
             .env_remove("RUST_LOG")
+            .env_remove("NODE_IP")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -209,6 +222,93 @@ fn livekit_keys_replace_the_files_keys() {
     let _ = std::fs::remove_file(&cfg);
 }
 
+/// POSTs a WHIP offer; the status and the whole response.
+fn whip(port: u16, room: &str, token: &str, sdp: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to prism");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "POST /whip/{room} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+/// Media bound to every interface: clients are given the advertised address, with the
+/// socket's port. The file's `rtc.node_ip`, then `NODE_IP` over it, then `--node-ip` over
+/// both.
+#[test]
+fn media_bound_to_every_interface_is_advertised_as_the_node_ip() {
+    let _g = serial();
+    let offer = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aiortc_offer.sdp"),
+    )
+    .unwrap();
+    let publish = VideoGrant {
+        room_join: true,
+        room: "advertised".into(),
+        can_publish: Some(true),
+        ..Default::default()
+    };
+    // (environment, flags, the address clients must be given)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 3] = [
+        (&[], &[], "127.0.0.2"),
+        (&[("NODE_IP", "127.0.0.3")], &[], "127.0.0.3"),
+        (
+            &[("NODE_IP", "127.0.0.3")],
+            &["--node-ip", "127.0.0.4"],
+            "127.0.0.4",
+        ),
+    ];
+    for (env, flags, want) in cases {
+        let port = free_port();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = write_config(
+            "advertise",
+            &format!(
+                "port: {port}\nkeys:\n  {CFG_KEY}: {CFG_SECRET}\n\
+                 rtc:\n  ip: 0.0.0.0\n  node_ip: 127.0.0.2\n  udp_port: {udp}\n  cores: [0]\n"
+            ),
+        );
+        let mut serve = Serve::start_with(&cfg, env, flags);
+        serve.wait_for("listening line", |l| l.starts_with("prism: listening on"));
+        let (status, answer) = whip(
+            port,
+            "advertised",
+            &token_for("whip-pub", CFG_KEY, CFG_SECRET, publish.clone()),
+            &offer,
+        );
+        assert_eq!(status, 201, "{env:?} {flags:?}: {answer}");
+        let candidates: Vec<&str> = answer
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .collect();
+        assert!(
+            !candidates.is_empty()
+                && candidates
+                    .iter()
+                    .all(|c| c.contains(&format!(" {want} {udp} "))),
+            "{env:?} {flags:?}: want candidates at {want}:{udp}, got {candidates:?}"
+        );
+        drop(serve);
+        let _ = std::fs::remove_file(&cfg);
+    }
+}
+
 #[test]
 fn bad_configs_stop_the_server_with_a_reason() {
     let _g = serial();
@@ -220,6 +320,11 @@ fn bad_configs_stop_the_server_with_a_reason() {
             "port range",
         ),
         ("nokeys", "port: 7880\n", "no API keys"),
+        (
+            "unadvertised",
+            "keys:\n  k: s\nrtc:\n  ip: 0.0.0.0\n  cores: [0]\n",
+            "advertise",
+        ),
     ];
     for (name, text, want) in cases {
         let cfg = write_config(name, text);
@@ -228,6 +333,7 @@ fn bad_configs_stop_the_server_with_a_reason() {
             .arg(&cfg)
             .env_remove("LIVEKIT_KEYS")
             .env_remove("PRISM_KEYS")
+            .env_remove("NODE_IP")
             .output()
             .unwrap();
         let _ = std::fs::remove_file(&cfg);

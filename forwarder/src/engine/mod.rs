@@ -48,7 +48,7 @@ mod timers;
 mod transport;
 pub mod webrtc;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use prism_proto::control as pb;
@@ -90,6 +90,10 @@ pub struct EngineConfig {
     pub rtcp_ssrc: Ssrc,
     /// How often receiver and sender reports go out.
     pub report_interval: Duration,
+    /// The address clients are given for this core (ICE candidates), when it is not the
+    /// one its socket is bound to: a host behind NAT, or a socket bound to every interface.
+    /// The port stays the socket's.
+    pub advertise_ip: Option<IpAddr>,
 }
 
 impl Default for EngineConfig {
@@ -99,6 +103,7 @@ impl Default for EngineConfig {
             audio_cache: 128,
             rtcp_ssrc: Ssrc(0x5052_4953), // "PRIS"
             report_interval: reports::REPORT_INTERVAL,
+            advertise_ip: None,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct Room {
 #[derive(Debug)]
 pub struct Engine {
     pub core: u32,
+    /// This core's address as clients reach it (its socket's, or `advertise_ip` with the
+    /// socket's port).
     pub local: SocketAddr,
     cfg: EngineConfig,
     pub counters: Counters,
@@ -150,7 +157,9 @@ impl Engine {
     pub fn new(core: u32, local: SocketAddr, cfg: EngineConfig) -> Self {
         Self {
             core,
-            local,
+            local: cfg
+                .advertise_ip
+                .map_or(local, |ip| SocketAddr::new(ip, local.port())),
             cfg,
             counters: Counters::default(),
             objs: Objects::default(),

@@ -94,6 +94,16 @@ impl Forwarder {
         } else {
             cfg.cores.clone()
         };
+        if cfg.bind_ip.is_unspecified() && cfg.engine.advertise_ip.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "media sockets bound to {} need an address to give clients: set one to \
+                     advertise (rtc.node_ip, --node-ip or NODE_IP)",
+                    cfg.bind_ip
+                ),
+            ));
+        }
         let kind = cfg.driver.resolve();
         let (events_tx, events_rx) = bounded::<pb::Event>(65_536);
         let mut workers = Vec::with_capacity(cpus.len());

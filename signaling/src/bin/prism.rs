@@ -37,6 +37,8 @@ SERVE OPTIONS (each overrides the config file):
     --keys KEY:SECRET,...  API keys, replacing the file's and LIVEKIT_KEYS / PRISM_KEYS;
                            some key is required without --dev
     --media-ip IP          address the media sockets bind to (default 127.0.0.1)
+    --node-ip IP           address clients are given for media (ICE candidates) when it
+                           is not the bound one: behind NAT, or with --media-ip 0.0.0.0
     --media-port N         UDP port of core 0; core i uses N+i (default 7882)
     --cores LIST           CPU ids for media cores, e.g. 0,1 (default: every CPU)
     --driver KIND          auto | io_uring | mmsg (default auto)
@@ -46,6 +48,7 @@ SERVE OPTIONS (each overrides the config file):
 
 ENVIRONMENT:
     LIVEKIT_KEYS, PRISM_KEYS   API keys, `key: secret` (YAML) or `key:secret,key2:secret2`
+    NODE_IP                    as --node-ip (the flag wins, then this, then the file)
 
 TOKEN OPTIONS:
     --api-key KEY          (default devkey)      --api-secret SECRET (default secret)
@@ -122,6 +125,7 @@ struct ServeFlags {
     bind: Option<SocketAddr>,
     keys: Option<String>,
     media_ip: Option<IpAddr>,
+    node_ip: Option<IpAddr>,
     media_port: Option<u16>,
     cores: Option<Vec<usize>>,
     driver: Option<String>,
@@ -143,6 +147,13 @@ fn serve_flags(args: &[String]) -> Result<ServeFlags> {
                     value(args, &mut i, "--media-ip")?
                         .parse()
                         .context("--media-ip")?,
+                )
+            }
+            "--node-ip" => {
+                f.node_ip = Some(
+                    value(args, &mut i, "--node-ip")?
+                        .parse()
+                        .context("--node-ip")?,
                 )
             }
             "--media-port" => {
@@ -227,6 +238,16 @@ fn serve(args: &[String]) -> Result<()> {
     });
     let mut fwd = ForwarderConfig::default();
     fwd.bind_ip = flags.media_ip.or(file.rtc.ip).unwrap_or(fwd.bind_ip);
+    let env_node_ip = match std::env::var("NODE_IP") {
+        Ok(v) if !v.trim().is_empty() => Some(
+            v.trim()
+                .parse::<IpAddr>()
+                .with_context(|| format!("NODE_IP {v:?}"))?,
+        ),
+        _ => None,
+    };
+    fwd.engine.advertise_ip = flags.node_ip.or(env_node_ip).or(file.rtc.node_ip);
+    let fwd_advertise = fwd.engine.advertise_ip;
     fwd.cores = flags
         .cores
         .clone()
@@ -285,6 +306,7 @@ fn serve(args: &[String]) -> Result<()> {
 
     let forwarder = Forwarder::start(fwd).context("starting the media plane")?;
     let media = forwarder.core_addrs();
+    let advertise = fwd_advertise;
     let driver = forwarder.driver_name();
     let dev = flags.dev;
     let state = Arc::new(AppState::with_options(keys, forwarder, dev, options));
@@ -295,7 +317,12 @@ fn serve(args: &[String]) -> Result<()> {
         .build()?;
     rt.block_on(async move {
         let listener = listen(bind).with_context(|| format!("binding {bind}"))?;
-        println!("prism: listening on http://{bind} (media: {media:?}, driver {driver})");
+        match advertise {
+            Some(ip) => println!(
+                "prism: listening on http://{bind} (media: {media:?} advertised as {ip}, driver {driver})"
+            ),
+            None => println!("prism: listening on http://{bind} (media: {media:?}, driver {driver})"),
+        }
         tracing::info!(%bind, ?media, driver, "listening");
         if dev {
             let t = auth::join_token(
