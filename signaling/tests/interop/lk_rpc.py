@@ -39,9 +39,9 @@ async def main() -> None:
     async def fail(data: rtc.RpcInvocationData) -> str:
         raise rtc.RpcError(2001, "the answer is no", "some data")
 
+    await room.connect(args.url, token)
     room.local_participant.register_rpc_method("echo", echo)
     room.local_participant.register_rpc_method("fail", fail)
-    await room.connect(args.url, token)
     event("joined")
 
     lkapi = api.LiveKitAPI(http, "devkey", "secret")
