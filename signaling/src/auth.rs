@@ -439,6 +439,33 @@ mod tests {
     }
 
     #[test]
+    fn room_config_agents_are_read_in_both_json_name_styles() {
+        let mut c = claims();
+        assert!(c.room_config_agents().is_empty());
+        c.other.insert(
+            "roomConfig".into(),
+            serde_json::json!({"name": "r1", "agents": [
+                {"agentName": "echo", "metadata": "m"},
+                {"agent_name": "other"}
+            ]}),
+        );
+        let secret = DEV_SECRET;
+        let token = sign(&c, secret);
+        let back = KeyStore::dev().verify(&token, NOW).unwrap();
+        let agents = back.room_config_agents();
+        assert_eq!(agents.len(), 2);
+        assert_eq!(
+            (agents[0].agent_name.as_str(), agents[0].metadata.as_str()),
+            ("echo", "m")
+        );
+        assert_eq!(agents[1].agent_name, "other");
+        // A malformed roomConfig asks for nothing rather than refusing the token.
+        c.other
+            .insert("roomConfig".into(), serde_json::json!({"agents": 3}));
+        assert!(c.room_config_agents().is_empty());
+    }
+
+    #[test]
     fn round_trip_and_defaults() {
         let t = sign(&claims(), DEV_SECRET);
         let c = KeyStore::dev().verify(&t, NOW).unwrap();

@@ -697,6 +697,7 @@ impl Room {
         }
         Counters::bump(&self.counters.leaves, 1);
         tracing::info!(room = %self.name, participant = %pid, ?reason, "left");
+        self.fail_rpcs_to(&p.identity);
         for t in p.transport_ids() {
             self.command(Cmd::CloseTransport(pb::CloseTransport {
                 room_id: self.id.0,

@@ -176,7 +176,7 @@ impl Room {
             Some(Value::RpcResponse(r)) => &r.request_id,
             _ => return false,
         };
-        let Some(w) = self.rpc_pending.get_mut(id) else {
+        let Some(w) = self.rpc_pending.get_mut(id.as_str()) else {
             return false;
         };
         if &w.destination != sender {
@@ -208,6 +208,26 @@ impl Room {
             _ => {}
         }
         true
+    }
+}
+
+impl Room {
+    /// The participant left: calls waiting on it fail at once ("recipient disconnected").
+    pub(crate) fn fail_rpcs_to(&mut self, identity: &Identity) {
+        if self.rpc_pending.is_empty() {
+            return;
+        }
+        let gone: Vec<String> = self
+            .rpc_pending
+            .iter()
+            .filter(|(_, w)| &w.destination == identity)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in gone {
+            if let Some(w) = self.rpc_pending.remove(&id).and_then(|w| w.response) {
+                let _ = w.send(Err(RpcFailure::builtin(code::RECIPIENT_DISCONNECTED)));
+            }
+        }
     }
 }
 
