@@ -7,7 +7,8 @@
 //! - registration is answered with a worker id and the server's info; pings get pongs
 //!   carrying the worker's timestamp;
 //! - a malformed frame closes that worker only (1007), and a worker whose first message is
-//!   not a registration is closed (1008); another worker on the same server keeps working;
+//!   not a registration is closed (1008); another worker on the same server keeps working,
+//!   and `/metrics` counts it alone;
 //! - an explicit dispatch through the Twirp API offers the job to a worker of that name; a
 //!   worker that declines is skipped and the next one is asked; accepting gets an
 //!   assignment whose token is an agent's (kind `agent`, the identity it chose, the job's
@@ -211,6 +212,12 @@ fn workers_without_the_agent_grant_are_refused_and_a_bad_worker_closes_alone() {
             }
             other => panic!("expected a pong, got {other:?}"),
         }
+        // The bad worker is gone, the good one is still registered (its pong came after
+        // its registration reached the dispatcher, the bad one's close after its removal).
+        let (status, metrics) = http(&server, "GET", "/metrics", None, None);
+        assert_eq!(status, 200);
+        assert!(metrics.contains("\nprism_agent_workers 1\n"), "{metrics}");
+        drop(good);
     });
     let mut server = server;
     server.assert_alive();
