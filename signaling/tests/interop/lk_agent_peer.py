@@ -6,8 +6,8 @@ the three ways LiveKit offers: its token's `roomConfig.agents` (`--token-agent`)
 AgentDispatchService API through `livekit-api` (`dispatch NAME`, `list`, `undispatch ID`).
 
 Events (`common.event`): `joined`, `participant` {identity, kind} for everyone already
-there or arriving, `tone` {identity, freq} once per agent track (after 0.5 s of warm-up),
-`left` {identity, kind}, `dispatched`, `dispatches`, `undispatched`, `error`.
+there or arriving, `tone` {identity, freq} once per audio track (half a second of it, once
+it is not silent), `left` {identity, kind}, `dispatched`, `dispatches`, `undispatched`, `error`.
 Commands: `dispatch NAME`, `list`, `undispatch ID`, `stop`.
 """
 
@@ -29,13 +29,17 @@ def kind_name(p) -> str:
 
 
 async def measure(track, identity: str) -> None:
+    """The frequency of the track's first half second of sound, after 0.2 s of it (silence
+    before the echo starts, and the decoder's ramp-up, are left out)."""
     stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
     samples = []
-    skipped = 0
+    heard = 0
     async for ev in stream:
         data = ev.frame.data
-        if skipped < RATE // 2:
-            skipped += len(data)
+        if heard == 0 and max((abs(v) for v in data), default=0) < 1000:
+            continue
+        heard += len(data)
+        if heard <= RATE // 5:
             continue
         samples.extend(data)
         if len(samples) >= RATE // 2:
