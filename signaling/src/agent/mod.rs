@@ -5,7 +5,7 @@
 //! - [`worker`]: the `/agent` WebSocket session of one worker (registration, pings, frames
 //!   in and out);
 //! - [`dispatcher`]: which worker runs which job, a sans-IO state machine tested in virtual
-//!   time;
+//!   time; [`token`]: the token an assigned job's agent joins with;
 //! - [`service`]: the task that drives the dispatcher, and [`AgentService`], the handle the
 //!   rest of the server uses: rooms report their lifecycle through
 //!   [`crate::rtc::observer::RoomObserver`], and the AgentDispatchService API
@@ -18,6 +18,7 @@
 pub mod dispatcher;
 pub mod ids;
 pub mod service;
+pub mod token;
 pub mod worker;
 
 pub use dispatcher::DispatchError;
