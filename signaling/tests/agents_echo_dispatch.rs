@@ -6,7 +6,8 @@
 //! What passing proves:
 //! - a worker registers on `/agent`; a participant joining a new room gets an agent
 //!   automatically: it joins as kind AGENT and its audio carries the participant's tone
-//!   (the frequency is measured);
+//!   (the frequency is measured); a publisher-type worker gets a `JT_PUBLISHER` job naming
+//!   the participant once it publishes;
 //! - a named worker gets no automatic jobs, and is dispatched explicitly three ways: a
 //!   token's `roomConfig.agents`, `CreateRoom`'s agents, and `livekit-api`'s
 //!   `agent_dispatch` (create, list with the job and its agent, delete: the agent leaves);
@@ -96,6 +97,21 @@ fn an_automatically_dispatched_agent_echoes_the_participants_tone() {
     assert_eq!(job["room"], "auto-room");
     assert_eq!(job["identity"], agent.as_str());
     stop(alice);
+}
+
+#[test]
+fn a_publisher_worker_gets_a_job_for_each_publishing_participant() {
+    let _g = serial();
+    let Some((py, apy)) = pythons() else { return };
+    let server = Server::start();
+    let mut w = worker(&apy, &server, "publisher-worker", &["--publisher"]);
+    let mut frank = peer(&py, &server, "publisher-room", "frank", &[]);
+    let agent = expect_agent_echo(&mut frank);
+    let job = w.expect_event("job", WAIT);
+    assert_eq!(job["type"], 1, "JT_PUBLISHER: {job}");
+    assert_eq!(job["for_participant"], "frank", "{job}");
+    assert_eq!(job["identity"], agent.as_str());
+    stop(frank);
 }
 
 #[test]

@@ -18,7 +18,7 @@ import logging
 import sys
 
 from livekit import rtc
-from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobExecutorType
+from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobExecutorType, WorkerType
 
 
 def event(name: str, **fields) -> None:
@@ -40,6 +40,8 @@ async def echo(ctx: JobContext) -> None:
         identity=room.local_participant.identity,
         job=ctx.job.id,
         agent_name=ctx.job.agent_name,
+        type=int(ctx.job.type),
+        for_participant=ctx.job.participant.identity if ctx.job.HasField("participant") else "",
     )
     participant = await ctx.wait_for_participant()
     stream = rtc.AudioStream.from_participant(
@@ -62,6 +64,7 @@ async def main() -> None:
     ap.add_argument("--api-key", default="devkey")
     ap.add_argument("--api-secret", default="secret")
     ap.add_argument("--agent-name", default="")
+    ap.add_argument("--publisher", action="store_true", help="a job per publisher, not per room")
     ap.add_argument("--load", type=float, default=0.0)
     ap.add_argument("--load-threshold", type=float, default=0.7)
     ap.add_argument(
@@ -85,7 +88,11 @@ async def main() -> None:
         port=0,
         max_retry=3,
     )
-    server.rtc_session(echo, agent_name=args.agent_name)
+    server.rtc_session(
+        echo,
+        agent_name=args.agent_name,
+        type=WorkerType.PUBLISHER if args.publisher else WorkerType.ROOM,
+    )
     server.on("worker_registered", lambda wid, info: event("registered", worker_id=wid))
     if args.report_load:
         # The driver waits for this before creating rooms, so that the server knows every
