@@ -24,6 +24,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::thread;
@@ -380,7 +381,14 @@ struct RawSession {
 
 impl RawSession {
     fn open(server: &Server, identity: &str) -> RawSession {
-        let tok = token(ROOM, identity, &[]);
+        Self::open_in(server, ROOM, identity)
+    }
+
+    fn open_in(server: &Server, room: &str, identity: &str) -> RawSession {
+        Self::open_with(server, identity, &token(room, identity, &[]))
+    }
+
+    fn open_with(server: &Server, identity: &str, tok: &str) -> RawSession {
         let url = format!(
             "{}/rtc?protocol=17&sdk=rust&access_token={tok}",
             ws_url(server)
@@ -538,6 +546,100 @@ fn next_response(ws: &mut tungstenite::WebSocket<TcpStream>) -> Option<lk::Signa
             Ok(_) => {}
         }
     }
+}
+
+/// Reads participant updates until `known` (sids of the others present, as this session
+/// sees them) equals `want`; panics naming what is missing if that takes a minute.
+fn learn_until(sess: &mut RawSession, known: &mut HashSet<String>, want: &HashSet<String>) {
+    // The server's WebSocket pings wake the read, so the deadline is looked at often.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while known != want {
+        let read = sess.ws.read();
+        if Instant::now() > deadline || !matches!(read, Ok(Message::Binary(_) | Message::Ping(_))) {
+            let missing: Vec<_> = want.difference(known).collect();
+            let extra: Vec<_> = known.difference(want).collect();
+            panic!(
+                "{}: never heard of {missing:?}, still sees {extra:?} (last read: {read:?})",
+                sess.sid
+            );
+        }
+        let Ok(Message::Binary(b)) = read else {
+            continue;
+        };
+        let r = lk::SignalResponse::decode(b.as_ref()).expect("protobuf");
+        if let Some(lk::signal_response::Message::Update(u)) = r.message {
+            for p in u.participants.iter().filter(|p| p.sid != sess.sid) {
+                if p.state == lk::participant_info::State::Disconnected as i32 {
+                    known.remove(&p.sid);
+                } else {
+                    known.insert(p.sid.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Sessions joining one room at the same moment (the room announces joins in batches, and
+/// a newcomer only what came after its own JoinResponse): each learns of every other, from
+/// its JoinResponse and the updates after it, and of a departure.
+#[test]
+fn sessions_joining_at_once_each_learn_of_every_other() {
+    let _one_at_a_time = serial();
+    let server = Server::start();
+    const N: usize = 40;
+    // Tokens first: minting one runs a child process, whose exit signal could interrupt
+    // the others' blocking handshakes.
+    let tokens: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            let id = format!("burst-{i}");
+            let tok = token("burst", &id, &[]);
+            (id, tok)
+        })
+        .collect();
+    let mut sessions: Vec<RawSession> = thread::scope(|s| {
+        let joins: Vec<_> = tokens
+            .iter()
+            .map(|(id, tok)| {
+                let server = &server;
+                s.spawn(move || RawSession::open_with(server, id, tok))
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let all: HashSet<String> = sessions.iter().map(|s| s.sid.clone()).collect();
+    let mut views: Vec<HashSet<String>> = sessions
+        .iter()
+        .map(|s| {
+            s.join
+                .other_participants
+                .iter()
+                .map(|p| p.sid.clone())
+                .collect()
+        })
+        .collect();
+    thread::scope(|s| {
+        for (sess, known) in sessions.iter_mut().zip(views.iter_mut()) {
+            let mut want = all.clone();
+            want.remove(&sess.sid);
+            s.spawn(move || learn_until(sess, known, &want));
+        }
+    });
+    // The first leaves; every other session hears it.
+    let mut first = sessions.remove(0);
+    let leave = lk::SignalRequest {
+        message: Some(lk::signal_request::Message::Leave(
+            lk::LeaveRequest::default(),
+        )),
+    };
+    first.send(Message::Binary(leave.encode_to_vec().into()));
+    thread::scope(|s| {
+        for (sess, known) in sessions.iter_mut().zip(views.iter_mut().skip(1)) {
+            let mut want = all.clone();
+            want.remove(&sess.sid);
+            want.remove(&first.sid);
+            s.spawn(move || learn_until(sess, known, &want));
+        }
+    });
 }
 
 #[test]

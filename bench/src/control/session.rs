@@ -67,7 +67,11 @@ impl Session {
         tcp.set_nodelay(true)?;
         let url =
             format!("ws://{http}/rtc?protocol=17&sdk=rust&auto_subscribe=1&access_token={token}");
-        let (mut ws, resp) = tokio_tungstenite::client_async(url, tcp)
+        // tungstenite zero-fills its whole read buffer before each read: keep it small, so
+        // that the load generator spends its time on the server's messages.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(4096);
+        let (mut ws, resp) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
             .await
             .context("WebSocket upgrade")?;
         if resp.status().as_u16() != 101 {

@@ -90,6 +90,10 @@ pub struct DataChannels {
     channels: BTreeMap<u16, Channel>,
     events: VecDeque<DataChannelEvent>,
     transmits: VecDeque<Vec<u8>>,
+    /// Whether the association may have something to send that `transmits` lacks. Its
+    /// `poll_transmit` scans every chunk in flight, so it is asked once when the engine
+    /// drains this layer, not after every packet, timer and message.
+    unflushed: bool,
     last_now: Option<Instant>,
     stats: SctpStats,
 }
@@ -146,6 +150,7 @@ impl DataChannels {
             channels: BTreeMap::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
+            unflushed: true,
             last_now: None,
             stats: SctpStats::default(),
         }
@@ -187,13 +192,14 @@ impl DataChannels {
                 _ => self.stats.packets_dropped += 1,
             },
         }
-        self.process(now);
+        self.process();
     }
 
     /// The next SCTP packet, to be passed to `DtlsEndpoint::send_application_data`.
     pub fn poll_dtls_transmit(&mut self) -> Option<Vec<u8>> {
-        if self.transmits.is_empty() {
+        if self.transmits.is_empty() && self.unflushed {
             if let Some(now) = self.last_now {
+                self.unflushed = false;
                 self.flush(now);
             }
         }
@@ -214,7 +220,7 @@ impl DataChannels {
         if let Some((_, a)) = self.assoc.as_mut() {
             a.handle_timeout(now);
         }
-        self.process(now);
+        self.process();
     }
 
     /// The next event, if any.
@@ -291,6 +297,7 @@ impl DataChannels {
         stream
             .write_with_ppi(payload, ppi)
             .map_err(|_| SctpError::Rejected)?;
+        self.unflushed = true;
         self.stats.messages_out += 1;
         Ok(())
     }
@@ -309,6 +316,7 @@ impl DataChannels {
             }
             ChannelState::AwaitAck | ChannelState::Open => ch.state = ChannelState::Closing,
         }
+        self.unflushed = true;
         let reset = self
             .assoc
             .as_mut()
@@ -352,6 +360,7 @@ impl DataChannels {
         })
         .emit();
         let (_, a) = self.assoc.as_mut().ok_or(SctpError::NotOpen)?;
+        self.unflushed = true;
         let mut stream = a
             .open_stream(id, Ppi::Binary)
             .map_err(|_| SctpError::Rejected)?;
@@ -366,7 +375,7 @@ impl DataChannels {
         Ok(())
     }
 
-    fn process(&mut self, now: Instant) {
+    fn process(&mut self) {
         let mut todo = Vec::new();
         if let Some((handle, a)) = self.assoc.as_mut() {
             while let Some(ev) = a.poll_endpoint_event() {
@@ -383,7 +392,7 @@ impl DataChannels {
         for ev in todo {
             self.on_assoc_event(ev);
         }
-        self.flush(now);
+        self.unflushed = true;
     }
 
     fn on_assoc_event(&mut self, ev: Event) {

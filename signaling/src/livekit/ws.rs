@@ -97,13 +97,16 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
     if resume {
         // Prism does not keep sessions across signal reconnects: the client is told to
         // rejoin from scratch, as LiveKit does when it cannot resume.
-        first = lk::SignalResponse {
-            message: Some(lk::signal_response::Message::Leave(lk::LeaveRequest {
-                can_reconnect: true,
-                reason: lk::DisconnectReason::StateMismatch as i32,
-                action: lk::leave_request::Action::Reconnect as i32,
-            })),
-        };
+        first = Bytes::from(
+            lk::SignalResponse {
+                message: Some(lk::signal_response::Message::Leave(lk::LeaveRequest {
+                    can_reconnect: true,
+                    reason: lk::DisconnectReason::StateMismatch as i32,
+                    action: lk::leave_request::Action::Reconnect as i32,
+                })),
+            }
+            .encode_to_vec(),
+        );
         session = None;
     } else {
         match state.rooms.join(params).await {
@@ -131,7 +134,10 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
                 return;
             }
         };
+        // A small read buffer: tungstenite zero-fills up to this much before every read,
+        // and signaling frames are small (a larger one grows the buffer to its size).
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(MAX_FRAME))
             .max_frame_size(Some(MAX_FRAME));
         let ws =
@@ -185,9 +191,10 @@ struct Session {
     room: RoomHandle,
 }
 
-async fn run(ws: Ws, first: lk::SignalResponse, session: Option<Session>) {
+/// Drives a session's WebSocket; `first` is its first message, encoded.
+async fn run(ws: Ws, first: Bytes, session: Option<Session>) {
     let (mut sink, mut stream) = ws.split();
-    if sink.send(encode(&first)).await.is_err() {
+    if sink.send(Message::Binary(first)).await.is_err() {
         if let Some(s) = session {
             s.room.left(&s.sid, lk::DisconnectReason::SignalClose);
         }
@@ -267,14 +274,13 @@ async fn run(ws: Ws, first: lk::SignalResponse, session: Option<Session>) {
                 }
             }
             out = rx.recv() => match out {
-                Some(Out::Signal(m)) => {
+                Some(first @ (Out::Signal(_) | Out::Encoded(_))) => {
                     // Everything already queued goes out in one write, with runs of
-                    // participant updates merged (a room that many join at once sends
-                    // each session one update per join).
-                    let (batch, closing) = drain_batch(*m, &mut rx);
+                    // participant updates merged.
+                    let (batch, closing) = drain_batch(first, &mut rx);
                     let mut failed = false;
-                    for m in &batch {
-                        if sink.feed(encode(m)).await.is_err() {
+                    for m in batch {
+                        if sink.feed(m.into_message()).await.is_err() {
                             failed = true;
                             break;
                         }
@@ -313,39 +319,60 @@ async fn run(ws: Ws, first: lk::SignalResponse, session: Option<Session>) {
     room.left(&sid, reason);
 }
 
+/// The WebSocket read buffer's size.
+const READ_BUFFER: usize = 4096;
+
 /// Most messages written in one batch.
 const BATCH: usize = 256;
+
+/// A message on its way out of a batch.
+#[derive(Debug)]
+enum Queued {
+    Signal(Box<lk::SignalResponse>),
+    /// Encoded once by the room for many sessions.
+    Encoded(Bytes),
+}
+
+impl Queued {
+    fn into_message(self) -> Message {
+        match self {
+            Queued::Signal(m) => encode(&m),
+            Queued::Encoded(b) => Message::Binary(b),
+        }
+    }
+}
 
 /// `first` and whatever else is queued now (up to [`BATCH`]), in order, with each run of
 /// consecutive participant updates merged into one (a participant's latest version wins,
 /// in the position of its first mention). Also the close that ended the batch, if any.
+/// `first` is a message, not a close.
 fn drain_batch(
-    first: lk::SignalResponse,
+    first: Out,
     rx: &mut tokio::sync::mpsc::Receiver<Out>,
-) -> (Vec<lk::SignalResponse>, Option<String>) {
+) -> (Vec<Queued>, Option<String>) {
     use lk::signal_response::Message as Resp;
-    let mut out: Vec<lk::SignalResponse> = vec![first];
+    let mut out: Vec<Queued> = Vec::new();
     let mut closing = None;
+    let mut next = Some(first);
     while out.len() < BATCH {
-        let next = match rx.try_recv() {
-            Ok(Out::Signal(m)) => *m,
-            Ok(Out::Close(reason)) => {
+        let item = match next.take().map_or_else(|| rx.try_recv().ok(), Some) {
+            Some(Out::Signal(m)) => Queued::Signal(m),
+            Some(Out::Encoded(b)) => Queued::Encoded(b),
+            Some(Out::Close(reason)) => {
                 closing = Some(reason);
                 break;
             }
-            Err(_) => break,
+            None => break,
         };
-        if let (
-            Some(lk::SignalResponse {
-                message: Some(Resp::Update(prev)),
-            }),
-            Some(Resp::Update(upd)),
-        ) = (out.last_mut(), &next.message)
-        {
-            merge_update(prev, upd);
-            continue;
+        if let (Some(Queued::Signal(prev)), Queued::Signal(next)) = (out.last_mut(), &item) {
+            if let (Some(Resp::Update(prev)), Some(Resp::Update(upd))) =
+                (&mut prev.message, &next.message)
+            {
+                merge_update(prev, upd);
+                continue;
+            }
         }
-        out.push(next);
+        out.push(item);
     }
     (out, closing)
 }
@@ -407,20 +434,20 @@ mod tests {
         ] {
             tx.try_send(m).unwrap();
         }
-        let Out::Signal(first) = update(&[("a", 2)]) else {
-            unreachable!()
-        };
-        let (batch, closing) = drain_batch(*first, &mut rx);
+        let (batch, closing) = drain_batch(update(&[("a", 2)]), &mut rx);
         assert_eq!(closing.as_deref(), Some("bye"));
         let shape: Vec<Vec<(String, u32)>> = batch
             .iter()
-            .map(|m| match &m.message {
-                Some(lk::signal_response::Message::Update(u)) => u
-                    .participants
-                    .iter()
-                    .map(|p| (p.sid.clone(), p.version))
-                    .collect(),
-                _ => Vec::new(),
+            .map(|m| match m {
+                Queued::Signal(m) => match &m.message {
+                    Some(lk::signal_response::Message::Update(u)) => u
+                        .participants
+                        .iter()
+                        .map(|p| (p.sid.clone(), p.version))
+                        .collect(),
+                    _ => Vec::new(),
+                },
+                Queued::Encoded(_) => Vec::new(),
             })
             .collect();
         let v = |s: &[(&str, u32)]| -> Vec<(String, u32)> {

@@ -18,6 +18,9 @@ use crate::sdp::{CodecParams, MediaKind};
 #[derive(Debug)]
 pub enum Out {
     Signal(Box<lk::SignalResponse>),
+    /// A `SignalResponse` encoded once for many sessions (a room's batched participant
+    /// update): each session writes the same bytes.
+    Encoded(bytes::Bytes),
     /// Close the WebSocket with this reason (after any queued message).
     Close(String),
 }
@@ -194,14 +197,24 @@ impl Participant {
     }
 
     /// Queues a signaling message. False when the session is too far behind (its queue is
-    /// full) or gone; participants without signaling take nothing and report true.
+    /// full). A session that already ended takes nothing and reports true: its departure
+    /// is on its way to the room. Participants without signaling take nothing too.
     pub fn send(&self, msg: Resp) -> bool {
+        self.queue(Out::Signal(Box::new(lk::SignalResponse {
+            message: Some(msg),
+        })))
+    }
+
+    /// Queues a message already encoded (shared by several sessions); as [`Self::send`].
+    pub fn send_encoded(&self, msg: &bytes::Bytes) -> bool {
+        self.queue(Out::Encoded(msg.clone()))
+    }
+
+    fn queue(&self, out: Out) -> bool {
         match &self.link {
-            Link::Signal(out) => out
-                .try_send(Out::Signal(Box::new(lk::SignalResponse {
-                    message: Some(msg),
-                })))
-                .is_ok(),
+            Link::Signal(tx) => {
+                !matches!(tx.try_send(out), Err(mpsc::error::TrySendError::Full(_)))
+            }
             Link::Http { .. } => true,
         }
     }

@@ -38,6 +38,9 @@ use crate::livekit::{PING_INTERVAL_S, PING_TIMEOUT_S, PROTOCOL_VERSION, SERVER_V
 /// Messages queued per session before it counts as too slow and is closed.
 pub const SESSION_QUEUE: usize = 1024;
 
+/// Most mailbox messages a room handles in one go before announcing queued joins.
+const MAILBOX_BATCH: usize = 256;
+
 /// What a client asked for when it connected (query parameters of `/rtc`).
 #[derive(Clone, Debug)]
 pub struct JoinParams {
@@ -48,12 +51,12 @@ pub struct JoinParams {
     pub client_protocol: i32,
 }
 
-/// A joined participant: its sid, the first message to send, its outgoing queue and its
-/// room.
+/// A joined participant: its sid, the first message to send (its `JoinResponse`, encoded),
+/// its outgoing queue and its room.
 #[derive(Debug)]
 pub struct Joined {
     pub sid: ParticipantSid,
-    pub join: lk::SignalResponse,
+    pub join: bytes::Bytes,
     pub rx: mpsc::Receiver<Out>,
     pub room: RoomHandle,
 }
@@ -198,6 +201,14 @@ pub struct Room {
     pub(crate) initial_agents: Vec<lk::RoomAgentDispatch>,
     /// RoomService PerformRpc calls waiting for their participant's answer, by request id.
     pub(crate) rpc_pending: HashMap<String, RpcWaiter>,
+    /// Joins and departures not yet announced to the others, in order: announced
+    /// together once the mailbox is empty, or before anything else is sent (see
+    /// [`Room::flush_updates`]).
+    pub(crate) updates: Vec<lk::ParticipantInfo>,
+    /// Encoded `ParticipantInfo`s for the `JoinResponse`s of a run of joins (nothing but
+    /// joins changes a room during one, so each participant is encoded once per run, not
+    /// once per newcomer). Emptied by any other message.
+    pub(crate) info_cache: HashMap<ParticipantSid, bytes::Bytes>,
 }
 
 impl std::fmt::Debug for Room {
@@ -254,6 +265,8 @@ impl Room {
             observer,
             initial_agents: opts.agents.clone(),
             rpc_pending: HashMap::new(),
+            updates: Vec::new(),
+            info_cache: HashMap::new(),
         }
     }
 
@@ -284,12 +297,27 @@ impl Room {
         while !self.closed {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(m) => self.handle(m),
+                    Some(m) => {
+                        self.handle(m);
+                        // What else is queued now, as one batch: joins and departures
+                        // that arrive together are announced together.
+                        let mut n = 1;
+                        while n < MAILBOX_BATCH && !self.closed {
+                            let Ok(m) = rx.try_recv() else { break };
+                            self.handle(m);
+                            n += 1;
+                        }
+                        self.flush_updates();
+                    }
                     None => break,
                 },
-                _ = tick.tick() => self.tick(Instant::now()),
+                _ = tick.tick() => {
+                    self.info_cache.clear();
+                    self.tick(Instant::now());
+                }
             }
         }
+        self.flush_updates();
         on_close();
         self.observer.room_closed(&self.name);
         rx.close();
@@ -302,10 +330,18 @@ impl Room {
                 RoomMsg::Signal(..) | RoomMsg::Left(..) | RoomMsg::Media(_) => {}
             }
         }
+        self.flush_updates();
         tracing::info!(room = %self.name, "room closed");
     }
 
     pub(crate) fn handle(&mut self, msg: RoomMsg) {
+        if !matches!(msg, RoomMsg::Join(..)) {
+            // Whatever this message sends, the others hear of earlier joins and
+            // departures first; and it may change participants, so their cached
+            // encodings go.
+            self.flush_updates();
+            self.info_cache.clear();
+        }
         match msg {
             RoomMsg::Join(p, reply) => {
                 let r = self.join(*p);
@@ -420,7 +456,7 @@ impl Room {
         self.participants.push(p);
         Counters::bump(&self.counters.joins, 1);
         if !hidden {
-            self.broadcast(std::slice::from_ref(&info), Some(&sid));
+            self.updates.push(info.clone());
         }
         let room = self.info();
         self.observer.participant_joined(&room, &info);
@@ -428,6 +464,38 @@ impl Room {
             self.observer.publisher_started(&room, &info);
         }
         Ok(())
+    }
+
+    /// Announces the joins and departures queued by [`Room::admit`] and
+    /// [`Room::remove_participant`] in one participant update: encoded once for those
+    /// already in the room, and for each newcomer only what came after its own join (its
+    /// `JoinResponse` listed the rest). A room that many join (or leave) at once thus
+    /// sends each session one update per batch, not one per join.
+    pub(crate) fn flush_updates(&mut self) {
+        if self.updates.is_empty() {
+            return;
+        }
+        let infos = std::mem::take(&mut self.updates);
+        let all = lk::SignalResponse {
+            message: Some(Resp::Update(lk::ParticipantUpdate {
+                participants: infos.clone(),
+            })),
+        };
+        let all = bytes::Bytes::from(prost::Message::encode_to_vec(&all));
+        let mut slow = Vec::new();
+        for q in &self.participants {
+            let ok = match infos.iter().position(|i| i.sid == q.sid.as_str()) {
+                None => q.send_encoded(&all),
+                Some(k) if k + 1 == infos.len() => true,
+                Some(k) => q.send(Resp::Update(lk::ParticipantUpdate {
+                    participants: infos[k + 1..].to_vec(),
+                })),
+            };
+            if !ok {
+                slow.push(q.sid.clone());
+            }
+        }
+        self.drop_slow(slow);
     }
 
     fn join(&mut self, p: JoinParams) -> Result<Joined, RtcError> {
@@ -469,45 +537,50 @@ impl Room {
         if !agents.is_empty() {
             self.observer.agents_requested(&self.name, &agents);
         }
-        let others: Vec<lk::ParticipantInfo> = self
+        let response = lk::JoinResponse {
+            room: Some(self.info()),
+            participant: Some(info),
+            other_participants: Vec::new(),
+            server_version: SERVER_VERSION.into(),
+            subscriber_primary: false,
+            ping_timeout: PING_TIMEOUT_S,
+            ping_interval: PING_INTERVAL_S,
+            server_info: Some(lk::ServerInfo {
+                edition: lk::server_info::Edition::Standard as i32,
+                version: SERVER_VERSION.into(),
+                protocol: PROTOCOL_VERSION.min(p.protocol.max(1)),
+                node_id: "prism".into(),
+                ..Default::default()
+            }),
+            enabled_publish_codecs: ["audio/opus", "video/VP8", "video/H264"]
+                .iter()
+                .map(|m| lk::Codec {
+                    mime: (*m).into(),
+                    fmtp_line: String::new(),
+                })
+                .collect(),
+            // Sessions are not resumed: SDKs must not try (they would wait for a resume
+            // that cannot succeed before reconnecting in full).
+            client_configuration: Some(lk::ClientConfiguration {
+                resume_connection: lk::ClientConfigSetting::Disabled as i32,
+                ..Default::default()
+            }),
+            fast_publish: false,
+            ..Default::default()
+        };
+        let cache = &mut self.info_cache;
+        let others: Vec<bytes::Bytes> = self
             .participants
             .iter()
             .filter(|q| q.sid != sid && !q.permission.hidden)
-            .map(Participant::info)
+            .map(|q| {
+                cache
+                    .entry(q.sid.clone())
+                    .or_insert_with(|| prost::Message::encode_to_vec(&q.info()).into())
+                    .clone()
+            })
             .collect();
-        let join = lk::SignalResponse {
-            message: Some(Resp::Join(lk::JoinResponse {
-                room: Some(self.info()),
-                participant: Some(info),
-                other_participants: others,
-                server_version: SERVER_VERSION.into(),
-                subscriber_primary: false,
-                ping_timeout: PING_TIMEOUT_S,
-                ping_interval: PING_INTERVAL_S,
-                server_info: Some(lk::ServerInfo {
-                    edition: lk::server_info::Edition::Standard as i32,
-                    version: SERVER_VERSION.into(),
-                    protocol: PROTOCOL_VERSION.min(p.protocol.max(1)),
-                    node_id: "prism".into(),
-                    ..Default::default()
-                }),
-                enabled_publish_codecs: ["audio/opus", "video/VP8", "video/H264"]
-                    .iter()
-                    .map(|m| lk::Codec {
-                        mime: (*m).into(),
-                        fmtp_line: String::new(),
-                    })
-                    .collect(),
-                // Sessions are not resumed: SDKs must not try (they would wait for a
-                // resume that cannot succeed before reconnecting in full).
-                client_configuration: Some(lk::ClientConfiguration {
-                    resume_connection: lk::ClientConfigSetting::Disabled as i32,
-                    ..Default::default()
-                }),
-                fast_publish: false,
-                ..Default::default()
-            })),
-        };
+        let join = encode_join(&response, &others);
         Ok(Joined {
             sid,
             join,
@@ -530,6 +603,7 @@ impl Room {
 
     /// Sends `msg` to every session but `except`, closing those too far behind.
     pub(crate) fn send_all(&mut self, msg: &Resp, except: Option<&ParticipantSid>) {
+        self.flush_updates();
         let slow: Vec<ParticipantSid> = self
             .participants
             .iter()
@@ -567,6 +641,9 @@ impl Room {
     /// Sends one signaling message to a participant (closing its session if it is too far
     /// behind).
     pub(crate) fn send_to(&mut self, pid: &ParticipantSid, msg: Resp) {
+        // It may name a participant whose join is still queued (a new publisher's track
+        // in a subscriber offer): the join goes first.
+        self.flush_updates();
         let ok = self.participant(pid).is_none_or(|p| p.send(msg));
         if !ok {
             self.drop_slow(vec![pid.clone()]);
@@ -721,7 +798,7 @@ impl Room {
         let mut info = p.info();
         info.disconnect_reason = reason as i32;
         if !p.permission.hidden {
-            self.broadcast(std::slice::from_ref(&info), None);
+            self.updates.push(info.clone());
         }
         self.observer.participant_left(&self.name, &info);
     }
@@ -866,6 +943,33 @@ pub(crate) fn is_dependent(p: &Participant) -> bool {
     p.kind == lk::participant_info::Kind::Agent
 }
 
+/// A `SignalResponse` carrying `response` with `others` (encoded `ParticipantInfo`s) as its
+/// other participants. Protobuf lets a repeated field's entries come after the other
+/// fields, so the encoded infos are appended as they are instead of being decoded,
+/// cloned and encoded again for every newcomer.
+pub(crate) fn encode_join(response: &lk::JoinResponse, others: &[bytes::Bytes]) -> bytes::Bytes {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    use prost::Message;
+    // JoinResponse.other_participants and SignalResponse.join.
+    const OTHERS: u32 = 3;
+    const JOIN: u32 = 1;
+    let body = response.encoded_len()
+        + others
+            .iter()
+            .map(|o| 1 + encoded_len_varint(o.len() as u64) + o.len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(1 + encoded_len_varint(body as u64) + body);
+    encode_key(JOIN, WireType::LengthDelimited, &mut out);
+    encode_varint(body as u64, &mut out);
+    response.encode_raw(&mut out);
+    for o in others {
+        encode_key(OTHERS, WireType::LengthDelimited, &mut out);
+        encode_varint(o.len() as u64, &mut out);
+        out.extend_from_slice(o);
+    }
+    out.into()
+}
+
 /// Whether a request needs the room's core (address and fingerprint) to be answered.
 fn needs_core(req: &lk::SignalRequest) -> bool {
     use lk::signal_request::Message as Req;
@@ -927,5 +1031,52 @@ pub(crate) fn merge_attributes(into: &mut HashMap<String, String>, from: &HashMa
         } else {
             into.insert(k.clone(), v.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn info(sid: &str, version: u32) -> lk::ParticipantInfo {
+        lk::ParticipantInfo {
+            sid: sid.into(),
+            identity: format!("id-{sid}"),
+            version,
+            attributes: HashMap::from([("k".into(), "v".into())]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_encoded_join_decodes_to_the_same_join_response() {
+        let mut response = lk::JoinResponse {
+            room: Some(lk::Room {
+                name: "r".into(),
+                ..Default::default()
+            }),
+            participant: Some(info("PA_self", 1)),
+            server_version: "1".into(),
+            ping_interval: 5,
+            ..Default::default()
+        };
+        let others = [info("PA_a", 3), info("PA_b", 1)];
+        let encoded: Vec<bytes::Bytes> = others.iter().map(|o| o.encode_to_vec().into()).collect();
+        let got = lk::SignalResponse::decode(encode_join(&response, &encoded)).unwrap();
+        response.other_participants = others.to_vec();
+        assert_eq!(
+            got,
+            lk::SignalResponse {
+                message: Some(Resp::Join(response)),
+            }
+        );
+        // No others: the plain encoding.
+        let alone = lk::JoinResponse::default();
+        let bytes = encode_join(&alone, &[]);
+        let want = lk::SignalResponse {
+            message: Some(Resp::Join(alone)),
+        };
+        assert_eq!(bytes.as_ref(), want.encode_to_vec().as_slice());
     }
 }
