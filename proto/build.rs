@@ -10,6 +10,8 @@ fn main() {
         "protos/livekit_models.proto",
         "protos/livekit_rtc.proto",
         "protos/livekit_room.proto",
+        "protos/livekit_agent.proto",
+        "protos/livekit_agent_dispatch.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

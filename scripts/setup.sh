@@ -8,6 +8,13 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The agent tests (signaling/tests/agents_echo_dispatch.rs) run LiveKit's agent framework
+# from PyPI. It pins an older `livekit` (1.1.21) than the test venv's, so it gets a venv of
+# its own; the echo agent needs no model and nothing else.
+if ! .venv-agents/bin/python -c 'import livekit.agents' 2>/dev/null; then
+    [ -x .venv-agents/bin/python ] || python3 -m venv .venv-agents
+    .venv-agents/bin/pip install -q --disable-pip-version-check livekit-agents==1.8.9
+fi
 # The browser tests run LiveKit's JS SDK in Debian's Chromium, driven by playwright-core,
 # which never downloads a browser of its own.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)

@@ -4,6 +4,7 @@
 
 use prism_forwarder::runtime::Forwarder;
 
+use crate::agent::AgentService;
 use crate::auth::KeyStore;
 use crate::rtc::{RoomDefaults, RoomManager};
 
@@ -27,29 +28,38 @@ pub struct AppState {
     pub keys: KeyStore,
     pub forwarder: Forwarder,
     pub rooms: RoomManager,
+    /// Agent workers and their jobs (`/agent`, AgentDispatchService).
+    pub agents: AgentService,
     pub dev: bool,
     pub room_service: RoomServiceOptions,
 }
 
 impl AppState {
-    pub fn new(keys: KeyStore, forwarder: Forwarder, dev: bool) -> Self {
+    pub fn new(keys: KeyStore, forwarder: Forwarder, dev: bool) -> std::io::Result<Self> {
         Self::with_options(keys, forwarder, dev, ServeOptions::default())
     }
 
+    /// Fails only if the agent service's thread cannot be started.
     pub fn with_options(
         keys: KeyStore,
         forwarder: Forwarder,
         dev: bool,
         options: ServeOptions,
-    ) -> Self {
-        let rooms = RoomManager::start(forwarder.client(), options.room_defaults);
-        Self {
+    ) -> std::io::Result<Self> {
+        let agents = AgentService::start()?;
+        let rooms = RoomManager::start(
+            forwarder.client(),
+            options.room_defaults,
+            std::sync::Arc::new(agents.clone()),
+        );
+        Ok(Self {
             keys,
             forwarder,
             rooms,
+            agents,
             dev,
             room_service: options.room_service,
-        }
+        })
     }
 }
 

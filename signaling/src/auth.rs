@@ -219,6 +219,18 @@ impl Claims {
         }
     }
 
+    /// The agents the token's `roomConfig` asks to dispatch (LiveKit's
+    /// `RoomConfiguration.agents`, in protobuf's JSON: `agentName` or `agent_name`). A
+    /// malformed `roomConfig` asks for none.
+    pub fn room_config_agents(&self) -> Vec<RoomConfigAgent> {
+        let Some(config) = self.other.get("roomConfig") else {
+            return Vec::new();
+        };
+        serde_json::from_value::<RoomConfig>(config.clone())
+            .map(|c| c.agents)
+            .unwrap_or_default()
+    }
+
     pub fn ensure_list(&self) -> Result<(), AuthError> {
         if self.grant()?.room_list {
             Ok(())
@@ -226,6 +238,23 @@ impl Claims {
             Err(AuthError::NotAllowed("roomList is not granted"))
         }
     }
+}
+
+/// A token's `roomConfig`: only what Prism acts on.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+struct RoomConfig {
+    agents: Vec<RoomConfigAgent>,
+}
+
+/// One agent of a token's `roomConfig.agents`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct RoomConfigAgent {
+    #[serde(alias = "agent_name", rename = "agentName")]
+    pub agent_name: String,
+    pub metadata: String,
+    pub attributes: HashMap<String, String>,
 }
 
 /// API keys and their secrets.
@@ -407,6 +436,33 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn room_config_agents_are_read_in_both_json_name_styles() {
+        let mut c = claims();
+        assert!(c.room_config_agents().is_empty());
+        c.other.insert(
+            "roomConfig".into(),
+            serde_json::json!({"name": "r1", "agents": [
+                {"agentName": "echo", "metadata": "m"},
+                {"agent_name": "other"}
+            ]}),
+        );
+        let secret = DEV_SECRET;
+        let token = sign(&c, secret);
+        let back = KeyStore::dev().verify(&token, NOW).unwrap();
+        let agents = back.room_config_agents();
+        assert_eq!(agents.len(), 2);
+        assert_eq!(
+            (agents[0].agent_name.as_str(), agents[0].metadata.as_str()),
+            ("echo", "m")
+        );
+        assert_eq!(agents[1].agent_name, "other");
+        // A malformed roomConfig asks for nothing rather than refusing the token.
+        c.other
+            .insert("roomConfig".into(), serde_json::json!({"agents": 3}));
+        assert!(c.room_config_agents().is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Twirp). It never touches a media
 //! packet: it drives the media plane (`prism-forwarder`) with control commands.
 
+pub mod agent;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -84,8 +84,14 @@ pub async fn render(state: &AppState) -> Result<String, String> {
         return Err("media plane: unexpected answer".into());
     };
     let counters = state.rooms.counters();
+    let workers = state.agents.worker_count().await;
     let mut out = String::new();
-    let gauges: [(&str, &str, usize); 6] = [
+    let gauges: [(&str, &str, usize); 7] = [
+        (
+            "prism_agent_workers",
+            "Agent workers registered on /agent.",
+            workers,
+        ),
         ("prism_rooms", "Rooms on this node.", g.rooms),
         (
             "prism_participants",

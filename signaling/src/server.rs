@@ -10,7 +10,9 @@
 //!   and text LiveKit's server would give.
 //! - `GET /rtc`: LiveKit's signaling WebSocket (see `livekit`).
 //! - `/rtc/v1/validate` and `/rtc/v1`: 404 with CORS, so current SDKs fall back to `/rtc`.
-//! - `POST /twirp/livekit.RoomService/{method}`: LiveKit's server API (see `twirp`).
+//! - `GET /agent`: LiveKit's agent worker WebSocket (see `agent`).
+//! - `POST /twirp/livekit.RoomService/{method}`, `/twirp/livekit.AgentDispatchService/…`:
+//!   LiveKit's server API (see `twirp`).
 //! - `POST /whip/{room}`, `POST /whep/{room}`, `DELETE /whip|whep/{room}/{session}`: WHIP
 //!   and WHEP (see `whip`).
 //!
@@ -57,6 +59,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e),
         },
         (&Method::GET, ["rtc"]) => crate::livekit::ws::handle(state, req).await,
+        (&Method::GET, ["agent"]) => crate::agent::worker::handle(state, req).await,
         (_, ["twirp", ..]) => {
             let rest = path.strip_prefix("/twirp/").unwrap_or("");
             crate::twirp::handle(state, req, rest).await

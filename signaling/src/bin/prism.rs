@@ -309,7 +309,10 @@ fn serve(args: &[String]) -> Result<()> {
     let advertise = fwd_advertise;
     let driver = forwarder.driver_name();
     let dev = flags.dev;
-    let state = Arc::new(AppState::with_options(keys, forwarder, dev, options));
+    let state = Arc::new(
+        AppState::with_options(keys, forwarder, dev, options)
+            .context("starting the agent service")?,
+    );
     let rooms = state.rooms.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -40,7 +40,8 @@ use crate::rtc::{JoinParams, Out, ParticipantSid, RoomHandle, RoomName};
 /// below it; anything larger is an attack or a bug.
 pub const MAX_FRAME: usize = 256 * 1024;
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+/// Whether a request asks for a WebSocket upgrade.
+pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
     let has = |name: hyper::header::HeaderName, want: &str| {
         req.headers()
             .get_all(name)

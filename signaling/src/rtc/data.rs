@@ -32,6 +32,15 @@ impl Room {
             tracing::debug!(participant = %sender.sid, "malformed data packet dropped");
             return;
         };
+        if !self.rpc_pending.is_empty() {
+            let identity = sender.identity.clone();
+            if self.take_rpc_reply(&identity, &dp) {
+                return;
+            }
+        }
+        let Some(sender) = self.by_transport(transport_id) else {
+            return;
+        };
         let mut dests = dp.destination_identities;
         if dests.is_empty() {
             if let Some(lk::data_packet::Value::User(u)) = dp.value {

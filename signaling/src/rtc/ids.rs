@@ -58,6 +58,8 @@ macro_rules! string_id {
     };
 }
 
+pub(crate) use string_id;
+
 string_id!(
     /// A room's name, unique on this node (what tokens and the API name).
     RoomName

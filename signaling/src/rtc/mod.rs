@@ -21,10 +21,12 @@ pub mod ingress;
 pub mod lifetimes;
 pub mod media_plane;
 pub mod node;
+pub mod observer;
 pub mod participant;
 pub mod publish;
 pub mod room;
 pub mod roomservice;
+pub mod rpc;
 pub mod speakers;
 pub mod subscribe;
 
@@ -51,6 +53,7 @@ const RETRIES: usize = 3;
 
 struct Inner {
     media: MediaPlane,
+    observer: Arc<dyn observer::RoomObserver>,
     defaults: RoomDefaults,
     registry: Mutex<HashMap<RoomName, RoomHandle>>,
     counters: Arc<Counters>,
@@ -70,11 +73,17 @@ impl std::fmt::Debug for RoomManager {
 }
 
 impl RoomManager {
-    /// Starts the directory and the media plane's event pump.
-    pub fn start(control: ControlClient, defaults: RoomDefaults) -> Self {
+    /// Starts the directory and the media plane's event pump; `observer` hears of every
+    /// room's lifecycle (the agent dispatcher).
+    pub fn start(
+        control: ControlClient,
+        defaults: RoomDefaults,
+        observer: Arc<dyn observer::RoomObserver>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 media: MediaPlane::start(control),
+                observer,
                 defaults,
                 registry: Mutex::new(HashMap::new()),
                 counters: Arc::new(Counters::default()),
@@ -124,6 +133,7 @@ impl RoomManager {
             self.inner.media.clone(),
             self.inner.counters.clone(),
             handle.clone(),
+            self.inner.observer.clone(),
         );
         let id = room.id;
         self.inner
@@ -188,8 +198,13 @@ impl RoomManager {
 
     /// Joins a LiveKit session to its room (started if needed).
     pub async fn join(&self, params: JoinParams) -> Result<Joined, RtcError> {
+        // A room this join creates dispatches the agents its token asks for.
+        let opts = RoomOptions {
+            agents: observer::token_agents(&params.claims),
+            ..RoomOptions::default()
+        };
         for _ in 0..RETRIES {
-            let h = self.get_or_create(&params.room, &RoomOptions::default())?;
+            let h = self.get_or_create(&params.room, &opts)?;
             match h.join(params.clone()).await {
                 Err(RtcError::RoomClosed) => tokio::task::yield_now().await,
                 r => return r,

@@ -326,6 +326,7 @@ impl Room {
             return;
         };
         p.publisher = Some(d.pc);
+        let first_publish = p.tracks.is_empty() && !d.published.is_empty();
         let mut published = Vec::new();
         for pb in d.published {
             p.pending.retain(|t| t.sid != pb.pending_sid);
@@ -347,6 +348,11 @@ impl Room {
         for t in published {
             tracing::info!(participant = %pid, track = %t, "track published");
             self.subscribe_everyone(&t);
+        }
+        if first_publish {
+            if let Some(info) = self.participant(pid).map(super::Participant::info) {
+                self.observer.publisher_started(&self.info(), &info);
+            }
         }
     }
 

@@ -29,7 +29,9 @@ use super::error::RtcError;
 use super::ids::{Identity, MediaRoomId, ParticipantSid, RoomName, TrackSid, TransportId};
 use super::media_plane::MediaPlane;
 use super::node::{Counters, RoomDefaults};
+use super::observer::RoomObserver;
 use super::participant::{Link, Out, Participant, SubPc};
+use super::rpc::RpcWaiter;
 use crate::auth::Claims;
 use crate::livekit::{PING_INTERVAL_S, PING_TIMEOUT_S, PROTOCOL_VERSION, SERVER_VERSION};
 
@@ -161,6 +163,8 @@ pub struct RoomOptions {
     pub departure_timeout: u32,
     pub max_participants: u32,
     pub metadata: String,
+    /// Agents to dispatch when the room starts (CreateRoom's, or a token's `roomConfig`).
+    pub agents: Vec<lk::RoomAgentDispatch>,
 }
 
 /// A room's state. Reached only from its own task.
@@ -191,6 +195,12 @@ pub struct Room {
     pub(crate) stopping: bool,
     /// The room's own mailbox, handed to the sessions that join it.
     pub(crate) handle: RoomHandle,
+    /// Hears of the room's lifecycle (the agent dispatcher).
+    pub(crate) observer: Arc<dyn RoomObserver>,
+    /// The agents the room was created with, dispatched when its task starts.
+    pub(crate) initial_agents: Vec<lk::RoomAgentDispatch>,
+    /// RoomService PerformRpc calls waiting for their participant's answer, by request id.
+    pub(crate) rpc_pending: HashMap<String, RpcWaiter>,
     /// Joins and departures not yet announced to the others, in order: announced
     /// together once the mailbox is empty, or before anything else is sent (see
     /// [`Room::flush_updates`]).
@@ -229,6 +239,7 @@ impl Room {
         media: MediaPlane,
         counters: Arc<Counters>,
         handle: RoomHandle,
+        observer: Arc<dyn RoomObserver>,
     ) -> Self {
         let or = |v: u32, d: u32| if v == 0 { d } else { v };
         Self {
@@ -251,6 +262,9 @@ impl Room {
             closed: false,
             stopping: false,
             handle,
+            observer,
+            initial_agents: opts.agents.clone(),
+            rpc_pending: HashMap::new(),
             updates: Vec::new(),
             info_cache: HashMap::new(),
         }
@@ -276,6 +290,8 @@ impl Room {
             self.closed = true;
         }
         tracing::info!(room = %self.name, "room created");
+        self.observer
+            .room_started(&self.info(), &std::mem::take(&mut self.initial_agents));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.closed {
@@ -303,6 +319,7 @@ impl Room {
         }
         self.flush_updates();
         on_close();
+        self.observer.room_closed(&self.name);
         rx.close();
         while let Ok(m) = rx.try_recv() {
             match m {
@@ -429,13 +446,22 @@ impl Room {
         let info = p.info();
         let hidden = p.permission.hidden;
         let sid = p.sid.clone();
+        let publishing = !p.tracks.is_empty();
         tracing::info!(room = %self.name, participant = %sid, identity = %p.identity, kind = ?p.kind, "joined");
+        // Agents do not hold a room open (LiveKit's dependent participants).
+        if !is_dependent(&p) {
+            self.empty_since = None;
+            self.ever_joined = true;
+        }
         self.participants.push(p);
-        self.empty_since = None;
-        self.ever_joined = true;
         Counters::bump(&self.counters.joins, 1);
         if !hidden {
-            self.updates.push(info);
+            self.updates.push(info.clone());
+        }
+        let room = self.info();
+        self.observer.participant_joined(&room, &info);
+        if publishing {
+            self.observer.publisher_started(&room, &info);
         }
         Ok(())
     }
@@ -507,6 +533,10 @@ impl Room {
             let _ = participant.send(Resp::SpeakersChanged(lk::SpeakersChanged { speakers }));
         }
         self.admit(participant)?;
+        let agents = super::observer::token_agents(&p.claims);
+        if !agents.is_empty() {
+            self.observer.agents_requested(&self.name, &agents);
+        }
         let response = lk::JoinResponse {
             room: Some(self.info()),
             participant: Some(info),
@@ -729,7 +759,9 @@ impl Room {
             return;
         };
         let mut p = self.participants.remove(pos);
-        if self.participants.is_empty() {
+        if self.empty_since.is_none() && self.participants.iter().all(is_dependent) {
+            // Only agents are left: the room counts as empty and closes in time, as
+            // LiveKit's does, taking its agents with it.
             self.empty_since = Some(Instant::now());
         }
         if let Some(r) = leave {
@@ -742,6 +774,7 @@ impl Room {
         }
         Counters::bump(&self.counters.leaves, 1);
         tracing::info!(room = %self.name, participant = %pid, ?reason, "left");
+        self.fail_rpcs_to(&p.identity);
         for t in p.transport_ids() {
             self.command(Cmd::CloseTransport(pb::CloseTransport {
                 room_id: self.id.0,
@@ -765,8 +798,9 @@ impl Room {
         let mut info = p.info();
         info.disconnect_reason = reason as i32;
         if !p.permission.hidden {
-            self.updates.push(info);
+            self.updates.push(info.clone());
         }
+        self.observer.participant_left(&self.name, &info);
     }
 
     /// An event from the media plane.
@@ -901,6 +935,12 @@ impl Room {
             self.command(Cmd::CloseRoom(pb::CloseRoom { room_id: self.id.0 }));
         }
     }
+}
+
+/// Whether a participant depends on others to be in the room (an agent): it neither keeps
+/// the room open nor counts as someone having joined.
+pub(crate) fn is_dependent(p: &Participant) -> bool {
+    p.kind == lk::participant_info::Kind::Agent
 }
 
 /// A `SignalResponse` carrying `response` with `others` (encoded `ParticipantInfo`s) as its

@@ -1,4 +1,5 @@
-//! LiveKit's server API over Twirp: `POST /twirp/livekit.RoomService/<Method>`, so that
+//! LiveKit's server API over Twirp: `POST /twirp/livekit.RoomService/<Method>` and
+//! `POST /twirp/livekit.AgentDispatchService/<Method>`, so that
 //! LiveKit's server SDKs (`livekit-api` in Python, `livekit-server-sdk` in Node, the Rust
 //! and Go clients) manage Prism's rooms unchanged.
 //!
@@ -17,6 +18,7 @@
 //! too, with a message naming the missing grant: clients and their tests written against
 //! LiveKit expect that status.
 
+pub mod agent_dispatch;
 pub mod codec;
 pub mod room_service;
 
@@ -46,6 +48,7 @@ pub enum Code {
     Malformed,
     NotFound,
     BadRoute,
+    Canceled,
     PermissionDenied,
     Unauthenticated,
     FailedPrecondition,
@@ -61,6 +64,7 @@ impl Code {
             Code::Malformed => "malformed",
             Code::NotFound => "not_found",
             Code::BadRoute => "bad_route",
+            Code::Canceled => "canceled",
             Code::PermissionDenied => "permission_denied",
             Code::Unauthenticated => "unauthenticated",
             Code::FailedPrecondition => "failed_precondition",
@@ -75,6 +79,7 @@ impl Code {
         match self {
             Code::InvalidArgument | Code::Malformed => StatusCode::BAD_REQUEST,
             Code::NotFound | Code::BadRoute => StatusCode::NOT_FOUND,
+            Code::Canceled => StatusCode::REQUEST_TIMEOUT,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
@@ -159,6 +164,38 @@ impl From<RtcError> for TwirpError {
     }
 }
 
+impl From<crate::agent::DispatchError> for TwirpError {
+    fn from(e: crate::agent::DispatchError) -> Self {
+        use crate::agent::DispatchError as D;
+        let code = match e {
+            D::RoomNotFound | D::DispatchNotFound => Code::NotFound,
+        };
+        TwirpError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::rtc::rpc::PerformRpcError> for TwirpError {
+    /// As LiveKit maps RPC errors (`DataChannelRpcError.PsrpcError`): the participant's own
+    /// errors are `internal`, with the error's code and message in the text.
+    fn from(e: crate::rtc::rpc::PerformRpcError) -> Self {
+        use crate::rtc::rpc::{code, PerformRpcError as P};
+        match e {
+            P::Room(e) => e.into(),
+            P::Rpc(f) => {
+                let c = match f.code {
+                    code::CONNECTION_TIMEOUT | code::RESPONSE_TIMEOUT => Code::Canceled,
+                    code::RECIPIENT_DISCONNECTED => Code::Unavailable,
+                    code::UNSUPPORTED_METHOD => Code::InvalidArgument,
+                    code::RECIPIENT_NOT_FOUND => Code::NotFound,
+                    code::REQUEST_PAYLOAD_TOO_LARGE => Code::Malformed,
+                    _ => Code::Internal,
+                };
+                TwirpError::new(c, f.to_string())
+            }
+        }
+    }
+}
+
 impl From<AuthError> for TwirpError {
     /// Every token failure, a missing grant included, is `unauthenticated`, as in LiveKit.
     fn from(e: AuthError) -> Self {
@@ -196,11 +233,11 @@ async fn serve(
     let Some((service, method)) = path.split_once('/') else {
         return Err(no_route(path));
     };
-    if service != room_service::SERVICE {
+    if service != room_service::SERVICE && service != agent_dispatch::SERVICE {
         return Err(no_route(path));
     }
     let desc = codec::pool()?
-        .get_service_by_name(room_service::SERVICE)
+        .get_service_by_name(service)
         .and_then(|s| s.methods().find(|m| m.name() == method))
         .ok_or_else(|| no_route(path))?;
     let content_type = req
@@ -246,15 +283,27 @@ async fn serve(
             ))
         }
     };
-    let call = room_service::Call {
-        rooms: &state.rooms,
-        claims: &claims,
-        codec,
-        method: &desc,
-        body: &body,
-        options: state.room_service,
+    let out = if service == agent_dispatch::SERVICE {
+        let call = agent_dispatch::Call {
+            rooms: &state.rooms,
+            agents: &state.agents,
+            claims: &claims,
+            codec,
+            method: &desc,
+            body: &body,
+        };
+        call.run().await?
+    } else {
+        let call = room_service::Call {
+            rooms: &state.rooms,
+            claims: &claims,
+            codec,
+            method: &desc,
+            body: &body,
+            options: state.room_service,
+        };
+        call.run().await?
     };
-    let out = call.run().await?;
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(codec.content_type()));

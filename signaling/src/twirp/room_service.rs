@@ -2,7 +2,8 @@
 //! request's own fields, and runs on the room's task (`rtc::roomservice`).
 //!
 //! Grants, as LiveKit checks them: `roomCreate` for CreateRoom and DeleteRoom, `roomList`
-//! for ListRooms, and `roomAdmin` with `room` equal to the request's room for the rest.
+//! for ListRooms, and `roomAdmin` with `room` equal to the request's room for the rest
+//! (PerformRpc included).
 
 use prism_proto::livekit as lk;
 use prost::Message;
@@ -67,6 +68,7 @@ impl Call<'_> {
                     departure_timeout: req.departure_timeout,
                     max_participants: req.max_participants,
                     metadata: req.metadata.clone(),
+                    agents: req.agents.clone(),
                 };
                 let room = rooms.create_room(&RoomName::new(req.name), opts).await?;
                 self.reply(&room)
@@ -165,6 +167,15 @@ impl Call<'_> {
                     .with_room(&room, move |r| r.api_update_room_metadata(&metadata))
                     .await?;
                 self.reply(&info)
+            }
+            "PerformRpc" => {
+                let req: lk::PerformRpcRequest = self.request()?;
+                self.admin(&req.room)?;
+                required("destination_identity", &req.destination_identity)?;
+                required("method", &req.method)?;
+                let room = RoomName::new(req.room.clone());
+                let payload = rooms.perform_rpc(&room, req).await?;
+                self.reply(&lk::PerformRpcResponse { payload })
             }
             // A method in the .proto without a handler here.
             other => Err(TwirpError::new(

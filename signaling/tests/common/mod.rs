@@ -52,6 +52,29 @@ pub fn python(modules: &str) -> Option<PathBuf> {
     Some(py)
 }
 
+/// The agents venv's python (`.venv-agents`, with `livekit-agents`, which pins an older
+/// `livekit` than the test venv), or `None` under `PRISM_SKIP_INTEROP=1`.
+pub fn agents_python() -> Option<PathBuf> {
+    if std::env::var("PRISM_SKIP_INTEROP").as_deref() == Ok("1") {
+        eprintln!("PRISM_SKIP_INTEROP=1: interop test skipped");
+        return None;
+    }
+    let py = repo().join(".venv-agents/bin/python");
+    let usable = Command::new(&py)
+        .args(["-c", "import livekit.agents"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        usable,
+        "{} cannot import livekit.agents: run scripts/setup.sh to create the agents venv \
+         (or set PRISM_SKIP_INTEROP=1 to skip the interop tests)",
+        py.display()
+    );
+    Some(py)
+}
+
 /// Collects a pipe into a string on its own thread, optionally passing each line on.
 pub fn drain(pipe: impl Read + Send + 'static, lines: Option<mpsc::Sender<String>>) -> Pipe {
     let text = Arc::new(Mutex::new(String::new()));
@@ -335,6 +358,14 @@ impl Client {
             "{}: no {name:?} event within {within:?}\nstdout:\n{stdout}stderr:\n{stderr}",
             self.name
         );
+    }
+
+    /// Kills the client at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Writes one command line to the client's stdin (ignored if it has exited).

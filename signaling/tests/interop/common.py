@@ -117,8 +117,9 @@ async def feed_video(source, stop: asyncio.Event, width: int, height: int, color
         await asyncio.sleep(1 / 30)
 
 
-async def feed_audio(source, stop: asyncio.Event) -> None:
-    """A 440 Hz tone, 10 ms frames at 48 kHz, into an `rtc.AudioSource` (which paces it)."""
+async def feed_audio(source, stop: asyncio.Event, freq: float = 440.0) -> None:
+    """A tone (440 Hz unless told), 10 ms frames at 48 kHz, into an `rtc.AudioSource` (which
+    paces it)."""
     from livekit import rtc
 
     rate, per = 48000, 480
@@ -127,9 +128,20 @@ async def feed_audio(source, stop: asyncio.Event) -> None:
         frame = rtc.AudioFrame.create(rate, 1, per)
         data = frame.data
         for i in range(per):
-            data[i] = int(8000 * math.sin(2 * math.pi * 440 * (t + i) / rate))
+            data[i] = int(8000 * math.sin(2 * math.pi * freq * (t + i) / rate))
         t += per
         await source.capture_frame(frame)
+
+
+def tone_frequency(samples, rate: int) -> float:
+    """The strongest frequency in 16-bit mono samples (an FFT peak, Hann-windowed)."""
+    import numpy
+
+    a = numpy.asarray(samples, dtype=numpy.float64)
+    a = a * numpy.hanning(len(a))
+    spectrum = numpy.abs(numpy.fft.rfft(a))
+    spectrum[0] = 0.0
+    return float(numpy.argmax(spectrum) * rate / len(a))
 
 
 def mean_rgb(pixels, channels: int) -> list:
