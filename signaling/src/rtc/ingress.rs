@@ -19,8 +19,9 @@ use prism_proto::livekit as lk;
 
 use super::error::RtcError;
 use super::ids::{DownTrackId, Identity, MediaTrackId, ParticipantSid, TrackSid, TransportId};
+use super::membership::permission_of;
 use super::participant::{Link, Participant, PubPc, PubTrack, SubPc, SubSection, SubTrack};
-use super::room::{new_sid, now_ms, permission_of, Pending, Room};
+use super::room::{new_sid, now_ms, Pending, Room};
 use crate::auth::Claims;
 use crate::media::{
     add_track_for, extension_ids, header_extensions, mime_type, random_alnum, random_ice_string,

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod ingress;
 pub mod lifetimes;
 pub mod media_plane;
+pub mod membership;
 pub mod node;
 pub mod observer;
 pub mod participant;
