@@ -204,9 +204,6 @@ async fn run(ws: Ws, agents: AgentService, api_key: String, api_secret: String) 
             },
         )),
     };
-    if sink.send(encode(&answer)).await.is_err() {
-        return;
-    }
     // LiveKit's defaults when the worker sends no permissions.
     let permissions = reg
         .allowed_permissions
@@ -230,6 +227,13 @@ async fn run(ws: Ws, agents: AgentService, api_key: String, api_secret: String) 
         },
         tx,
     );
+    // The dispatcher knows the worker before the worker hears it is registered: a job
+    // created once it has its answer (a dispatch right after, say) can go to it. What the
+    // dispatcher queues meanwhile waits in `rx`, behind the answer.
+    if sink.send(encode(&answer)).await.is_err() {
+        agents.gone(&id);
+        return;
+    }
     let end = loop {
         tokio::select! {
             m = next_message(&mut stream, SILENCE_TIMEOUT) => match m {
