@@ -24,6 +24,22 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     r
 }
 
+/// `101 Switching Protocols` accepting a WebSocket upgrade whose `Sec-WebSocket-Key` is
+/// `key`.
+pub fn switching_protocols(key: &HeaderValue) -> Response<Body> {
+    use hyper::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
 pub fn cors(mut r: Response<Body>) -> Response<Body> {
     r.headers_mut()
         .insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));

@@ -16,11 +16,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::header::SEC_WEBSOCKET_KEY;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prism_proto::livekit as lk;
@@ -96,17 +94,7 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
                 .await;
         run(ws, agents, api_key, secret).await;
     });
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(
-        &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-    ) {
-        h.insert(SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
+    crate::http::switching_protocols(&key)
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::header::{CONNECTION, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prism_proto::livekit as lk;
@@ -145,17 +144,7 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
                 .await;
         run(ws, first, session).await;
     });
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(
-        &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-    ) {
-        h.insert(SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
+    crate::http::switching_protocols(&key)
 }
 
 fn auth_error(e: &crate::auth::AuthError) -> Response<Body> {
