@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use prism_signaling::auth::{sign, unix_now, Claims, VideoGrant, DEV_KEY, DEV_SECRET};
 use serde_json::Value;
 
-use common::{drain, serial};
+use common::{drain, http_at, serial};
 
 const CFG_KEY: &str = "cfgkey";
 const CFG_SECRET: &str = "cfg-secret-that-is-long-enough-for-a-test-0123";
@@ -222,27 +222,6 @@ fn livekit_keys_replace_the_files_keys() {
     let _ = std::fs::remove_file(&cfg);
 }
 
-/// POSTs a WHIP offer; the status and the whole response.
-fn whip(port: u16, room: &str, token: &str, sdp: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to prism");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "POST /whip/{room} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Authorization: Bearer {token}\r\nContent-Type: application/sdp\r\n\
-         Content-Length: {}\r\n\r\n{sdp}",
-        sdp.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, resp)
-}
-
 /// Media bound to every interface: clients are given the advertised address, with the
 /// socket's port. The file's `rtc.node_ip`, then `NODE_IP` over it, then `--node-ip` over
 /// both.
@@ -286,11 +265,12 @@ fn media_bound_to_every_interface_is_advertised_as_the_node_ip() {
         );
         let mut serve = Serve::start_with(&cfg, env, flags);
         serve.wait_for("listening line", |l| l.starts_with("prism: listening on"));
-        let (status, answer) = whip(
-            port,
-            "advertised",
-            &token_for("whip-pub", CFG_KEY, CFG_SECRET, publish.clone()),
-            &offer,
+        let (status, answer) = http_at(
+            &format!("127.0.0.1:{port}"),
+            "POST",
+            "/whip/advertised",
+            Some(&token_for("whip-pub", CFG_KEY, CFG_SECRET, publish.clone())),
+            Some(&offer),
         );
         assert_eq!(status, 201, "{env:?} {flags:?}: {answer}");
         let candidates: Vec<&str> = answer

@@ -197,7 +197,23 @@ pub fn http(
     token: Option<&str>,
     sdp: Option<&str>,
 ) -> (u16, String) {
-    let host = server.http.trim_start_matches("http://");
+    http_at(
+        server.http.trim_start_matches("http://"),
+        method,
+        path,
+        token,
+        sdp,
+    )
+}
+
+/// [`http`] to a server at `host` ("ip:port").
+pub fn http_at(
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    sdp: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(host).expect("connecting to prism");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
