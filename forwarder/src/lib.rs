@@ -25,4 +25,5 @@ pub mod runtime;
 pub mod sctp;
 pub mod srtp;
 pub mod testing;
+pub mod turn;
 pub mod wire;

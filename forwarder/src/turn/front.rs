@@ -1,0 +1,647 @@
+//! The TURN server's sockets, on one thread: a UDP socket on `turn.udp_port`, a TLS (or,
+//! behind a TLS-terminating load balancer, plain TCP) listener on `turn.tls_port`, and one
+//! UDP relay socket per allocation, all on one mio poll.
+//!
+//! TURN carries little traffic next to the media plane (only the clients that cannot reach
+//! it directly), so one thread is enough, and it keeps the media cores free of TLS and of
+//! TURN state. Peer data leaves through the allocation's relay socket toward the media
+//! socket of a core on this host; see `docs/decisions.md` for why, and for the cost.
+//!
+//! Streams: each connection buffers what it read until [`super::next_frame`] cuts a whole
+//! STUN message or ChannelData frame, and what it could not write yet (capped; a client
+//! that does not read is closed). Anything that is neither, a failed TLS handshake, or a
+//! handshake that takes longer than [`HANDSHAKE_TIMEOUT`] closes the connection and is
+//! counted in [`FrontStats`]. Other sessions are unaffected.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use openssl::ssl::{ErrorCode, Ssl, SslAcceptor, SslFiletype, SslMethod, SslStream};
+
+use super::server::{ClientKey, Proto, RelayId, TurnConfig, TurnIo, TurnServer, TurnStats};
+use super::{next_frame, Frame};
+
+const UDP: Token = Token(0);
+const TCP: Token = Token(1);
+const WAKE: Token = Token(2);
+const FIRST_DYNAMIC: usize = 16;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a stream client may leave unread before it is closed.
+const MAX_PENDING_OUT: usize = 1 << 20;
+const MAX_STREAMS: usize = 4096;
+const BUF: usize = 65_536;
+
+/// How the stream listener speaks.
+#[derive(Clone, Debug)]
+pub enum StreamMode {
+    /// TLS with this certificate chain and key (PEM files).
+    Tls { cert: PathBuf, key: PathBuf },
+    /// Plain TCP, for TLS terminated by a load balancer in front (`turn.external_tls`).
+    Plain,
+}
+
+/// Where the front listens and relays.
+#[derive(Clone, Debug)]
+pub struct FrontConfig {
+    pub udp: Option<SocketAddr>,
+    pub stream: Option<(SocketAddr, StreamMode)>,
+    /// Address relay sockets bind to.
+    pub relay_ip: IpAddr,
+    /// Address given to clients as XOR-RELAYED-ADDRESS, if not `relay_ip`.
+    pub relay_advertise_ip: Option<IpAddr>,
+    /// Inclusive port range for relay sockets; `None` lets the kernel choose.
+    pub relay_ports: Option<(u16, u16)>,
+    /// The media sockets clients may reach: (address clients name, address to send to).
+    pub peers: Vec<(SocketAddr, SocketAddr)>,
+    pub server: TurnConfig,
+}
+
+/// Counters of the front, with the server's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontStats {
+    pub server: TurnStats,
+    pub streams_accepted: u64,
+    pub streams_active: u64,
+    pub tls_handshake_failed: u64,
+    pub handshake_timeout: u64,
+    /// Bytes on a stream that are neither STUN nor ChannelData.
+    pub stream_invalid: u64,
+    pub stream_slow_reader: u64,
+    pub streams_refused: u64,
+    pub relay_bind_failed: u64,
+    /// Datagrams on a relay from an address that is not a media socket.
+    pub unknown_peer: u64,
+    pub send_errors: u64,
+}
+
+/// A running TURN front.
+#[derive(Debug)]
+pub struct TurnFront {
+    udp_addr: Option<SocketAddr>,
+    stream_addr: Option<SocketAddr>,
+    stats: Arc<Mutex<FrontStats>>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl TurnFront {
+    /// Binds every listener and starts the thread.
+    pub fn start(cfg: FrontConfig) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let mut udp = match cfg.udp {
+            Some(a) => Some(UdpSocket::bind(a)?),
+            None => None,
+        };
+        let (mut tcp, acceptor) = match &cfg.stream {
+            Some((a, mode)) => {
+                let acceptor = match mode {
+                    StreamMode::Tls { cert, key } => Some(tls_acceptor(cert, key)?),
+                    StreamMode::Plain => None,
+                };
+                (Some(TcpListener::bind(*a)?), acceptor)
+            }
+            None => (None, None),
+        };
+        if let Some(u) = udp.as_mut() {
+            poll.registry().register(u, UDP, Interest::READABLE)?;
+        }
+        if let Some(t) = tcp.as_mut() {
+            poll.registry().register(t, TCP, Interest::READABLE)?;
+        }
+        let udp_addr = udp.as_ref().map(|u| u.local_addr()).transpose()?;
+        let stream_addr = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
+        let stats = Arc::new(Mutex::new(FrontStats::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut lp = Loop {
+            poll,
+            server: TurnServer::new(cfg.server.clone()),
+            net: Net {
+                udp,
+                relays: HashMap::new(),
+                streams: HashMap::new(),
+                by_addr: HashMap::new(),
+                next_token: FIRST_DYNAMIC,
+                relay_ip: cfg.relay_ip,
+                relay_advertise_ip: cfg.relay_advertise_ip,
+                relay_ports: cfg.relay_ports,
+                relay_cursor: 0,
+                peers: cfg.peers,
+                stats: FrontStats::default(),
+                registry: None,
+                dirty: Vec::new(),
+            },
+            tcp,
+            acceptor,
+            shared: stats.clone(),
+            stop: stop.clone(),
+            buf: vec![0u8; BUF].into_boxed_slice(),
+        };
+        let join = std::thread::Builder::new()
+            .name("prism-turn".into())
+            .spawn(move || lp.run())?;
+        tracing::info!(udp = ?udp_addr, stream = ?stream_addr, "TURN server started");
+        Ok(Self {
+            udp_addr,
+            stream_addr,
+            stats,
+            stop,
+            waker,
+            join: Some(join),
+        })
+    }
+
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
+    }
+
+    pub fn stream_addr(&self) -> Option<SocketAddr> {
+        self.stream_addr
+    }
+
+    /// A snapshot of the counters (updated at every loop turn).
+    pub fn stats(&self) -> FrontStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    pub fn shutdown(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for TurnFront {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> io::Result<SslAcceptor> {
+    let err = |what: &str, e: openssl::error::ErrorStack| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("TURN TLS {what}: {e}"))
+    };
+    let mut b =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|e| err("context", e))?;
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| err(&format!("certificate {}", cert.display()), e))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(|e| err(&format!("key {}", key.display()), e))?;
+    b.check_private_key().map_err(|e| err("key check", e))?;
+    Ok(b.build())
+}
+
+enum Conn {
+    Tls(SslStream<TcpStream>),
+    Plain(TcpStream),
+}
+
+impl Conn {
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Conn::Tls(s) => s.get_mut(),
+            Conn::Plain(s) => s,
+        }
+    }
+}
+
+struct Stream {
+    conn: Conn,
+    addr: SocketAddr,
+    handshaking: bool,
+    since: Instant,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+struct Relay {
+    sock: UdpSocket,
+    id: RelayId,
+}
+
+/// The sockets the server writes to: the [`TurnIo`] of the front.
+struct Net {
+    udp: Option<UdpSocket>,
+    relays: HashMap<Token, Relay>,
+    streams: HashMap<Token, Stream>,
+    by_addr: HashMap<SocketAddr, Token>,
+    next_token: usize,
+    relay_ip: IpAddr,
+    relay_advertise_ip: Option<IpAddr>,
+    relay_ports: Option<(u16, u16)>,
+    relay_cursor: u32,
+    peers: Vec<(SocketAddr, SocketAddr)>,
+    stats: FrontStats,
+    registry: Option<mio::Registry>,
+    /// Streams with bytes to write.
+    dirty: Vec<Token>,
+}
+
+impl Net {
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token = self.next_token.wrapping_add(1).max(FIRST_DYNAMIC);
+        t
+    }
+
+    fn bind_relay(&mut self) -> Option<UdpSocket> {
+        let Some((lo, hi)) = self.relay_ports else {
+            return UdpSocket::bind(SocketAddr::new(self.relay_ip, 0)).ok();
+        };
+        let span = u32::from(hi.saturating_sub(lo)) + 1;
+        for _ in 0..span {
+            let port = lo as u32 + self.relay_cursor % span;
+            self.relay_cursor = self.relay_cursor.wrapping_add(1);
+            if let Ok(s) = UdpSocket::bind(SocketAddr::new(self.relay_ip, port as u16)) {
+                return Some(s);
+            }
+        }
+        None
+    }
+}
+
+impl TurnIo for Net {
+    fn to_client(&mut self, client: ClientKey, bytes: &[u8]) {
+        match client.proto {
+            Proto::Udp => {
+                if let Some(u) = &self.udp {
+                    if u.send_to(bytes, client.addr).is_err() {
+                        self.stats.send_errors += 1;
+                    }
+                }
+            }
+            Proto::Stream => {
+                let Some(&tok) = self.by_addr.get(&client.addr) else {
+                    return;
+                };
+                if let Some(s) = self.streams.get_mut(&tok) {
+                    if s.out.len() + bytes.len() > MAX_PENDING_OUT {
+                        self.stats.stream_slow_reader += 1;
+                        return;
+                    }
+                    if s.out.is_empty() {
+                        self.dirty.push(tok);
+                    }
+                    s.out.extend_from_slice(bytes);
+                }
+            }
+        }
+    }
+
+    fn to_peer(&mut self, relay: RelayId, peer: SocketAddr, bytes: &[u8]) {
+        let Some(&(_, target)) = self.peers.iter().find(|p| p.0 == peer) else {
+            return;
+        };
+        let Some(r) = self.relays.get(&Token(relay.0 as usize)) else {
+            return;
+        };
+        if r.sock.send_to(bytes, target).is_err() {
+            self.stats.send_errors += 1;
+        }
+    }
+
+    fn open_relay(&mut self, _client: ClientKey) -> Option<(RelayId, SocketAddr)> {
+        let Some(mut sock) = self.bind_relay() else {
+            self.stats.relay_bind_failed += 1;
+            return None;
+        };
+        let tok = self.token();
+        let reg = self.registry.as_ref()?;
+        reg.register(&mut sock, tok, Interest::READABLE).ok()?;
+        let local = sock.local_addr().ok()?;
+        let id = RelayId(tok.0 as u64);
+        self.relays.insert(tok, Relay { sock, id });
+        let ip = self.relay_advertise_ip.unwrap_or(local.ip());
+        Some((id, SocketAddr::new(ip, local.port())))
+    }
+
+    fn close_relay(&mut self, relay: RelayId) {
+        if let Some(mut r) = self.relays.remove(&Token(relay.0 as usize)) {
+            if let Some(reg) = &self.registry {
+                let _ = reg.deregister(&mut r.sock);
+            }
+        }
+    }
+}
+
+struct Loop {
+    poll: Poll,
+    server: TurnServer,
+    net: Net,
+    tcp: Option<TcpListener>,
+    acceptor: Option<SslAcceptor>,
+    shared: Arc<Mutex<FrontStats>>,
+    stop: Arc<AtomicBool>,
+    buf: Box<[u8]>,
+}
+
+impl Loop {
+    fn run(&mut self) {
+        self.net.registry = self.poll.registry().try_clone().ok();
+        let mut events = Events::with_capacity(256);
+        let mut last_sweep = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(500)))
+            {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "TURN poll failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    UDP => self.udp_readable(now),
+                    TCP => self.accept(now),
+                    WAKE => {}
+                    tok if self.net.relays.contains_key(&tok) => self.relay_readable(now, tok),
+                    tok => self.stream_event(now, tok),
+                }
+            }
+            self.flush_streams();
+            if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+                last_sweep = now;
+                self.server.handle_timeout(now, &mut self.net);
+                self.expire_handshakes(now);
+            }
+            if let Ok(mut s) = self.shared.lock() {
+                *s = self.net.stats;
+                s.server = self.server.stats();
+                s.streams_active = self.net.streams.len() as u64;
+            }
+        }
+    }
+
+    fn udp_readable(&mut self, now: Instant) {
+        loop {
+            let Some(u) = self.net.udp.as_ref() else {
+                return;
+            };
+            match u.recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    let key = ClientKey {
+                        proto: Proto::Udp,
+                        addr: from,
+                    };
+                    let data = self.buf.get(..n).unwrap_or(&[]);
+                    self.server.handle_client(now, key, data, &mut self.net);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ICMP errors surface here on Linux; they concern one peer, not the socket.
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn relay_readable(&mut self, now: Instant, tok: Token) {
+        loop {
+            let Some(r) = self.net.relays.get(&tok) else {
+                return;
+            };
+            let id = r.id;
+            match r.sock.recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    // Name the peer as the client knows it (the advertised media address).
+                    let Some(&(peer, _)) = self.net.peers.iter().find(|p| p.1 == from) else {
+                        self.net.stats.unknown_peer += 1;
+                        continue;
+                    };
+                    let data = self.buf.get(..n).unwrap_or(&[]);
+                    self.server.handle_peer(now, id, peer, data, &mut self.net);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(l) = self.tcp.as_ref() else { return };
+            let (mut sock, addr) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            if self.net.streams.len() >= MAX_STREAMS {
+                self.net.stats.streams_refused += 1;
+                continue;
+            }
+            let _ = sock.set_nodelay(true);
+            let tok = self.net.token();
+            if self
+                .poll
+                .registry()
+                .register(&mut sock, tok, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            let conn = match &self.acceptor {
+                Some(acc) => match Ssl::new(acc.context()).and_then(|ssl| {
+                    SslStream::new(ssl, sock).map_err(|_| openssl::error::ErrorStack::get())
+                }) {
+                    Ok(s) => Conn::Tls(s),
+                    Err(_) => continue,
+                },
+                None => Conn::Plain(sock),
+            };
+            let handshaking = matches!(conn, Conn::Tls(_));
+            self.net.stats.streams_accepted += 1;
+            self.net.by_addr.insert(addr, tok);
+            self.net.streams.insert(
+                tok,
+                Stream {
+                    conn,
+                    addr,
+                    handshaking,
+                    since: now,
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
+                },
+            );
+            // The first bytes may already be there (edge-triggered).
+            self.stream_event(now, tok);
+        }
+    }
+
+    fn stream_event(&mut self, now: Instant, tok: Token) {
+        if let Err(why) = self.stream_io(now, tok) {
+            match why {
+                Close::Handshake => self.net.stats.tls_handshake_failed += 1,
+                Close::Invalid => self.net.stats.stream_invalid += 1,
+                Close::Eof => {}
+            }
+            self.close_stream(tok);
+        }
+    }
+
+    fn stream_io(&mut self, now: Instant, tok: Token) -> Result<(), Close> {
+        let Some(s) = self.net.streams.get_mut(&tok) else {
+            return Ok(());
+        };
+        if s.handshaking {
+            let Conn::Tls(tls) = &mut s.conn else {
+                return Err(Close::Handshake);
+            };
+            match tls.accept() {
+                Ok(()) => s.handshaking = false,
+                Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
+                    return Ok(())
+                }
+                Err(_) => return Err(Close::Handshake),
+            }
+        }
+        // Read everything there is (edge-triggered), cutting frames as they complete.
+        let mut eof = false;
+        loop {
+            let r = match &mut s.conn {
+                Conn::Tls(t) => match t.ssl_read(&mut self.buf) {
+                    Ok(0) => Ok(0),
+                    Ok(n) => Ok(n),
+                    Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
+                        Err(io::ErrorKind::WouldBlock)
+                    }
+                    Err(e) if e.code() == ErrorCode::ZERO_RETURN => Ok(0),
+                    Err(_) => Err(io::ErrorKind::ConnectionReset),
+                },
+                Conn::Plain(p) => p.read(&mut self.buf).map_err(|e| e.kind()),
+            };
+            match r {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => s.inbuf.extend_from_slice(self.buf.get(..n).unwrap_or(&[])),
+                Err(io::ErrorKind::WouldBlock) => break,
+                Err(io::ErrorKind::Interrupted) => {}
+                Err(_) => return Err(Close::Eof),
+            }
+            if s.inbuf.len() > BUF {
+                break;
+            }
+        }
+        let key = ClientKey {
+            proto: Proto::Stream,
+            addr: s.addr,
+        };
+        let mut inbuf = std::mem::take(&mut s.inbuf);
+        let mut at = 0;
+        let res = loop {
+            match next_frame(inbuf.get(at..).unwrap_or(&[])) {
+                Frame::Complete(n) => {
+                    let frame = inbuf.get(at..at + n).unwrap_or(&[]);
+                    self.server.handle_client(now, key, frame, &mut self.net);
+                    at += n;
+                }
+                Frame::Partial => break Ok(()),
+                Frame::Invalid => break Err(Close::Invalid),
+            }
+        };
+        inbuf.drain(..at.min(inbuf.len()));
+        if let Some(s) = self.net.streams.get_mut(&tok) {
+            s.inbuf = inbuf;
+        }
+        res?;
+        self.flush_stream(tok)?;
+        if eof {
+            return Err(Close::Eof);
+        }
+        Ok(())
+    }
+
+    fn flush_streams(&mut self) {
+        let dirty = std::mem::take(&mut self.net.dirty);
+        for tok in dirty {
+            if self.flush_stream(tok).is_err() {
+                self.close_stream(tok);
+            }
+        }
+    }
+
+    fn flush_stream(&mut self, tok: Token) -> Result<(), Close> {
+        let Some(s) = self.net.streams.get_mut(&tok) else {
+            return Ok(());
+        };
+        if s.handshaking {
+            return Ok(());
+        }
+        let mut done = 0;
+        while done < s.out.len() {
+            let chunk = s.out.get(done..).unwrap_or(&[]);
+            let r = match &mut s.conn {
+                Conn::Tls(t) => match t.ssl_write(chunk) {
+                    Ok(n) => Ok(n),
+                    Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
+                        Err(io::ErrorKind::WouldBlock)
+                    }
+                    Err(_) => Err(io::ErrorKind::ConnectionReset),
+                },
+                Conn::Plain(p) => p.write(chunk).map_err(|e| e.kind()),
+            };
+            match r {
+                Ok(0) => return Err(Close::Eof),
+                Ok(n) => done += n,
+                Err(io::ErrorKind::WouldBlock) => break,
+                Err(io::ErrorKind::Interrupted) => {}
+                Err(_) => return Err(Close::Eof),
+            }
+        }
+        s.out.drain(..done);
+        let _ = s.conn.tcp().flush();
+        Ok(())
+    }
+
+    fn expire_handshakes(&mut self, now: Instant) {
+        let late: Vec<Token> = self
+            .net
+            .streams
+            .iter()
+            .filter(|(_, s)| s.handshaking && now.duration_since(s.since) > HANDSHAKE_TIMEOUT)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in late {
+            self.net.stats.handshake_timeout += 1;
+            self.close_stream(t);
+        }
+    }
+
+    fn close_stream(&mut self, tok: Token) {
+        let Some(mut s) = self.net.streams.remove(&tok) else {
+            return;
+        };
+        self.net.by_addr.remove(&s.addr);
+        let _ = self.poll.registry().deregister(s.conn.tcp());
+        let key = ClientKey {
+            proto: Proto::Stream,
+            addr: s.addr,
+        };
+        self.server.client_closed(key, &mut self.net);
+    }
+}
+
+enum Close {
+    Handshake,
+    Invalid,
+    Eof,
+}
