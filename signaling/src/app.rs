@@ -17,7 +17,7 @@ pub struct RoomServiceOptions {
 }
 
 /// What `prism serve` configures beyond keys and the media plane.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ServeOptions {
     pub room_defaults: RoomDefaults,
     pub room_service: RoomServiceOptions,

@@ -66,14 +66,21 @@ impl Serve {
     }
 
     fn start_with(config: &Path, env: &[(&str, &str)], flags: &[&str]) -> Serve {
+        let mut args = vec!["serve".to_owned(), "--config".to_owned()];
+        args.push(config.display().to_string());
+        args.extend(flags.iter().map(|f| f.to_string()));
+        Self::start_args(&args, env)
+    }
+
+    fn start_args(args: &[String], env: &[(&str, &str)]) -> Serve {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_prism"));
-        cmd.args(["serve", "--config"])
-            .arg(config)
-            .args(flags)
+        cmd.args(args)
             .env_remove("LIVEKIT_KEYS")
             .env_remove("PRISM_KEYS")
             .env_remove("RUST_LOG")
             .env_remove("NODE_IP")
+            .env_remove("LIVEKIT_CONFIG")
+            .env_remove("UDP_PORT")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -327,4 +334,260 @@ fn bad_configs_stop_the_server_with_a_reason() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/prism.yaml"));
+}
+
+/// A STUN server on loopback that tells every asker it is `mapped` (the NAT's address of
+/// a cloud VM); it answers until the test process ends.
+fn fake_stun(mapped: std::net::Ipv4Addr) -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 20 {
+                continue;
+            }
+            let mut a = Vec::with_capacity(32);
+            a.extend_from_slice(&0x0101u16.to_be_bytes()); // Binding success
+            a.extend_from_slice(&12u16.to_be_bytes());
+            a.extend_from_slice(&buf[4..20]); // cookie and transaction id
+            a.extend_from_slice(&0x0020u16.to_be_bytes()); // XOR-MAPPED-ADDRESS
+            a.extend_from_slice(&8u16.to_be_bytes());
+            a.extend_from_slice(&[0, 1]);
+            a.extend_from_slice(&(from.port() ^ 0x2112).to_be_bytes());
+            a.extend_from_slice(&(u32::from(mapped) ^ 0x2112_A442).to_be_bytes());
+            let _ = sock.send_to(&a, from);
+        }
+    });
+    addr
+}
+
+/// LiveKit's own `config-sample.yaml` with every key uncommented (the fixture, made by
+/// `scripts/livekit-config-sample.py` from the stored LiveKit repository), given the way
+/// a container gives it (`LIVEKIT_CONFIG`). Only values are changed: ports to free ones,
+/// the STUN server to one on loopback, the coturn secret file to a temporary one.
+fn livekit_sample(port: u16, tcp: u16, stun: std::net::SocketAddr, secret: &Path) -> String {
+    let sample = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/livekit-config-sample.yaml"),
+    )
+    .unwrap();
+    let mut out = String::new();
+    for line in sample.lines() {
+        let line = match line {
+            "port: 7880" => format!("port: {port}"),
+            "  port_range_start: 50000" => "  port_range_start: 0".into(),
+            "  port_range_end: 60000" => "  port_range_end: 0".into(),
+            "  tcp_port: 7881" => format!("  tcp_port: {tcp}"),
+            "    - server1" => format!("    - {stun}"),
+            l if l.contains("/var/lib/coturn/secret") => {
+                format!("      secret_file: {}", secret.display())
+            }
+            l => l.to_owned(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Prism starts on LiveKit's sample configuration: one warning line for each LiveKit key
+/// it does not implement (and none for the keys it does), and the keys it implements take
+/// effect: the port, `keys`, `use_external_ip` (the address the STUN server reports is
+/// advertised, first) with `advertise_internal_ip` (the bound address after it).
+#[test]
+fn livekit_config_sample_starts_and_names_each_key_it_ignores() {
+    let _g = serial();
+    let port = free_port();
+    let tcp = free_port();
+    let stun = fake_stun("198.51.100.20".parse().unwrap());
+    let secret = std::env::temp_dir().join(format!("prism-coturn-{}", std::process::id()));
+    std::fs::write(&secret, "a-shared-secret-for-the-test\n").unwrap();
+    let body = livekit_sample(port, tcp, stun, &secret);
+    let mut serve = Serve::start_args(
+        &["serve".to_owned(), "--cores".to_owned(), "0".to_owned()],
+        &[("LIVEKIT_CONFIG", &body)],
+    );
+    let banner = serve.wait_for("listening line", |l| l.starts_with("prism: listening on"));
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{port}"))
+            && banner.contains("advertised as 198.51.100.20, 127.0.0.1"),
+        "{banner}"
+    );
+    let ignored: Vec<String> = serve
+        .seen
+        .iter()
+        .filter(|l| l.contains("Prism does not implement it"))
+        .filter_map(|l| l.split('`').nth(1).map(str::to_owned))
+        .collect();
+    let mut unique = ignored.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ignored.len(), "one line per key: {ignored:?}");
+    for key in [
+        "redis.address",
+        "redis.tls.enabled",
+        "redis.sentinel_addresses",
+        "rtc.congestion_control.allow_pause",
+        "rtc.skip_external_ip_validation",
+        "rtc.pli_throttle.low_quality",
+        "rtc.interfaces.includes",
+        "rtc.batch_io.batch_size",
+        "prometheus_port",
+        "debug_handler_port.port",
+        "logging.pion_level",
+        "room.enabled_codecs",
+        "room.playout_delay.min",
+        "webhook.urls",
+        "signal_relay.retry_timeout",
+        "psrpc.max_attempts",
+        "audio.active_red_encoding",
+        "ingress.rtmp_base_url",
+        "region",
+        "node_selector.regions",
+        "limit.max_api_request_body_size",
+    ] {
+        assert!(
+            ignored.iter().any(|k| k == key),
+            "no warning for {key}: {ignored:?}"
+        );
+    }
+    for implemented in [
+        "port",
+        "keys",
+        "rtc.tcp_port",
+        "rtc.node_ip",
+        "rtc.use_external_ip",
+        "rtc.stun_servers",
+        "rtc.turn_servers",
+        "rtc.packet_buffer_size_video",
+        "room.max_participants",
+        "turn.udp_port",
+    ] {
+        assert!(
+            !ignored
+                .iter()
+                .any(|k| k == implemented || k.starts_with(&format!("{implemented}."))),
+            "{implemented} is implemented but was reported as ignored"
+        );
+    }
+    // The sample's own key signs tokens; WHIP answers carry both advertised addresses.
+    let offer = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aiortc_offer.sdp"),
+    )
+    .unwrap();
+    let publish = VideoGrant {
+        room_join: true,
+        room: "sample".into(),
+        can_publish: Some(true),
+        ..Default::default()
+    };
+    let (status, answer) = http_at(
+        &format!("127.0.0.1:{port}"),
+        "POST",
+        "/whip/sample",
+        Some(&token_for("whip-pub", "key1", "secret1", publish)),
+        Some(&offer),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let udp: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:") && (l.contains(" udp ") || l.contains(" UDP ")))
+        .collect();
+    // Every media section lists the same two, external first, then internal.
+    assert!(
+        !udp.is_empty()
+            && udp.len() % 2 == 0
+            && udp
+                .chunks(2)
+                .all(|c| { c[0].contains(" 198.51.100.20 ") && c[1].contains(" 127.0.0.1 ") }),
+        "external first, then internal: {udp:?}"
+    );
+    drop(serve);
+
+    // A key that is nobody's is still refused, by name; --disable-strict-config lets it by.
+    let typo = format!("{body}rtc_typo: 1\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(["serve", "--config-body", &typo])
+        .env_remove("LIVEKIT_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`rtc_typo`"), "{err}");
+    let mut serve = Serve::start_args(
+        &[
+            "serve".to_owned(),
+            "--disable-strict-config".to_owned(),
+            "--cores".to_owned(),
+            "0".to_owned(),
+            "--config-body".to_owned(),
+            typo,
+        ],
+        &[],
+    );
+    serve.wait_for("listening line", |l| l.starts_with("prism: listening on"));
+    assert!(
+        serve
+            .seen
+            .iter()
+            .any(|l| l.contains("`rtc_typo` is neither Prism's nor LiveKit's")),
+        "{:?}",
+        serve.seen
+    );
+    let _ = std::fs::remove_file(&secret);
+}
+
+/// `--help` answers on every subcommand, and LiveKit's flags are known.
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["token", "--help"],
+        &["token", "create", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_prism"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Usage:"),
+            "{args:?}: {text}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--dev",
+        "--bind",
+        "--config",
+        "--config-body",
+        "--keys",
+        "--key-file",
+        "--node-ip",
+        "--udp-port",
+        "--redis-host",
+        "--redis-password",
+        "--turn-cert",
+        "--disable-strict-config",
+    ] {
+        assert!(text.contains(flag), "serve --help lacks {flag}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args([
+            "token",
+            "create",
+            "--room",
+            "r",
+            "--identity",
+            "i",
+            "--bogus",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
 }

@@ -7,71 +7,74 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use clap::Parser;
 use prism_forwarder::control::socket::{serve, ControlListen};
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 
-const USAGE: &str = "\
-prism-forwarder: Prism's media plane, controlled over a socket
-
-USAGE:
-    prism-forwarder [OPTIONS]
-
-OPTIONS:
-    --control-unix PATH     serve control on a Unix socket (default: /tmp/prism-forwarder.sock)
-    --control-tcp ADDR      serve control on TCP (loopback only unless --secret is given)
-    --secret S              shared secret the control client sends first (or PRISM_CONTROL_SECRET)
-    --bind IP               address the media sockets bind to (default 127.0.0.1)
-    --port N                UDP port of core 0; core i uses N+i (default 0: kernel chooses)
-    --cores LIST            CPU ids to run cores on, e.g. 0,1 (default: every CPU)
-    --no-pin                do not pin core threads to their CPUs
-    --driver KIND           auto | io_uring | mmsg (default auto)
-    --log LEVEL             error | warn | info | debug | trace (default info, or RUST_LOG)
-    -h, --help              this text
-";
+/// Prism's media plane, controlled over a socket.
+#[derive(Parser, Debug)]
+#[command(name = "prism-forwarder", version)]
+struct Cli {
+    /// Serve control on a Unix socket (default /tmp/prism-forwarder.sock).
+    #[arg(long, value_name = "PATH")]
+    control_unix: Option<PathBuf>,
+    /// Serve control on TCP (loopback only unless --secret is given).
+    #[arg(long, value_name = "ADDR", conflicts_with = "control_unix")]
+    control_tcp: Option<SocketAddr>,
+    /// Shared secret the control client sends first.
+    #[arg(long, env = "PRISM_CONTROL_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Address the media sockets bind to (default 127.0.0.1).
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// Address clients are given for media when it is not the bound one (behind NAT, or
+    /// with --bind 0.0.0.0).
+    #[arg(long, value_name = "IP", env = "NODE_IP")]
+    node_ip: Option<IpAddr>,
+    /// UDP port of core 0; core i uses PORT+i (default 0: the kernel chooses).
+    #[arg(long, alias = "udp-port", value_name = "PORT", default_value_t = 0)]
+    port: u16,
+    /// CPU ids to run cores on, e.g. 0,1 (default: every CPU).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Do not pin core threads to their CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// I/O driver.
+    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = ["auto", "io_uring", "uring", "mmsg"])]
+    driver: String,
+    /// error, warn, info, debug, trace, or a tracing filter (default: RUST_LOG, else info).
+    #[arg(long, alias = "log-level", value_name = "LEVEL")]
+    log: Option<String>,
+}
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
     let mut cfg = ForwarderConfig::default();
-    let mut listen: Option<ControlListen> = None;
-    let mut secret = std::env::var("PRISM_CONTROL_SECRET").ok();
-    let mut log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(());
-            }
-            "--control-unix" => listen = Some(ControlListen::Unix(PathBuf::from(val()?))),
-            "--control-tcp" => {
-                let addr: SocketAddr = val()?.parse().context("--control-tcp")?;
-                listen = Some(ControlListen::Tcp { addr, secret: None });
-            }
-            "--secret" => secret = Some(val()?),
-            "--bind" => cfg.bind_ip = val()?.parse::<IpAddr>().context("--bind")?,
-            "--port" => cfg.base_port = val()?.parse().context("--port")?,
-            "--cores" => {
-                cfg.cores = val()?
-                    .split(',')
-                    .map(|c| c.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .context("--cores")?
-            }
-            "--no-pin" => cfg.pin = false,
-            "--driver" => {
-                cfg.driver = match val()?.as_str() {
-                    "auto" => DriverKind::Auto,
-                    "io_uring" | "uring" => DriverKind::IoUring,
-                    "mmsg" => DriverKind::Mmsg,
-                    other => bail!("unknown driver {other:?} (auto, io_uring, mmsg)"),
-                }
-            }
-            "--log" => log = val()?,
-            other => bail!("unknown option {other:?}\n\n{USAGE}"),
-        }
+    if let Some(ip) = cli.bind {
+        cfg.bind_ip = ip;
     }
+    cfg.engine.advertise_ip = cli.node_ip;
+    cfg.base_port = cli.port;
+    cfg.cores = cli.cores;
+    cfg.pin = !cli.no_pin;
+    cfg.driver = match cli.driver.as_str() {
+        "io_uring" | "uring" => DriverKind::IoUring,
+        "mmsg" => DriverKind::Mmsg,
+        _ => DriverKind::Auto,
+    };
+    let secret = cli.secret;
+    let log = cli
+        .log
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let listen = match (cli.control_tcp, cli.control_unix) {
+        (Some(addr), _) => Some(ControlListen::Tcp { addr, secret: None }),
+        (None, Some(p)) => Some(ControlListen::Unix(p)),
+        (None, None) => None,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(log))
         .init();

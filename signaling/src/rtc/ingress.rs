@@ -89,7 +89,8 @@ impl Room {
         let (addr, sha) = self
             .core
             .ok_or_else(|| RtcError::MediaPlane("the room has no core yet".into()))?;
-        let mut params = ServerParams::new(ufrag, pwd, sha, vec![addr]);
+        let candidates = super::node::candidates(&self.candidate_ips, addr);
+        let mut params = ServerParams::new(ufrag, pwd, sha, candidates);
         params.session_id = u64::from(random_u32());
         Ok(params)
     }

@@ -130,7 +130,7 @@ impl RoomManager {
         let room = Room::new(
             name.clone(),
             opts,
-            self.inner.defaults,
+            self.inner.defaults.clone(),
             self.inner.media.clone(),
             self.inner.counters.clone(),
             handle.clone(),

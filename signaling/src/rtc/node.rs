@@ -2,15 +2,41 @@
 //! say, and the counters `/metrics` reports. Counters are atomics, so rooms (each its own
 //! task) count without talking to each other.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Room lifetimes, in seconds, when the room's creator does not say (LiveKit's defaults).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RoomDefaults {
     /// A room nobody has joined yet closes after this long.
     pub empty_timeout: u32,
     /// A room closes this long after its last participant left.
     pub departure_timeout: u32,
+    /// Participants a room holds at most, 0 for no limit.
+    pub max_participants: u32,
+    /// The addresses clients are given for media, most preferred first, each with the
+    /// room core's port (`rtc.node_ip` with several addresses, or an external address
+    /// and the internal one). Empty: the address the core reports.
+    pub candidate_ips: Arc<[IpAddr]>,
+}
+
+impl RoomDefaults {
+    /// The media candidates for a core whose own address is `core`.
+    pub fn candidates(&self, core: SocketAddr) -> Vec<SocketAddr> {
+        candidates(&self.candidate_ips, core)
+    }
+}
+
+/// The media candidates for a core whose own address is `core`, given the configured
+/// addresses (the core's own port on each; the core's address itself when none).
+pub(crate) fn candidates(ips: &[IpAddr], core: SocketAddr) -> Vec<SocketAddr> {
+    if ips.is_empty() {
+        return vec![core];
+    }
+    ips.iter()
+        .map(|&ip| SocketAddr::new(ip, core.port()))
+        .collect()
 }
 
 impl Default for RoomDefaults {
@@ -18,6 +44,8 @@ impl Default for RoomDefaults {
         Self {
             empty_timeout: 300,
             departure_timeout: 20,
+            max_participants: 0,
+            candidate_ips: Arc::from(Vec::new()),
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct OfferInput<'a> {
     pub room_id: MediaRoomId,
     /// The room core's address and certificate fingerprint.
     pub core: (SocketAddr, [u8; 32]),
+    /// The addresses clients are given for media (empty: the core's).
+    pub candidate_ips: &'a [std::net::IpAddr],
     /// The publisher transport, if an earlier offer created it.
     pub pc: Option<&'a PubPc>,
     pub pending: &'a [PendingTrack],
@@ -121,7 +123,8 @@ pub fn decide_offer(
     };
     pc.version += 1;
     let (addr, sha) = input.core;
-    let mut params = ServerParams::new(&pc.ufrag, &pc.pwd, sha, vec![addr]);
+    let candidates = super::node::candidates(input.candidate_ips, addr);
+    let mut params = ServerParams::new(&pc.ufrag, &pc.pwd, sha, candidates);
     params.session_id = pc.session_id;
     params.session_version = pc.version;
     let (answer, choices) = AnswerBuilder::new(offer, &params).build_with_choices()?;
@@ -282,6 +285,7 @@ impl Room {
             &OfferInput {
                 room_id: self.id,
                 core,
+                candidate_ips: &self.candidate_ips,
                 pc: p.publisher.as_ref(),
                 pending: &p.pending,
                 can_publish: p.permission.can_publish,
@@ -533,6 +537,7 @@ mod tests {
         OfferInput {
             room_id: MediaRoomId(7),
             core: ("127.0.0.1:7882".parse().unwrap(), [0xab; 32]),
+            candidate_ips: &[],
             pc,
             pending,
             can_publish: true,

@@ -181,6 +181,8 @@ pub struct Room {
     pub participants: Vec<Participant>,
     /// The room's core: its address and certificate fingerprint, from `RoomCreated`.
     pub(crate) core: Option<(SocketAddr, [u8; 32])>,
+    /// The addresses clients are given for media (see [`RoomDefaults::candidate_ips`]).
+    pub(crate) candidate_ips: Arc<[std::net::IpAddr]>,
     /// Signaling that needs the core, held until `RoomCreated` arrives.
     pub(crate) deferred: Vec<RoomMsg>,
     /// Since when the room has had nobody in it, and whether anyone ever joined.
@@ -249,7 +251,8 @@ impl Room {
             metadata: opts.metadata.clone(),
             empty_timeout: or(opts.empty_timeout, defaults.empty_timeout),
             departure_timeout: or(opts.departure_timeout, defaults.departure_timeout),
-            max_participants: opts.max_participants,
+            max_participants: or(opts.max_participants, defaults.max_participants),
+            candidate_ips: defaults.candidate_ips.clone(),
             participants: Vec::new(),
             core: None,
             deferred: Vec::new(),

@@ -259,6 +259,7 @@ impl Room {
         let Some((addr, sha)) = self.core else {
             return;
         };
+        let candidates = super::node::candidates(&self.candidate_ips, addr);
         let Some(p) = self.participant_mut(pid) else {
             return;
         };
@@ -271,7 +272,7 @@ impl Room {
             return;
         }
         pc.version += 1;
-        let mut params = crate::sdp::ServerParams::new(&pc.ufrag, &pc.pwd, sha, vec![addr]);
+        let mut params = crate::sdp::ServerParams::new(&pc.ufrag, &pc.pwd, sha, candidates);
         params.session_id = pc.session_id;
         params.session_version = pc.version;
         let mut builder = OfferBuilder::new(&params);
