@@ -32,6 +32,7 @@ use crate::io::uring::{UringConfig, UringDriver};
 use crate::io::{Driver, DriverKind, Waker};
 use crate::tunnel::ice_tcp::{IceTcpConfig, IceTcpFront};
 use crate::tunnel::{self, CoreTunnels, FrontCounters, FrontEnd, FrontKind, IceRoutes};
+use crate::turn::front::TurnFront;
 use worker::WorkerShared;
 
 /// How the media plane is laid out.
@@ -55,6 +56,8 @@ pub struct ForwarderConfig {
     pub tcp_port: Option<u16>,
     /// Limits of the ICE-TCP front.
     pub ice_tcp: IceTcpConfig,
+    /// The embedded TURN server; its peers are filled in with the cores' addresses.
+    pub turn: Option<crate::turn::front::FrontConfig>,
 }
 
 impl Default for ForwarderConfig {
@@ -71,6 +74,7 @@ impl Default for ForwarderConfig {
             engine: EngineConfig::default(),
             tcp_port: None,
             ice_tcp: IceTcpConfig::default(),
+            turn: None,
         }
     }
 }
@@ -88,6 +92,7 @@ struct Worker {
 pub struct Forwarder {
     workers: Vec<Worker>,
     tcp: Option<TcpFront>,
+    turn: Option<TurnFront>,
     router: Option<JoinHandle<()>>,
     stop_router: Sender<()>,
     client: ControlClient,
@@ -139,6 +144,8 @@ impl Forwarder {
             None => None,
         };
         let mut front_ends: Vec<FrontEnd> = Vec::new();
+        let mut turn = cfg.turn.clone().map(TurnFront::bind).transpose()?;
+        let (mut turn_ends, mut turn_peers) = (Vec::new(), Vec::new());
         let mut workers = Vec::with_capacity(cpus.len());
         for (i, &cpu) in cpus.iter().enumerate() {
             let port = if cfg.base_port == 0 {
@@ -168,6 +175,21 @@ impl Forwarder {
                 front_ends.push(fe);
                 ends.push(ce);
             }
+            if let Some(t) = &turn {
+                let (fe, ce) = tunnel::link(
+                    FrontKind::Turn,
+                    tunnel::QUEUE_CAPACITY,
+                    t.waker(),
+                    t.counters(),
+                );
+                turn_ends.push(fe);
+                ends.push(ce);
+                turn_peers.extend(crate::turn::front::core_peers(
+                    i,
+                    sock.local_addr()?,
+                    ecfg.advertise_ip,
+                ));
+            }
             let worker = spawn(
                 i,
                 cpu,
@@ -183,10 +205,18 @@ impl Forwarder {
             if let Some(fe) = front_ends.get_mut(i) {
                 fe.wake_core = Some(worker.waker.clone());
             }
+            if let Some(fe) = turn_ends.get_mut(i) {
+                fe.wake_core = Some(worker.waker.clone());
+            }
             workers.push(worker);
         }
         let routes = IceRoutes::default();
         let mut fronts = Vec::new();
+        if let Some(t) = &mut turn {
+            let listen = t.udp_addr().or(t.stream_addr()).map(|a| a.to_string());
+            fronts.push((FrontKind::Turn, listen.unwrap_or_default(), t.counters()));
+            t.spawn_linked(turn_ends, turn_peers)?;
+        }
         let tcp = match front {
             Some(f) => {
                 let local = f.local_addr();
@@ -230,6 +260,7 @@ impl Forwarder {
         Ok(Self {
             workers,
             tcp,
+            turn,
             router: Some(router),
             stop_router: stop_tx,
             client,
@@ -251,6 +282,11 @@ impl Forwarder {
         self.tcp.as_ref().map(|t| t.local)
     }
 
+    /// The embedded TURN server, when it runs.
+    pub fn turn(&self) -> Option<&TurnFront> {
+        self.turn.as_ref()
+    }
+
     /// The I/O driver the cores use.
     pub fn driver_name(&self) -> &'static str {
         self.workers.first().map_or("none", |w| w.driver)
@@ -262,6 +298,8 @@ impl Forwarder {
     }
 
     fn stop(&mut self) {
+        // TURN first: it feeds the cores.
+        drop(self.turn.take());
         let _ = self.stop_router.try_send(());
         if let Some(r) = self.router.take() {
             let _ = r.join();

@@ -1,17 +1,27 @@
 //! The TURN server's sockets, on one thread: a UDP socket on `turn.udp_port`, a TLS (or,
-//! behind a TLS-terminating load balancer, plain TCP) listener on `turn.tls_port`, and one
-//! UDP relay socket per allocation, all on one mio poll.
+//! behind a TLS-terminating load balancer, plain TCP) listener on `turn.tls_port`, all on
+//! one mio poll.
 //!
 //! TURN carries little traffic next to the media plane (only the clients that cannot reach
 //! it directly), so one thread is enough, and it keeps the media cores free of TLS and of
-//! TURN state. Peer data leaves through the allocation's relay socket toward the media
-//! socket of a core on this host; see `docs/decisions.md` for why, and for the cost.
+//! TURN state.
+//!
+//! Peer data takes one of two paths:
+//! - **Through the tunnel seam** (`crate::tunnel`, the embedded case): the only peers are
+//!   this node's media sockets, so what a client sends to core *i*'s address is pushed into
+//!   core *i*'s inbound queue as from the allocation's virtual address
+//!   (`tunnel::virtual_addr(FrontKind::Turn, relay id)`), and what the core sends to that
+//!   address comes back through its outbound queue. No relay socket, no kernel round trip
+//!   between TURN and the forwarder; the XOR-RELAYED-ADDRESS given to clients is then
+//!   nominal (no socket is bound there, and nothing but this node is reachable through it).
+//! - **Through relay sockets** (a front started alone, [`TurnFront::start`]): one UDP
+//!   socket per allocation, sending to the peer's real address.
 //!
 //! Streams: each connection buffers what it read until [`super::next_frame`] cuts a whole
 //! STUN message or ChannelData frame, and what it could not write yet (capped; a client
-//! that does not read is closed). Anything that is neither, a failed TLS handshake, or a
-//! handshake that takes longer than [`HANDSHAKE_TIMEOUT`] closes the connection and is
-//! counted in [`FrontStats`]. Other sessions are unaffected.
+//! that does not read loses datagrams, counted). Anything that is neither, a failed TLS
+//! handshake, or a handshake that takes longer than [`HANDSHAKE_TIMEOUT`] closes the
+//! connection and is counted in [`FrontStats`]. Other sessions are unaffected.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -28,6 +38,7 @@ use openssl::ssl::{ErrorCode, Ssl, SslAcceptor, SslFiletype, SslMethod, SslStrea
 
 use super::server::{ClientKey, Proto, RelayId, TurnConfig, TurnIo, TurnServer, TurnStats};
 use super::{next_frame, Frame};
+use crate::tunnel::{self, FrontCounters, FrontEnd, FrontKind, TunnelDrop};
 
 const UDP: Token = Token(0);
 const TCP: Token = Token(1);
@@ -59,9 +70,52 @@ pub struct FrontConfig {
     pub relay_advertise_ip: Option<IpAddr>,
     /// Inclusive port range for relay sockets; `None` lets the kernel choose.
     pub relay_ports: Option<(u16, u16)>,
-    /// The media sockets clients may reach: (address clients name, address to send to).
-    pub peers: Vec<(SocketAddr, SocketAddr)>,
+    /// The media sockets clients may reach. Filled in by the forwarder when it starts the
+    /// front itself.
+    pub peers: Vec<Peer>,
     pub server: TurnConfig,
+}
+
+/// The peers core `core` offers through TURN: its socket `local` as clients name it (the
+/// advertised address first, then the bound one if it differs and is not a wildcard).
+pub fn core_peers(core: usize, local: SocketAddr, advertise: Option<IpAddr>) -> Vec<Peer> {
+    let mut out = Vec::new();
+    let actual = if local.ip().is_unspecified() {
+        let lo: IpAddr = if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(lo, local.port())
+    } else {
+        local
+    };
+    if let Some(ip) = advertise {
+        out.push(Peer {
+            named: SocketAddr::new(ip, local.port()),
+            actual,
+            core,
+        });
+    }
+    if !local.ip().is_unspecified() && advertise != Some(local.ip()) {
+        out.push(Peer {
+            named: local,
+            actual,
+            core,
+        });
+    }
+    out
+}
+
+/// A media socket a client may reach through TURN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The address clients name (the advertised candidate).
+    pub named: SocketAddr,
+    /// The address the socket is bound to (where relay sockets send).
+    pub actual: SocketAddr,
+    /// The core that owns it (index into the tunnel links).
+    pub core: usize,
 }
 
 /// Counters of the front, with the server's.
@@ -83,19 +137,44 @@ pub struct FrontStats {
 }
 
 /// A running TURN front.
-#[derive(Debug)]
 pub struct TurnFront {
     udp_addr: Option<SocketAddr>,
     stream_addr: Option<SocketAddr>,
     stats: Arc<Mutex<FrontStats>>,
+    counters: Arc<FrontCounters>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     join: Option<JoinHandle<()>>,
+    pending: Option<Box<Loop>>,
+}
+
+impl std::fmt::Debug for TurnFront {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnFront")
+            .field("udp", &self.udp_addr)
+            .field("stream", &self.stream_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+struct FrontWaker(Arc<Waker>);
+
+impl crate::io::Waker for FrontWaker {
+    fn wake(&self) {
+        let _ = self.0.wake();
+    }
 }
 
 impl TurnFront {
-    /// Binds every listener and starts the thread.
+    /// Binds every listener and starts the thread, relaying through sockets of its own.
     pub fn start(cfg: FrontConfig) -> io::Result<Self> {
+        let mut f = Self::bind(cfg)?;
+        f.spawn(Vec::new())?;
+        Ok(f)
+    }
+
+    /// Binds every listener; [`spawn`](Self::spawn) runs it once the cores are linked.
+    pub fn bind(cfg: FrontConfig) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let mut udp = match cfg.udp {
@@ -121,8 +200,13 @@ impl TurnFront {
         let udp_addr = udp.as_ref().map(|u| u.local_addr()).transpose()?;
         let stream_addr = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
         let stats = Arc::new(Mutex::new(FrontStats::default()));
+        let counters = Arc::new(FrontCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let mut lp = Loop {
+        let relay_advertise_ip = cfg
+            .relay_advertise_ip
+            .or(udp_addr.map(|a| a.ip()))
+            .unwrap_or(cfg.relay_ip);
+        let lp = Loop {
             poll,
             server: TurnServer::new(cfg.server.clone()),
             net: Net {
@@ -132,13 +216,17 @@ impl TurnFront {
                 by_addr: HashMap::new(),
                 next_token: FIRST_DYNAMIC,
                 relay_ip: cfg.relay_ip,
-                relay_advertise_ip: cfg.relay_advertise_ip,
+                relay_advertise_ip,
                 relay_ports: cfg.relay_ports,
                 relay_cursor: 0,
                 peers: cfg.peers,
                 stats: FrontStats::default(),
                 registry: None,
                 dirty: Vec::new(),
+                cores: Vec::new(),
+                wake_cores: Vec::new(),
+                counters: counters.clone(),
+                next_relay: 1,
             },
             tcp,
             acceptor,
@@ -146,18 +234,53 @@ impl TurnFront {
             stop: stop.clone(),
             buf: vec![0u8; BUF].into_boxed_slice(),
         };
-        let join = std::thread::Builder::new()
-            .name("prism-turn".into())
-            .spawn(move || lp.run())?;
-        tracing::info!(udp = ?udp_addr, stream = ?stream_addr, "TURN server started");
+        tracing::info!(udp = ?udp_addr, stream = ?stream_addr, "TURN server bound");
         Ok(Self {
             udp_addr,
             stream_addr,
             stats,
+            counters,
             stop,
             waker,
-            join: Some(join),
+            join: None,
+            pending: Some(Box::new(lp)),
         })
+    }
+
+    /// The waker cores use when they queued datagrams for the front.
+    pub fn waker(&self) -> Arc<dyn crate::io::Waker> {
+        Arc::new(FrontWaker(self.waker.clone()))
+    }
+
+    /// Counters shared with the cores (a full outbound queue) and `GetStats`.
+    pub fn counters(&self) -> Arc<FrontCounters> {
+        self.counters.clone()
+    }
+
+    /// Runs the front linked to the cores, relaying only to `peers` (from [`core_peers`]).
+    pub fn spawn_linked(&mut self, cores: Vec<FrontEnd>, peers: Vec<Peer>) -> io::Result<()> {
+        if let Some(lp) = self.pending.as_mut() {
+            lp.server
+                .set_allowed_peers(peers.iter().map(|p| p.named).collect());
+            lp.net.peers = peers;
+        }
+        self.spawn(cores)
+    }
+
+    /// Runs the front on its thread. With `cores` (one link per core, in core order),
+    /// peer data goes through the tunnel seam; without, through relay sockets.
+    pub fn spawn(&mut self, cores: Vec<FrontEnd>) -> io::Result<()> {
+        let Some(mut lp) = self.pending.take() else {
+            return Ok(());
+        };
+        lp.net.wake_cores = vec![false; cores.len()];
+        lp.net.cores = cores;
+        self.join = Some(
+            std::thread::Builder::new()
+                .name("prism-turn".into())
+                .spawn(move || lp.run())?,
+        );
+        Ok(())
     }
 
     pub fn udp_addr(&self) -> Option<SocketAddr> {
@@ -242,14 +365,20 @@ struct Net {
     by_addr: HashMap<SocketAddr, Token>,
     next_token: usize,
     relay_ip: IpAddr,
-    relay_advertise_ip: Option<IpAddr>,
+    relay_advertise_ip: IpAddr,
     relay_ports: Option<(u16, u16)>,
     relay_cursor: u32,
-    peers: Vec<(SocketAddr, SocketAddr)>,
+    peers: Vec<Peer>,
     stats: FrontStats,
     registry: Option<mio::Registry>,
     /// Streams with bytes to write.
     dirty: Vec<Token>,
+    /// Tunnel links, one per core; empty when relaying through sockets.
+    cores: Vec<FrontEnd>,
+    /// Cores that got datagrams this loop turn, woken once at its end.
+    wake_cores: Vec<bool>,
+    counters: Arc<FrontCounters>,
+    next_relay: u64,
 }
 
 impl Net {
@@ -304,18 +433,44 @@ impl TurnIo for Net {
     }
 
     fn to_peer(&mut self, relay: RelayId, peer: SocketAddr, bytes: &[u8]) {
-        let Some(&(_, target)) = self.peers.iter().find(|p| p.0 == peer) else {
+        let Some(p) = self.peers.iter().find(|p| p.named == peer).copied() else {
             return;
         };
+        if !self.cores.is_empty() {
+            let Some(link) = self.cores.get(p.core) else {
+                return;
+            };
+            let from = tunnel::virtual_addr(FrontKind::Turn, relay.0);
+            if link.inbound.push(from, bytes) {
+                if let Some(w) = self.wake_cores.get_mut(p.core) {
+                    *w = true;
+                }
+                self.counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_in
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            } else {
+                self.counters.dropped(TunnelDrop::CoreQueueFull);
+            }
+            return;
+        }
         let Some(r) = self.relays.get(&Token(relay.0 as usize)) else {
             return;
         };
-        if r.sock.send_to(bytes, target).is_err() {
+        if r.sock.send_to(bytes, p.actual).is_err() {
             self.stats.send_errors += 1;
         }
     }
 
     fn open_relay(&mut self, _client: ClientKey) -> Option<(RelayId, SocketAddr)> {
+        if !self.cores.is_empty() {
+            // No socket: the relayed address is nominal (see the module docs). Its port
+            // varies so that a client's allocations have distinct candidates.
+            let id = self.next_relay;
+            self.next_relay = (self.next_relay + 1) & tunnel::MAX_CONN_ID;
+            let port = 49_152 + (id % 16_384) as u16;
+            return Some((RelayId(id), SocketAddr::new(self.relay_advertise_ip, port)));
+        }
         let Some(mut sock) = self.bind_relay() else {
             self.stats.relay_bind_failed += 1;
             return None;
@@ -326,7 +481,11 @@ impl TurnIo for Net {
         let local = sock.local_addr().ok()?;
         let id = RelayId(tok.0 as u64);
         self.relays.insert(tok, Relay { sock, id });
-        let ip = self.relay_advertise_ip.unwrap_or(local.ip());
+        let ip = if local.ip().is_unspecified() {
+            self.relay_advertise_ip
+        } else {
+            local.ip()
+        };
         Some((id, SocketAddr::new(ip, local.port())))
     }
 
@@ -376,7 +535,15 @@ impl Loop {
                     tok => self.stream_event(now, tok),
                 }
             }
+            self.relay_core_datagrams(now);
             self.flush_streams();
+            for (core, wake) in self.net.wake_cores.iter_mut().enumerate() {
+                if std::mem::take(wake) {
+                    if let Some(w) = self.net.cores.get(core).and_then(|c| c.wake_core.as_ref()) {
+                        w.wake();
+                    }
+                }
+            }
             if now.duration_since(last_sweep) >= Duration::from_secs(1) {
                 last_sweep = now;
                 self.server.handle_timeout(now, &mut self.net);
@@ -386,6 +553,40 @@ impl Loop {
                 *s = self.net.stats;
                 s.server = self.server.stats();
                 s.streams_active = self.net.streams.len() as u64;
+            }
+        }
+    }
+
+    /// What the cores sent to allocations' virtual addresses, relayed to their clients.
+    fn relay_core_datagrams(&mut self, now: Instant) {
+        for core in 0..self.net.cores.len() {
+            while let Some(d) = self.net.cores.get(core).and_then(|c| c.outbound.pop()) {
+                let relay = tunnel::parse_virtual(&d.peer).map(|(_, id)| RelayId(id));
+                // The peer is the core's media socket as the client names it.
+                let peer = self
+                    .net
+                    .peers
+                    .iter()
+                    .find(|p| p.core == core)
+                    .map(|p| p.named);
+                match (relay, peer) {
+                    (Some(relay), Some(peer)) => {
+                        self.net
+                            .counters
+                            .datagrams_out
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.net
+                            .counters
+                            .bytes_out
+                            .fetch_add(d.bytes().len() as u64, Ordering::Relaxed);
+                        self.server
+                            .handle_peer(now, relay, peer, d.bytes(), &mut self.net);
+                    }
+                    _ => self.net.counters.dropped(TunnelDrop::NoConnection),
+                }
+                if let Some(c) = self.net.cores.get(core) {
+                    c.outbound.recycle(d);
+                }
             }
         }
     }
@@ -421,7 +622,13 @@ impl Loop {
             match r.sock.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
                     // Name the peer as the client knows it (the advertised media address).
-                    let Some(&(peer, _)) = self.net.peers.iter().find(|p| p.1 == from) else {
+                    let Some(peer) = self
+                        .net
+                        .peers
+                        .iter()
+                        .find(|p| p.actual == from)
+                        .map(|p| p.named)
+                    else {
                         self.net.stats.unknown_peer += 1;
                         continue;
                     };
