@@ -71,6 +71,7 @@ fn start(dir: &std::path::Path) -> Forwarder {
             relay_advertise_ip: None,
             relay_ports: None,
             peers: Vec::new(),
+            peer_ips: Vec::new(),
             server: TurnConfig::new(REALM, SECRET, Vec::new()),
         }),
         ..Default::default()

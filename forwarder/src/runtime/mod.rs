@@ -184,11 +184,11 @@ impl Forwarder {
                 );
                 turn_ends.push(fe);
                 ends.push(ce);
-                turn_peers.extend(crate::turn::front::core_peers(
-                    i,
-                    sock.local_addr()?,
-                    ecfg.advertise_ip,
-                ));
+                let ips = match &cfg.turn {
+                    Some(c) if !c.peer_ips.is_empty() => c.peer_ips.clone(),
+                    _ => ecfg.advertise_ip.into_iter().collect(),
+                };
+                turn_peers.extend(crate::turn::front::core_peers(i, sock.local_addr()?, &ips));
             }
             let worker = spawn(
                 i,

@@ -73,12 +73,15 @@ pub struct FrontConfig {
     /// The media sockets clients may reach. Filled in by the forwarder when it starts the
     /// front itself.
     pub peers: Vec<Peer>,
+    /// The addresses clients are given for media (each core's port on each is a peer);
+    /// empty: the forwarder's advertised address.
+    pub peer_ips: Vec<IpAddr>,
     pub server: TurnConfig,
 }
 
 /// The peers core `core` offers through TURN: its socket `local` as clients name it (the
 /// advertised address first, then the bound one if it differs and is not a wildcard).
-pub fn core_peers(core: usize, local: SocketAddr, advertise: Option<IpAddr>) -> Vec<Peer> {
+pub fn core_peers(core: usize, local: SocketAddr, advertise: &[IpAddr]) -> Vec<Peer> {
     let mut out = Vec::new();
     let actual = if local.ip().is_unspecified() {
         let lo: IpAddr = if local.is_ipv4() {
@@ -90,14 +93,14 @@ pub fn core_peers(core: usize, local: SocketAddr, advertise: Option<IpAddr>) -> 
     } else {
         local
     };
-    if let Some(ip) = advertise {
+    for &ip in advertise {
         out.push(Peer {
             named: SocketAddr::new(ip, local.port()),
             actual,
             core,
         });
     }
-    if !local.ip().is_unspecified() && advertise != Some(local.ip()) {
+    if !local.ip().is_unspecified() && !advertise.contains(&local.ip()) {
         out.push(Peer {
             named: local,
             actual,

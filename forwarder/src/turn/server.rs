@@ -449,20 +449,22 @@ impl TurnServer {
             self.stats.wrong_credentials += 1;
             return Err(challenge(code::UNAUTHORIZED));
         }
-        match creds::rest_expiry(user) {
-            Some(exp) if exp > self.unix(now) => {}
-            _ => {
-                self.stats.expired_credentials += 1;
-                return Err(challenge(code::UNAUTHORIZED));
-            }
-        }
-        if let Some(a) = self.allocs.get(&client) {
-            if *a.username != *user {
+        match self.allocs.get(&client) {
+            // The expiry bounds when credentials may open an allocation; one they opened
+            // lives on through refreshes (as a call outlives its join token).
+            Some(a) if *a.username == *user => Ok(key),
+            Some(_) => {
                 self.stats.wrong_credentials += 1;
-                return Err(refuse(code::WRONG_CREDENTIALS));
+                Err(refuse(code::WRONG_CREDENTIALS))
             }
+            None => match creds::rest_expiry(user) {
+                Some(exp) if exp > self.unix(now) => Ok(key),
+                _ => {
+                    self.stats.expired_credentials += 1;
+                    Err(challenge(code::UNAUTHORIZED))
+                }
+            },
         }
-        Ok(key)
     }
 
     fn request(
