@@ -87,6 +87,23 @@ pub fn virtual_addr(kind: FrontKind, conn: u64) -> SocketAddr {
     SocketAddr::V6(SocketAddrV6::new(ip, VIRTUAL_PORT, 0, 0))
 }
 
+/// The largest allocation id an IPv4 virtual address holds (44 bits).
+pub const MAX_V4_CONN_ID: u64 = (1 << 44) - 1;
+
+/// The IPv4 virtual address of TURN allocation `conn` (modulo 2^44): `240.0.0.0/4`
+/// (reserved, never assigned or routed, RFC 1112 §4) with the low 28 bits of the address
+/// and the 16 bits of the port holding the id.
+///
+/// TURN needs IPv4 ones: the engine answers a client's ICE checks with the address it saw
+/// them come from, and the client compares that with its relayed address. Giving the
+/// client this very address as XOR-RELAYED-ADDRESS makes the two match (a `relay`
+/// candidate, not a peer-reflexive one) for an IPv4 allocation.
+pub fn virtual_addr_v4(conn: u64) -> SocketAddr {
+    let c = conn & MAX_V4_CONN_ID;
+    let ip = 0xF000_0000u32 | ((c >> 16) as u32 & 0x0FFF_FFFF);
+    SocketAddr::V4(std::net::SocketAddrV4::new(ip.into(), c as u16))
+}
+
 /// Whether `addr` is a virtual address (any front).
 #[inline]
 pub fn is_virtual(addr: &SocketAddr) -> bool {
@@ -95,7 +112,7 @@ pub fn is_virtual(addr: &SocketAddr) -> bool {
             let s = a.ip().segments();
             s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0
         }
-        SocketAddr::V4(_) => false,
+        SocketAddr::V4(a) => a.ip().octets()[0] & 0xF0 == 0xF0,
     }
 }
 
@@ -104,8 +121,12 @@ pub fn parse_virtual(addr: &SocketAddr) -> Option<(FrontKind, u64)> {
     if !is_virtual(addr) {
         return None;
     }
-    let SocketAddr::V6(a) = addr else {
-        return None;
+    let a = match addr {
+        SocketAddr::V6(a) => a,
+        SocketAddr::V4(a) => {
+            let ip = u32::from(*a.ip()) & 0x0FFF_FFFF;
+            return Some((FrontKind::Turn, (u64::from(ip) << 16) | u64::from(a.port())));
+        }
     };
     let s = a.ip().segments();
     let kind = FrontKind::from_u16(s[4])?;
@@ -629,7 +650,13 @@ mod tests {
         }
         let t = virtual_addr(FrontKind::Turn, 7);
         assert_eq!(parse_virtual(&t), Some((FrontKind::Turn, 7)));
+        for conn in [0, 1, 0xffff, 0x1_0000, MAX_V4_CONN_ID] {
+            let a = virtual_addr_v4(conn);
+            assert!(is_virtual(&a) && a.is_ipv4());
+            assert_eq!(parse_virtual(&a), Some((FrontKind::Turn, conn)));
+        }
         for real in [
+            "223.255.255.255:9",
             "127.0.0.1:9",
             "[::1]:9",
             "[2001:db8::1]:5000",

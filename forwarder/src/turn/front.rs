@@ -12,8 +12,10 @@
 //!   core *i*'s inbound queue as from the allocation's virtual address
 //!   (`tunnel::virtual_addr(FrontKind::Turn, relay id)`), and what the core sends to that
 //!   address comes back through its outbound queue. No relay socket, no kernel round trip
-//!   between TURN and the forwarder; the XOR-RELAYED-ADDRESS given to clients is then
-//!   nominal (no socket is bound there, and nothing but this node is reachable through it).
+//!   between TURN and the forwarder. The XOR-RELAYED-ADDRESS given to clients is that
+//!   virtual address (IPv4, in the reserved `240.0.0.0/4`): it is what the core answers
+//!   ICE checks with as the client's mapped address, so the client sees its relay
+//!   candidate confirmed. No socket is bound there; nothing but this node is reachable.
 //! - **Through relay sockets** (a front started alone, [`TurnFront::start`]): one UDP
 //!   socket per allocation, sending to the peer's real address.
 //!
@@ -443,7 +445,7 @@ impl TurnIo for Net {
             let Some(link) = self.cores.get(p.core) else {
                 return;
             };
-            let from = tunnel::virtual_addr(FrontKind::Turn, relay.0);
+            let from = tunnel::virtual_addr_v4(relay.0);
             if link.inbound.push(from, bytes) {
                 if let Some(w) = self.wake_cores.get_mut(p.core) {
                     *w = true;
@@ -467,12 +469,11 @@ impl TurnIo for Net {
 
     fn open_relay(&mut self, _client: ClientKey) -> Option<(RelayId, SocketAddr)> {
         if !self.cores.is_empty() {
-            // No socket: the relayed address is nominal (see the module docs). Its port
-            // varies so that a client's allocations have distinct candidates.
+            // No socket: the relayed address is the allocation's virtual address, the one
+            // the core sees its datagrams come from (see the module docs).
             let id = self.next_relay;
-            self.next_relay = (self.next_relay + 1) & tunnel::MAX_CONN_ID;
-            let port = 49_152 + (id % 16_384) as u16;
-            return Some((RelayId(id), SocketAddr::new(self.relay_advertise_ip, port)));
+            self.next_relay = (self.next_relay + 1) & tunnel::MAX_V4_CONN_ID;
+            return Some((RelayId(id), tunnel::virtual_addr_v4(id)));
         }
         let Some(mut sock) = self.bind_relay() else {
             self.stats.relay_bind_failed += 1;
