@@ -168,7 +168,10 @@ fn wait_stats(fwd: &Forwarder, f: impl Fn(&FrontStats) -> bool) -> FrontStats {
 fn turn_front_stats(fwd: &Forwarder) -> pb::FrontStats {
     let ev = fwd
         .client()
-        .request(Body::GetStats(pb::GetStats::default()), Duration::from_secs(5))
+        .request(
+            Body::GetStats(pb::GetStats::default()),
+            Duration::from_secs(5),
+        )
         .unwrap();
     let Some(pb::event::Body::Stats(s)) = ev.body else {
         panic!("no stats")
@@ -348,7 +351,12 @@ fn turn_over_udp_and_tls_refuses_bad_input_and_relays_to_the_core() {
     let deadline = Instant::now() + SAFETY;
     loop {
         let f = turn_front_stats(&fwd);
-        let count = |r: &str| f.drops.iter().find(|d| d.reason == r).map_or(0, |d| d.count);
+        let count = |r: &str| {
+            f.drops
+                .iter()
+                .find(|d| d.reason == r)
+                .map_or(0, |d| d.count)
+        };
         if count("turn_wrong_credentials") >= 2
             && count("turn_forbidden_peer") >= 5
             && count("turn_tls_handshake_failed") == 1
@@ -356,7 +364,10 @@ fn turn_over_udp_and_tls_refuses_bad_input_and_relays_to_the_core() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "GetStats never showed them: {f:?}");
+        assert!(
+            Instant::now() < deadline,
+            "GetStats never showed them: {f:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(tls);
