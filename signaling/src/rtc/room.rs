@@ -183,6 +183,8 @@ pub struct Room {
     pub(crate) core: Option<(SocketAddr, [u8; 32])>,
     /// The addresses clients are given for media (see [`RoomDefaults::candidate_ips`]).
     pub(crate) candidate_ips: Arc<[std::net::IpAddr]>,
+    /// TURN servers given to each participant that joins.
+    pub(crate) ice_servers: Arc<super::ice_servers::IceServers>,
     /// Signaling that needs the core, held until `RoomCreated` arrives.
     pub(crate) deferred: Vec<RoomMsg>,
     /// Since when the room has had nobody in it, and whether anyone ever joined.
@@ -253,6 +255,7 @@ impl Room {
             departure_timeout: or(opts.departure_timeout, defaults.departure_timeout),
             max_participants: or(opts.max_participants, defaults.max_participants),
             candidate_ips: defaults.candidate_ips.clone(),
+            ice_servers: defaults.ice_servers.clone(),
             participants: Vec::new(),
             core: None,
             deferred: Vec::new(),

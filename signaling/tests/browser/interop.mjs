@@ -15,6 +15,11 @@
 //   publishes (started by the Rust test); it must decode the Python participant's video,
 //   receive its audio and its data, and see it leave. With --viewer the browser publishes
 //   nothing.
+// - relay: alice and bob join with relay-only ICE (the page's `?relay=1`: livekit-client's
+//   `rtcConfig: { iceTransportPolicy: 'relay' }`), so media can only flow through the TURN
+//   servers Prism hands out in the JoinResponse. Each must decode the other's video, and
+//   the selected candidate pair of every connection (getStats) must have a local candidate
+//   of type `relay`, over --relay-protocol (udp or tls) when given.
 //
 // Prints progress on stderr and one JSON line last on stdout: {ok, failures, ...figures}.
 // Exits 1 when a check failed. Never waits forever: every wait has a deadline, and the
@@ -153,7 +158,8 @@ async function newParticipant(name, viewport) {
     consoleLines.push('pageerror: ' + e.message);
     log(name, 'page error:', e.message);
   });
-  await page.goto(`${URL_BASE}/?room=${encodeURIComponent(ROOM)}&name=${encodeURIComponent(name)}`);
+  const relay = SCENARIO === 'relay' ? '&relay=1' : '';
+  await page.goto(`${URL_BASE}/?room=${encodeURIComponent(ROOM)}&name=${encodeURIComponent(name)}${relay}`);
   await page.waitForSelector('#join-form');
   return { name, context, page, consoleLines, sockets };
 }
@@ -189,14 +195,74 @@ async function waitMediaFrom(who, peer, ms = 40000) {
   return got;
 }
 
+// In the page: the selected candidate pair of every connection a track uses, as
+// {track, local, protocol, relayProtocol, remote}.
+async function selectedPairs() {
+  const room = window.prism.room;
+  const tracks = [];
+  for (const pub of room?.localParticipant.trackPublications.values() ?? []) tracks.push(['sent ' + pub.source, pub.track]);
+  for (const p of room?.remoteParticipants.values() ?? []) {
+    for (const pub of p.trackPublications.values()) tracks.push(['received ' + pub.source, pub.track]);
+  }
+  const out = [];
+  for (const [name, track] of tracks) {
+    const report = await track?.getRTCStatsReport?.();
+    if (!report) continue;
+    const byId = new Map([...report.values()].map((s) => [s.id, s]));
+    for (const s of report.values()) {
+      if (s.type !== 'transport' || !s.selectedCandidatePairId) continue;
+      const pair = byId.get(s.selectedCandidatePairId);
+      const local = byId.get(pair?.localCandidateId);
+      const remote = byId.get(pair?.remoteCandidateId);
+      out.push({
+        track: name,
+        local: local?.candidateType ?? '',
+        protocol: local?.protocol ?? '',
+        relayProtocol: local?.relayProtocol ?? '',
+        remote: remote?.candidateType ?? '',
+        bytesReceived: pair?.bytesReceived ?? 0,
+      });
+    }
+  }
+  return out;
+}
+
 async function installHelpers(who) {
   await who.page.evaluate(
-    ([a, b]) => {
+    ([a, b, c]) => {
       window.__receivedFrom = a;
       window.__sentLayers = b;
+      window.__selectedPairs = c;
     },
-    [receivedFrom.toString(), sentLayers.toString()],
+    [receivedFrom.toString(), sentLayers.toString(), selectedPairs.toString()],
   );
+}
+
+async function relayOnly() {
+  const desktop = { width: 640, height: 360 };
+  const alice = await newParticipant('alice', desktop);
+  const bob = await newParticipant('bob', desktop);
+  await Promise.all([join(alice), join(bob)]);
+  await installHelpers(alice);
+  await installHelpers(bob);
+  const [aGot, bGot] = await Promise.all([
+    waitMediaFrom(alice, bob.identity, 60000),
+    waitMediaFrom(bob, alice.identity, 60000),
+  ]);
+  result.alice_received = aGot;
+  result.bob_received = bGot;
+  const want = args['relay-protocol'] || '';
+  for (const who of [alice, bob]) {
+    const pairs = await inPage(who.page, '__selectedPairs');
+    result[`${who.name}_pairs`] = pairs;
+    check(pairs.length >= 2, `${who.name}: a selected candidate pair for sending and receiving`);
+    for (const p of pairs) {
+      check(p.local === 'relay', `${who.name} ${p.track}: local candidate ${p.local}, not relay`);
+      if (want) check(p.relayProtocol === want, `${who.name} ${p.track}: relayed over ${p.relayProtocol}, not ${want}`);
+    }
+  }
+  log('relay pairs:', JSON.stringify(result.alice_pairs));
+  result.console = alice.consoleLines.slice(-10).concat(bob.consoleLines.slice(-10));
 }
 
 const inPage = (page, fnName, arg) =>
@@ -380,11 +446,14 @@ try {
       '--use-fake-device-for-media-stream',
       '--use-fake-ui-for-media-stream',
       '--allow-loopback-in-peer-connection',
+      // The relay scenario's TURN over TLS uses a certificate the test made.
+      '--ignore-certificate-errors',
     ],
   });
   log('chromium', browser.version(), 'room', ROOM);
   if (SCENARIO === 'two-browsers') await twoBrowsers();
   else if (SCENARIO === 'with-python') await withPython();
+  else if (SCENARIO === 'relay') await relayOnly();
   else throw new Error('unknown scenario ' + SCENARIO);
   clearTimeout(overall);
   await browser.close();

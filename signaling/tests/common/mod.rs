@@ -116,6 +116,11 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// As [`Server::start`], with more arguments for `prism serve`.
+    pub fn start_with(extra: &[&str]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -124,6 +129,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
             .args(["serve", "--dev", "--bind", &format!("127.0.0.1:{port}")])
             .args(["--media-port", "0", "--cores", "0"])
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -10,6 +10,7 @@
 //! systemd unit's command line) runs Prism unchanged.
 
 mod serve;
+mod turn;
 
 use std::path::PathBuf;
 

@@ -250,13 +250,9 @@ pub fn run(flags: ServeArgs) -> Result<()> {
     if flags.turn_key.is_some() {
         turn.key_file = flags.turn_key.clone();
     }
-    if turn.enabled {
-        warnings.push(
-            "turn.enabled: the embedded TURN server is not available in this build; clients \
-             get rtc.turn_servers only"
-                .into(),
-        );
-    }
+    let api_secret = key_map.values().next().map_or(DEV_SECRET, String::as_str);
+    let turn = crate::turn::setup(&file, &turn, fwd.bind_ip, &ips, api_secret, &mut warnings)?;
+    fwd.turn = turn.front;
     let defaults = RoomDefaults::default();
     let room_defaults = RoomDefaults {
         empty_timeout: file.room.empty_timeout.unwrap_or(defaults.empty_timeout),
@@ -269,6 +265,7 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             .max_participants
             .unwrap_or(defaults.max_participants),
         candidate_ips: ips.clone().into(),
+        ice_servers: Arc::new(turn.ice_servers),
     };
     let options = ServeOptions {
         room_defaults,
@@ -310,6 +307,13 @@ pub fn run(flags: ServeArgs) -> Result<()> {
     let forwarder = Forwarder::start(fwd).context("starting the media plane")?;
     let media = forwarder.core_addrs();
     let driver = forwarder.driver_name();
+    if let Some(t) = forwarder.turn() {
+        println!(
+            "prism: TURN on udp {} and tls {}",
+            t.udp_addr().map_or("-".into(), |a| a.to_string()),
+            t.stream_addr().map_or("-".into(), |a| a.to_string())
+        );
+    }
     let state = Arc::new(
         AppState::with_options(keys, forwarder, dev, options)
             .context("starting the agent service")?,
