@@ -32,6 +32,9 @@ pub struct AppState {
     pub agents: AgentService,
     pub dev: bool,
     pub room_service: RoomServiceOptions,
+    /// What clients are given for media, most preferred first (see
+    /// [`RoomDefaults::candidate_ips`]); empty: each core's own address.
+    pub candidate_ips: std::sync::Arc<[std::net::IpAddr]>,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
         dev: bool,
         options: ServeOptions,
     ) -> std::io::Result<Self> {
+        let candidate_ips = options.room_defaults.candidate_ips.clone();
         let agents = AgentService::start()?;
         let rooms = RoomManager::start(
             forwarder.client(),
@@ -59,6 +63,7 @@ impl AppState {
             agents,
             dev,
             room_service: options.room_service,
+            candidate_ips,
         })
     }
 }

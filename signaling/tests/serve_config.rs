@@ -502,6 +502,32 @@ fn livekit_config_sample_starts_and_names_each_key_it_ignores() {
                 .all(|c| { c[0].contains(" 198.51.100.20 ") && c[1].contains(" 127.0.0.1 ") }),
         "external first, then internal: {udp:?}"
     );
+    // The status page's data shows the same addresses.
+    let list = VideoGrant {
+        room_list: true,
+        ..Default::default()
+    };
+    let (status, state) = http_at(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        "/api/state",
+        Some(&token("key1", "secret1", list)),
+        None,
+    );
+    assert_eq!(status, 200, "{state}");
+    let json = state.split("\r\n\r\n").nth(1).unwrap_or("");
+    let state: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let advertised = &state["cores"][0]["advertised"];
+    assert!(
+        advertised[0]
+            .as_str()
+            .is_some_and(|a| a.starts_with("198.51.100.20:"))
+            && advertised[1]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{}",
+        state["cores"]
+    );
     drop(serve);
 
     // A key that is nobody's is still refused, by name; --disable-strict-config lets it by.

@@ -84,6 +84,8 @@ function render(s, prev) {
     const k = c.counters;
     return h('tr', {},
       h('td', {}, 'core ' + c.core),
+      h('td', {}, (c.advertised || []).join(', ') +
+        (c.local && !(c.advertised || []).includes(c.local) ? ' (' + c.local + ')' : '')),
       h('td', {}, c.driver),
       h('td', {}, c.rooms),
       h('td', {}, c.transports),

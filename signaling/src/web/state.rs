@@ -15,6 +15,7 @@ use prism_proto::livekit as lk;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
+use crate::rtc::node::candidates;
 use crate::rtc::{Participant, Room};
 
 /// A participant as its room knows it, with its transports to look up in the stats.
@@ -180,12 +181,22 @@ pub async fn snapshot(state: &AppState) -> Result<Value, String> {
             v
         })
         .collect();
+    let addrs = state.forwarder.core_addrs();
     let cores: Vec<Value> = stats
         .cores
         .iter()
         .map(|c| {
+            let local = addrs.get(c.core as usize).copied();
+            let advertised: Vec<String> = local
+                .map(|a| candidates(&state.candidate_ips, a))
+                .unwrap_or_default()
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
             json!({
                 "core": c.core,
+                "local": local.map(|a| a.to_string()),
+                "advertised": advertised,
                 "driver": c.driver,
                 "rooms": c.rooms,
                 "transports": c.transports,

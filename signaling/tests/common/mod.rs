@@ -4,6 +4,8 @@
 //! (or, for a `live_client`, driven step by step through stdin and their event lines).
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -288,17 +290,43 @@ impl Outcome {
 }
 
 pub fn client(py: &Path, name: &str, script: &str, args: &[&str]) -> Client {
-    spawn_client(py, name, script, args, false)
+    spawn_client(&[], py, name, script, args, false)
+}
+
+/// As [`client`], run under a command prefix (e.g. `ip netns exec NS`).
+pub fn client_under(
+    prefix: &[String],
+    py: &Path,
+    name: &str,
+    script: &str,
+    args: &[&str],
+) -> Client {
+    spawn_client(prefix, py, name, script, args, false)
 }
 
 /// A client driven step by step: it reads commands from stdin (`tell`) and prints
 /// `event: NAME {json}` lines (`common.event` in Python), which `wait_event` waits for.
 pub fn live_client(py: &Path, name: &str, script: &str, args: &[&str]) -> Client {
-    spawn_client(py, name, script, args, true)
+    spawn_client(&[], py, name, script, args, true)
 }
 
-fn spawn_client(py: &Path, name: &str, script: &str, args: &[&str], live: bool) -> Client {
-    let mut child = Command::new(py)
+fn spawn_client(
+    prefix: &[String],
+    py: &Path,
+    name: &str,
+    script: &str,
+    args: &[&str],
+    live: bool,
+) -> Client {
+    let mut cmd = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(py);
+            c
+        }
+        None => Command::new(py),
+    };
+    let mut child = cmd
         .arg(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/interop")

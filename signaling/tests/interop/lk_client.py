@@ -54,6 +54,12 @@ async def main() -> None:
     ap.add_argument("--stop-file", default="")
     ap.add_argument("--manual-subscribe", action="store_true", help="auto_subscribe off; subscribe by request")
     ap.add_argument("--want-frames", type=int, default=0, help="leave early once reached")
+    ap.add_argument(
+        "--peers",
+        type=int,
+        default=0,
+        help="with --want-frames: also wait until this many others said they reached it",
+    )
     args = ap.parse_args()
 
     room = rtc.Room()
@@ -69,6 +75,8 @@ async def main() -> None:
     tasks: list[asyncio.Task] = []
     disconnected = asyncio.Event()
     disconnect_reason: list[str] = []
+    peers_done: set[str] = set()
+    said_done = False
 
     async def count_video(track: rtc.Track, sid: str) -> None:
         async for _ in rtc.VideoStream(track):
@@ -113,6 +121,9 @@ async def main() -> None:
     @room.on("data_received")
     def on_data(packet: rtc.DataPacket):
         who = packet.participant.identity if packet.participant else ""
+        if packet.topic == "prism-test-done":
+            peers_done.add(who)
+            return
         data.append({"from": who, "data": packet.data.decode(errors="replace"), "topic": packet.topic})
 
     @room.on("participant_connected")
@@ -168,11 +179,23 @@ async def main() -> None:
 
     deadline = started + args.duration
     last_data = 0.0
+    last_done = 0.0
     while time.monotonic() < deadline and not disconnected.is_set():
         if args.stop_file and os.path.exists(args.stop_file):
             break
         if args.want_frames and video_frames and min(video_frames.values()) >= args.want_frames and audio_frames:
-            break
+            if args.peers and (not said_done or time.monotonic() - last_done >= 1.0):
+                # Said again every second: a reliable message to someone who joins late
+                # would otherwise be missed.
+                said_done, last_done = True, time.monotonic()
+                try:
+                    await room.local_participant.publish_data(b"done", reliable=True, topic="prism-test-done")
+                except Exception as e:
+                    log(f"publish_data failed: {e}")
+            if len(peers_done) >= args.peers:
+                if args.peers:
+                    await asyncio.sleep(0.5)  # let the last "done" leave before we do
+                break
         if args.send_data and time.monotonic() - last_data >= 1.0:
             last_data = time.monotonic()
             try:
