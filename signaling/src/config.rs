@@ -48,6 +48,8 @@ pub struct RtcConfig {
     /// must hold one port per core.
     pub port_range_start: Option<u16>,
     pub port_range_end: Option<u16>,
+    /// TCP port for ICE over TCP, for clients whose networks block UDP (7881; 0: off).
+    pub tcp_port: Option<u16>,
     /// CPU ids for the media cores (default: every CPU).
     pub cores: Option<Vec<usize>>,
     /// `auto`, `io_uring` or `mmsg`.

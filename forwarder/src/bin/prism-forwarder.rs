@@ -24,6 +24,8 @@ OPTIONS:
     --secret S              shared secret the control client sends first (or PRISM_CONTROL_SECRET)
     --bind IP               address the media sockets bind to (default 127.0.0.1)
     --port N                UDP port of core 0; core i uses N+i (default 0: kernel chooses)
+    --tcp-port N            ICE over TCP: passive candidates on this TCP port (0: kernel
+                            chooses; default: no ICE-TCP)
     --cores LIST            CPU ids to run cores on, e.g. 0,1 (default: every CPU)
     --no-pin                do not pin core threads to their CPUs
     --driver KIND           auto | io_uring | mmsg (default auto)
@@ -52,6 +54,7 @@ fn main() -> Result<()> {
             "--secret" => secret = Some(val()?),
             "--bind" => cfg.bind_ip = val()?.parse::<IpAddr>().context("--bind")?,
             "--port" => cfg.base_port = val()?.parse().context("--port")?,
+            "--tcp-port" => cfg.tcp_port = Some(val()?.parse().context("--tcp-port")?),
             "--cores" => {
                 cfg.cores = val()?
                     .split(',')
@@ -82,9 +85,10 @@ fn main() -> Result<()> {
     let fwd = Forwarder::start(cfg).context("starting the media plane")?;
     let handle = serve(listen, fwd.client()).context("serving control")?;
     println!(
-        "prism-forwarder: driver {}, cores at {:?}, control on {:?}",
+        "prism-forwarder: driver {}, cores at {:?}, ICE-TCP {:?}, control on {:?}",
         fwd.driver_name(),
         fwd.core_addrs(),
+        fwd.tcp_addr(),
         handle.local_addr()
     );
     let term = Arc::new(AtomicBool::new(false));

@@ -40,6 +40,8 @@ SERVE OPTIONS (each overrides the config file):
     --node-ip IP           address clients are given for media (ICE candidates) when it
                            is not the bound one: behind NAT, or with --media-ip 0.0.0.0
     --media-port N         UDP port of core 0; core i uses N+i (default 7882)
+    --tcp-port N           TCP port for ICE over TCP, the fallback of clients whose
+                           networks block UDP (default 7881; 0: off)
     --cores LIST           CPU ids for media cores, e.g. 0,1 (default: every CPU)
     --driver KIND          auto | io_uring | mmsg (default auto)
     --log-level LEVEL      error | warn | info | debug | trace, or a tracing filter
@@ -127,6 +129,7 @@ struct ServeFlags {
     media_ip: Option<IpAddr>,
     node_ip: Option<IpAddr>,
     media_port: Option<u16>,
+    tcp_port: Option<u16>,
     cores: Option<Vec<usize>>,
     driver: Option<String>,
     log_level: Option<String>,
@@ -161,6 +164,13 @@ fn serve_flags(args: &[String]) -> Result<ServeFlags> {
                     value(args, &mut i, "--media-port")?
                         .parse()
                         .context("--media-port")?,
+                )
+            }
+            "--tcp-port" => {
+                f.tcp_port = Some(
+                    value(args, &mut i, "--tcp-port")?
+                        .parse()
+                        .context("--tcp-port")?,
                 )
             }
             "--cores" => {
@@ -265,6 +275,15 @@ fn serve(args: &[String]) -> Result<()> {
         Some(p) => p,
         None => file.media_base_port(core_count)?.unwrap_or(7882),
     };
+    // ICE over TCP on 7881 as LiveKit does, unless configured (0: off). With ephemeral
+    // media ports (tests starting many servers) it is ephemeral too.
+    let tcp_configured = flags.tcp_port.or(file.rtc.tcp_port);
+    fwd.tcp_port = match tcp_configured {
+        Some(0) => None,
+        Some(p) => Some(p),
+        None if fwd.base_port == 0 => Some(0),
+        None => Some(7881),
+    };
     let room_defaults = RoomDefaults {
         empty_timeout: file
             .room
@@ -304,8 +323,22 @@ fn serve(args: &[String]) -> Result<()> {
         }
     }
 
-    let forwarder = Forwarder::start(fwd).context("starting the media plane")?;
+    let forwarder = match Forwarder::start(fwd.clone()) {
+        // The default TCP port taken (another server on this host): run without ICE-TCP
+        // rather than not at all; a configured port must be had.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tcp_configured.is_none() => {
+            tracing::warn!(
+                port = ?fwd.tcp_port,
+                "ICE over TCP is off: its port is in use (set rtc.tcp_port or --tcp-port)"
+            );
+            fwd.tcp_port = None;
+            Forwarder::start(fwd)
+        }
+        r => r,
+    }
+    .context("starting the media plane")?;
     let media = forwarder.core_addrs();
+    let ice_tcp = forwarder.tcp_addr();
     let advertise = fwd_advertise;
     let driver = forwarder.driver_name();
     let dev = flags.dev;
@@ -326,7 +359,7 @@ fn serve(args: &[String]) -> Result<()> {
             ),
             None => println!("prism: listening on http://{bind} (media: {media:?}, driver {driver})"),
         }
-        tracing::info!(%bind, ?media, driver, "listening");
+        tracing::info!(%bind, ?media, ?ice_tcp, driver, "listening");
         if dev {
             let t = auth::join_token(
                 DEV_KEY,

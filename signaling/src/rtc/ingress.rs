@@ -90,6 +90,7 @@ impl Room {
             .core
             .ok_or_else(|| RtcError::MediaPlane("the room has no core yet".into()))?;
         let mut params = ServerParams::new(ufrag, pwd, sha, vec![addr]);
+        params.tcp_candidates = self.tcp_candidate.into_iter().collect();
         params.session_id = u64::from(random_u32());
         Ok(params)
     }

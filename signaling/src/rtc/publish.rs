@@ -32,6 +32,8 @@ pub struct OfferInput<'a> {
     pub room_id: MediaRoomId,
     /// The room core's address and certificate fingerprint.
     pub core: (SocketAddr, [u8; 32]),
+    /// The core's passive ICE-TCP candidate, if it has one.
+    pub tcp: Option<SocketAddr>,
     /// The publisher transport, if an earlier offer created it.
     pub pc: Option<&'a PubPc>,
     pub pending: &'a [PendingTrack],
@@ -122,6 +124,7 @@ pub fn decide_offer(
     pc.version += 1;
     let (addr, sha) = input.core;
     let mut params = ServerParams::new(&pc.ufrag, &pc.pwd, sha, vec![addr]);
+    params.tcp_candidates = input.tcp.into_iter().collect();
     params.session_id = pc.session_id;
     params.session_version = pc.version;
     let (answer, choices) = AnswerBuilder::new(offer, &params).build_with_choices()?;
@@ -282,6 +285,7 @@ impl Room {
             &OfferInput {
                 room_id: self.id,
                 core,
+                tcp: self.tcp_candidate,
                 pc: p.publisher.as_ref(),
                 pending: &p.pending,
                 can_publish: p.permission.can_publish,
@@ -533,6 +537,7 @@ mod tests {
         OfferInput {
             room_id: MediaRoomId(7),
             core: ("127.0.0.1:7882".parse().unwrap(), [0xab; 32]),
+            tcp: None,
             pc,
             pending,
             can_publish: true,

@@ -181,6 +181,8 @@ pub struct Room {
     pub participants: Vec<Participant>,
     /// The room's core: its address and certificate fingerprint, from `RoomCreated`.
     pub(crate) core: Option<(SocketAddr, [u8; 32])>,
+    /// The room core's passive ICE-TCP candidate, from `RoomCreated`, if it has one.
+    pub(crate) tcp_candidate: Option<SocketAddr>,
     /// Signaling that needs the core, held until `RoomCreated` arrives.
     pub(crate) deferred: Vec<RoomMsg>,
     /// Since when the room has had nobody in it, and whether anyone ever joined.
@@ -252,6 +254,7 @@ impl Room {
             max_participants: opts.max_participants,
             participants: Vec::new(),
             core: None,
+            tcp_candidate: None,
             deferred: Vec::new(),
             empty_since: Some(Instant::now()),
             ever_joined: false,
@@ -547,6 +550,7 @@ impl Room {
             (Some(Pending::RoomCreated), Some(Ev::RoomCreated(c))) => match core_params(&c) {
                 Ok(core) => {
                     self.core = Some(core);
+                    self.tcp_candidate = c.tcp_local.parse().ok();
                     for m in std::mem::take(&mut self.deferred) {
                         self.handle(m);
                     }

@@ -259,6 +259,7 @@ impl Room {
         let Some((addr, sha)) = self.core else {
             return;
         };
+        let tcp = self.tcp_candidate;
         let Some(p) = self.participant_mut(pid) else {
             return;
         };
@@ -272,6 +273,7 @@ impl Room {
         }
         pc.version += 1;
         let mut params = crate::sdp::ServerParams::new(&pc.ufrag, &pc.pwd, sha, vec![addr]);
+        params.tcp_candidates = tcp.into_iter().collect();
         params.session_id = pc.session_id;
         params.session_version = pc.version;
         let mut builder = OfferBuilder::new(&params);
