@@ -19,6 +19,10 @@ fi
 # which never downloads a browser of its own.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+# The ICE-over-TCP browser test (signaling/tests/browser_ice_tcp.rs) puts Chromium in a
+# network namespace whose UDP is dropped by nftables.
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nft >/dev/null || need_apt+=(nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
