@@ -56,9 +56,17 @@ struct Phase {
     expected: u64,
     delivered_pps: f64,
     delivered_mbps: f64,
+    /// Packets the forwarder's core sent (to its socket, or to the front), and what the
+    /// front dropped for a full write backlog.
+    forwarder_out: u64,
+    front_backlog_drops: u64,
+    /// UDP datagrams the host dropped for full receive buffers (the sinks'), from
+    /// /proc/net/snmp.
+    host_udp_rcvbuf_errors: u64,
     sut_cpu_s: f64,
     core_cpu_s: f64,
     front_cpu_s: f64,
+    /// Forwarder CPU per packet it sent.
     cpu_us_per_packet: f64,
 }
 
@@ -154,8 +162,7 @@ impl Sub {
         self.check()?;
         loop {
             let r = self.link.recv()?;
-            if StunMessage::new_checked(&r[..]).is_ok_and(|m| m.class() == Class::SuccessResponse)
-            {
+            if StunMessage::new_checked(&r[..]).is_ok_and(|m| m.class() == Class::SuccessResponse) {
                 break;
             }
         }
@@ -185,6 +192,29 @@ struct Control {
 }
 
 impl Control {
+    /// (core packets out, front datagrams out, front write-backlog drops).
+    fn counts(&mut self) -> Result<(u64, u64, u64)> {
+        let pb::event::Body::Stats(s) = self.request(Body::GetStats(pb::GetStats {}))? else {
+            bail!("GetStats answered otherwise");
+        };
+        let out = s
+            .cores
+            .iter()
+            .filter_map(|c| c.counters.as_ref())
+            .map(|c| c.packets_out)
+            .sum();
+        let (fo, fd) = s.fronts.iter().fold((0, 0), |(o, d), f| {
+            let drops = f
+                .drops
+                .iter()
+                .filter(|x| x.reason == "write_backlog")
+                .map(|x| x.count)
+                .sum::<u64>();
+            (o + f.datagrams_out, d + drops)
+        });
+        Ok((out, fo, fd))
+    }
+
     fn request(&mut self, body: Body) -> Result<pb::event::Body> {
         let ev = self.client.request(body, Duration::from_secs(10))?;
         match ev.body {
@@ -220,8 +250,28 @@ fn thread_cpu(pid: u32, prefix: &str) -> f64 {
     total
 }
 
+/// `Udp: ... RcvbufErrors` of /proc/net/snmp.
+fn udp_rcvbuf_errors() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Counts what reaches a set of sinks until `stop`.
-fn count_sinks(links: Vec<Link>, stop: Arc<AtomicBool>, count: Arc<AtomicU64>, bytes: Arc<AtomicU64>) {
+fn count_sinks(
+    links: Vec<Link>,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+) {
     let mut poll = mio::Poll::new().unwrap();
     let mut events = mio::Events::with_capacity(256);
     enum Sock {
@@ -249,7 +299,10 @@ fn count_sinks(links: Vec<Link>, stop: Arc<AtomicBool>, count: Arc<AtomicU64>, b
     }
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
-        if poll.poll(&mut events, Some(Duration::from_millis(50))).is_err() {
+        if poll
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .is_err()
+        {
             continue;
         }
         for ev in events.iter() {
@@ -351,7 +404,13 @@ pub fn main(args: &[String]) -> Result<()> {
     let mut child = proc::spawn_pinned(Some(sut_cpu), &forwarder, &fargs, &log)
         .with_context(|| format!("starting {}", forwarder.display()))?;
     let res = run(
-        &mut child, &control_path, &log, subs_n, &rates, seconds, payload,
+        &mut child,
+        &control_path,
+        &log,
+        subs_n,
+        &rates,
+        seconds,
+        payload,
     );
     proc::stop(&mut child);
     let _ = std::fs::remove_dir_all(&tmp);
@@ -368,8 +427,11 @@ pub fn main(args: &[String]) -> Result<()> {
         phases,
     };
     std::fs::create_dir_all(&out)?;
-    let stem = format!("ice-tcp-{}", when.replace([' ', ':'], "-"));
-    std::fs::write(out.join(format!("{stem}.json")), serde_json::to_string_pretty(&results)?)?;
+    let stem = format!("ice-tcp-{}-{:02}", when.replace([' ', ':'], "-"), now % 60);
+    std::fs::write(
+        out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&results)?,
+    )?;
     let md = markdown(&results);
     std::fs::write(out.join(format!("{stem}.md")), &md)?;
     print!("{md}");
@@ -454,7 +516,10 @@ fn run(
             srtp: None,
         }))?;
         ctl.request(prism_forwarder::testing::cmd::opus_track(
-            room, pub_t, room, 0x1000 + room as u32,
+            room,
+            pub_t,
+            room,
+            0x1000 + room as u32,
         ))?;
         let mut links = Vec::new();
         for s in 0..subs_n {
@@ -529,6 +594,8 @@ fn run(
                 std::thread::spawn(move || count_sinks(links, stop, count, bytes))
             };
             let room = if *tcp { 2u64 } else { 1u64 };
+            let (out0, _, drops0) = ctl.counts()?;
+            let rcvbuf0 = udp_rcvbuf_errors();
             let (cpu0, core0, front0) = (
                 proc::cpu_seconds(pid).unwrap_or(0.0),
                 thread_cpu(pid, "prism-core"),
@@ -542,8 +609,11 @@ fn run(
                 thread_cpu(pid, "prism-core"),
                 thread_cpu(pid, "prism-ice-tcp"),
             );
+            let (out1, _, drops1) = ctl.counts()?;
+            let rcvbuf1 = udp_rcvbuf_errors();
             stop.store(true, Ordering::Relaxed);
             let _ = sink.join();
+            let forwarder_out = out1.saturating_sub(out0);
             let delivered = count.load(Ordering::Relaxed);
             let b = bytes.load(Ordering::Relaxed);
             let cpu = cpu1 - cpu0;
@@ -555,11 +625,14 @@ fn run(
                 expected: sent * subs.len() as u64,
                 delivered_pps: delivered as f64 / seconds,
                 delivered_mbps: b as f64 * 8.0 / seconds / 1e6,
+                forwarder_out,
+                front_backlog_drops: drops1.saturating_sub(drops0),
+                host_udp_rcvbuf_errors: rcvbuf1.saturating_sub(rcvbuf0),
                 sut_cpu_s: cpu,
                 core_cpu_s: core1 - core0,
                 front_cpu_s: front1 - front0,
-                cpu_us_per_packet: if delivered > 0 {
-                    cpu * 1e6 / delivered as f64
+                cpu_us_per_packet: if forwarder_out > 0 {
+                    cpu * 1e6 / forwarder_out as f64
                 } else {
                     0.0
                 },
@@ -633,22 +706,30 @@ fn markdown(r: &Results) -> String {
          this process (publisher and sinks) on another. {} SRTP subscribers per path (ICE and \
          DTLS done by the bench), one plain-RTP publisher of {}-byte payloads, {} s per rate \
          and path.\n",
-        m.cpu_model, m.cpus, m.kernel, m.io_uring_usable, m.loadavg_at_start, r.subscribers, r.payload, r.seconds
+        m.cpu_model,
+        m.cpus,
+        m.kernel,
+        m.io_uring_usable,
+        m.loadavg_at_start,
+        r.subscribers,
+        r.payload,
+        r.seconds
     );
     if !r.note.is_empty() {
         let _ = writeln!(s, "Note: {}\n", r.note);
     }
     let _ = writeln!(
         s,
-        "| offered pps | path | delivered pps | of expected | Mbit/s | forwarder CPU s (core + front) | CPU µs / delivered packet |"
+        "| offered pps | path | forwarder sent pps | delivered pps | of expected | Mbit/s delivered | forwarder CPU s (core + front) | CPU µs / packet sent | backlog drops | sink UDP buffer drops |"
     );
-    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for p in &r.phases {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.1} % | {:.1} | {:.2} ({:.2} + {:.2}) | {:.2} |",
+            "| {} | {} | {:.0} | {:.0} | {:.1} % | {:.1} | {:.2} ({:.2} + {:.2}) | {:.2} | {} | {} |",
             p.offered_pps,
             p.path,
+            p.forwarder_out as f64 / r.seconds,
             p.delivered_pps,
             if p.expected > 0 {
                 p.delivered as f64 * 100.0 / p.expected as f64
@@ -659,11 +740,18 @@ fn markdown(r: &Results) -> String {
             p.sut_cpu_s,
             p.core_cpu_s,
             p.front_cpu_s,
-            p.cpu_us_per_packet
+            p.cpu_us_per_packet,
+            p.front_backlog_drops,
+            p.host_udp_rcvbuf_errors
         );
     }
     let _ = writeln!(s);
-    for rate in r.phases.iter().map(|p| p.offered_pps).collect::<std::collections::BTreeSet<_>>() {
+    for rate in r
+        .phases
+        .iter()
+        .map(|p| p.offered_pps)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         let get = |path| {
             r.phases
                 .iter()
@@ -673,8 +761,8 @@ fn markdown(r: &Results) -> String {
             if u.cpu_us_per_packet > 0.0 {
                 let _ = writeln!(
                     s,
-                    "- {rate} pps in: ICE-TCP costs {:.2}× the CPU per delivered packet of UDP \
-                     ({:.2} against {:.2} µs).",
+                    "- {rate} pps in: ICE-TCP costs {:.2}× the forwarder CPU per packet sent of \
+                     UDP ({:.2} against {:.2} µs).",
                     t.cpu_us_per_packet / u.cpu_us_per_packet,
                     t.cpu_us_per_packet,
                     u.cpu_us_per_packet

@@ -65,7 +65,9 @@ fn front_stats(fwd: &Forwarder) -> pb::FrontStats {
 }
 
 fn count(list: &[pb::DropCount], reason: &str) -> u64 {
-    list.iter().find(|d| d.reason == reason).map_or(0, |d| d.count)
+    list.iter()
+        .find(|d| d.reason == reason)
+        .map_or(0, |d| d.count)
 }
 
 /// How a test peer reaches the forwarder.
@@ -306,8 +308,14 @@ fn tcp_and_udp_session(fwd: &Forwarder, room: u64) -> (Peer, Peer) {
     b.create_transport(fwd, room, tb);
     req(fwd, cmd::opus_track(room, ta, room * 10 + 1, 0x1111));
     req(fwd, cmd::opus_track(room, tb, room * 10 + 2, 0x2222));
-    req(fwd, cmd::down_track(room, room * 10 + 1, room * 10 + 3, tb, 0xaaaa, 109, 0));
-    req(fwd, cmd::down_track(room, room * 10 + 2, room * 10 + 4, ta, 0xbbbb, 109, 0));
+    req(
+        fwd,
+        cmd::down_track(room, room * 10 + 1, room * 10 + 3, tb, 0xaaaa, 109, 0),
+    );
+    req(
+        fwd,
+        cmd::down_track(room, room * 10 + 2, room * 10 + 4, ta, 0xbbbb, 109, 0),
+    );
     for p in [&mut a, &mut b] {
         p.ice();
         p.connect();
@@ -320,10 +328,16 @@ fn tcp_and_udp_session(fwd: &Forwarder, room: u64) -> (Peer, Peer) {
 fn exchange(a: &mut Peer, b: &mut Peer, seq: u16) {
     a.send_opus(seq, 0x1111, format!("from tcp {seq}").as_bytes());
     let (ssrc, payload) = b.recv_rtp();
-    assert_eq!((ssrc, payload), (0xaaaa, format!("from tcp {seq}").into_bytes()));
+    assert_eq!(
+        (ssrc, payload),
+        (0xaaaa, format!("from tcp {seq}").into_bytes())
+    );
     b.send_opus(seq, 0x2222, format!("from udp {seq}").as_bytes());
     let (ssrc, payload) = a.recv_rtp();
-    assert_eq!((ssrc, payload), (0xbbbb, format!("from udp {seq}").into_bytes()));
+    assert_eq!(
+        (ssrc, payload),
+        (0xbbbb, format!("from udp {seq}").into_bytes())
+    );
 }
 
 #[test]
@@ -338,7 +352,10 @@ fn ice_dtls_and_srtp_run_over_tcp_and_media_crosses_to_udp() {
     }
     let f = front_stats(&fwd);
     assert_eq!((f.accepted, f.open), (2, 2), "{f:?}");
-    assert!(f.datagrams_in >= 2 * 19 && f.datagrams_out >= 2 * 19, "{f:?}");
+    assert!(
+        f.datagrams_in >= 2 * 19 && f.datagrams_out >= 2 * 19,
+        "{f:?}"
+    );
     assert!(f.drops.is_empty() && f.closed.is_empty(), "{f:?}");
 }
 

@@ -107,7 +107,9 @@ impl UdpBlockedNetns {
             vec!["ip", "link", "set", &peer, "netns", &ns.name],
             vec!["ip", "addr", "add", &host_cidr, "dev", &ns.veth],
             vec!["ip", "link", "set", &ns.veth, "up"],
-            vec!["ip", "netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"],
+            vec![
+                "ip", "netns", "exec", &ns.name, "ip", "link", "set", "lo", "up",
+            ],
             vec![
                 "ip", "netns", "exec", &ns.name, "ip", "addr", "add", &ns_cidr, "dev", &peer,
             ],
@@ -194,7 +196,12 @@ fn serve(ns: &UdpBlockedNetns, extra: &[&str]) -> Server {
 }
 
 /// Runs `interop.mjs` inside the namespace; returns its success, summary and output.
-fn run_browser_in(ns: &UdpBlockedNetns, server: &Server, args: &[&str], timeout: Duration) -> (bool, Value, String) {
+fn run_browser_in(
+    ns: &UdpBlockedNetns,
+    server: &Server,
+    args: &[&str],
+    timeout: Duration,
+) -> (bool, Value, String) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name, "node"])
         .arg(browser_dir().join("interop.mjs"))
@@ -346,8 +353,14 @@ fn browser_without_udp_joins_over_ice_tcp_and_decodes_both_ways() {
         browser_and_python(&ns, &server, &py, "tcp-only", 110, 50);
     assert!(ok, "the browser scenario failed: {}\n{text}", s["failures"]);
     assert!(py_ok, "the Python participant failed:\n{py_text}");
-    assert!(num(&s, &["received", "video", "framesDecoded"]) > 0.0, "{s}");
-    assert!(num(&s, &["received", "audio", "bytesReceived"]) > 0.0, "{s}");
+    assert!(
+        num(&s, &["received", "video", "framesDecoded"]) > 0.0,
+        "{s}"
+    );
+    assert!(
+        num(&s, &["received", "audio", "bytesReceived"]) > 0.0,
+        "{s}"
+    );
     assert_eq!(s["data"]["text"], "hello over tcp", "{s}");
     assert!(
         frames_decoded_by_python(&py_summary) >= 30,
@@ -356,9 +369,21 @@ fn browser_without_udp_joins_over_ice_tcp_and_decodes_both_ways() {
     // Chromium's own view: both connections run over the passive TCP candidate.
     for pc in ["publisher", "subscriber"] {
         let pair = &s["transports"][pc];
-        assert_eq!(pair["local"]["protocol"], "tcp", "{pc}: {}", s["transports"]);
-        assert_eq!(pair["remote"]["protocol"], "tcp", "{pc}: {}", s["transports"]);
-        assert_eq!(pair["remote"]["tcpType"], "passive", "{pc}: {}", s["transports"]);
+        assert_eq!(
+            pair["local"]["protocol"], "tcp",
+            "{pc}: {}",
+            s["transports"]
+        );
+        assert_eq!(
+            pair["remote"]["protocol"], "tcp",
+            "{pc}: {}",
+            s["transports"]
+        );
+        assert_eq!(
+            pair["remote"]["tcpType"], "passive",
+            "{pc}: {}",
+            s["transports"]
+        );
         assert_eq!(
             pair["remote"]["address"],
             ns.host_ip.to_string(),
@@ -371,7 +396,10 @@ fn browser_without_udp_joins_over_ice_tcp_and_decodes_both_ways() {
         front_metric(&server, "prism_front_datagrams_in_total"),
         front_metric(&server, "prism_front_datagrams_out_total"),
     );
-    println!("ICE-TCP front: {dg_in} datagrams in, {dg_out} out; pairs {}", s["transports"]);
+    println!(
+        "ICE-TCP front: {dg_in} datagrams in, {dg_out} out; pairs {}",
+        s["transports"]
+    );
     assert!(dg_in > 100.0 && dg_out > 100.0, "{dg_in} in, {dg_out} out");
     server.assert_alive();
 }
@@ -391,7 +419,10 @@ fn without_the_tcp_listener_the_same_browser_gets_no_media() {
     let mut server = serve(&ns, &["--tcp-port", "0"]);
     let (ok, s, text, _py_ok, py_summary, py_text) =
         browser_and_python(&ns, &server, &py, "no-tcp", 45, 30);
-    assert!(!ok, "the browser got media with UDP blocked and no TCP:\n{text}");
+    assert!(
+        !ok,
+        "the browser got media with UDP blocked and no TCP:\n{text}"
+    );
     assert!(
         num(&s, &["received", "video", "framesDecoded"]) <= 0.0,
         "{s}"

@@ -142,7 +142,6 @@ impl Datagram {
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.buf[..self.len]
     }
-
 }
 
 /// The producing end of a queue of pooled datagrams.
@@ -645,7 +644,12 @@ mod tests {
         }
         let t = virtual_addr(FrontKind::Turn, 7);
         assert_eq!(parse_virtual(&t), Some((FrontKind::Turn, 7)));
-        for real in ["127.0.0.1:9", "[::1]:9", "[2001:db8::1]:5000", "[100:0:0:1::]:9"] {
+        for real in [
+            "127.0.0.1:9",
+            "[::1]:9",
+            "[2001:db8::1]:5000",
+            "[100:0:0:1::]:9",
+        ] {
             let a: SocketAddr = real.parse().unwrap();
             assert!(!is_virtual(&a), "{a}");
             assert_eq!(parse_virtual(&a), None);

@@ -11,9 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use webrtc_sdp::address::{Address, ExplicitlyTypedAddress};
 use webrtc_sdp::attribute_type::{
     SdpAttribute, SdpAttributeCandidate, SdpAttributeCandidateTcpType,
-    SdpAttributeCandidateTransport, SdpAttributeCandidateType,
-    SdpAttributeExtmap, SdpAttributeFingerprint, SdpAttributeFingerprintHashType, SdpAttributeMsid,
-    SdpAttributeRtpmap, SdpAttributeSetup, SdpAttributeSsrc, SdpSsrcGroupSemantic,
+    SdpAttributeCandidateTransport, SdpAttributeCandidateType, SdpAttributeExtmap,
+    SdpAttributeFingerprint, SdpAttributeFingerprintHashType, SdpAttributeMsid, SdpAttributeRtpmap,
+    SdpAttributeSetup, SdpAttributeSsrc, SdpSsrcGroupSemantic,
 };
 use webrtc_sdp::media_type::{
     SdpFormatList, SdpMedia, SdpMediaLine, SdpMediaValue, SdpProtocolValue,
