@@ -310,15 +310,12 @@ fn count_sinks(
                 continue;
             };
             match s {
-                Sock::Udp(u) => loop {
-                    match u.recv(&mut buf) {
-                        Ok(n) => {
-                            count.fetch_add(1, Ordering::Relaxed);
-                            bytes.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        Err(_) => break,
+                Sock::Udp(u) => {
+                    while let Ok(n) = u.recv(&mut buf) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                },
+                }
                 Sock::Tcp(t, de) => loop {
                     match t.read(de.spare()) {
                         Ok(0) => break,
@@ -656,7 +653,7 @@ fn drain_now(l: &mut Link) {
         Link::Tcp(t, de) => {
             let _ = t.set_nonblocking(true);
             while matches!(t.read(de.spare()), Ok(n) if n > 0) {}
-            *de = Box::new(Deframer::new());
+            **de = Deframer::new();
             let _ = t.set_nonblocking(false);
         }
     }
