@@ -389,6 +389,7 @@ struct Ready {
     driver: &'static str,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_worker<D: Driver>(
     i: usize,
     driver: D,

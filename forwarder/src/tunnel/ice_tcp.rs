@@ -221,7 +221,7 @@ impl Front {
                     }
                 }
             }
-            self.from_cores();
+            self.drain_cores();
             for (core, wake) in self.wake_cores.iter_mut().enumerate() {
                 if std::mem::take(wake) {
                     if let Some(w) = self.cores.get(core).and_then(|c| c.wake_core.as_ref()) {
@@ -313,7 +313,7 @@ impl Front {
     }
 
     /// Datagrams the cores sent, framed into their connections' write buffers.
-    fn from_cores(&mut self) {
+    fn drain_cores(&mut self) {
         let mut touched: Vec<u64> = Vec::new();
         for fe in &self.cores {
             while let Some(d) = fe.outbound.pop() {
@@ -471,7 +471,7 @@ fn read_conn(
                     }
                 }
             };
-            if cores[core].inbound.push(c.vaddr, frame) {
+            if cores[core].inbound.push(c.vaddr, c.peer, frame) {
                 wake[core] = true;
             } else {
                 counters.dropped(TunnelDrop::CoreQueueFull);

@@ -40,7 +40,7 @@ use openssl::ssl::{ErrorCode, Ssl, SslAcceptor, SslFiletype, SslMethod, SslStrea
 
 use super::server::{ClientKey, Proto, RelayId, TurnConfig, TurnIo, TurnServer, TurnStats};
 use super::{next_frame, Frame};
-use crate::tunnel::{self, FrontCounters, FrontEnd, FrontKind, TunnelDrop};
+use crate::tunnel::{self, FrontCounters, FrontEnd, TunnelDrop};
 
 const UDP: Token = Token(0);
 const TCP: Token = Token(1);
@@ -446,7 +446,8 @@ impl TurnIo for Net {
                 return;
             };
             let from = tunnel::virtual_addr_v4(relay.0);
-            if link.inbound.push(from, bytes) {
+            // The relayed address is the one the core must report back (XOR-MAPPED-ADDRESS).
+            if link.inbound.push(from, from, bytes) {
                 if let Some(w) = self.wake_cores.get_mut(p.core) {
                     *w = true;
                 }
