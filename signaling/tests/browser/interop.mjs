@@ -145,7 +145,7 @@ async function sentLayers() {
 // In the page: the selected ICE candidate pair of the publisher and subscriber
 // connections (from the camera's and a received track's getStats), so a test can tell
 // whether media went over UDP or TCP.
-async function selectedPairs() {
+async function transportPairs() {
   const room = window.prism.room;
   const reports = [];
   const cam = room?.localParticipant?.getTrackPublication('camera')?.track;
@@ -448,7 +448,7 @@ async function withPython() {
   const got = await waitMediaFrom(web, peer, 60000);
   result.received = got;
   result.first_frame_ms = await web.page.evaluate(() => window.prism.firstRemoteFrameMs);
-  result.transports = await web.page.evaluate(selectedPairs);
+  result.transports = await web.page.evaluate(transportPairs);
   log('selected candidate pairs', JSON.stringify(result.transports));
   log('web decodes', peer, got);
   const msg = await until(
