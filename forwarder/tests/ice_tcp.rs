@@ -200,6 +200,10 @@ impl Peer {
         let reply = self.link.recv();
         let m = StunMessage::new_checked(&reply[..]).unwrap();
         assert_eq!(m.class(), Class::SuccessResponse);
+        // A peer is told its real address, never the virtual one the core knows it by.
+        if let Link::Tcp(s, _) = &self.link {
+            assert_eq!(m.xor_mapped_address(), Some(s.local_addr().unwrap()));
+        }
     }
 
     /// DTLS until connected; then SRTP keys from the export.

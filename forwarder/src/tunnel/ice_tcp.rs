@@ -471,7 +471,7 @@ fn read_conn(
                     }
                 }
             };
-            if cores[core].inbound.push(c.vaddr, frame) {
+            if cores[core].inbound.push(c.vaddr, c.peer, frame) {
                 wake[core] = true;
             } else {
                 counters.dropped(TunnelDrop::CoreQueueFull);

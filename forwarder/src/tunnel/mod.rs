@@ -139,6 +139,9 @@ pub fn parse_virtual(addr: &SocketAddr) -> Option<(FrontKind, u64)> {
 #[derive(Debug)]
 pub struct Datagram {
     pub peer: SocketAddr,
+    /// Toward a core: the peer's real address as the front sees it (what ICE tells the
+    /// peer its address is). Toward a front: the same as `peer`.
+    pub origin: SocketAddr,
     len: usize,
     buf: Box<[u8; MAX_DATAGRAM]>,
 }
@@ -147,6 +150,7 @@ impl Datagram {
     fn new() -> Self {
         Self {
             peer: virtual_addr(FrontKind::IceTcp, 0),
+            origin: virtual_addr(FrontKind::IceTcp, 0),
             len: 0,
             buf: Box::new([0u8; MAX_DATAGRAM]),
         }
@@ -158,17 +162,6 @@ impl Datagram {
 
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.buf[..self.len]
-    }
-
-    /// Copies `data` in; false (nothing copied) if it is longer than [`MAX_DATAGRAM`].
-    pub fn fill(&mut self, peer: SocketAddr, data: &[u8]) -> bool {
-        let Some(dst) = self.buf.get_mut(..data.len()) else {
-            return false;
-        };
-        dst.copy_from_slice(data);
-        self.len = data.len();
-        self.peer = peer;
-        true
     }
 }
 
@@ -210,10 +203,11 @@ pub fn queue(capacity: usize) -> (QueueTx, QueueRx) {
 }
 
 impl QueueTx {
-    /// Copies `data` from `peer` into a free slot and queues it. False if no slot is free
-    /// (the consumer is behind) or `data` is too long; nothing is queued then.
-    pub fn push(&self, peer: SocketAddr, data: &[u8]) -> bool {
-        self.push_with(peer, &mut |slot| {
+    /// Copies `data` from `peer` (virtual; really at `origin`) into a free slot and queues
+    /// it. False if no slot is free (the consumer is behind) or `data` is too long;
+    /// nothing is queued then.
+    pub fn push(&self, peer: SocketAddr, origin: SocketAddr, data: &[u8]) -> bool {
+        self.push_inner(peer, origin, &mut |slot| {
             slot.get_mut(..data.len()).map_or(0, |s| {
                 s.copy_from_slice(data);
                 data.len()
@@ -224,6 +218,15 @@ impl QueueTx {
     /// Like [`QueueTx::push`], with the bytes written by `fill` (which returns the length;
     /// 0 cancels).
     pub fn push_with(&self, peer: SocketAddr, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+        self.push_inner(peer, peer, fill)
+    }
+
+    fn push_inner(
+        &self,
+        peer: SocketAddr,
+        origin: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> bool {
         let Ok(mut d) = self.free.try_recv() else {
             return false;
         };
@@ -234,6 +237,7 @@ impl QueueTx {
         }
         d.len = n;
         d.peer = peer;
+        d.origin = origin;
         // Cannot fail: the channel has room for every slot there is.
         let _ = self.full.try_send(d);
         true
@@ -585,6 +589,7 @@ impl CoreTunnels {
                 let mut eg = TunnelEgress {
                     inner: &mut *inner,
                     out: &mut *out,
+                    origin: Some((from, d.origin)),
                 };
                 handle(from, d.bytes_mut(), &mut eg);
                 q.recycle(d);
@@ -598,6 +603,7 @@ impl CoreTunnels {
         TunnelEgress {
             inner,
             out: &mut self.out,
+            origin: None,
         }
     }
 
@@ -637,6 +643,8 @@ impl Outbound {
 pub struct TunnelEgress<'a, E> {
     inner: &'a mut E,
     out: &'a mut Outbound,
+    /// While a tunnelled datagram is handled: its virtual and its real source address.
+    origin: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl<E: Egress> Egress for TunnelEgress<'_, E> {
@@ -653,6 +661,13 @@ impl<E: Egress> Egress for TunnelEgress<'_, E> {
             return self.out.send_with(to, fill);
         }
         self.inner.send_with(to, fill)
+    }
+
+    fn mapped_address(&self, from: SocketAddr) -> SocketAddr {
+        match self.origin {
+            Some((virt, real)) if virt == from => real,
+            _ => self.inner.mapped_address(from),
+        }
     }
 }
 
@@ -691,15 +706,16 @@ mod tests {
     fn queue_recycles_slots_and_refuses_when_full() {
         let (tx, rx) = queue(2);
         let peer = virtual_addr(FrontKind::IceTcp, 3);
-        assert!(tx.push(peer, b"one"));
-        assert!(tx.push(peer, b"two"));
-        assert!(!tx.push(peer, b"three"), "no free slot");
+        let real: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        assert!(tx.push(peer, real, b"one"));
+        assert!(tx.push(peer, real, b"two"));
+        assert!(!tx.push(peer, real, b"three"), "no free slot");
         let d = rx.pop().unwrap();
         assert_eq!(d.bytes(), b"one");
-        assert_eq!(d.peer, peer);
+        assert_eq!((d.peer, d.origin), (peer, real));
         rx.recycle(d);
-        assert!(tx.push(peer, b"three"));
+        assert!(tx.push(peer, real, b"three"));
         assert_eq!(rx.pop().unwrap().bytes(), b"two");
-        assert!(!tx.push(peer, &[0u8; MAX_DATAGRAM + 1]), "too long");
+        assert!(!tx.push(peer, real, &[0u8; MAX_DATAGRAM + 1]), "too long");
     }
 }

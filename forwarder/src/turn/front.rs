@@ -447,7 +447,8 @@ impl TurnIo for Net {
                 return;
             };
             let from = tunnel::virtual_addr_v4(relay.0);
-            if link.inbound.push(from, bytes) {
+            // The relayed address is the one the core must report back (XOR-MAPPED-ADDRESS).
+            if link.inbound.push(from, from, bytes) {
                 if let Some(w) = self.wake_cores.get_mut(p.core) {
                     *w = true;
                 }

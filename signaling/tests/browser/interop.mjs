@@ -14,12 +14,14 @@
 // - with-python: one browser participant joins a room where LiveKit's Python SDK
 //   publishes (started by the Rust test); it must decode the Python participant's video,
 //   receive its audio and its data, and see it leave. With --viewer the browser publishes
-//   nothing.
+//   nothing. The selected ICE candidate pairs (UDP or TCP) are reported as `transports`.
 // - relay: alice and bob join with relay-only ICE (the page's `?relay=1`: livekit-client's
 //   `rtcConfig: { iceTransportPolicy: 'relay' }`), so media can only flow through the TURN
 //   servers Prism hands out in the JoinResponse. Each must decode the other's video, and
 //   the selected candidate pair of every connection (getStats) must have a local candidate
 //   of type `relay`, over --relay-protocol (udp or tls) when given.
+//
+// CHROMIUM_EXTRA_ARGS (space-separated) adds Chromium flags.
 //
 // Prints progress on stderr and one JSON line last on stdout: {ok, failures, ...figures}.
 // Exits 1 when a check failed. Never waits forever: every wait has a deadline, and the
@@ -138,6 +140,45 @@ async function sentLayers() {
     }
   }
   return layers.sort((a, b) => a.width - b.width);
+}
+
+// In the page: the selected ICE candidate pair of the publisher and subscriber
+// connections (from the camera's and a received track's getStats), so a test can tell
+// whether media went over UDP or TCP.
+async function transportPairs() {
+  const room = window.prism.room;
+  const reports = [];
+  const cam = room?.localParticipant?.getTrackPublication('camera')?.track;
+  if (cam) reports.push(['publisher', await cam.getRTCStatsReport()]);
+  outer: for (const p of room?.remoteParticipants.values() ?? []) {
+    for (const pub of p.trackPublications.values()) {
+      const r = await pub.track?.getRTCStatsReport?.();
+      if (r) {
+        reports.push(['subscriber', r]);
+        break outer;
+      }
+    }
+  }
+  const cand = (c) => c && { protocol: c.protocol, type: c.candidateType, address: c.address, port: c.port, tcpType: c.tcpType ?? null };
+  const out = {};
+  for (const [which, report] of reports) {
+    if (!report) continue;
+    const byId = new Map([...report.values()].map((s) => [s.id, s]));
+    let pair = null;
+    for (const s of byId.values()) {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) ?? pair;
+    }
+    if (!pair) {
+      for (const s of byId.values()) if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    }
+    out[which] = pair && {
+      local: cand(byId.get(pair.localCandidateId)),
+      remote: cand(byId.get(pair.remoteCandidateId)),
+      bytesSent: pair.bytesSent ?? 0,
+      bytesReceived: pair.bytesReceived ?? 0,
+    };
+  }
+  return out;
 }
 
 async function newParticipant(name, viewport) {
@@ -407,6 +448,8 @@ async function withPython() {
   const got = await waitMediaFrom(web, peer, 60000);
   result.received = got;
   result.first_frame_ms = await web.page.evaluate(() => window.prism.firstRemoteFrameMs);
+  result.transports = await web.page.evaluate(transportPairs);
+  log('selected candidate pairs', JSON.stringify(result.transports));
   log('web decodes', peer, got);
   const msg = await until(
     web.page,
@@ -448,6 +491,9 @@ try {
       '--allow-loopback-in-peer-connection',
       // The relay scenario's TURN over TLS uses a certificate the test made.
       '--ignore-certificate-errors',
+      // e.g. --unsafely-treat-insecure-origin-as-secure=http://10.201.3.1:8000, so that a
+      // page served on an address other than localhost may use the camera.
+      ...(process.env.CHROMIUM_EXTRA_ARGS || '').split(' ').filter(Boolean),
     ],
   });
   log('chromium', browser.version(), 'room', ROOM);

@@ -100,6 +100,11 @@ pub struct Pipe {
 }
 
 impl Pipe {
+    /// What was collected so far, shared (for a log printed when a test fails).
+    pub fn text_handle(&self) -> Arc<Mutex<String>> {
+        self.text.clone()
+    }
+
     pub fn take(self) -> String {
         let _ = self.handle.join();
         let s = self.text.lock().unwrap();

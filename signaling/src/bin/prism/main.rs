@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// port per core (default 7882).
     #[arg(long, alias = "media-port", value_name = "PORT", env = "UDP_PORT")]
     pub udp_port: Option<String>,
+    /// TCP port for ICE over TCP, the fallback of clients whose networks block UDP
+    /// (default 7881; 0: off).
+    #[arg(long, value_name = "PORT")]
+    pub tcp_port: Option<u16>,
     /// Address the media sockets bind to (default 127.0.0.1).
     #[arg(long, value_name = "IP")]
     pub media_ip: Option<String>,

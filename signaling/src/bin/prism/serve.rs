@@ -231,6 +231,15 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             .map_err(anyhow::Error::msg)?,
         None => file.media_base_port(core_count)?.unwrap_or(7882),
     };
+    // ICE over TCP on 7881 as LiveKit does, unless configured (0: off). With ephemeral
+    // media ports (tests starting many servers) it is ephemeral too.
+    let tcp_configured = flags.tcp_port.or(file.rtc.tcp_port);
+    fwd.tcp_port = match tcp_configured {
+        Some(0) => None,
+        Some(p) => Some(p),
+        None if fwd.base_port == 0 => Some(0),
+        None => Some(7881),
+    };
     if flags.redis_host.is_some() || flags.redis_password.is_some() {
         warnings.push(
             "--redis-host / REDIS_HOST: several nodes sharing rooms through Redis is not \
@@ -304,8 +313,22 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         }
     }
 
-    let forwarder = Forwarder::start(fwd).context("starting the media plane")?;
+    let forwarder = match Forwarder::start(fwd.clone()) {
+        // The default TCP port taken (another server on this host): run without ICE-TCP
+        // rather than not at all; a configured port must be had.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tcp_configured.is_none() => {
+            tracing::warn!(
+                port = ?fwd.tcp_port,
+                "ICE over TCP is off: its port is in use (set rtc.tcp_port or --tcp-port)"
+            );
+            fwd.tcp_port = None;
+            Forwarder::start(fwd)
+        }
+        r => r,
+    }
+    .context("starting the media plane")?;
     let media = forwarder.core_addrs();
+    let ice_tcp = forwarder.tcp_addr();
     let driver = forwarder.driver_name();
     if let Some(t) = forwarder.turn() {
         println!(
@@ -343,7 +366,7 @@ pub fn run(flags: ServeArgs) -> Result<()> {
                 adv.join(", ")
             );
         }
-        tracing::info!(?binds, ?media, driver, "listening");
+        tracing::info!(?binds, ?media, ?ice_tcp, driver, "listening");
         if dev {
             let t = auth::join_token(
                 DEV_KEY,

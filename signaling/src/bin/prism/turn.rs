@@ -126,6 +126,14 @@ pub fn setup(
         } else if let Some(path) = &t.secret_file {
             let s = std::fs::read_to_string(path)
                 .with_context(|| format!("rtc.turn_servers[{i}].secret_file"))?;
+            if s.trim().is_empty() {
+                // As LiveKit: an empty secret file is a mistake, not a reason to fall back
+                // to static credentials.
+                bail!(
+                    "rtc.turn_servers[{i}].secret_file {} is empty",
+                    path.display()
+                );
+            }
             Some(s.trim().to_string())
         } else {
             None
@@ -154,6 +162,22 @@ pub fn setup(
             credentials,
         });
     }
+    // `rtc.stun_servers` go to clients too, as in LiveKit (no credentials).
+    let stun: Vec<String> = file
+        .rtc
+        .stun_servers
+        .iter()
+        .map(|s| format!("stun:{s}"))
+        .collect();
+    if !stun.is_empty() {
+        servers.push(IceServerSpec {
+            urls: stun,
+            credentials: Credentials::Static {
+                username: String::new(),
+                credential: String::new(),
+            },
+        });
+    }
     Ok(TurnSetup {
         front,
         ice_servers: IceServers { servers },
@@ -162,4 +186,59 @@ pub fn setup(
 
 fn positive(v: Option<i64>) -> Option<u64> {
     v.and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_servers_and_external_turn_servers_reach_clients() {
+        let file = Config::parse(
+            "rtc:\n  stun_servers: [stun.example.net:3478]\n  turn_servers:\n    \
+             - host: turn.example.net\n      port: 443\n      protocol: tls\n      \
+             username: u\n      credential: p\n",
+        )
+        .unwrap();
+        let mut warnings = Vec::new();
+        let s = setup(
+            &file,
+            &file.turn,
+            "127.0.0.1".parse().unwrap(),
+            &[],
+            "secret",
+            &mut warnings,
+        )
+        .unwrap();
+        assert!(s.front.is_none(), "turn.enabled is off");
+        let given = s.ice_servers.for_participant("PA_x", 1_000);
+        assert_eq!(given.len(), 2, "{given:?}");
+        assert!(
+            given[0].urls[0].starts_with("turns:turn.example.net:443"),
+            "{given:?}"
+        );
+        assert_eq!(given[1].urls, ["stun:stun.example.net:3478"]);
+        assert!(given[1].username.is_empty());
+    }
+
+    #[test]
+    fn an_empty_secret_file_stops_the_server() {
+        let path = std::env::temp_dir().join(format!("prism-empty-secret-{}", std::process::id()));
+        std::fs::write(&path, "  \n").unwrap();
+        let file = Config::parse(&format!(
+            "rtc:\n  turn_servers:\n    - host: h\n      port: 3478\n      secret_file: {}\n",
+            path.display()
+        ))
+        .unwrap();
+        let e = setup(
+            &file,
+            &file.turn,
+            "127.0.0.1".parse().unwrap(),
+            &[],
+            "s",
+            &mut Vec::new(),
+        );
+        let _ = std::fs::remove_file(&path);
+        assert!(e.is_err());
+    }
 }
