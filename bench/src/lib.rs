@@ -31,3 +31,4 @@ pub mod sink;
 pub mod source;
 pub mod srtp;
 pub mod sut;
+pub mod turn;

@@ -165,6 +165,20 @@ fn wait_stats(fwd: &Forwarder, f: impl Fn(&FrontStats) -> bool) -> FrontStats {
     }
 }
 
+fn turn_front_stats(fwd: &Forwarder) -> pb::FrontStats {
+    let ev = fwd
+        .client()
+        .request(
+            Body::GetStats(pb::GetStats::default()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let Some(pb::event::Body::Stats(s)) = ev.body else {
+        panic!("no stats")
+    };
+    s.fronts.into_iter().find(|f| f.kind == "turn").unwrap()
+}
+
 fn core_drops(fwd: &Forwarder) -> u64 {
     let ev = fwd
         .client()
@@ -333,6 +347,29 @@ fn turn_over_udp_and_tls_refuses_bad_input_and_relays_to_the_core() {
     assert!(error_code(&r).is_none(), "{:?}", error_code(&r));
     let s = wait_stats(&fwd, |s| s.server.allocations_active == 2);
     assert!(s.server.forbidden_peer >= 5);
+    // The same reasons reach GetStats, on the "turn" front.
+    let deadline = Instant::now() + SAFETY;
+    loop {
+        let f = turn_front_stats(&fwd);
+        let count = |r: &str| {
+            f.drops
+                .iter()
+                .find(|d| d.reason == r)
+                .map_or(0, |d| d.count)
+        };
+        if count("turn_wrong_credentials") >= 2
+            && count("turn_forbidden_peer") >= 5
+            && count("turn_tls_handshake_failed") == 1
+            && f.datagrams_in >= 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GetStats never showed them: {f:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     drop(tls);
     drop(fwd);
     let _ = std::fs::remove_dir_all(&dir);

@@ -20,6 +20,9 @@ USAGE:
     prism-bench serve conventional --port N --control PATH
     prism-bench control compare|smoke ...   control-plane benchmark (see control --help)
     prism-bench ice-tcp [OPTIONS]            ICE-over-TCP cost against UDP (see ice-tcp --help)
+    prism-bench turn [--subscribers N] [--pps N] [--secs N] [--gen-cpu N] [--sut-cpu N]
+                     [--out DIR]    embedded TURN against direct UDP, one run (writes
+                                    DIR/turn-<date>.md and .json; default bench/results)
 
 RUN OPTIONS:
     --smoke                 one short trial per scenario and system (CI), no search
@@ -46,12 +49,67 @@ fn main() -> Result<()> {
         Some("serve") => serve(&args[1..]),
         Some("control") => prism_bench::control::cli::main(&args[1..]),
         Some("ice-tcp") => prism_bench::icetcp::main(&args[1..]),
+        Some("turn") => turn(&args[1..]),
         Some("-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())
         }
         Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
     }
+}
+
+fn turn(args: &[String]) -> Result<()> {
+    let mut cfg = prism_bench::turn::TurnBench {
+        subscribers: 10,
+        ingress_pps: 5_000,
+        secs: 10,
+        gen_cpu: 0,
+        sut_cpu: 1,
+    };
+    let mut out = PathBuf::from("bench/results");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--subscribers" => cfg.subscribers = val()?.parse()?,
+            "--pps" => cfg.ingress_pps = val()?.parse()?,
+            "--secs" => cfg.secs = val()?.parse()?,
+            "--gen-cpu" => cfg.gen_cpu = val()?.parse()?,
+            "--sut-cpu" => cfg.sut_cpu = val()?.parse()?,
+            "--out" => out = PathBuf::from(val()?),
+            other => bail!("unknown option {other:?}"),
+        }
+    }
+    let (machine, results) = prism_bench::turn::run(&cfg)?;
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let when = utc_stamp(secs);
+    let md = prism_bench::turn::markdown(&cfg, &machine, &results, &when);
+    print!("{md}");
+    std::fs::create_dir_all(&out)?;
+    let stem = format!("turn-{}", when.replace([' ', ':'], "-"));
+    std::fs::write(out.join(format!("{stem}.md")), &md)?;
+    std::fs::write(
+        out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC for a Unix time.
+fn utc_stamp(secs: u64) -> String {
+    let days = secs / 86_400;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}")
 }
 
 fn serve(args: &[String]) -> Result<()> {

@@ -411,6 +411,9 @@ pub struct FrontCounters {
     pub bytes_out: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
     drops: [AtomicU64; TunnelDrop::ALL.len()],
+    /// Reasons of a front's own (the TURN server's refusals), reported with `drops`;
+    /// replaced whole by the front's thread, read by `GetStats`.
+    extra_drops: std::sync::Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl FrontCounters {
@@ -457,7 +460,23 @@ impl FrontCounters {
                     reason: r.name().to_string(),
                     count: self.drop_count(*r),
                 })
+                .chain(self.extra_drops.lock().iter().flat_map(|v| {
+                    v.iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|&(reason, count)| pb::DropCount {
+                            reason: reason.to_string(),
+                            count,
+                        })
+                        .collect::<Vec<_>>()
+                }))
                 .collect(),
+        }
+    }
+
+    /// Replaces the front's own drop reasons (see `extra_drops`).
+    pub fn set_extra_drops(&self, v: Vec<(&'static str, u64)>) {
+        if let Ok(mut e) = self.extra_drops.lock() {
+            *e = v;
         }
     }
 }

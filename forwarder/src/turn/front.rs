@@ -51,6 +51,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PENDING_OUT: usize = 1 << 20;
 const MAX_STREAMS: usize = 4096;
 const BUF: usize = 65_536;
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 /// How the stream listener speaks.
 #[derive(Clone, Debug)]
@@ -519,10 +520,11 @@ impl Loop {
         self.net.registry = self.poll.registry().try_clone().ok();
         let mut events = Events::with_capacity(256);
         let mut last_sweep = Instant::now();
+        let mut last_publish = last_sweep;
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self
                 .poll
-                .poll(&mut events, Some(Duration::from_millis(500)))
+                .poll(&mut events, Some(Duration::from_millis(100)))
             {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "TURN poll failed");
@@ -554,12 +556,54 @@ impl Loop {
                 self.server.handle_timeout(now, &mut self.net);
                 self.expire_handshakes(now);
             }
+            // Counters go out at most every 50 ms: the snapshot allocates.
+            if now.duration_since(last_publish) < PUBLISH_EVERY {
+                continue;
+            }
+            last_publish = now;
+            let mut snap = self.net.stats;
+            snap.server = self.server.stats();
+            snap.streams_active = self.net.streams.len() as u64;
             if let Ok(mut s) = self.shared.lock() {
-                *s = self.net.stats;
-                s.server = self.server.stats();
-                s.streams_active = self.net.streams.len() as u64;
+                if *s != snap {
+                    *s = snap;
+                    self.publish(&snap);
+                }
             }
         }
+    }
+
+    /// The counters `GetStats` reports for this front.
+    fn publish(&self, s: &FrontStats) {
+        let c = &self.net.counters;
+        c.accepted.store(s.streams_accepted, Ordering::Relaxed);
+        c.open.store(s.streams_active, Ordering::Relaxed);
+        let v = &s.server;
+        c.set_extra_drops(vec![
+            ("turn_malformed", v.malformed),
+            ("turn_bad_fingerprint", v.bad_fingerprint),
+            ("turn_unauthenticated", v.unauthenticated),
+            ("turn_wrong_credentials", v.wrong_credentials),
+            ("turn_expired_credentials", v.expired_credentials),
+            ("turn_stale_nonce", v.stale_nonce),
+            ("turn_quota", v.quota),
+            ("turn_capacity", v.capacity),
+            ("turn_forbidden_peer", v.forbidden_peer),
+            ("turn_no_allocation", v.no_allocation),
+            ("turn_no_permission", v.no_permission),
+            ("turn_bad_request", v.bad_request),
+            ("turn_unknown_attribute", v.unknown_attribute),
+            ("turn_unsupported_transport", v.unsupported_transport),
+            ("turn_unknown_method", v.unknown_method),
+            ("turn_unknown_channel", v.unknown_channel),
+            ("turn_tls_handshake_failed", s.tls_handshake_failed),
+            ("turn_handshake_timeout", s.handshake_timeout),
+            ("turn_stream_invalid", s.stream_invalid),
+            ("turn_stream_slow_reader", s.stream_slow_reader),
+            ("turn_streams_refused", s.streams_refused),
+            ("turn_unknown_peer", s.unknown_peer),
+            ("turn_send_errors", s.send_errors),
+        ]);
     }
 
     /// What the cores sent to allocations' virtual addresses, relayed to their clients.
