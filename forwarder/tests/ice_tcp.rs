@@ -7,7 +7,9 @@
 //!
 //! Bad input closes only the offending connection, with a counted reason in `GetStats`:
 //! garbage, a length prefix of 64 KiB, silence (handshake timeout), and connections past
-//! the maximum. A session that was already up keeps working throughout.
+//! the maximum. A reader that stops reading loses datagrams at its write-backlog bound
+//! (counted) instead of growing memory. A session that was already up keeps working
+//! throughout.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
