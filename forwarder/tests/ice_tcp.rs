@@ -7,7 +7,9 @@
 //!
 //! Bad input closes only the offending connection, with a counted reason in `GetStats`:
 //! garbage, a length prefix of 64 KiB, silence (handshake timeout), and connections past
-//! the maximum. A session that was already up keeps working throughout.
+//! the maximum. A reader that stops reading loses datagrams at its write-backlog bound
+//! (counted) instead of growing memory. A session that was already up keeps working
+//! throughout.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -418,4 +420,53 @@ fn connections_past_the_maximum_are_refused_and_the_session_carries_on() {
     assert_eq!(count(&f.closed, "too_many_connections"), 1, "{f:?}");
     assert_eq!((f.accepted, f.open), (7, 6), "{f:?}");
     drop(held);
+}
+
+#[test]
+fn a_tcp_reader_that_stops_reading_loses_datagrams_not_memory() {
+    let fwd = start(IceTcpConfig {
+        max_write_backlog: 64 * 1024,
+        ..Default::default()
+    });
+    let tcp = fwd.tcp_addr().unwrap();
+    let pb::event::Body::RoomCreated(rc) = req(&fwd, cmd::room(1)) else {
+        panic!()
+    };
+    let core_addr = fwd.core_addrs()[rc.core as usize];
+    // A plain-RTP publisher on UDP, and a viewer on TCP that never reads once connected.
+    let publisher = UdpSocket::bind("127.0.0.1:0").unwrap();
+    req(&fwd, cmd::plain(1, 10, publisher.local_addr().unwrap()));
+    req(&fwd, cmd::opus_track(1, 10, 1, 0x1111));
+    let mut viewer = Peer::new(Link::tcp(tcp), "slow");
+    viewer.create_transport(&fwd, 1, 20);
+    req(&fwd, cmd::down_track(1, 1, 2, 20, 0x2222, 109, 0));
+    viewer.ice();
+    viewer.connect();
+    let (mut a, mut b) = tcp_and_udp_session(&fwd, 2);
+    let mut seq = 0u16;
+    let payload = [0x5au8; 1000];
+    let drops = loop {
+        for _ in 0..500 {
+            seq = seq.wrapping_add(1);
+            let mut p = vec![0x80, 111];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+            p.extend_from_slice(&0x1111u32.to_be_bytes());
+            p.extend_from_slice(&payload);
+            publisher.send_to(&p, core_addr).unwrap();
+        }
+        let f = front_stats(&fwd);
+        let d = count(&f.drops, "write_backlog");
+        if d > 0 {
+            break d;
+        }
+        assert!(seq < 60_000, "no backlog drop after {seq} packets: {f:?}");
+    };
+    // The slow reader is still connected, and the other session is untouched.
+    let f = front_stats(&fwd);
+    assert_eq!(f.open, 2, "{f:?}");
+    assert!(f.closed.is_empty(), "{f:?}");
+    exchange(&mut a, &mut b, 2);
+    println!("{drops} datagrams dropped for the slow reader after {seq} sent");
+    drop(viewer);
 }

@@ -284,6 +284,14 @@ fn media_bound_to_every_interface_is_advertised_as_the_node_ip() {
             .lines()
             .filter(|l| l.starts_with("a=candidate:") && l.contains(" UDP "))
             .collect();
+        // The passive ICE-TCP candidate (default port 7881 here) is advertised the same way.
+        assert!(
+            answer
+                .lines()
+                .filter(|l| l.contains(" TCP "))
+                .all(|c| c.contains(&format!(" {want} ")) && c.ends_with("tcptype passive")),
+            "{env:?} {flags:?}: {answer}"
+        );
         assert!(
             !candidates.is_empty()
                 && candidates
