@@ -317,5 +317,6 @@ pub async fn render(state: &AppState) -> Result<String, String> {
             );
         }
     }
+    state.ingresses.render_metrics(&mut out);
     Ok(out)
 }

@@ -95,6 +95,9 @@ pub struct ServeArgs {
     /// port per core (default 7882).
     #[arg(long, alias = "media-port", value_name = "PORT", env = "UDP_PORT")]
     pub udp_port: Option<String>,
+    /// TCP port of the RTMP ingress listener (default 1935; 0 picks a free port).
+    #[arg(long, value_name = "PORT")]
+    pub rtmp_port: Option<u16>,
     /// Address the media sockets bind to (default 127.0.0.1).
     #[arg(long, value_name = "IP")]
     pub media_ip: Option<String>,
