@@ -150,7 +150,7 @@ fn ffmpeg_over_rtmp_is_an_ingress_participant_that_sdks_decode() {
     let mut api = api(&py, &server);
 
     api.tell("create rtmp-room obs-cam");
-    let info = api.expect_event("created", EVENT);
+    let info = api.expect_event("created", EVENT)["info"].clone();
     let (id, key, url) = (
         info["ingress_id"].as_str().unwrap().to_string(),
         info["stream_key"].as_str().unwrap().to_string(),
@@ -264,7 +264,7 @@ fn bad_rtmp_input_is_refused_counted_and_harmless() {
     let rtmp = rtmp_addr(&server);
     let mut api = api(&py, &server);
     api.tell("create bad-room cam");
-    let info = api.expect_event("created", EVENT);
+    let info = api.expect_event("created", EVENT)["info"].clone();
     let (id, key, url) = (
         info["ingress_id"].as_str().unwrap().to_string(),
         info["stream_key"].as_str().unwrap().to_string(),
@@ -314,10 +314,10 @@ fn bad_rtmp_input_is_refused_counted_and_harmless() {
 
     // UpdateIngress and the other input types through the same client.
     api.tell(&format!("update {id} other-room"));
-    let updated = api.expect_event("updated", EVENT);
+    let updated = api.expect_event("updated", EVENT)["info"].clone();
     assert_eq!(updated["room_name"], "other-room");
     api.tell("create whip-room whip-cam whip");
-    let whip = api.expect_event("created", EVENT);
+    let whip = api.expect_event("created", EVENT)["info"].clone();
     assert!(
         whip["url"].as_str().unwrap().ends_with("/whip/whip-room"),
         "{whip}"

@@ -2,10 +2,10 @@
 `LiveKitAPI().ingress`), run step by step by signaling/tests/ingress_rtmp.rs.
 
 Commands (stdin, one a line):
-- `create ROOM IDENTITY [rtmp|whip]`: CreateIngress; event `created` {the IngressInfo};
+- `create ROOM IDENTITY [rtmp|whip]`: CreateIngress; event `created` {info};
 - `list [ROOM]`: ListIngress; event `listed` {items};
-- `update ID ROOM`: UpdateIngress (room name); event `updated` {the IngressInfo};
-- `delete ID`: DeleteIngress; event `deleted` {the IngressInfo};
+- `update ID ROOM`: UpdateIngress (room name); event `updated` {info};
+- `delete ID`: DeleteIngress; event `deleted` {info};
 - `stop`.
 A call that fails gives event `failed` {method, code, message}. IngressInfo is printed as
 protobuf's JSON mapping (field names as in the .proto).
@@ -55,7 +55,7 @@ async def main() -> None:
                         participant_name=f"{words[2]} (ingress)",
                     )
                     info = await lk.ingress.create_ingress(req)
-                    event("created", **as_dict(info))
+                    event("created", info=as_dict(info))
                 elif method == "list":
                     room = words[1] if len(words) > 1 else ""
                     res = await lk.ingress.list_ingress(api.ListIngressRequest(room_name=room))
@@ -64,12 +64,12 @@ async def main() -> None:
                     info = await lk.ingress.update_ingress(
                         api.UpdateIngressRequest(ingress_id=words[1], room_name=words[2])
                     )
-                    event("updated", **as_dict(info))
+                    event("updated", info=as_dict(info))
                 elif method == "delete":
                     info = await lk.ingress.delete_ingress(
                         api.DeleteIngressRequest(ingress_id=words[1])
                     )
-                    event("deleted", **as_dict(info))
+                    event("deleted", info=as_dict(info))
                 else:
                     event("failed", method=method, code="", message="unknown command")
                     continue
