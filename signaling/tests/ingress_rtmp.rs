@@ -329,3 +329,52 @@ fn bad_rtmp_input_is_refused_counted_and_harmless() {
     assert!(api.finish().ok());
     server.assert_alive();
 }
+
+#[test]
+fn a_whip_ingress_key_publishes_through_the_whip_endpoint() {
+    let Some(py) = py() else { return };
+    if python("aiortc, av").is_none() {
+        return;
+    }
+    let server = Server::start();
+    let mut api = api(&py, &server);
+    api.tell("create whip-room whip-cam whip");
+    let info = api.expect_event("created", EVENT)["info"].clone();
+    let (url, key) = (
+        info["url"].as_str().unwrap().to_string(),
+        info["stream_key"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(url, server.url("/whip/whip-room"), "{info}");
+    let mut watcher = lk_watch(
+        &py,
+        &server,
+        "whip-room",
+        "viewer",
+        &["--expect", "whip-cam", "--video-frames", "30", "--timeout", "120"],
+    );
+    watcher.expect_event("connected", EVENT);
+    // aiortc's WHIP client, with the stream key as its bearer token.
+    let args = [
+        "--url",
+        &url,
+        "--token",
+        &key,
+        "--until-told",
+        "--seconds",
+        "120",
+        "--connect-timeout",
+        "30",
+    ];
+    let mut whip = live_client(&py, "whip-ingress", "whip_publish.py", &args)
+        .timeout(Duration::from_secs(150));
+    watcher.expect_event("frames", EVENT);
+    whip.tell("delete");
+    let w = watcher.finish();
+    let p = &w.summary["participants"]["whip-cam"];
+    assert_eq!(p["kind_name"], "PARTICIPANT_KIND_INGRESS", "{w}");
+    // The key ends the session too (DELETE answered 200).
+    let o = whip.finish();
+    assert_eq!(o.summary["delete_status"], 200, "{o}");
+    api.tell("stop");
+    assert!(api.finish().ok());
+}

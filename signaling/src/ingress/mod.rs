@@ -346,6 +346,32 @@ impl Ingresses {
         }
     }
 
+    /// The claims a WHIP publisher gets when its bearer token is the stream key of a WHIP
+    /// ingress of `room`: the ingress's identity, name and metadata, publish only.
+    pub fn whip_claims(&self, key: &str, room: &str) -> Option<crate::auth::Claims> {
+        let g = self.lock();
+        let e = g.entries.values().find(|e| {
+            !key.is_empty()
+                && e.info.stream_key == key
+                && e.info.input_type == lk::IngressInput::WhipInput as i32
+                && e.info.room_name == room
+                && e.info.enabled != Some(false)
+        })?;
+        Some(crate::auth::Claims {
+            sub: e.info.participant_identity.clone(),
+            name: e.info.participant_name.clone(),
+            metadata: e.info.participant_metadata.clone(),
+            video: Some(crate::auth::VideoGrant {
+                room_join: true,
+                room: room.to_owned(),
+                can_publish: Some(true),
+                can_subscribe: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
     /// Counts a refused or failed connection under `reason`.
     pub fn count(&self, reason: &'static str) {
         *self.lock().refused.entry(reason).or_default() += 1;
@@ -461,6 +487,17 @@ mod tests {
             ..rtmp("r1")
         };
         assert!(matches!(ing.create(url), Err(IngressError::Unsupported(_))));
+        // A WHIP ingress's key stands for a publish-only token of its room.
+        let w2 = ing
+            .create(lk::CreateIngressRequest {
+                input_type: lk::IngressInput::WhipInput as i32,
+                ..rtmp("r3")
+            })
+            .unwrap();
+        let c = ing.whip_claims(&w2.stream_key, "r3").unwrap();
+        assert_eq!((c.sub.as_str(), c.ensure_join().unwrap()), ("cam", "r3"));
+        assert!(ing.whip_claims(&w2.stream_key, "r1").is_none());
+        assert!(ing.whip_claims(&r.stream_key, "r1").is_none(), "an RTMP key is not a WHIP key");
         assert!(ing.create(rtmp("")).is_err());
     }
 }
