@@ -350,7 +350,14 @@ fn a_whip_ingress_key_publishes_through_the_whip_endpoint() {
         &server,
         "whip-room",
         "viewer",
-        &["--expect", "whip-cam", "--video-frames", "30", "--timeout", "120"],
+        &[
+            "--expect",
+            "whip-cam",
+            "--video-frames",
+            "30",
+            "--timeout",
+            "120",
+        ],
     );
     watcher.expect_event("connected", EVENT);
     // aiortc's WHIP client, with the stream key as its bearer token.

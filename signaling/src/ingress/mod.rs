@@ -497,7 +497,10 @@ mod tests {
         let c = ing.whip_claims(&w2.stream_key, "r3").unwrap();
         assert_eq!((c.sub.as_str(), c.ensure_join().unwrap()), ("cam", "r3"));
         assert!(ing.whip_claims(&w2.stream_key, "r1").is_none());
-        assert!(ing.whip_claims(&r.stream_key, "r1").is_none(), "an RTMP key is not a WHIP key");
+        assert!(
+            ing.whip_claims(&r.stream_key, "r1").is_none(),
+            "an RTMP key is not a WHIP key"
+        );
         assert!(ing.create(rtmp("")).is_err());
     }
 }

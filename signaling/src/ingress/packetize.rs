@@ -12,6 +12,9 @@
 /// SRTP under a 1280-byte path MTU.
 pub const MAX_PAYLOAD: usize = 1100;
 
+/// A stream's parameter sets: SPS and PPS.
+pub type ParamSets<'a> = (&'a [Vec<u8>], &'a [Vec<u8>]);
+
 /// The RTP header fields of one stream.
 #[derive(Debug)]
 pub struct RtpStream {
@@ -58,7 +61,7 @@ impl RtpStream {
         &mut self,
         ts: u32,
         nalus: &[&[u8]],
-        params: Option<(&[Vec<u8>], &[Vec<u8>])>,
+        params: Option<ParamSets<'_>>,
         send: &mut impl FnMut(&[u8]),
     ) {
         let nal_type = |n: &[u8]| n.first().map_or(0, |b| b & 0x1F);

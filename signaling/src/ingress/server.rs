@@ -174,7 +174,7 @@ impl Connection {
                 let Some(ev) = self.session.poll_event() else {
                     break;
                 };
-                end = self.on_event(ev).await.map(|()| ());
+                end = self.on_event(ev).await;
                 if end.is_ok() && stop.is_none() {
                     stop = self.claim.as_ref().map(|c| c.stop.clone());
                 }
@@ -184,10 +184,6 @@ impl Connection {
                 return end;
             }
             end?;
-            if self.claim.is_some() && !self.session.publishing() && self.live.is_some() {
-                // Unpublished.
-                return Ok(());
-            }
         }
     }
 

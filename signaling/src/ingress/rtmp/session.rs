@@ -395,11 +395,9 @@ impl Session {
                     stream_key: key,
                 });
             }
-            "FCUnpublish" | "deleteStream" | "closeStream" => {
-                if self.publish == Publish::Live {
-                    self.publish = Publish::None;
-                    self.events.push_back(Event::Unpublished);
-                }
+            "FCUnpublish" | "deleteStream" | "closeStream" if self.publish == Publish::Live => {
+                self.publish = Publish::None;
+                self.events.push_back(Event::Unpublished);
             }
             // getStreamLength, _checkbw, play and the rest: nothing to say.
             _ => {}
