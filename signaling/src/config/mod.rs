@@ -215,7 +215,8 @@ pub struct IngressConfig {
     /// The URL given to encoders in `IngressInfo.url` for RTMP (LiveKit's key; default
     /// `rtmp://<bind address>:<rtmp_port>/live`).
     pub rtmp_base_url: Option<String>,
-    /// The HTTP base of WHIP ingress URLs (LiveKit's key; default `http://<bind>`).
+    /// The base of WHIP ingress URLs, the room name appended (LiveKit's key; default
+    /// `http://<bind>/whip`, Prism's WHIP endpoint).
     pub whip_base_url: Option<String>,
 }
 

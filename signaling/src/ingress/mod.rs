@@ -136,8 +136,8 @@ impl Ingresses {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The URLs given to encoders: the RTMP base (`rtmp://host:port/live`) and the HTTP
-    /// base for WHIP (`http://host:port`).
+    /// The URLs given to encoders: the RTMP base (`rtmp://host:port/live`) and the WHIP
+    /// base (`http://host:port/whip`, to which the room name is appended).
     pub fn set_urls(&self, rtmp: &str, whip: &str) {
         let mut g = self.lock();
         g.rtmp_url = rtmp.trim_end_matches('/').to_owned();
@@ -164,7 +164,7 @@ impl Ingresses {
         };
         let mut g = self.lock();
         let url = match input {
-            lk::IngressInput::WhipInput => format!("{}/whip/{}", g.whip_url, req.room_name),
+            lk::IngressInput::WhipInput => format!("{}/{}", g.whip_url, req.room_name),
             _ => g.rtmp_url.clone(),
         };
         let info = lk::IngressInfo {
@@ -224,6 +224,7 @@ impl Ingresses {
     /// LiveKit.
     pub fn update(&self, req: lk::UpdateIngressRequest) -> Result<lk::IngressInfo, IngressError> {
         let mut g = self.lock();
+        let whip_base = g.whip_url.clone();
         let e = g
             .entries
             .get_mut(&req.ingress_id)
@@ -237,7 +238,7 @@ impl Ingresses {
         set(&mut i.name, req.name);
         if !req.room_name.is_empty() && req.room_name != i.room_name {
             if i.input_type == lk::IngressInput::WhipInput as i32 {
-                i.url = format!("{}/whip/{}", g_whip(&i.url), req.room_name);
+                i.url = format!("{whip_base}/{}", req.room_name);
             }
             i.room_name = req.room_name;
         }
@@ -401,11 +402,6 @@ impl Ingresses {
     }
 }
 
-/// The HTTP base of a WHIP URL (`http://host/whip/room` → `http://host`).
-fn g_whip(url: &str) -> &str {
-    url.find("/whip/").map_or(url, |i| &url[..i])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,7 +417,7 @@ mod tests {
     #[test]
     fn create_claim_release_and_delete() {
         let ing = Ingresses::new();
-        ing.set_urls("rtmp://127.0.0.1:1935/live/", "http://127.0.0.1:7880");
+        ing.set_urls("rtmp://127.0.0.1:1935/live/", "http://127.0.0.1:7880/whip");
         let a = ing.create(rtmp("r1")).unwrap();
         assert_eq!(a.url, "rtmp://127.0.0.1:1935/live");
         assert!(a.reusable);
@@ -451,7 +447,7 @@ mod tests {
     #[test]
     fn whip_ingress_points_at_the_room_and_updates_follow() {
         let ing = Ingresses::new();
-        ing.set_urls("rtmp://h/live", "http://h:7880");
+        ing.set_urls("rtmp://h/live", "http://h:7880/whip");
         let w = ing
             .create(lk::CreateIngressRequest {
                 input_type: lk::IngressInput::WhipInput as i32,

@@ -353,7 +353,7 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             let whip_url = ingress_cfg
                 .whip_base_url
                 .clone()
-                .unwrap_or_else(|| format!("http://{bind}"));
+                .unwrap_or_else(|| format!("http://{bind}/whip"));
             state.ingresses.set_urls(&rtmp_url, &whip_url);
             println!("prism: rtmp ingress on {a} ({rtmp_url})");
         }
