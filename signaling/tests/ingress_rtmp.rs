@@ -257,6 +257,21 @@ fn ffmpeg_over_rtmp_is_an_ingress_participant_that_sdks_decode() {
     server.assert_alive();
 }
 
+/// Asks ListIngress until the room's first ingress has `status` (at most `EVENT`); fails
+/// with the last answer otherwise.
+fn wait_status(api: &mut Client, room: &str, status: &str) {
+    let deadline = Instant::now() + EVENT;
+    loop {
+        api.tell(&format!("list {room}"));
+        let listed = api.expect_event("listed", EVENT);
+        if status_of(&listed["items"][0]) == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {status}: {listed}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn bad_rtmp_input_is_refused_counted_and_harmless() {
     let Some(py) = py() else { return };
@@ -311,6 +326,29 @@ fn bad_rtmp_input_is_refused_counted_and_harmless() {
     assert_eq!(metric(&server, "truncated_handshake"), 1);
     assert_eq!(metric(&server, "bad_handshake"), 1);
     assert_eq!(metric(&server, "unsupported_codec"), 1);
+
+    // RoomService's RemoveParticipant on a live ingress ends its session.
+    api.tell("create rm-room rm-cam");
+    let rm = api.expect_event("created", EVENT)["info"].clone();
+    let ffmpeg = ffmpeg_push(
+        &format!(
+            "{}/{}",
+            rm["url"].as_str().unwrap(),
+            rm["stream_key"].as_str().unwrap()
+        ),
+        150,
+        H264,
+        true,
+    );
+    wait_status(&mut api, "rm-room", "ENDPOINT_PUBLISHING");
+    api.tell("remove rm-room rm-cam");
+    api.expect_event("removed", EVENT);
+    let (status, err) = wait_exit(ffmpeg, EVENT);
+    assert!(
+        status.is_some(),
+        "ffmpeg still running after RemoveParticipant\n{err}"
+    );
+    wait_status(&mut api, "rm-room", "ENDPOINT_INACTIVE");
 
     // UpdateIngress and the other input types through the same client.
     api.tell(&format!("update {id} other-room"));

@@ -32,6 +32,8 @@ use crate::rtc::{RoomManager, RoomName, RoomOptions};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time without a byte from the encoder before the connection is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a live session checks that its participant is still in the room.
+const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
 
 /// Accepts RTMP connections on `listener` until `shutdown` turns true.
 pub async fn serve(
@@ -134,6 +136,11 @@ impl Connection {
     async fn run(&mut self, mut stream: TcpStream) -> Result<(), Failure> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut stop = None::<watch::Receiver<bool>>;
+        let mut last = tokio::time::Instant::now();
+        // Whether the participant is still in its room (RemoveParticipant, DeleteRoom):
+        // asked every few seconds, since the room model has no hook for it.
+        let mut check = tokio::time::interval(MEMBERSHIP_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let limit = if self.session.handshaken() {
                 IDLE_TIMEOUT
@@ -141,7 +148,7 @@ impl Connection {
                 HANDSHAKE_TIMEOUT
             };
             let read = tokio::select! {
-                r = tokio::time::timeout(limit, stream.read(&mut buf)) => r,
+                r = tokio::time::timeout_at(last + limit, stream.read(&mut buf)) => r,
                 _ = async { match stop.as_mut() {
                     Some(s) => { let _ = s.wait_for(|v| *v).await; }
                     None => std::future::pending::<()>().await,
@@ -149,7 +156,15 @@ impl Connection {
                     tracing::info!(peer = %self.peer, "RTMP ingress deleted: closing its connection");
                     return Ok(());
                 }
+                _ = check.tick(), if self.live.is_some() => {
+                    if in_room(self.membership()).await {
+                        continue;
+                    }
+                    tracing::info!(peer = %self.peer, "RTMP ingress participant removed from its room: closing its connection");
+                    return Ok(());
+                }
             };
+            last = tokio::time::Instant::now();
             let n = match read {
                 Err(_) if !self.session.handshaken() => {
                     return Err(Failure::new(
@@ -425,6 +440,16 @@ impl Connection {
         Ok(())
     }
 
+    /// What [`in_room`] needs, owned (the connection is not `Sync`: it holds libopus).
+    fn membership(&self) -> Option<(RoomManager, RoomName, String)> {
+        let (c, live) = (self.claim.as_ref()?, self.live.as_ref()?);
+        Some((
+            self.rooms.clone(),
+            RoomName::new(c.info.room_name.clone()),
+            live.resource.clone(),
+        ))
+    }
+
     /// Leaves the room and updates the ingress state; counts and logs a failure.
     async fn finish(self, result: Result<(), Failure>) {
         let error = match result {
@@ -446,4 +471,19 @@ impl Connection {
             tracing::info!(peer = %self.peer, ingress = %c.info.ingress_id, frames = self.frames, "RTMP ingress ended");
         }
     }
+}
+
+/// Whether a session's participant (by its resource) is still in its room.
+async fn in_room(probe: Option<(RoomManager, RoomName, String)>) -> bool {
+    let Some((rooms, room, resource)) = probe else {
+        return true;
+    };
+    rooms
+        .with_room(&room, move |r| {
+            Ok(r.participants
+                .iter()
+                .any(|p| p.resource() == Some(resource.as_str())))
+        })
+        .await
+        .unwrap_or(false)
 }

@@ -6,6 +6,7 @@ Commands (stdin, one a line):
 - `list [ROOM]`: ListIngress; event `listed` {items};
 - `update ID ROOM`: UpdateIngress (room name); event `updated` {info};
 - `delete ID`: DeleteIngress; event `deleted` {info};
+- `remove ROOM IDENTITY`: RoomService RemoveParticipant; event `removed`;
 - `stop`.
 A call that fails gives event `failed` {method, code, message}. IngressInfo is printed as
 protobuf's JSON mapping (field names as in the .proto).
@@ -70,6 +71,11 @@ async def main() -> None:
                         api.DeleteIngressRequest(ingress_id=words[1])
                     )
                     event("deleted", info=as_dict(info))
+                elif method == "remove":
+                    await lk.room.remove_participant(
+                        api.RoomParticipantIdentity(room=words[1], identity=words[2])
+                    )
+                    event("removed")
                 else:
                     event("failed", method=method, code="", message="unknown command")
                     continue
