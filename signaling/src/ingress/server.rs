@@ -32,6 +32,9 @@ use crate::rtc::{RoomManager, RoomName, RoomOptions};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time without a byte from the encoder before the connection is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed at accept (`too_many_connections`), so a
+/// flood of idle sockets costs at most this many tasks and buffers.
+const MAX_CONNECTIONS: usize = 256;
 /// How often a live session checks that its participant is still in the room.
 const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
 
@@ -42,6 +45,7 @@ pub async fn serve(
     ingresses: Ingresses,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -54,12 +58,20 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        use std::sync::atomic::Ordering;
+        if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::Relaxed);
+            ingresses.count("too_many_connections");
+            tracing::warn!(%peer, "RTMP connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        }
         let _ = stream.set_nodelay(true);
-        let (rooms, ingresses) = (rooms.clone(), ingresses.clone());
+        let (rooms, ingresses, open) = (rooms.clone(), ingresses.clone(), open.clone());
         tokio::spawn(async move {
             let mut c = Connection::new(rooms, ingresses, peer);
             let error = c.run(stream).await;
             c.finish(error).await;
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
