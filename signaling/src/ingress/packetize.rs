@@ -20,6 +20,9 @@ pub type ParamSets<'a> = (&'a [Vec<u8>], &'a [Vec<u8>]);
 pub struct RtpStream {
     pub ssrc: u32,
     pub payload_type: u8,
+    /// Packets and payload bytes sent, for sender reports (wrapping, as RFC 3550 says).
+    pub packets: u32,
+    pub octets: u32,
     seq: u16,
     buf: Vec<u8>,
 }
@@ -29,6 +32,8 @@ impl RtpStream {
         Self {
             ssrc,
             payload_type,
+            packets: 0,
+            octets: 0,
             seq: first_seq,
             buf: Vec::with_capacity(12 + MAX_PAYLOAD + 2),
         }
@@ -47,6 +52,8 @@ impl RtpStream {
             self.buf.extend_from_slice(p);
         }
         self.seq = self.seq.wrapping_add(1);
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add((self.buf.len() - 12) as u32);
         send(&self.buf);
     }
 

@@ -26,6 +26,7 @@ use super::rtmp::amf0::Amf;
 use super::rtmp::session::{Event, Session, HANDSHAKE_SIZE};
 use super::{Claim, Ingresses, Status};
 use crate::media::random_u32;
+use crate::rtc::room::Pending;
 use crate::rtc::{RoomManager, RoomName, RoomOptions};
 
 /// Time allowed from accepting a connection to a complete handshake.
@@ -101,9 +102,46 @@ struct Live {
     socket: UdpSocket,
     video: RtpStream,
     audio: RtpStream,
+    /// RTP timestamps at RTMP time 0: media time T (ms) is `base + T × clock / 1000` for
+    /// both, so one sender report pair keeps them in sync.
     video_base: u32,
-    audio_ts: u32,
+    audio_base: u32,
+    /// The next Opus frame's timestamp, once audio started.
+    audio_ts: Option<u32>,
+    /// The newest RTMP timestamp seen (ms), for sender reports.
+    last_ms: u32,
     resource: String,
+}
+
+impl Live {
+    /// One RTCP sender report per stream (RFC 3550 §6.4.1), both mapping now to the newest
+    /// RTMP time, so that subscribers can put audio and video on one clock.
+    fn sender_reports(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let ntp_secs = (now.as_secs() + 2_208_988_800) as u32;
+        let ntp_frac = ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+        let streams = [
+            (&self.video, self.video_base, 90u32),
+            (&self.audio, self.audio_base, 48),
+        ];
+        for (stream, base, per_ms) in streams {
+            if stream.packets == 0 {
+                continue;
+            }
+            let rtp = base.wrapping_add(self.last_ms.wrapping_mul(per_ms));
+            let mut sr = Vec::with_capacity(28);
+            sr.extend_from_slice(&[0x80, 200, 0, 6]);
+            sr.extend_from_slice(&stream.ssrc.to_be_bytes());
+            sr.extend_from_slice(&ntp_secs.to_be_bytes());
+            sr.extend_from_slice(&ntp_frac.to_be_bytes());
+            sr.extend_from_slice(&rtp.to_be_bytes());
+            sr.extend_from_slice(&stream.packets.to_be_bytes());
+            sr.extend_from_slice(&stream.octets.to_be_bytes());
+            let _ = self.socket.send(&sr);
+        }
+    }
 }
 
 struct Connection {
@@ -170,6 +208,9 @@ impl Connection {
                 }
                 _ = check.tick(), if self.live.is_some() => {
                     if in_room(self.membership()).await {
+                        if let Some(live) = &self.live {
+                            live.sender_reports();
+                        }
                         continue;
                     }
                     tracing::info!(peer = %self.peer, "RTMP ingress participant removed from its room: closing its connection");
@@ -299,6 +340,7 @@ impl Connection {
                 let Some(live) = self.live.as_mut() else {
                     return Ok(());
                 };
+                live.last_ms = ts;
                 let pts = i64::from(ts) + i64::from(cts);
                 let rtp_ts = live.video_base.wrapping_add((pts * 90) as u32);
                 let socket = &live.socket;
@@ -325,7 +367,7 @@ impl Connection {
         }
     }
 
-    async fn on_audio(&mut self, _ts: u32, data: &[u8]) -> Result<(), Failure> {
+    async fn on_audio(&mut self, ms: u32, data: &[u8]) -> Result<(), Failure> {
         match flv::audio(data).map_err(|e| self.unsupported(e))? {
             flv::Audio::Config(asc) => {
                 let t = AacToOpus::new(&asc).map_err(|m| Failure {
@@ -348,8 +390,11 @@ impl Connection {
                 let (Some((t, _)), Some(live)) = (self.aac.as_mut(), self.live.as_mut()) else {
                     return Ok(());
                 };
+                live.last_ms = ms;
                 let socket = &live.socket;
-                let (audio, ts) = (&mut live.audio, &mut live.audio_ts);
+                let start = live.audio_base.wrapping_add(ms.wrapping_mul(48));
+                let ts = live.audio_ts.get_or_insert(start);
+                let audio = &mut live.audio;
                 let mut emit = |opus: &[u8]| {
                     audio.opus(*ts, opus, &mut |p: &[u8]| {
                         let _ = socket.send(p);
@@ -406,6 +451,27 @@ impl Connection {
                 message: format!("could not publish into room {:?}: {e}", info.room_name),
                 state: true,
             })?;
+        // The RTP must not arrive before the core has the transport and tracks (it would be
+        // dropped as from an unknown source, the first keyframe with it): wait until the
+        // room has the media plane's answers.
+        let pid = published.participant_sid.clone();
+        for _ in 0..200 {
+            let pid = pid.clone();
+            let waiting = self
+                .rooms
+                .with_room(&room, move |r| {
+                    Ok(r.pending.values().any(|p| match p {
+                        Pending::Transport(p) | Pending::Track(p, _) => p.as_str() == pid,
+                        _ => false,
+                    }))
+                })
+                .await
+                .unwrap_or(false);
+            if !waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut core = published.core;
         if core.ip().is_unspecified() {
             core.set_ip(match core.ip() {
@@ -446,7 +512,9 @@ impl Connection {
             video: RtpStream::new(video_ssrc, H264_PT, random_u32() as u16),
             audio: RtpStream::new(audio_ssrc, OPUS_PT, random_u32() as u16),
             video_base: random_u32(),
-            audio_ts: random_u32(),
+            audio_base: random_u32(),
+            audio_ts: None,
+            last_ms: 0,
             resource,
         });
         Ok(())
