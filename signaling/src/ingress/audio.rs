@@ -219,6 +219,23 @@ mod tests {
     }
 
     #[test]
+    fn garbage_aac_frames_are_errors_not_panics() {
+        let (mut t, _) = AacToOpus::new(&[0x12, 0x08]).unwrap();
+        let mut seed = 0x9E37_79B9u32;
+        for n in 0..2000 {
+            let frame: Vec<u8> = (0..(n % 700))
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect();
+            let _ = t.push(&frame, &mut |_: &[u8]| {});
+        }
+    }
+
+    #[test]
     fn resampling_44_1_to_48_khz_keeps_the_rate() {
         let (mut t, _) = AacToOpus::new(&[0x12, 0x08]).unwrap();
         let block: Vec<f32> = (0..1024).map(|i| (i as f32 / 100.0).sin()).collect();
