@@ -19,9 +19,12 @@ fi
 # which never downloads a browser of its own.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
-# The deployment tests (NAT, firewalls) build network namespaces with ip and nftables.
+# The deployment tests (NAT; ICE over TCP for a browser whose UDP is dropped) build
+# network namespaces with ip and nftables.
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v nft >/dev/null || need_apt+=(nftables)
+# The TURN tests (signaling/tests/browser_turn.rs) relay through coturn too.
+command -v turnserver >/dev/null || need_apt+=(coturn)
 # RTMP ingress: libopus for AAC→Opus (the `opus` crate links it through pkg-config), and
 # FFmpeg, the encoder the ingress tests (signaling/tests/ingress_rtmp.rs) push with.
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)

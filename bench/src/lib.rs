@@ -13,11 +13,14 @@
 //! - [`runner`]: trials, the search over offered load; [`report`], [`plot`]: the output;
 //! - [`control`]: the control-plane benchmark (`prism-bench control`), a separate suite
 //!   that drives `prism serve` through LiveKit's client protocol.
+//! - [`icetcp`]: `prism-bench ice-tcp`, the forwarder's cost per packet through ICE over
+//!   TCP against UDP.
 
 pub mod accounting;
 pub mod clock;
 pub mod control;
 pub mod generator;
+pub mod icetcp;
 pub mod machine;
 pub mod payload;
 pub mod plot;

@@ -32,6 +32,13 @@ pub trait Egress {
     /// Queue a datagram written by `fill` into a slot of [`MAX_DATAGRAM`] bytes; `fill`
     /// returns the length written (0 cancels the send). Returns false if nothing was queued.
     fn send_with(&mut self, to: SocketAddr, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> bool;
+
+    /// The address the peer at `from` is told it has (STUN XOR-MAPPED-ADDRESS): `from`
+    /// itself, except for a peer behind a front (`crate::tunnel`), whose virtual address
+    /// stands for a real one.
+    fn mapped_address(&self, from: SocketAddr) -> SocketAddr {
+        from
+    }
 }
 
 /// Queues a copy of `data` to `to` (slow path: STUN replies, DTLS records).

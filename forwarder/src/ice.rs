@@ -282,7 +282,21 @@ impl IceLite {
         msg: &[u8],
         reply: &mut [u8],
     ) -> IceOutcome {
-        match self.check(now, from, msg, reply) {
+        self.handle_stun_mapped(now, from, from, msg, reply)
+    }
+
+    /// [`IceLite::handle_stun`], telling the peer its address is `mapped`
+    /// (XOR-MAPPED-ADDRESS) rather than `from`: a peer behind a front (ICE over TCP) is
+    /// known to the engine by a virtual address, but its real one is what it must hear.
+    pub fn handle_stun_mapped(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        mapped: SocketAddr,
+        msg: &[u8],
+        reply: &mut [u8],
+    ) -> IceOutcome {
+        match self.check(now, from, mapped, msg, reply) {
             Ok(o) => o,
             Err(d) => IceOutcome::Dropped(d),
         }
@@ -292,6 +306,7 @@ impl IceLite {
         &mut self,
         now: Instant,
         from: SocketAddr,
+        mapped: SocketAddr,
         msg: &[u8],
         reply: &mut [u8],
     ) -> Result<IceOutcome, IceDrop> {
@@ -334,7 +349,7 @@ impl IceLite {
         }
         let response = BindingResponseRepr {
             transaction_id: m.transaction_id(),
-            xor_mapped: from,
+            xor_mapped: mapped,
         };
         let len = response
             .emit_with_integrity(reply, &|data: &[u8]| hmac_sha1(key, &[data]))

@@ -10,6 +10,8 @@
 //! - [`io`]: the only place that talks to the kernel (io_uring, or recvmmsg/sendmmsg).
 //! - [`control`]: commands and events between signaling and the cores.
 //! - [`runtime`]: the pinned worker threads and the router that places rooms on cores.
+//! - [`tunnel`]: peers that reach a core through a user-space front (ICE over TCP) under a
+//!   virtual address.
 //!
 //! Unsafe code is denied everywhere except `io`.
 
@@ -25,4 +27,6 @@ pub mod runtime;
 pub mod sctp;
 pub mod srtp;
 pub mod testing;
+pub mod tunnel;
+pub mod turn;
 pub mod wire;

@@ -302,6 +302,7 @@ pub async fn render(state: &AppState) -> Result<String, String> {
             let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(cs));
         }
     }
+    fronts(&mut out, &stats.fronts);
     header(
         &mut out,
         "prism_transport_bandwidth_estimate_bps",
@@ -319,4 +320,92 @@ pub async fn render(state: &AppState) -> Result<String, String> {
     }
     state.ingresses.render_metrics(&mut out);
     Ok(out)
+}
+
+/// The user-space fronts (ICE over TCP): connections and datagrams, closes and drops by
+/// reason.
+fn fronts(out: &mut String, fronts: &[prism_proto::control::FrontStats]) {
+    type FrontMetric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&prism_proto::control::FrontStats) -> u64,
+    );
+    let simple: [FrontMetric; 6] = [
+        (
+            "prism_front_connections_accepted_total",
+            "counter",
+            "Connections accepted by each front (ICE over TCP).",
+            |f| f.accepted,
+        ),
+        (
+            "prism_front_connections_open",
+            "gauge",
+            "Connections each front holds now.",
+            |f| f.open,
+        ),
+        (
+            "prism_front_datagrams_in_total",
+            "counter",
+            "Datagrams a front received from its peers.",
+            |f| f.datagrams_in,
+        ),
+        (
+            "prism_front_bytes_in_total",
+            "counter",
+            "Bytes of those datagrams.",
+            |f| f.bytes_in,
+        ),
+        (
+            "prism_front_datagrams_out_total",
+            "counter",
+            "Datagrams a front sent to its peers.",
+            |f| f.datagrams_out,
+        ),
+        (
+            "prism_front_bytes_out_total",
+            "counter",
+            "Bytes of those datagrams.",
+            |f| f.bytes_out,
+        ),
+    ];
+    if fronts.is_empty() {
+        return;
+    }
+    for (name, kind, help, get) in simple {
+        header(out, name, kind, help);
+        for f in fronts {
+            let _ = writeln!(out, "{name}{{front=\"{}\"}} {}", f.kind, get(f));
+        }
+    }
+    header(
+        out,
+        "prism_front_connections_closed_total",
+        "counter",
+        "Connections a front closed, by reason.",
+    );
+    for f in fronts {
+        for d in &f.closed {
+            let _ = writeln!(
+                out,
+                "prism_front_connections_closed_total{{front=\"{}\",reason=\"{}\"}} {}",
+                f.kind, d.reason, d.count
+            );
+        }
+    }
+    header(
+        out,
+        "prism_front_dropped_datagrams_total",
+        "counter",
+        "Datagrams a front dropped, by reason.",
+    );
+    for f in fronts {
+        for d in &f.drops {
+            let _ = writeln!(
+                out,
+                "prism_front_dropped_datagrams_total{{front=\"{}\",reason=\"{}\"}} {}",
+                f.kind, d.reason, d.count
+            );
+        }
+    }
 }

@@ -282,7 +282,7 @@ fn media_bound_to_every_interface_is_advertised_as_the_node_ip() {
         assert_eq!(status, 201, "{env:?} {flags:?}: {answer}");
         let candidates: Vec<&str> = answer
             .lines()
-            .filter(|l| l.starts_with("a=candidate:"))
+            .filter(|l| l.starts_with("a=candidate:") && l.contains(" UDP "))
             .collect();
         assert!(
             !candidates.is_empty()

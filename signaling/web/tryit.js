@@ -139,7 +139,14 @@ async function join() {
   app.room = room;
   wireRoom(room);
   setConnState('connecting', 'Connecting…');
-  await room.connect(location.origin, token);
+  // `?relay=1` forces every connection through the TURN servers the server hands out
+  // (relay-only ICE), to check that they work.
+  const relay = new URLSearchParams(location.search).get('relay') === '1';
+  await room.connect(
+    location.origin,
+    token,
+    relay ? { rtcConfig: { iceTransportPolicy: 'relay' } } : undefined,
+  );
   app.joinedAt = performance.now();
   app.localIdentity = room.localParticipant.identity;
   $('room-title').textContent = roomName;

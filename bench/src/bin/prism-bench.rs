@@ -19,6 +19,7 @@ USAGE:
     prism-bench serve reflector [--driver io_uring|mmsg] --port N --control PATH
     prism-bench serve conventional --port N --control PATH
     prism-bench control compare|smoke ...   control-plane benchmark (see control --help)
+    prism-bench ice-tcp [OPTIONS]            ICE-over-TCP cost against UDP (see ice-tcp --help)
 
 RUN OPTIONS:
     --smoke                 one short trial per scenario and system (CI), no search
@@ -44,6 +45,7 @@ fn main() -> Result<()> {
         Some("run") => run(&args[1..]),
         Some("serve") => serve(&args[1..]),
         Some("control") => prism_bench::control::cli::main(&args[1..]),
+        Some("ice-tcp") => prism_bench::icetcp::main(&args[1..]),
         Some("-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())

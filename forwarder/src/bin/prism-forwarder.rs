@@ -36,6 +36,10 @@ struct Cli {
     /// UDP port of core 0; core i uses PORT+i (default 0: the kernel chooses).
     #[arg(long, alias = "udp-port", value_name = "PORT", default_value_t = 0)]
     port: u16,
+    /// ICE over TCP: passive candidates on this TCP port (0: the kernel chooses; default:
+    /// no ICE-TCP).
+    #[arg(long, value_name = "PORT")]
+    tcp_port: Option<u16>,
     /// CPU ids to run cores on, e.g. 0,1 (default: every CPU).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     cores: Vec<usize>,
@@ -58,6 +62,7 @@ fn main() -> Result<()> {
     }
     cfg.engine.advertise_ip = cli.node_ip;
     cfg.base_port = cli.port;
+    cfg.tcp_port = cli.tcp_port;
     cfg.cores = cli.cores;
     cfg.pin = !cli.no_pin;
     cfg.driver = match cli.driver.as_str() {
@@ -85,9 +90,10 @@ fn main() -> Result<()> {
     let fwd = Forwarder::start(cfg).context("starting the media plane")?;
     let handle = serve(listen, fwd.client()).context("serving control")?;
     println!(
-        "prism-forwarder: driver {}, cores at {:?}, control on {:?}",
+        "prism-forwarder: driver {}, cores at {:?}, ICE-TCP {:?}, control on {:?}",
         fwd.driver_name(),
         fwd.core_addrs(),
+        fwd.tcp_addr(),
         handle.local_addr()
     );
     let term = Arc::new(AtomicBool::new(false));

@@ -115,12 +115,14 @@ pub fn reply_of(r: Reply) -> pb::event::Body {
             room,
             core,
             local,
+            tcp_local,
             fingerprint,
         } => pb::event::Body::RoomCreated(pb::RoomCreated {
             room_id: room.0,
             core,
             local: local.to_string(),
             fingerprint,
+            tcp_local: tcp_local.map(|a| a.to_string()).unwrap_or_default(),
         }),
         Reply::TransportCreated {
             transport,

@@ -2,6 +2,7 @@
 //! (ids exist or not, room membership, SSRC uniqueness per transport), then the change.
 //! A refused command changes nothing. Slow path: this may allocate.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::command::{
@@ -28,6 +29,10 @@ impl Engine {
                     room,
                     core: self.core,
                     local: self.local,
+                    tcp_local: self
+                        .cfg
+                        .tcp_port
+                        .map(|p| SocketAddr::new(self.local.ip(), p)),
                     fingerprint,
                 })
             }

@@ -154,6 +154,8 @@ pub enum Reply {
         room: RoomId,
         core: u32,
         local: SocketAddr,
+        /// The passive ICE-TCP candidate, when the forwarder has a TCP front.
+        tcp_local: Option<SocketAddr>,
         fingerprint: String,
     },
     TransportCreated {

@@ -187,9 +187,13 @@ fn send_copy<E: Egress>(
         };
         let h = &mut scratch[..hl + desc];
         h[hl..].copy_from_slice(&src[l.header_len..l.head_len]);
-        let ok = downtrack::apply(h, hl, f, vp8d).is_ok()
-            && eg.send_split(remote, h, l.head_len..l.total);
-        return if ok { hl + body } else { 0 };
+        if downtrack::apply(h, hl, f, vp8d).is_err() {
+            return 0;
+        }
+        if eg.send_split(remote, h, l.head_len..l.total) {
+            return hl + body;
+        }
+        // An egress that cannot share the body (a tunnel's) takes a whole copy below.
     }
     eg.send_with(remote, &mut |slot: &mut [u8]| {
         let Some(hl) = write_head(slot, src, &l, head) else {

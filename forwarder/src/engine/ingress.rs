@@ -131,7 +131,8 @@ impl Engine {
             return self.count_drop(Some(t), DropReason::UnknownProtocol);
         };
         let mut reply = [0u8; 512];
-        match w.ice.handle_stun(now, from, buf, &mut reply) {
+        let mapped = eg.mapped_address(from);
+        match w.ice.handle_stun_mapped(now, from, mapped, buf, &mut reply) {
             IceOutcome::Reply { len, .. } => {
                 send_bytes(eg, from, &reply[..len.min(reply.len())]);
             }

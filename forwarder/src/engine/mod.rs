@@ -94,6 +94,9 @@ pub struct EngineConfig {
     /// one its socket is bound to: a host behind NAT, or a socket bound to every interface.
     /// The port stays the socket's.
     pub advertise_ip: Option<IpAddr>,
+    /// The port of the ICE-TCP front (`tunnel::ice_tcp`), when there is one: rooms are
+    /// told of a passive TCP candidate at this core's advertised IP and this port.
+    pub tcp_port: Option<u16>,
 }
 
 impl Default for EngineConfig {
@@ -104,6 +107,7 @@ impl Default for EngineConfig {
             rtcp_ssrc: Ssrc(0x5052_4953), // "PRIS"
             report_interval: reports::REPORT_INTERVAL,
             advertise_ip: None,
+            tcp_port: None,
         }
     }
 }

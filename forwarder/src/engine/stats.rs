@@ -297,6 +297,7 @@ impl super::Engine {
                     twcc_feedback_sent: t.twcc_in.as_ref().map_or(0, |r| r.sent),
                 })
                 .collect(),
+            fronts: Vec::new(),
         }
     }
 }

@@ -5,6 +5,11 @@
 //! room on the least-loaded core (each worker publishes its load in an atomic), forwards
 //! every other command to the core of the room the command names, and merges the per-core
 //! answers to `GetStats` into one. Workers never talk to each other.
+//!
+//! With `tcp_port` set, an ICE-TCP front (`crate::tunnel::ice_tcp`) runs on a thread of
+//! its own beside them, linked to every core by a pair of bounded queues. The router tells
+//! it which core owns which local ICE ufrag ([`IceRoutes`]), from the `CreateWebrtcTransport`
+//! and `RestartIce` commands it routes, so a new TCP connection reaches the right core.
 
 pub mod worker;
 
@@ -25,6 +30,9 @@ use crate::io::mmsg::{MmsgConfig, MmsgDriver};
 use crate::io::socket::{bind_udp, SocketConfig};
 use crate::io::uring::{UringConfig, UringDriver};
 use crate::io::{Driver, DriverKind, Waker};
+use crate::tunnel::ice_tcp::{IceTcpConfig, IceTcpFront};
+use crate::tunnel::{self, CoreTunnels, FrontCounters, FrontEnd, FrontKind, IceRoutes};
+use crate::turn::front::TurnFront;
 use worker::WorkerShared;
 
 /// How the media plane is laid out.
@@ -43,6 +51,13 @@ pub struct ForwarderConfig {
     pub send_buffer: usize,
     pub busy_poll_us: Option<u32>,
     pub engine: EngineConfig,
+    /// ICE over TCP (RFC 6544): the TCP port of the passive candidate, on `bind_ip`
+    /// (0: any free port). None: no TCP front.
+    pub tcp_port: Option<u16>,
+    /// Limits of the ICE-TCP front.
+    pub ice_tcp: IceTcpConfig,
+    /// The embedded TURN server; its peers are filled in with the cores' addresses.
+    pub turn: Option<crate::turn::front::FrontConfig>,
 }
 
 impl Default for ForwarderConfig {
@@ -57,6 +72,9 @@ impl Default for ForwarderConfig {
             send_buffer: 8 << 20,
             busy_poll_us: None,
             engine: EngineConfig::default(),
+            tcp_port: None,
+            ice_tcp: IceTcpConfig::default(),
+            turn: None,
         }
     }
 }
@@ -73,9 +91,19 @@ struct Worker {
 /// A running media plane.
 pub struct Forwarder {
     workers: Vec<Worker>,
+    tcp: Option<TcpFront>,
+    turn: Option<TurnFront>,
     router: Option<JoinHandle<()>>,
     stop_router: Sender<()>,
     client: ControlClient,
+}
+
+/// The running ICE-TCP front.
+struct TcpFront {
+    local: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<dyn Waker>,
+    join: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -106,6 +134,18 @@ impl Forwarder {
         }
         let kind = cfg.driver.resolve();
         let (events_tx, events_rx) = bounded::<pb::Event>(65_536);
+        let mut ecfg = cfg.engine;
+        let front = match cfg.tcp_port {
+            Some(port) => {
+                let f = IceTcpFront::bind(SocketAddr::new(cfg.bind_ip, port), cfg.ice_tcp)?;
+                ecfg.tcp_port = Some(f.local_addr().port());
+                Some(f)
+            }
+            None => None,
+        };
+        let mut front_ends: Vec<FrontEnd> = Vec::new();
+        let mut turn = cfg.turn.clone().map(TurnFront::bind).transpose()?;
+        let (mut turn_ends, mut turn_peers) = (Vec::new(), Vec::new());
         let mut workers = Vec::with_capacity(cpus.len());
         for (i, &cpu) in cpus.iter().enumerate() {
             let port = if cfg.base_port == 0 {
@@ -124,11 +164,75 @@ impl Forwarder {
             })?;
             let (cmd_tx, cmd_rx) = bounded::<pb::Command>(4096);
             let events = events_tx.clone();
+            let mut ends = Vec::new();
+            if let Some(f) = &front {
+                let (fe, ce) = tunnel::link(
+                    FrontKind::IceTcp,
+                    tunnel::QUEUE_CAPACITY,
+                    f.waker(),
+                    f.counters(),
+                );
+                front_ends.push(fe);
+                ends.push(ce);
+            }
+            if let Some(t) = &turn {
+                let (fe, ce) = tunnel::link(
+                    FrontKind::Turn,
+                    tunnel::QUEUE_CAPACITY,
+                    t.waker(),
+                    t.counters(),
+                );
+                turn_ends.push(fe);
+                ends.push(ce);
+                let ips = match &cfg.turn {
+                    Some(c) if !c.peer_ips.is_empty() => c.peer_ips.clone(),
+                    _ => ecfg.advertise_ip.into_iter().collect(),
+                };
+                turn_peers.extend(crate::turn::front::core_peers(i, sock.local_addr()?, &ips));
+            }
             let worker = spawn(
-                i, cpu, cfg.pin, kind, sock, cfg.engine, cmd_rx, events, cmd_tx,
+                i,
+                cpu,
+                cfg.pin,
+                kind,
+                sock,
+                ecfg,
+                cmd_rx,
+                events,
+                cmd_tx,
+                CoreTunnels::new(ends),
             )?;
+            if let Some(fe) = front_ends.get_mut(i) {
+                fe.wake_core = Some(worker.waker.clone());
+            }
+            if let Some(fe) = turn_ends.get_mut(i) {
+                fe.wake_core = Some(worker.waker.clone());
+            }
             workers.push(worker);
         }
+        let routes = IceRoutes::default();
+        let mut fronts = Vec::new();
+        if let Some(t) = &mut turn {
+            let listen = t.udp_addr().or(t.stream_addr()).map(|a| a.to_string());
+            fronts.push((FrontKind::Turn, listen.unwrap_or_default(), t.counters()));
+            t.spawn_linked(turn_ends, turn_peers)?;
+        }
+        let tcp = match front {
+            Some(f) => {
+                let local = f.local_addr();
+                let waker = f.waker();
+                fronts.push((FrontKind::IceTcp, local.to_string(), f.counters()));
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let join = f.spawn(front_ends, routes.clone(), stop.clone())?;
+                Some(TcpFront {
+                    local,
+                    stop,
+                    waker,
+                    join: Some(join),
+                })
+            }
+            None => None,
+        };
         let (client, server) = control::channel(4096);
         let (stop_tx, stop_rx) = bounded(1);
         let route = Router {
@@ -144,12 +248,19 @@ impl Forwarder {
                 .collect(),
             rooms: HashMap::new(),
             pending_stats: HashMap::new(),
+            ice: tcp.as_ref().map(|_| IceIndex {
+                routes,
+                ufrags: HashMap::new(),
+            }),
+            fronts,
         };
         let router = std::thread::Builder::new()
             .name("prism-router".into())
             .spawn(move || route.run(stop_rx))?;
         Ok(Self {
             workers,
+            tcp,
+            turn,
             router: Some(router),
             stop_router: stop_tx,
             client,
@@ -166,6 +277,16 @@ impl Forwarder {
         self.workers.iter().map(|w| w.local).collect()
     }
 
+    /// The ICE-TCP front's listening address, when it runs.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(|t| t.local)
+    }
+
+    /// The embedded TURN server, when it runs.
+    pub fn turn(&self) -> Option<&TurnFront> {
+        self.turn.as_ref()
+    }
+
     /// The I/O driver the cores use.
     pub fn driver_name(&self) -> &'static str {
         self.workers.first().map_or("none", |w| w.driver)
@@ -177,6 +298,8 @@ impl Forwarder {
     }
 
     fn stop(&mut self) {
+        // TURN first: it feeds the cores.
+        drop(self.turn.take());
         let _ = self.stop_router.try_send(());
         if let Some(r) = self.router.take() {
             let _ = r.join();
@@ -187,6 +310,13 @@ impl Forwarder {
         }
         for w in &mut self.workers {
             if let Some(j) = w.join.take() {
+                let _ = j.join();
+            }
+        }
+        if let Some(t) = &mut self.tcp {
+            t.stop.store(true, Ordering::Relaxed);
+            t.waker.wake();
+            if let Some(j) = t.join.take() {
                 let _ = j.join();
             }
         }
@@ -213,6 +343,7 @@ fn spawn(
     cmd_rx: Receiver<pb::Command>,
     events: Sender<pb::Event>,
     cmd_tx: Sender<pb::Command>,
+    tunnels: CoreTunnels,
 ) -> io::Result<Worker> {
     let shared = Arc::new(WorkerShared::default());
     let sh = shared.clone();
@@ -225,13 +356,13 @@ fn spawn(
             }
             match kind {
                 DriverKind::Mmsg => match MmsgDriver::new(sock, &MmsgConfig::default()) {
-                    Ok(d) => run_worker(i, d, ecfg, cmd_rx, events, sh, ready_tx),
+                    Ok(d) => run_worker(i, d, ecfg, cmd_rx, events, sh, ready_tx, tunnels),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
                 },
                 _ => match UringDriver::new(sock, &UringConfig::default()) {
-                    Ok(d) => run_worker(i, d, ecfg, cmd_rx, events, sh, ready_tx),
+                    Ok(d) => run_worker(i, d, ecfg, cmd_rx, events, sh, ready_tx, tunnels),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
@@ -258,6 +389,7 @@ struct Ready {
     driver: &'static str,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_worker<D: Driver>(
     i: usize,
     driver: D,
@@ -266,6 +398,7 @@ fn run_worker<D: Driver>(
     events: Sender<pb::Event>,
     shared: Arc<WorkerShared>,
     ready: Sender<io::Result<Ready>>,
+    tunnels: CoreTunnels,
 ) {
     let local = driver.local_addr();
     let _ = ready.send(Ok(Ready {
@@ -274,7 +407,7 @@ fn run_worker<D: Driver>(
         driver: driver.name(),
     }));
     let engine = Engine::new(i as u32, local, ecfg);
-    worker::run(driver, engine, cmd_rx, events, shared);
+    worker::run(driver, engine, cmd_rx, events, shared, tunnels);
 }
 
 /// The router's side of one worker.
@@ -291,6 +424,52 @@ struct Router {
     rooms: HashMap<u64, usize>,
     /// request id → (answers still expected, merged stats so far).
     pending_stats: HashMap<u64, (usize, pb::Stats)>,
+    /// Which core owns which local ufrag, for the ICE-TCP front (None: no front).
+    ice: Option<IceIndex>,
+    /// Fronts whose counters go into every `GetStats` answer.
+    fronts: Vec<(FrontKind, String, Arc<FrontCounters>)>,
+}
+
+/// The router's record of local ufrags, to keep [`IceRoutes`] in step with transports.
+struct IceIndex {
+    routes: IceRoutes,
+    /// (room, transport) → its current local ufrag.
+    ufrags: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl IceIndex {
+    /// Records the ufrag a command gives a transport on `core`, or forgets those of a
+    /// transport or room it closes.
+    fn note(&mut self, body: &Body, core: usize) {
+        let (key, ufrag) = match body {
+            Body::CreateWebrtcTransport(c) => ((c.room_id, c.transport_id), &c.local_ufrag),
+            Body::RestartIce(c) => ((c.room_id, c.transport_id), &c.local_ufrag),
+            Body::CloseTransport(c) => {
+                if let Some(old) = self.ufrags.remove(&(c.room_id, c.transport_id)) {
+                    self.routes.remove(&old);
+                }
+                return;
+            }
+            Body::CloseRoom(c) => {
+                let routes = &self.routes;
+                self.ufrags.retain(|(room, _), u| {
+                    if *room == c.room_id {
+                        routes.remove(u);
+                    }
+                    *room != c.room_id
+                });
+                return;
+            }
+            _ => return,
+        };
+        let ufrag = ufrag.as_bytes().to_vec();
+        self.routes.insert(&ufrag, core);
+        if let Some(old) = self.ufrags.insert(key, ufrag) {
+            if self.ufrags.get(&key) != Some(&old) {
+                self.routes.remove(&old);
+            }
+        }
+    }
 }
 
 impl Router {
@@ -363,7 +542,12 @@ impl Router {
             Some(Body::CloseRoom(c)) => {
                 let r = c.room_id;
                 match self.rooms.remove(&r) {
-                    Some(core) => return self.to_core(core, cmd),
+                    Some(core) => {
+                        if let (Some(ice), Some(b)) = (self.ice.as_mut(), cmd.body.as_ref()) {
+                            ice.note(b, core);
+                        }
+                        return self.to_core(core, cmd);
+                    }
                     None => r,
                 }
             }
@@ -381,7 +565,12 @@ impl Router {
             Some(Body::RestartIce(c)) => c.room_id,
         };
         match self.rooms.get(&room) {
-            Some(&core) => self.to_core(core, cmd),
+            Some(&core) => {
+                if let (Some(ice), Some(b)) = (self.ice.as_mut(), cmd.body.as_ref()) {
+                    ice.note(b, core);
+                }
+                self.to_core(core, cmd)
+            }
             None => self.reply(control::error_event(id, format!("no room {room}"))),
         }
     }
@@ -404,6 +593,9 @@ impl Router {
             if *left == 0 {
                 if let Some((_, mut merged)) = self.pending_stats.remove(&ev.request_id) {
                     merged.cores.sort_by_key(|c| c.core);
+                    for (kind, listen, counters) in &self.fronts {
+                        merged.fronts.push(counters.to_proto(*kind, listen.clone()));
+                    }
                     self.reply(pb::Event {
                         request_id: ev.request_id,
                         body: Some(pb::event::Body::Stats(merged)),

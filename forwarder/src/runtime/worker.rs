@@ -4,6 +4,11 @@
 //! then lets the driver wait for datagrams (bounded by the next timer; cut short by the
 //! waker when a command arrives) and hands each one to the engine. Events the engine
 //! produced go back to the router afterwards. Nothing here is shared with other cores.
+//!
+//! Peers behind a front (ICE over TCP, `crate::tunnel`) arrive through the core's inbound
+//! tunnel queues, drained before the driver's turn; every send goes through a
+//! `TunnelEgress`, which hands datagrams for virtual addresses to their front. Fronts that
+//! got datagrams are woken once at the end of the turn.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,6 +20,7 @@ use prism_proto::control as pb;
 
 use crate::engine::Engine;
 use crate::io::{Driver, IoStats};
+use crate::tunnel::CoreTunnels;
 
 /// Longest sleep in one turn when no timer is due.
 const MAX_WAIT: Duration = Duration::from_millis(100);
@@ -34,6 +40,7 @@ pub(crate) fn run<D: Driver>(
     commands: Receiver<pb::Command>,
     events: Sender<pb::Event>,
     shared: Arc<WorkerShared>,
+    mut tunnels: CoreTunnels,
 ) {
     tracing::info!(
         core = engine.core,
@@ -59,18 +66,27 @@ pub(crate) fn run<D: Driver>(
         if applied > 0 {
             shared.load.store(engine.load(), Ordering::Relaxed);
         }
-        engine.handle_timeout(now, driver.egress());
-        let wait = engine
+        engine.handle_timeout(now, &mut tunnels.egress(driver.egress()));
+        let mut wait = engine
             .poll_timeout()
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
+        if !tunnels.is_empty() {
+            tunnels.drain(driver.egress(), &mut |from, data, eg| {
+                engine.handle_datagram(now, from, data, eg);
+            });
+            if tunnels.has_inbound() {
+                wait = Duration::ZERO;
+            }
+        }
         let mut turn_now: Option<Instant> = None;
         let res = driver.turn(
             Some(wait),
             &mut |from: SocketAddr, data: &mut [u8], eg: &mut D::Egress| {
                 let now = *turn_now.get_or_insert_with(Instant::now);
-                engine.handle_datagram(now, from, data, eg);
+                engine.handle_datagram(now, from, data, &mut tunnels.egress(eg));
             },
         );
+        tunnels.wake_fronts();
         if let Err(e) = res {
             tracing::error!(core = engine.core, error = %e, "I/O turn failed");
             std::thread::sleep(Duration::from_millis(10));

@@ -411,7 +411,7 @@ fn read_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(a))
 }
 
-fn decode_xor_address(v: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
+pub fn decode_xor_address(v: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
     let cookie = MAGIC_COOKIE.to_be_bytes();
     let port = read_u16(v, 2) ^ (MAGIC_COOKIE >> 16) as u16;
     match (v.get(1)?, v.len()) {
@@ -435,7 +435,7 @@ fn decode_xor_address(v: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
 }
 
 /// Writes the XOR-MAPPED-ADDRESS value for `addr` into `out`; returns its length.
-fn encode_xor_address(addr: SocketAddr, tid: &[u8; 12], out: &mut [u8; 20]) -> usize {
+pub fn encode_xor_address(addr: SocketAddr, tid: &[u8; 12], out: &mut [u8; 20]) -> usize {
     let cookie = MAGIC_COOKIE.to_be_bytes();
     let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
     out[..4].copy_from_slice(&[0, 0, (port >> 8) as u8, port as u8]);
@@ -512,6 +512,21 @@ impl<'a> StunWriter<'a> {
         let tid = self.transaction_id();
         let n = encode_xor_address(addr, &tid, &mut v);
         self.attr(attr::XOR_MAPPED_ADDRESS, v.get(..n).unwrap_or(&[]))
+    }
+
+    /// Appends an XOR-encoded address attribute of type `ty` (XOR-PEER-ADDRESS,
+    /// XOR-RELAYED-ADDRESS, ...).
+    pub fn xor_address(&mut self, ty: u16, addr: SocketAddr) -> Result<()> {
+        let mut v = [0u8; 20];
+        let tid = self.transaction_id();
+        let n = encode_xor_address(addr, &tid, &mut v);
+        self.attr(ty, v.get(..n).unwrap_or(&[]))
+    }
+
+    /// Returns the message length without appending FINGERPRINT (TURN Data indications,
+    /// where a CRC over every relayed packet buys nothing).
+    pub fn finish_plain(self) -> Result<usize> {
+        Ok(self.len)
     }
 
     fn transaction_id(&self) -> [u8; 12] {

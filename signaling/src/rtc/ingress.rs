@@ -91,6 +91,10 @@ impl Room {
             .ok_or_else(|| RtcError::MediaPlane("the room has no core yet".into()))?;
         let candidates = super::node::candidates(&self.candidate_ips, addr);
         let mut params = ServerParams::new(ufrag, pwd, sha, candidates);
+        params.tcp_candidates = self
+            .tcp_candidate
+            .map(|t| super::node::candidates(&self.candidate_ips, t))
+            .unwrap_or_default();
         params.session_id = u64::from(random_u32());
         Ok(params)
     }

@@ -137,6 +137,9 @@ impl Room {
             room: Some(self.info()),
             participant: Some(info),
             other_participants: Vec::new(),
+            ice_servers: self
+                .ice_servers
+                .for_participant(sid.as_str(), super::ice_servers::unix_now()),
             server_version: SERVER_VERSION.into(),
             subscriber_primary: false,
             ping_timeout: PING_TIMEOUT_S,

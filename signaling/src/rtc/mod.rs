@@ -16,6 +16,7 @@
 
 pub mod data;
 pub mod error;
+pub mod ice_servers;
 pub mod ids;
 pub mod ingress;
 pub mod lifetimes;

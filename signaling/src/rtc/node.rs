@@ -19,6 +19,8 @@ pub struct RoomDefaults {
     /// room core's port (`rtc.node_ip` with several addresses, or an external address
     /// and the internal one). Empty: the address the core reports.
     pub candidate_ips: Arc<[IpAddr]>,
+    /// TURN servers for `JoinResponse.ice_servers`, credentials made per participant.
+    pub ice_servers: Arc<super::ice_servers::IceServers>,
 }
 
 impl RoomDefaults {
@@ -46,6 +48,7 @@ impl Default for RoomDefaults {
             departure_timeout: 20,
             max_participants: 0,
             candidate_ips: Arc::from(Vec::new()),
+            ice_servers: Arc::default(),
         }
     }
 }

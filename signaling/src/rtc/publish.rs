@@ -34,6 +34,8 @@ pub struct OfferInput<'a> {
     pub core: (SocketAddr, [u8; 32]),
     /// The addresses clients are given for media (empty: the core's).
     pub candidate_ips: &'a [std::net::IpAddr],
+    /// The core's passive ICE-TCP candidate, if it has one.
+    pub tcp: Option<SocketAddr>,
     /// The publisher transport, if an earlier offer created it.
     pub pc: Option<&'a PubPc>,
     pub pending: &'a [PendingTrack],
@@ -125,6 +127,10 @@ pub fn decide_offer(
     let (addr, sha) = input.core;
     let candidates = super::node::candidates(input.candidate_ips, addr);
     let mut params = ServerParams::new(&pc.ufrag, &pc.pwd, sha, candidates);
+    params.tcp_candidates = input
+        .tcp
+        .map(|t| super::node::candidates(input.candidate_ips, t))
+        .unwrap_or_default();
     params.session_id = pc.session_id;
     params.session_version = pc.version;
     let (answer, choices) = AnswerBuilder::new(offer, &params).build_with_choices()?;
@@ -286,6 +292,7 @@ impl Room {
                 room_id: self.id,
                 core,
                 candidate_ips: &self.candidate_ips,
+                tcp: self.tcp_candidate,
                 pc: p.publisher.as_ref(),
                 pending: &p.pending,
                 can_publish: p.permission.can_publish,
@@ -538,6 +545,7 @@ mod tests {
             room_id: MediaRoomId(7),
             core: ("127.0.0.1:7882".parse().unwrap(), [0xab; 32]),
             candidate_ips: &[],
+            tcp: None,
             pc,
             pending,
             can_publish: true,

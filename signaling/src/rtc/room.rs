@@ -183,6 +183,10 @@ pub struct Room {
     pub(crate) core: Option<(SocketAddr, [u8; 32])>,
     /// The addresses clients are given for media (see [`RoomDefaults::candidate_ips`]).
     pub(crate) candidate_ips: Arc<[std::net::IpAddr]>,
+    /// TURN servers given to each participant that joins.
+    pub(crate) ice_servers: Arc<super::ice_servers::IceServers>,
+    /// The room core's passive ICE-TCP candidate, from `RoomCreated`, if it has one.
+    pub(crate) tcp_candidate: Option<SocketAddr>,
     /// Signaling that needs the core, held until `RoomCreated` arrives.
     pub(crate) deferred: Vec<RoomMsg>,
     /// Since when the room has had nobody in it, and whether anyone ever joined.
@@ -253,8 +257,10 @@ impl Room {
             departure_timeout: or(opts.departure_timeout, defaults.departure_timeout),
             max_participants: or(opts.max_participants, defaults.max_participants),
             candidate_ips: defaults.candidate_ips.clone(),
+            ice_servers: defaults.ice_servers.clone(),
             participants: Vec::new(),
             core: None,
+            tcp_candidate: None,
             deferred: Vec::new(),
             empty_since: Some(Instant::now()),
             ever_joined: false,
@@ -550,6 +556,7 @@ impl Room {
             (Some(Pending::RoomCreated), Some(Ev::RoomCreated(c))) => match core_params(&c) {
                 Ok(core) => {
                     self.core = Some(core);
+                    self.tcp_candidate = c.tcp_local.parse().ok();
                     for m in std::mem::take(&mut self.deferred) {
                         self.handle(m);
                     }

@@ -260,6 +260,10 @@ impl Room {
             return;
         };
         let candidates = super::node::candidates(&self.candidate_ips, addr);
+        let tcp_candidates = self
+            .tcp_candidate
+            .map(|t| super::node::candidates(&self.candidate_ips, t))
+            .unwrap_or_default();
         let Some(p) = self.participant_mut(pid) else {
             return;
         };
@@ -273,6 +277,7 @@ impl Room {
         }
         pc.version += 1;
         let mut params = crate::sdp::ServerParams::new(&pc.ufrag, &pc.pwd, sha, candidates);
+        params.tcp_candidates = tcp_candidates;
         params.session_id = pc.session_id;
         params.session_version = pc.version;
         let mut builder = OfferBuilder::new(&params);

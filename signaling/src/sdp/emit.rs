@@ -10,9 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use webrtc_sdp::address::{Address, ExplicitlyTypedAddress};
 use webrtc_sdp::attribute_type::{
-    SdpAttribute, SdpAttributeCandidate, SdpAttributeCandidateTransport, SdpAttributeCandidateType,
-    SdpAttributeExtmap, SdpAttributeFingerprint, SdpAttributeFingerprintHashType, SdpAttributeMsid,
-    SdpAttributeRtpmap, SdpAttributeSetup, SdpAttributeSsrc, SdpSsrcGroupSemantic,
+    SdpAttribute, SdpAttributeCandidate, SdpAttributeCandidateTcpType,
+    SdpAttributeCandidateTransport, SdpAttributeCandidateType, SdpAttributeExtmap,
+    SdpAttributeFingerprint, SdpAttributeFingerprintHashType, SdpAttributeMsid, SdpAttributeRtpmap,
+    SdpAttributeSetup, SdpAttributeSsrc, SdpSsrcGroupSemantic,
 };
 use webrtc_sdp::media_type::{
     SdpFormatList, SdpMedia, SdpMediaLine, SdpMediaValue, SdpProtocolValue,
@@ -147,7 +148,32 @@ pub(crate) fn candidates(m: &mut SdpMedia, p: &ServerParams) -> Result<(), SdpEr
         );
         push(m, SdpAttribute::Candidate(c))?;
     }
+    tcp_candidates(m, p, p.candidates.len())?;
     push(m, SdpAttribute::EndOfCandidates)
+}
+
+/// Passive TCP host candidates (RFC 6544 §4.5), after the UDP ones. Priority per RFC 6544
+/// §4.2: the host type preference, and a local preference of direction preference (4 for
+/// passive host candidates) × 2^13 plus an other-preference falling with each address.
+/// Every UDP candidate's local preference (65535 and down) is above 4 × 2^13 + 8191, so
+/// a client tries TCP only when UDP fails.
+fn tcp_candidates(m: &mut SdpMedia, p: &ServerParams, first: usize) -> Result<(), SdpError> {
+    for (i, addr) in p.tcp_candidates.iter().enumerate() {
+        let local_pref = (4u64 << 13) + 8191u64.saturating_sub(i as u64);
+        let priority = (126u64 << 24) | (local_pref << 8) | 255;
+        let mut c = SdpAttributeCandidate::new(
+            (first + i + 1).to_string(),
+            1,
+            SdpAttributeCandidateTransport::Tcp,
+            priority,
+            Address::Ip(addr.ip()),
+            u32::from(addr.port()),
+            SdpAttributeCandidateType::Host,
+        );
+        c.tcp_type = Some(SdpAttributeCandidateTcpType::Passive);
+        push(m, SdpAttribute::Candidate(c))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn extmap(id: u16, uri: &str) -> SdpAttribute {

@@ -17,6 +17,9 @@ pub struct ServerParams {
     /// Host UDP candidates: the core's `ip:port` (one per core that may carry the
     /// transport, or just the owning core's). The first is also the m-line address.
     pub candidates: Vec<SocketAddr>,
+    /// Passive ICE-TCP candidates (RFC 6544), for clients whose networks block UDP:
+    /// listed after the UDP ones, at a lower priority, so clients prefer UDP.
+    pub tcp_candidates: Vec<SocketAddr>,
     /// The DTLS role taken when the peer offers `actpass`. Passive by default: the
     /// browser then starts the handshake as soon as ICE connects.
     pub setup_when_actpass: SetupRole,
@@ -44,6 +47,7 @@ impl ServerParams {
                 value: sha256_fingerprint.to_vec(),
             },
             candidates,
+            tcp_candidates: Vec::new(),
             setup_when_actpass: SetupRole::Passive,
             session_id: 1,
             session_version: 1,

@@ -14,7 +14,14 @@
 // - with-python: one browser participant joins a room where LiveKit's Python SDK
 //   publishes (started by the Rust test); it must decode the Python participant's video,
 //   receive its audio and its data, and see it leave. With --viewer the browser publishes
-//   nothing.
+//   nothing. The selected ICE candidate pairs (UDP or TCP) are reported as `transports`.
+// - relay: alice and bob join with relay-only ICE (the page's `?relay=1`: livekit-client's
+//   `rtcConfig: { iceTransportPolicy: 'relay' }`), so media can only flow through the TURN
+//   servers Prism hands out in the JoinResponse. Each must decode the other's video, and
+//   the selected candidate pair of every connection (getStats) must have a local candidate
+//   of type `relay`, over --relay-protocol (udp or tls) when given.
+//
+// CHROMIUM_EXTRA_ARGS (space-separated) adds Chromium flags.
 //
 // Prints progress on stderr and one JSON line last on stdout: {ok, failures, ...figures}.
 // Exits 1 when a check failed. Never waits forever: every wait has a deadline, and the
@@ -135,6 +142,45 @@ async function sentLayers() {
   return layers.sort((a, b) => a.width - b.width);
 }
 
+// In the page: the selected ICE candidate pair of the publisher and subscriber
+// connections (from the camera's and a received track's getStats), so a test can tell
+// whether media went over UDP or TCP.
+async function transportPairs() {
+  const room = window.prism.room;
+  const reports = [];
+  const cam = room?.localParticipant?.getTrackPublication('camera')?.track;
+  if (cam) reports.push(['publisher', await cam.getRTCStatsReport()]);
+  outer: for (const p of room?.remoteParticipants.values() ?? []) {
+    for (const pub of p.trackPublications.values()) {
+      const r = await pub.track?.getRTCStatsReport?.();
+      if (r) {
+        reports.push(['subscriber', r]);
+        break outer;
+      }
+    }
+  }
+  const cand = (c) => c && { protocol: c.protocol, type: c.candidateType, address: c.address, port: c.port, tcpType: c.tcpType ?? null };
+  const out = {};
+  for (const [which, report] of reports) {
+    if (!report) continue;
+    const byId = new Map([...report.values()].map((s) => [s.id, s]));
+    let pair = null;
+    for (const s of byId.values()) {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) ?? pair;
+    }
+    if (!pair) {
+      for (const s of byId.values()) if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    }
+    out[which] = pair && {
+      local: cand(byId.get(pair.localCandidateId)),
+      remote: cand(byId.get(pair.remoteCandidateId)),
+      bytesSent: pair.bytesSent ?? 0,
+      bytesReceived: pair.bytesReceived ?? 0,
+    };
+  }
+  return out;
+}
+
 async function newParticipant(name, viewport) {
   const context = await browser.newContext({
     viewport,
@@ -153,7 +199,8 @@ async function newParticipant(name, viewport) {
     consoleLines.push('pageerror: ' + e.message);
     log(name, 'page error:', e.message);
   });
-  await page.goto(`${URL_BASE}/?room=${encodeURIComponent(ROOM)}&name=${encodeURIComponent(name)}`);
+  const relay = SCENARIO === 'relay' ? '&relay=1' : '';
+  await page.goto(`${URL_BASE}/?room=${encodeURIComponent(ROOM)}&name=${encodeURIComponent(name)}${relay}`);
   await page.waitForSelector('#join-form');
   return { name, context, page, consoleLines, sockets };
 }
@@ -189,14 +236,74 @@ async function waitMediaFrom(who, peer, ms = 40000) {
   return got;
 }
 
+// In the page: the selected candidate pair of every connection a track uses, as
+// {track, local, protocol, relayProtocol, remote}.
+async function selectedPairs() {
+  const room = window.prism.room;
+  const tracks = [];
+  for (const pub of room?.localParticipant.trackPublications.values() ?? []) tracks.push(['sent ' + pub.source, pub.track]);
+  for (const p of room?.remoteParticipants.values() ?? []) {
+    for (const pub of p.trackPublications.values()) tracks.push(['received ' + pub.source, pub.track]);
+  }
+  const out = [];
+  for (const [name, track] of tracks) {
+    const report = await track?.getRTCStatsReport?.();
+    if (!report) continue;
+    const byId = new Map([...report.values()].map((s) => [s.id, s]));
+    for (const s of report.values()) {
+      if (s.type !== 'transport' || !s.selectedCandidatePairId) continue;
+      const pair = byId.get(s.selectedCandidatePairId);
+      const local = byId.get(pair?.localCandidateId);
+      const remote = byId.get(pair?.remoteCandidateId);
+      out.push({
+        track: name,
+        local: local?.candidateType ?? '',
+        protocol: local?.protocol ?? '',
+        relayProtocol: local?.relayProtocol ?? '',
+        remote: remote?.candidateType ?? '',
+        bytesReceived: pair?.bytesReceived ?? 0,
+      });
+    }
+  }
+  return out;
+}
+
 async function installHelpers(who) {
   await who.page.evaluate(
-    ([a, b]) => {
+    ([a, b, c]) => {
       window.__receivedFrom = a;
       window.__sentLayers = b;
+      window.__selectedPairs = c;
     },
-    [receivedFrom.toString(), sentLayers.toString()],
+    [receivedFrom.toString(), sentLayers.toString(), selectedPairs.toString()],
   );
+}
+
+async function relayOnly() {
+  const desktop = { width: 640, height: 360 };
+  const alice = await newParticipant('alice', desktop);
+  const bob = await newParticipant('bob', desktop);
+  await Promise.all([join(alice), join(bob)]);
+  await installHelpers(alice);
+  await installHelpers(bob);
+  const [aGot, bGot] = await Promise.all([
+    waitMediaFrom(alice, bob.identity, 60000),
+    waitMediaFrom(bob, alice.identity, 60000),
+  ]);
+  result.alice_received = aGot;
+  result.bob_received = bGot;
+  const want = args['relay-protocol'] || '';
+  for (const who of [alice, bob]) {
+    const pairs = await inPage(who.page, '__selectedPairs');
+    result[`${who.name}_pairs`] = pairs;
+    check(pairs.length >= 2, `${who.name}: a selected candidate pair for sending and receiving`);
+    for (const p of pairs) {
+      check(p.local === 'relay', `${who.name} ${p.track}: local candidate ${p.local}, not relay`);
+      if (want) check(p.relayProtocol === want, `${who.name} ${p.track}: relayed over ${p.relayProtocol}, not ${want}`);
+    }
+  }
+  log('relay pairs:', JSON.stringify(result.alice_pairs));
+  result.console = alice.consoleLines.slice(-10).concat(bob.consoleLines.slice(-10));
 }
 
 const inPage = (page, fnName, arg) =>
@@ -341,6 +448,8 @@ async function withPython() {
   const got = await waitMediaFrom(web, peer, 60000);
   result.received = got;
   result.first_frame_ms = await web.page.evaluate(() => window.prism.firstRemoteFrameMs);
+  result.transports = await web.page.evaluate(transportPairs);
+  log('selected candidate pairs', JSON.stringify(result.transports));
   log('web decodes', peer, got);
   const msg = await until(
     web.page,
@@ -380,11 +489,17 @@ try {
       '--use-fake-device-for-media-stream',
       '--use-fake-ui-for-media-stream',
       '--allow-loopback-in-peer-connection',
+      // The relay scenario's TURN over TLS uses a certificate the test made.
+      '--ignore-certificate-errors',
+      // e.g. --unsafely-treat-insecure-origin-as-secure=http://10.201.3.1:8000, so that a
+      // page served on an address other than localhost may use the camera.
+      ...(process.env.CHROMIUM_EXTRA_ARGS || '').split(' ').filter(Boolean),
     ],
   });
   log('chromium', browser.version(), 'room', ROOM);
   if (SCENARIO === 'two-browsers') await twoBrowsers();
   else if (SCENARIO === 'with-python') await withPython();
+  else if (SCENARIO === 'relay') await relayOnly();
   else throw new Error('unknown scenario ' + SCENARIO);
   clearTimeout(overall);
   await browser.close();

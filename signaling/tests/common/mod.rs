@@ -100,6 +100,11 @@ pub struct Pipe {
 }
 
 impl Pipe {
+    /// What was collected so far, shared (for a log printed when a test fails).
+    pub fn text_handle(&self) -> Arc<Mutex<String>> {
+        self.text.clone()
+    }
+
     pub fn take(self) -> String {
         let _ = self.handle.join();
         let s = self.text.lock().unwrap();
@@ -116,6 +121,11 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// As [`Server::start`], with more arguments for `prism serve`.
+    pub fn start_with(extra: &[&str]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -124,6 +134,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
             .args(["serve", "--dev", "--bind", &format!("127.0.0.1:{port}")])
             .args(["--media-port", "0", "--cores", "0", "--rtmp-port", "0"])
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

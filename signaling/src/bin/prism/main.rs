@@ -10,6 +10,7 @@
 //! systemd unit's command line) runs Prism unchanged.
 
 mod serve;
+mod turn;
 
 use std::path::PathBuf;
 
@@ -98,6 +99,10 @@ pub struct ServeArgs {
     /// TCP port of the RTMP ingress listener (default 1935; 0 picks a free port).
     #[arg(long, value_name = "PORT")]
     pub rtmp_port: Option<u16>,
+    /// TCP port for ICE over TCP, the fallback of clients whose networks block UDP
+    /// (default 7881; 0: off).
+    #[arg(long, value_name = "PORT")]
+    pub tcp_port: Option<u16>,
     /// Address the media sockets bind to (default 127.0.0.1).
     #[arg(long, value_name = "IP")]
     pub media_ip: Option<String>,

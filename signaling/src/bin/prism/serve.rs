@@ -231,6 +231,15 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             .map_err(anyhow::Error::msg)?,
         None => file.media_base_port(core_count)?.unwrap_or(7882),
     };
+    // ICE over TCP on 7881 as LiveKit does, unless configured (0: off). With ephemeral
+    // media ports (tests starting many servers) it is ephemeral too.
+    let tcp_configured = flags.tcp_port.or(file.rtc.tcp_port);
+    fwd.tcp_port = match tcp_configured {
+        Some(0) => None,
+        Some(p) => Some(p),
+        None if fwd.base_port == 0 => Some(0),
+        None => Some(7881),
+    };
     if flags.redis_host.is_some() || flags.redis_password.is_some() {
         warnings.push(
             "--redis-host / REDIS_HOST: several nodes sharing rooms through Redis is not \
@@ -250,13 +259,9 @@ pub fn run(flags: ServeArgs) -> Result<()> {
     if flags.turn_key.is_some() {
         turn.key_file = flags.turn_key.clone();
     }
-    if turn.enabled {
-        warnings.push(
-            "turn.enabled: the embedded TURN server is not available in this build; clients \
-             get rtc.turn_servers only"
-                .into(),
-        );
-    }
+    let api_secret = key_map.values().next().map_or(DEV_SECRET, String::as_str);
+    let turn = crate::turn::setup(&file, &turn, fwd.bind_ip, &ips, api_secret, &mut warnings)?;
+    fwd.turn = turn.front;
     let defaults = RoomDefaults::default();
     let room_defaults = RoomDefaults {
         empty_timeout: file.room.empty_timeout.unwrap_or(defaults.empty_timeout),
@@ -269,6 +274,7 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             .max_participants
             .unwrap_or(defaults.max_participants),
         candidate_ips: ips.clone().into(),
+        ice_servers: Arc::new(turn.ice_servers),
     };
     let options = ServeOptions {
         room_defaults,
@@ -307,9 +313,30 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         }
     }
 
-    let forwarder = Forwarder::start(fwd).context("starting the media plane")?;
+    let forwarder = match Forwarder::start(fwd.clone()) {
+        // The default TCP port taken (another server on this host): run without ICE-TCP
+        // rather than not at all; a configured port must be had.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tcp_configured.is_none() => {
+            tracing::warn!(
+                port = ?fwd.tcp_port,
+                "ICE over TCP is off: its port is in use (set rtc.tcp_port or --tcp-port)"
+            );
+            fwd.tcp_port = None;
+            Forwarder::start(fwd)
+        }
+        r => r,
+    }
+    .context("starting the media plane")?;
     let media = forwarder.core_addrs();
+    let ice_tcp = forwarder.tcp_addr();
     let driver = forwarder.driver_name();
+    if let Some(t) = forwarder.turn() {
+        println!(
+            "prism: TURN on udp {} and tls {}",
+            t.udp_addr().map_or("-".into(), |a| a.to_string()),
+            t.stream_addr().map_or("-".into(), |a| a.to_string())
+        );
+    }
     let state = Arc::new(
         AppState::with_options(keys, forwarder, dev, options)
             .context("starting the agent service")?,
@@ -371,7 +398,7 @@ pub fn run(flags: ServeArgs) -> Result<()> {
                 adv.join(", ")
             );
         }
-        tracing::info!(?binds, ?media, driver, "listening");
+        tracing::info!(?binds, ?media, ?ice_tcp, driver, "listening");
         if dev {
             let t = auth::join_token(
                 DEV_KEY,
