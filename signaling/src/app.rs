@@ -30,6 +30,8 @@ pub struct AppState {
     pub rooms: RoomManager,
     /// Agent workers and their jobs (`/agent`, AgentDispatchService).
     pub agents: AgentService,
+    /// Ingresses (the Ingress API, RTMP encoders).
+    pub ingresses: crate::ingress::Ingresses,
     pub dev: bool,
     pub room_service: RoomServiceOptions,
     /// What clients are given for media, most preferred first (see
@@ -61,6 +63,7 @@ impl AppState {
             forwarder,
             rooms,
             agents,
+            ingresses: crate::ingress::Ingresses::new(),
             dev,
             room_service: options.room_service,
             candidate_ips,

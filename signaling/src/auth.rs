@@ -106,6 +106,9 @@ pub struct VideoGrant {
     pub recorder: bool,
     #[serde(skip_serializing_if = "is_false")]
     pub agent: bool,
+    /// LiveKit's `ingressAdmin`: the Ingress API (create, list, update, delete).
+    #[serde(skip_serializing_if = "is_false")]
+    pub ingress_admin: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -208,6 +211,15 @@ impl Claims {
             Err(AuthError::NotAllowed(
                 "roomAdmin for this room is not granted",
             ))
+        }
+    }
+
+    /// Checks `ingressAdmin` (the Ingress API, any room, as in LiveKit).
+    pub fn ensure_ingress_admin(&self) -> Result<(), AuthError> {
+        if self.grant()?.ingress_admin {
+            Ok(())
+        } else {
+            Err(AuthError::NotAllowed("ingressAdmin is not granted"))
         }
     }
 

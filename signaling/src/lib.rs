@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod external_ip;
 pub mod http;
+pub mod ingress;
 pub mod livekit;
 pub mod media;
 pub mod metrics;

@@ -318,6 +318,7 @@ pub async fn render(state: &AppState) -> Result<String, String> {
             );
         }
     }
+    state.ingresses.render_metrics(&mut out);
     Ok(out)
 }
 

@@ -99,7 +99,13 @@ pub async fn post(
     let Ok(sdp) = String::from_utf8(body.to_vec()) else {
         return text(StatusCode::BAD_REQUEST, "the offer is not UTF-8");
     };
-    let claims = match authorize(state, token.as_deref(), &room) {
+    // A WHIP ingress's stream key stands for a token (LiveKit's WHIP ingress takes it as
+    // the bearer token too).
+    let ingress = token
+        .as_deref()
+        .filter(|_| publish)
+        .and_then(|t| state.ingresses.whip_claims(t, &room));
+    let claims = match ingress.map_or_else(|| authorize(state, token.as_deref(), &room), Ok) {
         Ok(c) => c,
         Err(e) => return rtc_error(&e),
     };
@@ -158,8 +164,13 @@ pub async fn delete(
         Ok(t) => t,
         Err(e) => return auth_error(&e),
     };
-    if let Err(e) = authorize(state, token.as_deref(), &room) {
-        return rtc_error(&e);
+    let ingress = token
+        .as_deref()
+        .and_then(|t| state.ingresses.whip_claims(t, &room));
+    if ingress.is_none() {
+        if let Err(e) = authorize(state, token.as_deref(), &room) {
+            return rtc_error(&e);
+        }
     }
     match state.rooms.end_http(&RoomName::new(room), resource).await {
         Ok(()) => text(StatusCode::OK, ""),

@@ -449,7 +449,6 @@ fn livekit_config_sample_starts_and_names_each_key_it_ignores() {
         "signal_relay.retry_timeout",
         "psrpc.max_attempts",
         "audio.active_red_encoding",
-        "ingress.rtmp_base_url",
         "region",
         "node_selector.regions",
         "limit.max_api_request_body_size",
@@ -470,6 +469,8 @@ fn livekit_config_sample_starts_and_names_each_key_it_ignores() {
         "rtc.packet_buffer_size_video",
         "room.max_participants",
         "turn.udp_port",
+        "ingress.rtmp_base_url",
+        "ingress.whip_base_url",
     ] {
         assert!(
             !ignored

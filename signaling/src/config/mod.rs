@@ -41,6 +41,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub room: RoomConfig,
     pub turn: TurnConfig,
+    pub ingress: IngressConfig,
     /// What the file said that Prism ignored, one line each, for the caller to log once
     /// logging is up.
     #[serde(skip)]
@@ -203,6 +204,20 @@ pub struct LoggingConfig {
     pub level: Option<String>,
     /// One JSON object per line instead of text.
     pub json: Option<bool>,
+}
+
+/// RTMP ingress (the Ingress API's encoders).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// TCP port of the RTMP listener (1935, as LiveKit's ingress; 0 picks a free one).
+    pub rtmp_port: Option<u16>,
+    /// The URL given to encoders in `IngressInfo.url` for RTMP (LiveKit's key; default
+    /// `rtmp://<bind address>:<rtmp_port>/live`).
+    pub rtmp_base_url: Option<String>,
+    /// The base of WHIP ingress URLs, the room name appended (LiveKit's key; default
+    /// `http://<bind>/whip`, Prism's WHIP endpoint).
+    pub whip_base_url: Option<String>,
 }
 
 /// Room defaults, for rooms whose creator does not say.

@@ -163,7 +163,7 @@ impl RoomManager {
 
     /// Runs `f` on the room called `name`, starting it if needed; retried on a new room if
     /// the one found was closing.
-    async fn on_room<R: Send + 'static>(
+    pub(crate) async fn on_room<R: Send + 'static>(
         &self,
         name: &RoomName,
         opts: &RoomOptions,

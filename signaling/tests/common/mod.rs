@@ -133,7 +133,7 @@ impl Server {
             .port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
             .args(["serve", "--dev", "--bind", &format!("127.0.0.1:{port}")])
-            .args(["--media-port", "0", "--cores", "0"])
+            .args(["--media-port", "0", "--cores", "0", "--rtmp-port", "0"])
             .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

@@ -96,6 +96,9 @@ pub struct ServeArgs {
     /// port per core (default 7882).
     #[arg(long, alias = "media-port", value_name = "PORT", env = "UDP_PORT")]
     pub udp_port: Option<String>,
+    /// TCP port of the RTMP ingress listener (default 1935; 0 picks a free port).
+    #[arg(long, value_name = "PORT")]
+    pub rtmp_port: Option<u16>,
     /// TCP port for ICE over TCP, the fallback of clients whose networks block UDP
     /// (default 7881; 0: off).
     #[arg(long, value_name = "PORT")]

@@ -342,6 +342,8 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             .context("starting the agent service")?,
     );
     let rooms = state.rooms.clone();
+    let rtmp_port = flags.rtmp_port.or(file.ingress.rtmp_port);
+    let ingress_cfg = file.ingress.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -352,6 +354,36 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             listeners.push(listen(b).with_context(|| format!("binding {b}"))?);
         }
         let bind = binds[0];
+        // RTMP ingress: a port asked for must be free; the default (1935) is skipped with
+        // a warning when something else holds it.
+        let rtmp_addr = std::net::SocketAddr::new(bind.ip(), rtmp_port.unwrap_or(1935));
+        let rtmp = match listen(rtmp_addr) {
+            Ok(l) => Some(l),
+            Err(e) if rtmp_port.is_none() => {
+                tracing::warn!(addr = %rtmp_addr, error = %e, "RTMP ingress not started: the default port is taken (set ingress.rtmp_port or --rtmp-port)");
+                None
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("binding RTMP {rtmp_addr}"))),
+        };
+        let rtmp_local = rtmp.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(a) = rtmp_local {
+            let host = if a.ip().is_unspecified() {
+                ips.first().copied().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            } else {
+                a.ip()
+            };
+            let host_port = std::net::SocketAddr::new(host, a.port());
+            let rtmp_url = ingress_cfg
+                .rtmp_base_url
+                .clone()
+                .unwrap_or_else(|| format!("rtmp://{host_port}/live"));
+            let whip_url = ingress_cfg
+                .whip_base_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{bind}/whip"));
+            state.ingresses.set_urls(&rtmp_url, &whip_url);
+            println!("prism: rtmp ingress on {a} ({rtmp_url})");
+        }
         let shown: Vec<String> = binds.iter().map(|b| format!("http://{b}")).collect();
         if ips.is_empty() {
             println!(
@@ -385,6 +417,14 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             println!("  - mint more tokens: prism token create --room demo --identity bob");
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let rtmp_task = rtmp.map(|l| {
+            tokio::spawn(prism_signaling::ingress::server::serve(
+                l,
+                state.rooms.clone(),
+                state.ingresses.clone(),
+                rx.clone(),
+            ))
+        });
         let servers: Vec<_> = listeners
             .into_iter()
             .map(|l| tokio::spawn(server::serve(l, state.clone(), rx.clone())))
@@ -396,6 +436,9 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         let _ = tx.send(true);
         for s in servers {
             let _ = s.await;
+        }
+        if let Some(t) = rtmp_task {
+            let _ = t.await;
         }
         rooms.shutdown().await;
         // The sessions' tasks write the leave and close their sockets; give them a moment
