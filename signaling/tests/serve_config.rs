@@ -626,3 +626,50 @@ fn every_subcommand_has_help() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
 }
+
+/// LiveKit's `--key-file` (and `key_file:` in the file) replaces the file's `keys`.
+#[test]
+fn a_key_file_replaces_the_files_keys() {
+    let _g = serial();
+    let secret = "file-secret-that-is-long-enough-for-a-test-789";
+    let keys = write_config("keyfile", &format!("filekey: {secret}\n"));
+    for (how, flags, extra) in [
+        (
+            "--key-file",
+            vec!["--key-file", keys.to_str().unwrap()],
+            String::new(),
+        ),
+        (
+            "key_file:",
+            vec![],
+            format!("key_file: {}\n", keys.display()),
+        ),
+    ] {
+        let port = free_port();
+        let cfg = write_config(
+            "withkeyfile",
+            &format!(
+                "port: {port}\nkeys:\n  {CFG_KEY}: {CFG_SECRET}\n{extra}\
+                 rtc:\n  udp_port: 0\n  cores: [0]\n"
+            ),
+        );
+        let mut serve = Serve::start_with(&cfg, &[], &flags);
+        serve.wait_for("listening line", |l| l.starts_with("prism: listening on"));
+        let list = VideoGrant {
+            room_list: true,
+            ..Default::default()
+        };
+        let (status, v) = post(
+            port,
+            "ListRooms",
+            &token("filekey", secret, list.clone()),
+            "{}",
+        );
+        assert_eq!(status, 200, "{how}: {v}");
+        let (status, _) = post(port, "ListRooms", &token(CFG_KEY, CFG_SECRET, list), "{}");
+        assert_eq!(status, 401, "{how}: the file's keys were replaced");
+        drop(serve);
+        let _ = std::fs::remove_file(&cfg);
+    }
+    let _ = std::fs::remove_file(&keys);
+}
