@@ -1,5 +1,6 @@
 //! LiveKit's server API over Twirp: `POST /twirp/livekit.RoomService/<Method>` and
-//! `POST /twirp/livekit.AgentDispatchService/<Method>`, so that
+//! `POST /twirp/livekit.AgentDispatchService/<Method>` and `POST /twirp/livekit.Egress/<Method>`,
+//! so that
 //! LiveKit's server SDKs (`livekit-api` in Python, `livekit-server-sdk` in Node, the Rust
 //! and Go clients) manage Prism's rooms unchanged.
 //!
@@ -20,6 +21,7 @@
 
 pub mod agent_dispatch;
 pub mod codec;
+pub mod egress;
 pub mod room_service;
 
 use std::sync::Arc;
@@ -233,7 +235,13 @@ async fn serve(
     let Some((service, method)) = path.split_once('/') else {
         return Err(no_route(path));
     };
-    if service != room_service::SERVICE && service != agent_dispatch::SERVICE {
+    if ![
+        room_service::SERVICE,
+        agent_dispatch::SERVICE,
+        egress::SERVICE,
+    ]
+    .contains(&service)
+    {
         return Err(no_route(path));
     }
     let desc = codec::pool()?
@@ -283,7 +291,17 @@ async fn serve(
             ))
         }
     };
-    let out = if service == agent_dispatch::SERVICE {
+    let out = if service == egress::SERVICE {
+        let call = egress::Call {
+            rooms: &state.rooms,
+            egresses: &state.egresses,
+            claims: &claims,
+            codec,
+            method: &desc,
+            body: &body,
+        };
+        call.run().await?
+    } else if service == agent_dispatch::SERVICE {
         let call = agent_dispatch::Call {
             rooms: &state.rooms,
             agents: &state.agents,
