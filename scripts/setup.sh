@@ -22,6 +22,8 @@ command -v npm >/dev/null || need_apt+=(nodejs npm)
 # The deployment tests (NAT, firewalls) build network namespaces with ip and nftables.
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v nft >/dev/null || need_apt+=(nftables)
+# Recording tests read and decode the files with ffprobe and ffmpeg.
+command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

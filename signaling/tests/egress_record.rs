@@ -1,0 +1,265 @@
+//! Recording (LiveKit's Egress) against Prism: `prism serve --dev` as a subprocess, a
+//! LiveKit Python SDK publisher (`lk_publisher.py`, VP8 simulcast and Opus), LiveKit's own
+//! server API client (`livekit-api`, `tests/interop/lk_egress.py`) starting and stopping
+//! the recordings, and ffprobe and ffmpeg reading what was written.
+//!
+//! What passing proves:
+//! - StartTrackEgress records the video track to WebM and the audio track to Ogg, and
+//!   StartParticipantEgress records the publisher's audio and video into one WebM file;
+//!   StopEgress answers once each file is final, with status EGRESS_COMPLETE, the file's
+//!   name, size and duration;
+//! - after 10 s, ffprobe reads every file: the video has at least 250 frames at the size
+//!   of a published simulcast layer, the audio lasts 10 s ± 0.5 s, and in the participant
+//!   file audio and video start within 50 ms of each other; ffmpeg decodes every file with
+//!   no error;
+//! - room composite, web egress and streaming outputs are refused with Twirp
+//!   `unimplemented` and a message saying so; an unknown track is `not_found`, stopping
+//!   an unknown egress `not_found`, stopping a finished one `failed_precondition`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::*;
+
+fn ffprobe(path: &Path, args: &[&str]) -> Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-of", "json"])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("running ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe {path:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe's JSON")
+}
+
+/// Decodes the whole file; the errors ffmpeg printed (empty if none).
+fn ffmpeg_decode_errors(path: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("running ffmpeg");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        err
+    } else {
+        format!("exit {:?}: {err}", out.status)
+    }
+}
+
+/// Per stream of a file: (codec type, frames decoded, first pts, last pts + duration).
+#[derive(Debug)]
+struct StreamFacts {
+    kind: String,
+    width: u64,
+    height: u64,
+    frames: u64,
+    start: f64,
+    end: f64,
+}
+
+fn facts(path: &Path) -> Vec<StreamFacts> {
+    let v = ffprobe(
+        path,
+        &[
+            "-count_frames",
+            "-show_entries",
+            "stream=index,codec_type,width,height,nb_read_frames",
+        ],
+    );
+    let p = ffprobe(
+        path,
+        &[
+            "-show_entries",
+            "packet=stream_index,pts_time,duration_time",
+        ],
+    );
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let packets = p["packets"].as_array().cloned().unwrap_or_default();
+    let num = |x: &Value| {
+        x.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .or(x.as_f64())
+    };
+    streams
+        .iter()
+        .map(|s| {
+            let idx = s["index"].as_u64().unwrap();
+            let mine: Vec<&Value> = packets
+                .iter()
+                .filter(|p| p["stream_index"].as_u64() == Some(idx))
+                .collect();
+            let start = mine
+                .iter()
+                .filter_map(|p| num(&p["pts_time"]))
+                .fold(f64::INFINITY, f64::min);
+            let end = mine
+                .iter()
+                .filter_map(|p| Some(num(&p["pts_time"])? + num(&p["duration_time"]).unwrap_or(0.0)))
+                .fold(f64::NEG_INFINITY, f64::max);
+            StreamFacts {
+                kind: s["codec_type"].as_str().unwrap_or("").to_owned(),
+                width: s["width"].as_u64().unwrap_or(0),
+                height: s["height"].as_u64().unwrap_or(0),
+                frames: num(&s["nb_read_frames"]).unwrap_or(0.0) as u64,
+                start,
+                end,
+            }
+        })
+        .collect()
+}
+
+fn tools_present() -> bool {
+    ["ffprobe", "ffmpeg"].iter().all(|t| {
+        Command::new(t)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+#[test]
+fn track_and_participant_egress_write_files_ffmpeg_reads() {
+    let _g = serial();
+    let Some(py) = python("livekit.rtc, livekit.api") else {
+        eprintln!("skipped: LiveKit's Python SDK is not installed (scripts/setup.sh)");
+        return;
+    };
+    if !tools_present() {
+        eprintln!("skipped: ffmpeg and ffprobe are not installed (scripts/setup.sh)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("prism-egress-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = Server::start();
+    let room = "egress-room";
+    let mut publisher = lk_publisher(
+        &py,
+        &server,
+        room,
+        "alice",
+        "30,160,60",
+        &["--simulcast", "--size", "640x480"],
+    );
+    publisher.expect_event("published", Duration::from_secs(60));
+    let url = server.http.clone();
+    let out_dir = dir.to_string_lossy().into_owned();
+    let driver = client(
+        &py,
+        "egress",
+        "lk_egress.py",
+        &[
+            "--url",
+            &url,
+            "--room",
+            room,
+            "--publisher",
+            "alice",
+            "--out",
+            &out_dir,
+            "--seconds",
+            "10",
+        ],
+    )
+    .timeout(Duration::from_secs(150))
+    .finish();
+    assert!(driver.ok(), "lk_egress.py: {driver}");
+    let s = &driver.summary;
+    assert_eq!(s["ok"], true, "{s:#}");
+    server.assert_alive();
+    publisher.tell("stop");
+    let _ = publisher.finish();
+
+    // Refusals, each saying why.
+    for what in ["room_composite", "web", "rtmp"] {
+        let e = &s["refused"][what];
+        assert_eq!(e["code"], "unimplemented", "{what}: {e}");
+        assert!(
+            e["message"].as_str().unwrap_or("").contains("not supported"),
+            "{what}: {e}"
+        );
+    }
+    assert_eq!(s["refused"]["no_track"]["code"], "not_found", "{s:#}");
+    assert_eq!(s["refused"]["stop_unknown"]["code"], "not_found", "{s:#}");
+    assert_eq!(s["stop_again"]["code"], "failed_precondition", "{s:#}");
+    assert_eq!(s["active"].as_array().map(Vec::len), Some(3), "{s:#}");
+
+    // StopEgress answered with the final file.
+    let stopped = s["stopped"].as_array().unwrap();
+    for i in stopped {
+        assert_eq!(i["status"], "EGRESS_COMPLETE", "{i:#}");
+        let f = &i["file_results"][0];
+        let size: u64 = f["size"].as_str().unwrap_or("0").parse().unwrap();
+        let duration: i64 = f["duration"].as_str().unwrap_or("0").parse().unwrap();
+        let name = f["filename"].as_str().unwrap();
+        assert_eq!(std::fs::metadata(name).unwrap().len(), size, "{i:#}");
+        assert!(duration > 9_000_000_000, "{i:#}");
+    }
+    for (_, status) in s["listed"].as_object().unwrap() {
+        assert_eq!(status, "EGRESS_COMPLETE");
+    }
+
+    let layers: Vec<(u64, u64)> = s["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["width"].as_u64().unwrap(), l["height"].as_u64().unwrap()))
+        .collect();
+    let check_video = |f: &StreamFacts, file: &str| {
+        assert!(f.frames >= 250, "{file}: {f:?}");
+        assert!(
+            layers.contains(&(f.width, f.height)),
+            "{file}: {}x{} is not a published layer {layers:?}",
+            f.width,
+            f.height
+        );
+    };
+    let check_audio = |f: &StreamFacts, file: &str| {
+        let d = f.end - f.start;
+        assert!((d - 10.0).abs() <= 0.5, "{file}: audio lasts {d:.3} s: {f:?}");
+    };
+
+    let video = dir.join("video-track.webm");
+    let v = facts(&video);
+    eprintln!("video-track.webm: {v:?}");
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].kind, "video");
+    check_video(&v[0], "video-track.webm");
+
+    let audio = dir.join("audio-track.ogg");
+    let a = facts(&audio);
+    eprintln!("audio-track.ogg: {a:?}");
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].kind, "audio");
+    check_audio(&a[0], "audio-track.ogg");
+
+    let both = dir.join("participant.webm");
+    let p = facts(&both);
+    eprintln!("participant.webm: {p:?}");
+    let pv = p.iter().find(|f| f.kind == "video").expect("a video stream");
+    let pa = p.iter().find(|f| f.kind == "audio").expect("an audio stream");
+    check_video(pv, "participant.webm");
+    check_audio(pa, "participant.webm");
+    assert!(
+        (pv.start - pa.start).abs() <= 0.05,
+        "audio and video start {:.3} s apart",
+        pv.start - pa.start
+    );
+
+    for f in [&video, &audio, &both] {
+        let errors = ffmpeg_decode_errors(f);
+        assert!(errors.trim().is_empty(), "{f:?}: ffmpeg: {errors}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
