@@ -105,7 +105,9 @@ fn facts(path: &Path) -> Vec<StreamFacts> {
                 .fold(f64::INFINITY, f64::min);
             let end = mine
                 .iter()
-                .filter_map(|p| Some(num(&p["pts_time"])? + num(&p["duration_time"]).unwrap_or(0.0)))
+                .filter_map(|p| {
+                    Some(num(&p["pts_time"])? + num(&p["duration_time"]).unwrap_or(0.0))
+                })
                 .fold(f64::NEG_INFINITY, f64::max);
             StreamFacts {
                 kind: s["codec_type"].as_str().unwrap_or("").to_owned(),
@@ -150,7 +152,7 @@ fn track_and_participant_egress_write_files_ffmpeg_reads() {
         room,
         "alice",
         "30,160,60",
-        &["--simulcast", "--size", "640x480"],
+        &["--simulcast", "--size", "320x240"],
     );
     publisher.expect_event("published", Duration::from_secs(60));
     let url = server.http.clone();
@@ -186,7 +188,10 @@ fn track_and_participant_egress_write_files_ffmpeg_reads() {
         let e = &s["refused"][what];
         assert_eq!(e["code"], "unimplemented", "{what}: {e}");
         assert!(
-            e["message"].as_str().unwrap_or("").contains("not supported"),
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not supported"),
             "{what}: {e}"
         );
     }
@@ -227,7 +232,10 @@ fn track_and_participant_egress_write_files_ffmpeg_reads() {
     };
     let check_audio = |f: &StreamFacts, file: &str| {
         let d = f.end - f.start;
-        assert!((d - 10.0).abs() <= 0.5, "{file}: audio lasts {d:.3} s: {f:?}");
+        assert!(
+            (d - 10.0).abs() <= 0.5,
+            "{file}: audio lasts {d:.3} s: {f:?}"
+        );
     };
 
     let video = dir.join("video-track.webm");
@@ -247,8 +255,14 @@ fn track_and_participant_egress_write_files_ffmpeg_reads() {
     let both = dir.join("participant.webm");
     let p = facts(&both);
     eprintln!("participant.webm: {p:?}");
-    let pv = p.iter().find(|f| f.kind == "video").expect("a video stream");
-    let pa = p.iter().find(|f| f.kind == "audio").expect("an audio stream");
+    let pv = p
+        .iter()
+        .find(|f| f.kind == "video")
+        .expect("a video stream");
+    let pa = p
+        .iter()
+        .find(|f| f.kind == "audio")
+        .expect("an audio stream");
     check_video(pv, "participant.webm");
     check_audio(pa, "participant.webm");
     assert!(
@@ -262,4 +276,100 @@ fn track_and_participant_egress_write_files_ffmpeg_reads() {
         assert!(errors.trim().is_empty(), "{f:?}: ffmpeg: {errors}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A small tmpfs of our own, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = std::env::temp_dir().join(format!("prism-egress-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Some(Tmpfs(dir))
+        } else {
+            let _ = std::fs::remove_dir(&dir);
+            None
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A recording whose disk fills up (a 256 KiB tmpfs) ends with `EGRESS_FAILED` and the
+/// error, the file written so far is readable and decodes, and the room carries on (the
+/// publisher is still there, the server healthy).
+#[test]
+fn a_full_disk_fails_the_egress_keeps_the_file_and_the_room() {
+    let _g = serial();
+    let Some(py) = python("livekit.rtc, livekit.api") else {
+        return;
+    };
+    if !tools_present() {
+        eprintln!("skipped: ffmpeg and ffprobe are not installed (scripts/setup.sh)");
+        return;
+    }
+    let Some(fs) = Tmpfs::mount("256k") else {
+        eprintln!("skipped: mounting a tmpfs needs root (CAP_SYS_ADMIN)");
+        return;
+    };
+    let mut server = Server::start();
+    let room = "egress-full";
+    let mut publisher = lk_publisher(
+        &py,
+        &server,
+        room,
+        "bob",
+        "160,60,30",
+        &["--size", "640x480"],
+    );
+    publisher.expect_event("published", Duration::from_secs(60));
+    let url = server.http.clone();
+    let out_dir = fs.0.to_string_lossy().into_owned();
+    let driver = client(
+        &py,
+        "egress-full",
+        "lk_egress.py",
+        &[
+            "--url",
+            &url,
+            "--room",
+            room,
+            "--publisher",
+            "bob",
+            "--out",
+            &out_dir,
+            "--disk-full",
+        ],
+    )
+    .timeout(Duration::from_secs(150))
+    .finish();
+    assert!(driver.ok(), "lk_egress.py: {driver}");
+    let s = &driver.summary;
+    assert_eq!(s["ok"], true, "{s:#}");
+    assert_eq!(s["status"], "EGRESS_FAILED", "{s:#}");
+    let error = s["ended"]["error"].as_str().unwrap_or("");
+    assert!(error.contains("No space left"), "{s:#}");
+    assert_eq!(s["participants_after"]["bob"], 2, "{s:#}");
+    server.assert_alive();
+    publisher.tell("stop");
+    let _ = publisher.finish();
+
+    let file = fs.0.join("full.webm");
+    let f = facts(&file);
+    eprintln!("full.webm: {f:?}");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].frames > 0, "{f:?}");
+    let errors = ffmpeg_decode_errors(&file);
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
 }

@@ -151,6 +151,7 @@ impl Egresses {
                 bytes = outcome.bytes,
                 duration = outcome.duration,
                 frames = outcome.frames,
+                dropped = outcome.dropped,
                 error = %info.error,
                 "egress ended"
             );

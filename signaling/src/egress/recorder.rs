@@ -27,8 +27,16 @@ pub struct FileSink {
 }
 
 impl Sink for FileSink {
+    /// Writes all of `bytes` or nothing: a write cut short (a full disk) is truncated
+    /// away, so the file ends at its last whole cluster or page.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)
+        let at = self.file.stream_position()?;
+        let r = self.file.write_all(bytes);
+        if r.is_err() {
+            let _ = self.file.set_len(at);
+            let _ = self.file.seek(SeekFrom::Start(at));
+        }
+        r
     }
 
     fn patch(&mut self, p: &Patch) -> std::io::Result<()> {

@@ -81,6 +81,9 @@ pub struct Outcome {
     /// From the first frame written to the end of the last, in seconds.
     pub duration: f64,
     pub frames: u64,
+    /// Video frames dropped because a packet of theirs (or of a frame they depend on)
+    /// was lost for good.
+    pub dropped: u64,
     pub error: Option<String>,
 }
 
@@ -110,6 +113,9 @@ struct Stream {
     /// Highest extended sequence number seen, and the next one to release.
     max_seq: Option<u64>,
     next_seq: u64,
+    /// Whether a packet has been released (before that, an earlier packet may still
+    /// move the start back).
+    released: bool,
     last_ts: Option<u64>,
     buffer: BTreeMap<u64, Buffered>,
     arrived: BTreeMap<u64, Instant>,
@@ -118,8 +124,10 @@ struct Stream {
     /// packet of it was lost.
     partial: Option<(u64, bool, Vec<u8>, bool)>,
     need_keyframe: bool,
+    dropped: u64,
     last_pli: Option<Instant>,
     frames: VecDeque<Frame>,
+    frames_out: u64,
     /// (wall seconds, extended RTP timestamp) of the last sender report.
     sr: Option<(f64, u64)>,
     /// (wall seconds, extended RTP timestamp) of the first packet's arrival.
@@ -156,14 +164,17 @@ impl Stream {
             spec,
             max_seq: None,
             next_seq: 0,
+            released: false,
             last_ts: None,
             buffer: BTreeMap::new(),
             arrived: BTreeMap::new(),
             missing: BTreeMap::new(),
             partial: None,
             need_keyframe: spec.codec.is_video(),
+            dropped: 0,
             last_pli: None,
             frames: VecDeque::new(),
+            frames_out: 0,
             sr: None,
             first: None,
             mapping: None,
@@ -181,6 +192,10 @@ impl Stream {
         let ts = extend(self.last_ts, u64::from(pkt.timestamp()), 32);
         if self.first.is_none() {
             self.first = Some((wall, ts, now));
+            self.next_seq = seq;
+        }
+        if seq < self.next_seq && !self.released && self.next_seq - seq < 64 {
+            // Reordered before anything was released: start earlier.
             self.next_seq = seq;
         }
         if seq < self.next_seq || self.buffer.contains_key(&seq) {
@@ -225,6 +240,7 @@ impl Stream {
             if let Some(p) = self.buffer.remove(&self.next_seq) {
                 self.arrived.remove(&self.next_seq);
                 self.next_seq += 1;
+                self.released = true;
                 self.depacketize(p);
                 continue;
             }
@@ -241,6 +257,12 @@ impl Stream {
             self.next_seq = oldest;
             self.lost();
         }
+    }
+
+    /// 1 once the stream has delivered a frame (drops before the first keyframe are the
+    /// normal start, not losses), else 0.
+    fn released_frames(&self) -> u8 {
+        u8::from(self.frames_out > 0)
     }
 
     fn lost(&mut self) {
@@ -291,6 +313,9 @@ impl Stream {
                     let Some((ts, key, data, broken)) = self.partial.take() else {
                         return;
                     };
+                    if broken || (self.need_keyframe && !key) {
+                        self.dropped += u64::from(self.released_frames());
+                    }
                     if broken {
                         self.need_keyframe = true;
                     } else if key || !self.need_keyframe {
@@ -298,6 +323,7 @@ impl Stream {
                             self.need_keyframe = false;
                         }
                         if !self.need_keyframe {
+                            self.frames_out += 1;
                             self.frames.push_back(Frame {
                                 ts,
                                 keyframe: key,
@@ -639,6 +665,7 @@ impl<S: Sink> Session<S> {
             bytes: self.bytes,
             duration: self.end,
             frames: self.frames,
+            dropped: self.streams.iter().map(|s| s.dropped).sum(),
             error: self.error.clone(),
         };
         (outcome, self.sink)
@@ -731,6 +758,7 @@ mod tests {
         send(&mut s, t0, 2, false, true); // loses its second packet
         let later = t0 + NACK_GRACE;
         send(&mut s, later, 3, false, false);
+        s.poll(later + NACK_GRACE, 0.0);
         let rtcp = s.drain_transmit();
         assert!(
             rtcp.iter().any(|p| p[1] == 205),

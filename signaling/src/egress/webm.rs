@@ -317,7 +317,8 @@ mod tests {
         assert_eq!(&closed[..4], &[0x1F, 0x43, 0xB6, 0x75]);
         // Audio-only spans are cut every few seconds.
         assert!(m.frame(1, 2010, false, b"a").is_empty());
-        assert!(!m.frame(1, 2010 + MAX_CLUSTER_MS, false, b"a").is_empty());
+        let second = m.frame(1, 2010 + MAX_CLUSTER_MS, false, b"a");
+        assert!(!second.is_empty());
         let (tail, patches) = m.finish(7010.0);
         assert!(!tail.is_empty());
         let at = patches[0].offset as usize;
@@ -327,7 +328,7 @@ mod tests {
             &head[patches[1].offset as usize..patches[1].offset as usize + 8],
             &0f64.to_be_bytes()
         );
-        let total = head.len() as u64 + closed.len() as u64 + tail.len() as u64;
+        let total = (head.len() + closed.len() + second.len() + tail.len()) as u64;
         assert_eq!(m.written(), total);
     }
 

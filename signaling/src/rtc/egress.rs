@@ -132,8 +132,9 @@ impl Room {
                 codec,
                 clock_rate: t.codec.clock_rate,
             });
-            let top = (t.info.layers.len() as u32).clamp(1, 3) - 1;
-            downs.push((t.track_id, ssrc, t.codec.pt, top));
+            // The highest layer the publisher sends (the forwarder picks the closest
+            // active one at or below it).
+            downs.push((t.track_id, ssrc, t.codec.pt, 2));
         }
         let has_video = streams.iter().any(|s| s.codec.is_video());
         let audio_only = !has_video;

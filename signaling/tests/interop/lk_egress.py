@@ -44,6 +44,7 @@ async def main() -> None:
     ap.add_argument("--publisher", required=True)
     ap.add_argument("--out", required=True, help="directory for the files")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--disk-full", action="store_true", help="record the video into --out (a small tmpfs) until it fails")
     args = ap.parse_args()
     out: dict = {}
     step = "connect"
@@ -70,6 +71,34 @@ async def main() -> None:
             raise RuntimeError("the publisher's tracks never appeared")
         out["layers"] = [{"width": l.width, "height": l.height} for l in video.layers]
         out["video_sid"], out["audio_sid"] = video.sid, audio.sid
+
+        if args.disk_full:
+            step = "disk full"
+            eg = lk.egress
+            started = await eg.start_track_egress(
+                api.TrackEgressRequest(
+                    room_name=args.room,
+                    track_id=video.sid,
+                    file=api.DirectFileOutput(filepath=os.path.join(args.out, "full.webm")),
+                )
+            )
+            ended = None
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                res = await eg.list_egress(api.ListEgressRequest(egress_id=started.egress_id))
+                if res.items and res.items[0].status not in (api.EgressStatus.EGRESS_STARTING, api.EgressStatus.EGRESS_ACTIVE):
+                    ended = res.items[0]
+                    break
+                await asyncio.sleep(0.2)
+            if ended is None:
+                raise RuntimeError("the egress never ended")
+            out["ended"] = info(ended)
+            out["status"] = api.EgressStatus.Name(ended.status)
+            # The room carries on: the publisher is still there with its tracks.
+            res = await lk.room.list_participants(api.ListParticipantsRequest(room=args.room))
+            out["participants_after"] = {p.identity: len(p.tracks) for p in res.participants}
+            out["ok"] = True
+            return
 
         step = "refusals"
         eg = lk.egress
@@ -139,14 +168,14 @@ async def main() -> None:
         listed = await eg.list_egress(api.ListEgressRequest(room_name=args.room))
         out["listed"] = {i.egress_id: api.EgressStatus.Name(i.status) for i in listed.items}
         out["ok"] = True
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (reported in the summary)
         log(f"failed at {step}: {e!r}")
         out["ok"] = False
         out["failed_at"] = step
         out["error"] = repr(e)
     finally:
         await lk.aclose()
-    summary(**out)
+        summary(**out)
 
 
 if __name__ == "__main__":
