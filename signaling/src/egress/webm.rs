@@ -78,6 +78,10 @@ pub struct WebmMuxer {
     cluster: Vec<u8>,
     cluster_ms: Option<i64>,
     last_ms: i64,
+    /// Each video track's last block time: two frames never share a millisecond (a
+    /// sender's capture clock can put two frames closer than that), since players take
+    /// equal times as a broken stream.
+    last_video_ms: Vec<Option<i64>>,
 }
 
 /// The OpusHead of RFC 7845 §5.1 (Matroska's CodecPrivate for `A_OPUS`, and the first
@@ -131,7 +135,9 @@ fn string(out: &mut Vec<u8>, id: u32, s: &str) {
 
 impl WebmMuxer {
     pub fn new(tracks: Vec<TrackSpec>) -> Self {
+        let n = tracks.len();
         Self {
+            last_video_ms: vec![None; n],
             tracks,
             segment_size_at: 0,
             segment_data_at: 0,
@@ -211,9 +217,17 @@ impl WebmMuxer {
     /// start. Frames must come in time order (across tracks). Returns the bytes of a
     /// cluster that this frame closed, if any.
     pub fn frame(&mut self, track: usize, ms: i64, keyframe: bool, data: &[u8]) -> Vec<u8> {
-        let ms = ms.max(self.last_ms);
-        self.last_ms = ms;
         let is_video = matches!(self.tracks.get(track), Some(TrackSpec::Video { .. }));
+        let mut ms = ms.max(self.last_ms);
+        if is_video {
+            if let Some(last) = self.last_video_ms.get_mut(track) {
+                if let Some(l) = *last {
+                    ms = ms.max(l + 1);
+                }
+                *last = Some(ms);
+            }
+        }
+        self.last_ms = ms;
         let mut out = Vec::new();
         let restart = match self.cluster_ms {
             None => true,
@@ -330,6 +344,23 @@ mod tests {
         );
         let total = (head.len() + closed.len() + second.len() + tail.len()) as u64;
         assert_eq!(m.written(), total);
+    }
+
+    #[test]
+    fn video_frames_never_share_a_millisecond() {
+        let mut m = WebmMuxer::new(vec![TrackSpec::Video {
+            codec_id: "V_VP8",
+            width: 2,
+            height: 2,
+            private: Vec::new(),
+        }]);
+        m.header();
+        m.frame(0, 100, true, b"a");
+        m.frame(0, 100, false, b"b");
+        let (tail, _) = m.finish(0.0);
+        // Relative times 0 and 1: [81 00 00 80 'a'] and [81 00 01 00 'b'].
+        assert!(tail.windows(5).any(|w| w == [0x81, 0, 0, 0x80, b'a']), "{tail:02x?}");
+        assert!(tail.windows(5).any(|w| w == [0x81, 0, 1, 0, b'b']), "{tail:02x?}");
     }
 
     #[test]
