@@ -359,8 +359,14 @@ mod tests {
         m.frame(0, 100, false, b"b");
         let (tail, _) = m.finish(0.0);
         // Relative times 0 and 1: [81 00 00 80 'a'] and [81 00 01 00 'b'].
-        assert!(tail.windows(5).any(|w| w == [0x81, 0, 0, 0x80, b'a']), "{tail:02x?}");
-        assert!(tail.windows(5).any(|w| w == [0x81, 0, 1, 0, b'b']), "{tail:02x?}");
+        assert!(
+            tail.windows(5).any(|w| w == [0x81, 0, 0, 0x80, b'a']),
+            "{tail:02x?}"
+        );
+        assert!(
+            tail.windows(5).any(|w| w == [0x81, 0, 1, 0, b'b']),
+            "{tail:02x?}"
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ async def main() -> None:
     ap.add_argument("--publisher", required=True)
     ap.add_argument("--out", required=True, help="directory for the files")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--start-only", action="store_true", help="start a participant egress into --out and exit")
     ap.add_argument("--disk-full", action="store_true", help="record the video into --out (a small tmpfs) until it fails")
     args = ap.parse_args()
     out: dict = {}
@@ -71,6 +72,19 @@ async def main() -> None:
             raise RuntimeError("the publisher's tracks never appeared")
         out["layers"] = [{"width": l.width, "height": l.height} for l in video.layers]
         out["video_sid"], out["audio_sid"] = video.sid, audio.sid
+
+        if args.start_only:
+            step = "start only"
+            started = await lk.egress.start_participant_egress(
+                api.ParticipantEgressRequest(
+                    room_name=args.room,
+                    identity=args.publisher,
+                    file_outputs=[api.EncodedFileOutput(filepath=os.path.join(args.out, "sigterm.webm"))],
+                )
+            )
+            out["started"] = info(started)
+            out["ok"] = True
+            return
 
         if args.disk_full:
             step = "disk full"
