@@ -45,6 +45,7 @@ pub(super) const PRISM: &[&str] = &[
     "room.departure_timeout",
     "room.enable_remote_unmute",
     "room.max_participants",
+    "recording.directory",
     "turn.enabled",
     "turn.domain",
     "turn.cert_file",

@@ -275,7 +275,9 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         room_service: RoomServiceOptions {
             enable_remote_unmute: file.room.enable_remote_unmute.unwrap_or(false),
         },
-        recording_directory: std::env::var_os("PRISM_RECORDING_DIR").map(Into::into),
+        recording_directory: std::env::var_os("PRISM_RECORDING_DIR")
+            .map(Into::into)
+            .or(file.recording.directory.clone()),
     };
 
     let level = flags
