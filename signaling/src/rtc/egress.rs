@@ -126,6 +126,9 @@ impl Room {
                     t.codec.name
                 ))
             })?;
+            if t.codec.clock_rate == 0 {
+                return Err(RtcError::Invalid(format!("track {sid} has no clock rate")));
+            }
             let ssrc = random_u32() | 1;
             streams.push(StreamSpec {
                 ssrc,

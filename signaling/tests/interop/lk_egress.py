@@ -11,6 +11,10 @@ With a publisher (lk_publisher.py) in the room, it:
 4. lets them record for --seconds, then stops them (each StopEgress answers once the file
    is final) and lists them.
 
+With --disk-full it instead records the video into --out (a small tmpfs) and waits until
+the egress ends, then lists the room's participants. With --start-only it starts a
+participant egress into --out and exits (the driver then stops the server).
+
 Every answer is recorded; it prints one JSON line last (see `common.summary`).
 """
 
