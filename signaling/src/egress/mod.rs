@@ -187,16 +187,17 @@ impl Egresses {
     }
 
     /// Asks a running egress to stop; the answer is its info once the file is final.
+    /// Refused with the egress's info if it is not running (empty if unknown).
     pub(crate) fn stop(
         &self,
         id: &str,
-    ) -> Result<(RoomHandle, oneshot::Receiver<lk::EgressInfo>), lk::EgressInfo> {
+    ) -> Result<(RoomHandle, oneshot::Receiver<lk::EgressInfo>), Box<lk::EgressInfo>> {
         let mut entries = self.entries();
         let Some(e) = entries.get_mut(id) else {
-            return Err(lk::EgressInfo::default());
+            return Err(Box::default());
         };
         let Some(room) = e.room.clone().filter(|_| is_active(&e.info)) else {
-            return Err(e.info.clone());
+            return Err(Box::new(e.info.clone()));
         };
         e.info.set_status(lk::EgressStatus::EgressEnding);
         e.info.updated_at = now_ns();
