@@ -13,6 +13,7 @@ fn main() {
         "protos/livekit_agent.proto",
         "protos/livekit_agent_dispatch.proto",
         "protos/livekit_ingress.proto",
+        "protos/livekit_egress.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

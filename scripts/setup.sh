@@ -26,7 +26,8 @@ command -v nft >/dev/null || need_apt+=(nftables)
 # The TURN tests (signaling/tests/browser_turn.rs) relay through coturn too.
 command -v turnserver >/dev/null || need_apt+=(coturn)
 # RTMP ingress: libopus for AAC→Opus (the `opus` crate links it through pkg-config), and
-# FFmpeg, the encoder the ingress tests (signaling/tests/ingress_rtmp.rs) push with.
+# FFmpeg, the encoder the ingress tests (signaling/tests/ingress_rtmp.rs) push with and
+# what the recording tests read and decode the files with (ffprobe, ffmpeg).
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need_apt+=(libopus-dev)
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)

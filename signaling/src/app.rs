@@ -21,6 +21,8 @@ pub struct RoomServiceOptions {
 pub struct ServeOptions {
     pub room_defaults: RoomDefaults,
     pub room_service: RoomServiceOptions,
+    /// Where recordings go (`recording.directory`); unset: `./recordings`.
+    pub recording_directory: Option<std::path::PathBuf>,
 }
 
 /// What every request handler can reach.
@@ -32,6 +34,8 @@ pub struct AppState {
     pub agents: AgentService,
     /// Ingresses (the Ingress API, RTMP encoders).
     pub ingresses: crate::ingress::Ingresses,
+    /// Recordings, running and ended (the Egress service).
+    pub egresses: crate::egress::Egresses,
     pub dev: bool,
     pub room_service: RoomServiceOptions,
     /// What clients are given for media, most preferred first (see
@@ -52,6 +56,12 @@ impl AppState {
         options: ServeOptions,
     ) -> std::io::Result<Self> {
         let candidate_ips = options.room_defaults.candidate_ips.clone();
+        let egresses = crate::egress::Egresses::new(
+            options
+                .recording_directory
+                .clone()
+                .unwrap_or_else(|| crate::egress::DEFAULT_DIRECTORY.into()),
+        );
         let agents = AgentService::start()?;
         let rooms = RoomManager::start(
             forwarder.client(),
@@ -64,6 +74,7 @@ impl AppState {
             rooms,
             agents,
             ingresses: crate::ingress::Ingresses::new(),
+            egresses,
             dev,
             room_service: options.room_service,
             candidate_ips,

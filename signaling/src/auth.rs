@@ -243,6 +243,15 @@ impl Claims {
             .unwrap_or_default()
     }
 
+    /// `roomRecord`: LiveKit's grant for the Egress service.
+    pub fn ensure_record(&self) -> Result<(), AuthError> {
+        if self.grant()?.room_record {
+            Ok(())
+        } else {
+            Err(AuthError::NotAllowed("roomRecord is not granted"))
+        }
+    }
+
     pub fn ensure_list(&self) -> Result<(), AuthError> {
         if self.grant()?.room_list {
             Ok(())

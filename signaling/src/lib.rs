@@ -7,6 +7,7 @@ pub mod agent;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod egress;
 pub mod external_ip;
 pub mod http;
 pub mod ingress;

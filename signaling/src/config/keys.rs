@@ -48,6 +48,7 @@ pub(super) const PRISM: &[&str] = &[
     "ingress.rtmp_port",
     "ingress.rtmp_base_url",
     "ingress.whip_base_url",
+    "recording.directory",
     "turn.enabled",
     "turn.domain",
     "turn.cert_file",

@@ -40,6 +40,7 @@ pub struct Config {
     pub rtc: RtcConfig,
     pub logging: LoggingConfig,
     pub room: RoomConfig,
+    pub recording: RecordingConfig,
     pub turn: TurnConfig,
     pub ingress: IngressConfig,
     /// What the file said that Prism ignored, one line each, for the caller to log once
@@ -232,6 +233,14 @@ pub struct RoomConfig {
     pub enable_remote_unmute: Option<bool>,
     /// Participants a room holds at most, 0 for no limit (0).
     pub max_participants: Option<u32>,
+}
+
+/// Recording (the Egress service).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Where recordings with a relative file path go (`./recordings`).
+    pub directory: Option<PathBuf>,
 }
 
 /// Why a configuration was refused.
@@ -470,6 +479,10 @@ mod tests {
         assert!(!c.keys.is_empty());
         assert_eq!(c.room.empty_timeout, Some(300));
         assert_eq!(c.logging.level.as_deref(), Some("info"));
+        assert_eq!(
+            c.recording.directory.as_deref(),
+            Some(std::path::Path::new("recordings"))
+        );
     }
 
     #[test]

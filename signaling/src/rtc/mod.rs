@@ -15,6 +15,7 @@
 //! wait on each other.
 
 pub mod data;
+pub mod egress;
 pub mod error;
 pub mod ice_servers;
 pub mod ids;

@@ -99,6 +99,11 @@ impl RoomHandle {
         let _ = self.tx.send(RoomMsg::Left(sid.clone(), reason));
     }
 
+    /// Runs `f` on the room's task without waiting (nothing if the room is gone).
+    pub(crate) fn run(&self, f: impl FnOnce(&mut Room) + Send + 'static) {
+        let _ = self.tx.send(RoomMsg::Call(Box::new(f)));
+    }
+
     /// Runs `f` on the room's task. [`RtcError::RoomClosed`] if the room closed first.
     pub async fn call<R: Send + 'static>(
         &self,
@@ -214,6 +219,8 @@ pub struct Room {
     /// joins changes a room during one, so each participant is encoded once per run, not
     /// once per newcomer). Emptied by any other message.
     pub(crate) info_cache: HashMap<ParticipantSid, bytes::Bytes>,
+    /// Recordings of this room's tracks, by egress id (`egress`).
+    pub(crate) egresses: HashMap<String, super::egress::RoomEgress>,
 }
 
 impl std::fmt::Debug for Room {
@@ -275,6 +282,7 @@ impl Room {
             rpc_pending: HashMap::new(),
             updates: Vec::new(),
             info_cache: HashMap::new(),
+            egresses: HashMap::new(),
         }
     }
 
@@ -644,6 +652,7 @@ impl Room {
     /// Closes the room: everyone in it is told to leave with `reason`, the media plane
     /// drops it, and the task ends.
     pub fn close(&mut self, reason: lk::DisconnectReason) {
+        self.stop_all_egress();
         let pids: Vec<ParticipantSid> = self.participants.iter().map(|p| p.sid.clone()).collect();
         for pid in pids {
             self.remove_participant(&pid, reason, Some(reason));

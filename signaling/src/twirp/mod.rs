@@ -1,5 +1,6 @@
 //! LiveKit's server API over Twirp: `POST /twirp/livekit.RoomService/<Method>` and
-//! `POST /twirp/livekit.AgentDispatchService/<Method>` and `POST /twirp/livekit.Ingress/<Method>`,
+//! `POST /twirp/livekit.AgentDispatchService/<Method>`, `POST /twirp/livekit.Ingress/<Method>`
+//! and `POST /twirp/livekit.Egress/<Method>`,
 //! so that
 //! LiveKit's server SDKs (`livekit-api` in Python, `livekit-server-sdk` in Node, the Rust
 //! and Go clients) manage Prism's rooms unchanged.
@@ -21,6 +22,7 @@
 
 pub mod agent_dispatch;
 pub mod codec;
+pub mod egress;
 pub mod ingress_service;
 pub mod room_service;
 
@@ -239,6 +241,7 @@ async fn serve(
         room_service::SERVICE,
         agent_dispatch::SERVICE,
         ingress_service::SERVICE,
+        egress::SERVICE,
     ]
     .contains(&service)
     {
@@ -294,6 +297,16 @@ async fn serve(
     let out = if service == ingress_service::SERVICE {
         let call = ingress_service::Call {
             ingresses: &state.ingresses,
+            claims: &claims,
+            codec,
+            method: &desc,
+            body: &body,
+        };
+        call.run().await?
+    } else if service == egress::SERVICE {
+        let call = egress::Call {
+            rooms: &state.rooms,
+            egresses: &state.egresses,
             claims: &claims,
             codec,
             method: &desc,

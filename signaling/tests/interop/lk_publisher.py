@@ -3,7 +3,8 @@ tests of what a publisher controls and is told about its tracks' subscribers.
 
 It joins, optionally restricts who may subscribe to its tracks (--allow-only, with
 `LocalParticipant.set_track_subscription_permissions` before publishing), then publishes
-VP8 video of one colour (--color, so receivers can tell publishers apart) and Opus audio,
+VP8 video of one colour (--color, so receivers can tell publishers apart; --simulcast for
+layers) and Opus audio,
 and keeps them flowing until told to stop.
 
 Events (stdout, `event: NAME {json}`): `connected`, `published` {video, audio} (the track
@@ -47,6 +48,8 @@ async def main() -> None:
     ap.add_argument("--color", default="200,40,40", help="R,G,B of the video")
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--allow-only", default="", help="identities allowed to subscribe, comma-separated")
+    ap.add_argument("--simulcast", action="store_true", help="publish the video as simulcast")
+    ap.add_argument("--fps", type=float, default=0, help="the top layer's frame rate (else the SDK's preset)")
     ap.add_argument("--duration", type=float, default=60.0, help="leave after this long at most")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
@@ -84,7 +87,17 @@ async def main() -> None:
     try:
         vsrc = rtc.VideoSource(width, height)
         vtrack = rtc.LocalVideoTrack.create_video_track("camera", vsrc)
-        vopts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+        vopts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=args.simulcast)
+        if args.fps:
+            vopts.video_encoding.max_framerate = args.fps
+            vopts.video_encoding.max_bitrate = 1_500_000
+            # No CPU adaptation: on a busy test machine libwebrtc would lower the frame
+            # rate and the size, and the test wants what it asked for.
+            vopts.degradation_preference = (
+                rtc.TrackPublishOptions.DESCRIPTOR.fields_by_name["degradation_preference"]
+                .enum_type.values_by_name["DEGRADATION_PREFERENCE_MAINTAIN_FRAMERATE_AND_RESOLUTION"]
+                .number
+            )
         published["video"] = (await room.local_participant.publish_track(vtrack, vopts)).sid
         asrc = rtc.AudioSource(48000, 1)
         atrack = rtc.LocalAudioTrack.create_audio_track("mic", asrc)

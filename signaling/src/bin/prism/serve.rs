@@ -281,6 +281,9 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         room_service: RoomServiceOptions {
             enable_remote_unmute: file.room.enable_remote_unmute.unwrap_or(false),
         },
+        recording_directory: std::env::var_os("PRISM_RECORDING_DIR")
+            .map(Into::into)
+            .or(file.recording.directory.clone()),
     };
 
     let level = flags
@@ -441,6 +444,12 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             let _ = t.await;
         }
         rooms.shutdown().await;
+        // Closing the rooms stopped their recordings; every file is final before exit.
+        let egresses = state.egresses.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            egresses.wait_idle(std::time::Duration::from_secs(10))
+        })
+        .await;
         // The sessions' tasks write the leave and close their sockets; give them a moment
         // before the runtime (and with it every task) goes away.
         tokio::time::sleep(SHUTDOWN_GRACE).await;

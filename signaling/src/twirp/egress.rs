@@ -1,0 +1,271 @@
+//! `livekit.Egress`: recording tracks to files (see `crate::egress`). Every method needs
+//! the `roomRecord` grant, as in LiveKit.
+//!
+//! Served: StartTrackEgress (one track, WebM or Ogg), StartParticipantEgress and
+//! StartTrackCompositeEgress (one participant's audio and video muxed into one WebM file,
+//! without compositing), ListEgress and StopEgress. Refused with `unimplemented` and a
+//! message saying why: room composite and web egress (they need a browser and an
+//! encoder), streaming outputs (RTMP, SRT, WebSocket), segmented (HLS) and image outputs,
+//! cloud uploads, UpdateLayout and UpdateStream.
+
+use prism_proto::livekit as lk;
+use prost::Message;
+use prost_reflect::MethodDescriptor;
+
+use super::codec::{self, Codec};
+use super::{Code, TwirpError};
+use crate::auth::Claims;
+use crate::egress::Egresses;
+use crate::rtc::egress::{EgressRequest, Source};
+use crate::rtc::{RoomManager, RoomName, TrackSid};
+
+/// The service's full name, as in the path.
+pub const SERVICE: &str = "livekit.Egress";
+
+/// One Egress request, authenticated but not yet decoded.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub rooms: &'a RoomManager,
+    pub egresses: &'a Egresses,
+    pub claims: &'a Claims,
+    pub codec: Codec,
+    pub method: &'a MethodDescriptor,
+    pub body: &'a [u8],
+}
+
+fn unimplemented(what: &str) -> TwirpError {
+    TwirpError::new(
+        Code::Unimplemented,
+        format!("{what} is not supported by Prism"),
+    )
+}
+
+fn required(what: &str, value: &str) -> Result<(), TwirpError> {
+    if value.is_empty() {
+        Err(TwirpError::invalid(format!("{what} is required")))
+    } else {
+        Ok(())
+    }
+}
+
+/// The one file output of a request: Prism writes exactly one file per egress.
+fn one_file(
+    deprecated: Option<&lk::EncodedFileOutput>,
+    files: &[lk::EncodedFileOutput],
+    streams: usize,
+    segments: usize,
+    images: usize,
+) -> Result<(String, bool), TwirpError> {
+    if streams > 0 {
+        return Err(unimplemented(
+            "streaming (RTMP, SRT or WebSocket outputs); Prism records to files",
+        ));
+    }
+    if segments > 0 {
+        return Err(unimplemented("segmented (HLS) output, not yet,"));
+    }
+    if images > 0 {
+        return Err(unimplemented("image output (it needs a decoder)"));
+    }
+    let all: Vec<&lk::EncodedFileOutput> = deprecated.into_iter().chain(files).collect();
+    let [f] = all.as_slice() else {
+        return Err(TwirpError::invalid(
+            "exactly one file output is required (file_outputs)",
+        ));
+    };
+    if f.s3.is_some() {
+        return Err(unimplemented(
+            "S3 upload, not yet (recordings go to local storage),",
+        ));
+    }
+    match f.file_type() {
+        lk::EncodedFileType::Mp4 => Err(TwirpError::invalid(
+            "MP4 output is for H.264, which Prism does not record yet: use DEFAULT_FILETYPE (WebM)",
+        )),
+        lk::EncodedFileType::Mp3 => Err(unimplemented("MP3 output (it needs an encoder)")),
+        t => Ok((f.filepath.clone(), t == lk::EncodedFileType::Ogg)),
+    }
+}
+
+impl Call<'_> {
+    fn request<T: Message + Default>(&self) -> Result<T, TwirpError> {
+        codec::decode(self.codec, &self.method.input(), self.body)
+    }
+
+    fn reply<T: Message>(&self, msg: &T) -> Result<Vec<u8>, TwirpError> {
+        codec::encode(self.codec, &self.method.output(), msg)
+    }
+
+    async fn start(&self, room: String, req: EgressRequest) -> Result<Vec<u8>, TwirpError> {
+        required("room_name", &room)?;
+        let egresses = self.egresses.clone();
+        let info = self
+            .rooms
+            .with_room(&RoomName::new(room), move |r| {
+                r.start_egress(req, &egresses)
+            })
+            .await?;
+        self.reply(&info)
+    }
+
+    /// Runs the method; returns the encoded response.
+    pub async fn run(self) -> Result<Vec<u8>, TwirpError> {
+        use lk::egress_info::Request as R;
+        let name = self.method.name();
+        // Decode first (a bad body is `malformed` whatever the grant), then the grant.
+        match name {
+            "StartTrackEgress" => {
+                let req: lk::TrackEgressRequest = self.request()?;
+                self.claims.ensure_record()?;
+                required("track_id", &req.track_id)?;
+                let filepath = match &req.output {
+                    Some(lk::track_egress_request::Output::File(f)) => {
+                        if f.s3.is_some() {
+                            return Err(unimplemented(
+                                "S3 upload, not yet (recordings go to local storage),",
+                            ));
+                        }
+                        f.filepath.clone()
+                    }
+                    Some(lk::track_egress_request::Output::WebsocketUrl(_)) => {
+                        return Err(unimplemented("track egress to a WebSocket"))
+                    }
+                    None => return Err(TwirpError::invalid("a file output is required")),
+                };
+                let e = EgressRequest {
+                    source: Source::Tracks(vec![TrackSid::new(req.track_id.clone())]),
+                    want_ogg: filepath.ends_with(".ogg"),
+                    filepath,
+                    request: R::Track(req.clone()),
+                };
+                self.start(req.room_name, e).await
+            }
+            "StartParticipantEgress" => {
+                let req: lk::ParticipantEgressRequest = self.request()?;
+                self.claims.ensure_record()?;
+                required("identity", &req.identity)?;
+                let (filepath, want_ogg) = one_file(
+                    None,
+                    &req.file_outputs,
+                    req.stream_outputs.len(),
+                    req.segment_outputs.len(),
+                    req.image_outputs.len(),
+                )?;
+                let e = EgressRequest {
+                    source: Source::Participant {
+                        identity: req.identity.clone(),
+                        screen_share: req.screen_share,
+                    },
+                    filepath,
+                    want_ogg,
+                    request: R::Participant(req.clone()),
+                };
+                self.start(req.room_name, e).await
+            }
+            "StartTrackCompositeEgress" => {
+                let req: lk::TrackCompositeEgressRequest = self.request()?;
+                self.claims.ensure_record()?;
+                let streams = req.stream_outputs.len() + usize::from(req.stream.is_some());
+                let segments = req.segment_outputs.len() + usize::from(req.segments.is_some());
+                let (filepath, want_ogg) = one_file(
+                    req.file.as_ref(),
+                    &req.file_outputs,
+                    streams,
+                    segments,
+                    req.image_outputs.len(),
+                )?;
+                let tracks: Vec<TrackSid> = [&req.video_track_id, &req.audio_track_id]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| TrackSid::new(s.clone()))
+                    .collect();
+                if tracks.is_empty() {
+                    return Err(TwirpError::invalid(
+                        "audio_track_id or video_track_id is required",
+                    ));
+                }
+                let e = EgressRequest {
+                    source: Source::Tracks(tracks),
+                    filepath,
+                    want_ogg,
+                    request: R::TrackComposite(req.clone()),
+                };
+                self.start(req.room_name, e).await
+            }
+            "StartRoomCompositeEgress" => {
+                let _: lk::RoomCompositeEgressRequest = self.request()?;
+                self.claims.ensure_record()?;
+                Err(unimplemented(
+                    "room composite egress (a layout rendered and encoded); Prism records \
+                     tracks without compositing: use StartParticipantEgress or StartTrackEgress",
+                ))
+            }
+            "StartWebEgress" => {
+                let _: lk::WebEgressRequest = self.request()?;
+                self.claims.ensure_record()?;
+                Err(unimplemented(
+                    "web egress (it needs a headless browser and an encoder)",
+                ))
+            }
+            "UpdateLayout" => {
+                let _: lk::UpdateLayoutRequest = self.request()?;
+                self.claims.ensure_record()?;
+                Err(unimplemented(
+                    "UpdateLayout (Prism does not composite, so there is no layout)",
+                ))
+            }
+            "UpdateStream" => {
+                let _: lk::UpdateStreamRequest = self.request()?;
+                self.claims.ensure_record()?;
+                Err(unimplemented(
+                    "UpdateStream (Prism records to files and does not stream)",
+                ))
+            }
+            "ListEgress" => {
+                let req: lk::ListEgressRequest = self.request()?;
+                self.claims.ensure_record()?;
+                let items = self
+                    .egresses
+                    .list(&req.room_name, &req.egress_id, req.active);
+                self.reply(&lk::ListEgressResponse { items })
+            }
+            "StopEgress" => {
+                let req: lk::StopEgressRequest = self.request()?;
+                self.claims.ensure_record()?;
+                required("egress_id", &req.egress_id)?;
+                let (room, done) = match self.egresses.stop(&req.egress_id) {
+                    Ok(x) => x,
+                    Err(info) if info.egress_id.is_empty() => {
+                        return Err(TwirpError::new(Code::NotFound, "egress not found"))
+                    }
+                    Err(info) => {
+                        return Err(TwirpError::new(
+                            Code::FailedPrecondition,
+                            format!(
+                                "egress with status {} cannot be stopped",
+                                info.status().as_str_name()
+                            ),
+                        ))
+                    }
+                };
+                let id = req.egress_id.clone();
+                // The room tells the recorder; if the room closed meanwhile, its close
+                // already did.
+                room.run(move |r| {
+                    let _ = r.stop_egress(&id);
+                });
+                let info = tokio::time::timeout(std::time::Duration::from_secs(30), done)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .or_else(|| self.egresses.get(&req.egress_id))
+                    .ok_or_else(|| TwirpError::internal("the egress vanished"))?;
+                self.reply(&info)
+            }
+            other => Err(TwirpError::new(
+                Code::Unimplemented,
+                format!("{SERVICE}/{other} is not implemented"),
+            )),
+        }
+    }
+}
