@@ -25,7 +25,6 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -202,44 +201,16 @@ fn run_browser_in(
     args: &[&str],
     timeout: Duration,
 ) -> (bool, Value, String) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "node"])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, "node"])
         .arg(browser_dir().join("interop.mjs"))
         .args(["--url", &server.http])
         .args(args)
         .env(
             "CHROMIUM_EXTRA_ARGS",
             format!("--unsafely-treat-insecure-origin-as-secure={}", server.http),
-        )
-        .current_dir(browser_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning node in the namespace");
-    let out = drain(child.stdout.take().unwrap(), None);
-    let err = drain(child.stderr.take().unwrap(), None);
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
-    let (stdout, stderr) = (out.take(), err.take());
-    let summary = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(Value::Null);
-    let text = format!("---- interop.mjs ({status:?}) ----\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    println!("{text}");
-    (status.is_some_and(|s| s.success()), summary, text)
+        );
+    run_interop(cmd, timeout)
 }
 
 fn browser_ready() -> bool {

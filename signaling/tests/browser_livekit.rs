@@ -28,7 +28,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -67,38 +66,9 @@ fn browser_ready() -> bool {
 /// Runs `interop.mjs` with `args`, killing it after [`BROWSER_TIMEOUT`]; returns its exit
 /// success, its summary line and everything it printed.
 fn run_browser(args: &[&str]) -> (bool, Value, String) {
-    let mut child = Command::new("node")
-        .arg(browser_dir().join("interop.mjs"))
-        .args(args)
-        .current_dir(browser_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning node (install Node.js, or set PRISM_SKIP_BROWSER=1)");
-    let out = drain(child.stdout.take().unwrap(), None);
-    let err = drain(child.stderr.take().unwrap(), None);
-    let deadline = Instant::now() + BROWSER_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
-    let (stdout, stderr) = (out.take(), err.take());
-    let summary = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(Value::Null);
-    let text = format!("---- interop.mjs ({status:?}) ----\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    println!("{text}");
-    (status.is_some_and(|s| s.success()), summary, text)
+    let mut cmd = Command::new("node");
+    cmd.arg(browser_dir().join("interop.mjs")).args(args);
+    run_interop(cmd, BROWSER_TIMEOUT)
 }
 
 fn screenshot_dir() -> PathBuf {

@@ -18,7 +18,6 @@ mod common;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -54,40 +53,13 @@ fn browser_ready() -> bool {
 
 /// Runs the `relay` scenario against `server`; returns its summary, asserting success.
 fn run_relay(server: &Server, room: &str, protocol: &str) -> Value {
-    let mut child = Command::new("node")
-        .arg(browser_dir().join("interop.mjs"))
+    let mut cmd = Command::new("node");
+    cmd.arg(browser_dir().join("interop.mjs"))
         .args(["--url", &server.http, "--scenario", "relay", "--room", room])
-        .args(["--relay-protocol", protocol, "--timeout", "120"])
-        .current_dir(browser_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning node");
-    let out = drain(child.stdout.take().unwrap(), None);
-    let err = drain(child.stderr.take().unwrap(), None);
-    let deadline = Instant::now() + BROWSER_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
-    let (stdout, stderr) = (out.take(), err.take());
-    let summary = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(Value::Null);
-    let text = format!("---- interop.mjs ({status:?}) ----\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    println!("{text}");
+        .args(["--relay-protocol", protocol, "--timeout", "120"]);
+    let (ok, summary, text) = run_interop(cmd, BROWSER_TIMEOUT);
     assert!(
-        status.is_some_and(|s| s.success()),
+        ok,
         "relay-only browsers failed: {}\n{text}",
         summary["failures"]
     );

@@ -526,3 +526,40 @@ pub fn tracks_of<'a>(state: &'a Value, identity: &str) -> Vec<(&'a str, &'a Valu
         })
         .unwrap_or_default()
 }
+
+/// Runs a browser driver (`tests/browser/interop.mjs`, however `cmd` starts it: directly
+/// or inside a network namespace) with piped output, killing it after `timeout`; returns
+/// its exit success, its last JSON line and everything it printed (also printed, for a
+/// failing test).
+pub fn run_interop(mut cmd: Command, timeout: Duration) -> (bool, Value, String) {
+    let mut child = cmd
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning node (install Node.js, or set PRISM_SKIP_BROWSER=1)");
+    let out = drain(child.stdout.take().unwrap(), None);
+    let err = drain(child.stderr.take().unwrap(), None);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let (stdout, stderr) = (out.take(), err.take());
+    let summary = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    let text = format!("---- interop.mjs ({status:?}) ----\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    println!("{text}");
+    (status.is_some_and(|s| s.success()), summary, text)
+}
