@@ -22,7 +22,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -30,10 +30,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::*;
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
 
 fn sh(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0])
@@ -211,21 +207,6 @@ fn run_browser_in(
             format!("--unsafely-treat-insecure-origin-as-secure={}", server.http),
         );
     run_interop(cmd, timeout)
-}
-
-fn browser_ready() -> bool {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: run scripts/setup.sh (or set PRISM_SKIP_BROWSER=1)"
-    );
-    assert!(
-        browser_dir()
-            .join("node_modules/playwright-core/package.json")
-            .exists(),
-        "signaling/tests/browser/node_modules is missing: run scripts/setup.sh"
-    );
-    true
 }
 
 /// A `/metrics` counter of the ICE-TCP front.

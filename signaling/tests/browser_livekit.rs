@@ -26,7 +26,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,33 +35,6 @@ use serde_json::Value;
 use common::*;
 
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(150);
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Node, Chromium and the test's node modules, or `None` when asked to skip.
-fn browser_ready() -> bool {
-    for var in ["PRISM_SKIP_BROWSER", "PRISM_SKIP_INTEROP"] {
-        if std::env::var(var).as_deref() == Ok("1") {
-            eprintln!("{var}=1: browser test skipped");
-            return false;
-        }
-    }
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: run scripts/setup.sh (or set PRISM_SKIP_BROWSER=1)"
-    );
-    assert!(
-        browser_dir()
-            .join("node_modules/playwright-core/package.json")
-            .exists(),
-        "signaling/tests/browser/node_modules is missing: run scripts/setup.sh \
-         (or set PRISM_SKIP_BROWSER=1)"
-    );
-    true
-}
 
 /// Runs `interop.mjs` with `args`, killing it after [`BROWSER_TIMEOUT`]; returns its exit
 /// success, its summary line and everything it printed.

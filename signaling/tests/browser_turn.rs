@@ -26,31 +26,6 @@ use common::*;
 
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(150);
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-fn browser_ready() -> bool {
-    for var in ["PRISM_SKIP_BROWSER", "PRISM_SKIP_INTEROP"] {
-        if std::env::var(var).as_deref() == Ok("1") {
-            eprintln!("{var}=1: browser TURN test skipped");
-            return false;
-        }
-    }
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: run scripts/setup.sh (or set PRISM_SKIP_BROWSER=1)"
-    );
-    assert!(
-        browser_dir()
-            .join("node_modules/playwright-core/package.json")
-            .exists(),
-        "signaling/tests/browser/node_modules is missing: run scripts/setup.sh"
-    );
-    true
-}
-
 /// Runs the `relay` scenario against `server`; returns its summary, asserting success.
 fn run_relay(server: &Server, room: &str, protocol: &str) -> Value {
     let mut cmd = Command::new("node");

@@ -143,6 +143,15 @@ struct Allocation {
     channels: Vec<(u16, SocketAddr, Instant)>,
 }
 
+impl Allocation {
+    /// Whether a live permission lets `ip` through (RFC 8656 §9).
+    fn permits(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|&(p, exp)| p == ip && exp > now)
+    }
+}
+
 /// The TURN server state.
 pub struct TurnServer {
     cfg: TurnConfig,
@@ -393,11 +402,7 @@ impl TurnServer {
             self.stats.no_allocation += 1;
             return;
         };
-        if !a
-            .permissions
-            .iter()
-            .any(|&(ip, exp)| ip == peer.ip() && exp > now)
-        {
+        if !a.permits(peer.ip(), now) {
             self.stats.no_permission += 1;
             return;
         }
@@ -863,11 +868,7 @@ impl TurnServer {
             self.stats.no_allocation += 1;
             return;
         };
-        if !a
-            .permissions
-            .iter()
-            .any(|&(ip, exp)| ip == peer.ip() && exp > now)
-        {
+        if !a.permits(peer.ip(), now) {
             self.stats.no_permission += 1;
             return;
         }

@@ -533,7 +533,7 @@ pub fn tracks_of<'a>(state: &'a Value, identity: &str) -> Vec<(&'a str, &'a Valu
 /// failing test).
 pub fn run_interop(mut cmd: Command, timeout: Duration) -> (bool, Value, String) {
     let mut child = cmd
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser"))
+        .current_dir(browser_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -562,4 +562,34 @@ pub fn run_interop(mut cmd: Command, timeout: Duration) -> (bool, Value, String)
     let text = format!("---- interop.mjs ({status:?}) ----\nstdout:\n{stdout}\nstderr:\n{stderr}");
     println!("{text}");
     (status.is_some_and(|s| s.success()), summary, text)
+}
+
+/// The browser driver's directory (`tests/browser`).
+pub fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Node's modules and Chromium are there, or `false` when the user asked to skip
+/// (`PRISM_SKIP_BROWSER=1` or `PRISM_SKIP_INTEROP=1`). Missing pieces fail the test: CI must
+/// not pass by running nothing.
+pub fn browser_ready() -> bool {
+    for var in ["PRISM_SKIP_BROWSER", "PRISM_SKIP_INTEROP"] {
+        if std::env::var(var).as_deref() == Ok("1") {
+            eprintln!("{var}=1: browser test skipped");
+            return false;
+        }
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run scripts/setup.sh (or set PRISM_SKIP_BROWSER=1)"
+    );
+    assert!(
+        browser_dir()
+            .join("node_modules/playwright-core/package.json")
+            .exists(),
+        "signaling/tests/browser/node_modules is missing: run scripts/setup.sh \
+         (or set PRISM_SKIP_BROWSER=1)"
+    );
+    true
 }
