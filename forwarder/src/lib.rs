@@ -15,6 +15,7 @@
 //!
 //! Unsafe code is denied everywhere except `io`.
 
+pub mod bpf;
 pub mod codec;
 pub mod control;
 pub mod dtls;

@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use prism_forwarder::io::{
-    bind_udp, Driver, Egress, MmsgConfig, MmsgDriver, SocketConfig, UringConfig, UringDriver,
-};
+use prism_forwarder::io::{bind_udp, Driver, DriverKind, DriverUser, Egress, SocketConfig};
 
 use super::routes::RouteCommand;
 use super::server;
@@ -28,10 +26,25 @@ pub fn serve(port: u16, control: &Path, uring: bool) -> Result<()> {
         port,
     ))))
     .context("binding the reflector socket")?;
-    if uring {
-        run(UringDriver::new(sock, &UringConfig::default())?, control)
+    let kind = if uring {
+        DriverKind::IoUring
     } else {
-        run(MmsgDriver::new(sock, &MmsgConfig::default())?, control)
+        DriverKind::Mmsg
+    };
+    kind.open(sock, Reflect { control })
+        .map_err(|(e, _)| anyhow::Error::new(e).context("opening the reflector's driver"))?
+}
+
+/// The reflector's loop, on whichever driver [`DriverKind::open`] built.
+struct Reflect<'a> {
+    control: &'a Path,
+}
+
+impl DriverUser for Reflect<'_> {
+    type Output = Result<()>;
+
+    fn run<D: Driver>(self, driver: D) -> Result<()> {
+        run(driver, self.control)
     }
 }
 

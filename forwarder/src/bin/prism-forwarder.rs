@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use prism_forwarder::control::socket::{serve, ControlListen};
-use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 
 /// Prism's media plane, controlled over a socket.
@@ -65,11 +64,7 @@ fn main() -> Result<()> {
     cfg.tcp_port = cli.tcp_port;
     cfg.cores = cli.cores;
     cfg.pin = !cli.no_pin;
-    cfg.driver = match cli.driver.as_str() {
-        "io_uring" | "uring" => DriverKind::IoUring,
-        "mmsg" => DriverKind::Mmsg,
-        _ => DriverKind::Auto,
-    };
+    cfg.driver = cli.driver.parse().map_err(anyhow::Error::msg)?;
     let secret = cli.secret;
     let log = cli
         .log

@@ -115,6 +115,55 @@ impl DriverKind {
             kind => kind,
         }
     }
+
+    /// Builds the driver this kind stands for on `sock` (with its default settings) and
+    /// hands it to `user`: the one place that maps a kind to a driver type, so the engine
+    /// and the bench never name one. `Driver::turn` is generic, so the driver cannot be a
+    /// trait object; `user` is called with the concrete type instead.
+    ///
+    /// On failure `user` comes back with the error, so it can report it through whatever
+    /// it carries (a start-up channel, say).
+    pub fn open<U: DriverUser>(
+        self,
+        sock: std::net::UdpSocket,
+        user: U,
+    ) -> Result<U::Output, (io::Error, U)> {
+        match self.resolve() {
+            DriverKind::Mmsg => match MmsgDriver::new(sock, &MmsgConfig::default()) {
+                Ok(d) => Ok(user.run(d)),
+                Err(e) => Err((e, user)),
+            },
+            _ => match UringDriver::new(sock, &UringConfig::default()) {
+                Ok(d) => Ok(user.run(d)),
+                Err(e) => Err((e, user)),
+            },
+        }
+    }
+
+    /// The names [`FromStr`](std::str::FromStr) takes.
+    pub const NAMES: &'static str = "auto, io_uring (or uring), mmsg";
+}
+
+impl std::str::FromStr for DriverKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(DriverKind::Auto),
+            "io_uring" | "uring" => Ok(DriverKind::IoUring),
+            "mmsg" => Ok(DriverKind::Mmsg),
+            other => Err(format!(
+                "unknown I/O driver {other:?} (one of: {})",
+                DriverKind::NAMES
+            )),
+        }
+    }
+}
+
+/// What runs on a driver once [`DriverKind::open`] has built it.
+pub trait DriverUser {
+    type Output;
+    fn run<D: Driver>(self, driver: D) -> Self::Output;
 }
 
 /// Whether io_uring with multishot `recvmsg`, provided-buffer rings and `sendmsg` works in

@@ -26,10 +26,8 @@ use prism_proto::control as pb;
 
 use crate::control::{self, ControlClient, ControlServer};
 use crate::engine::{Engine, EngineConfig};
-use crate::io::mmsg::{MmsgConfig, MmsgDriver};
 use crate::io::socket::{bind_udp, SocketConfig};
-use crate::io::uring::{UringConfig, UringDriver};
-use crate::io::{Driver, DriverKind, Waker};
+use crate::io::{Driver, DriverKind, DriverUser, Waker};
 use crate::tunnel::ice_tcp::{IceTcpConfig, IceTcpFront};
 use crate::tunnel::{self, CoreTunnels, FrontCounters, FrontEnd, FrontKind, IceRoutes};
 use crate::turn::front::TurnFront;
@@ -354,19 +352,17 @@ fn spawn(
             if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
                 tracing::warn!(cpu, "could not pin worker to its CPU");
             }
-            match kind {
-                DriverKind::Mmsg => match MmsgDriver::new(sock, &MmsgConfig::default()) {
-                    Ok(d) => run_worker(i, d, ecfg, cmd_rx, events, sh, ready_tx, tunnels),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                },
-                _ => match UringDriver::new(sock, &UringConfig::default()) {
-                    Ok(d) => run_worker(i, d, ecfg, cmd_rx, events, sh, ready_tx, tunnels),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                },
+            let worker = WorkerStart {
+                i,
+                ecfg,
+                cmd_rx,
+                events,
+                shared: sh,
+                ready: ready_tx,
+                tunnels,
+            };
+            if let Err((e, worker)) = kind.open(sock, worker) {
+                let _ = worker.ready.send(Err(e));
             }
         })?;
     let ready = ready_rx
@@ -389,25 +385,37 @@ struct Ready {
     driver: &'static str,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_worker<D: Driver>(
+/// Everything a worker thread needs besides its driver.
+struct WorkerStart {
     i: usize,
-    driver: D,
     ecfg: EngineConfig,
     cmd_rx: Receiver<pb::Command>,
     events: Sender<pb::Event>,
     shared: Arc<WorkerShared>,
     ready: Sender<io::Result<Ready>>,
     tunnels: CoreTunnels,
-) {
-    let local = driver.local_addr();
-    let _ = ready.send(Ok(Ready {
-        waker: driver.waker(),
-        local,
-        driver: driver.name(),
-    }));
-    let engine = Engine::new(i as u32, local, ecfg);
-    worker::run(driver, engine, cmd_rx, events, shared, tunnels);
+}
+
+impl DriverUser for WorkerStart {
+    type Output = ();
+
+    fn run<D: Driver>(self, driver: D) {
+        let local = driver.local_addr();
+        let _ = self.ready.send(Ok(Ready {
+            waker: driver.waker(),
+            local,
+            driver: driver.name(),
+        }));
+        let engine = Engine::new(self.i as u32, local, self.ecfg);
+        worker::run(
+            driver,
+            engine,
+            self.cmd_rx,
+            self.events,
+            self.shared,
+            self.tunnels,
+        );
+    }
 }
 
 /// The router's side of one worker.

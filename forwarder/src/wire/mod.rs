@@ -7,6 +7,8 @@
 //! slow path (tests, RTCP generation) and by the round-trip tests.
 
 pub mod demux;
+pub mod frame;
+pub mod neigh;
 pub mod rtcp;
 pub mod rtp;
 pub mod stun;

@@ -28,12 +28,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 const STUN_WAIT: Duration = Duration::from_secs(3);
 
 fn driver_kind(name: &str) -> Result<DriverKind> {
-    Ok(match name {
-        "auto" => DriverKind::Auto,
-        "io_uring" | "uring" => DriverKind::IoUring,
-        "mmsg" => DriverKind::Mmsg,
-        other => bail!("unknown driver {other:?} (auto, io_uring or mmsg)"),
-    })
+    name.parse().map_err(anyhow::Error::msg)
 }
 
 /// The configuration: `--config-body` (or LIVEKIT_CONFIG) wins over `--config`, as in
