@@ -21,7 +21,9 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod afxdp;
 pub mod mmsg;
+pub mod netns;
 pub mod socket;
 pub mod uring;
 
