@@ -6,12 +6,18 @@
 //! are not in lockstep) or on demand, and frames split into packets. Each payload ends with
 //! a tag (layer, frame number, packet index) so a test can tell exactly which source packet
 //! an output packet came from.
+//!
+//! [`veth::VethPair`] is two network namespaces joined by a veth pair, for the tests of
+//! frame-level drivers (AF_XDP) that need a real link.
 
 use std::net::SocketAddr;
 use std::ops::Range;
 
 use crate::egress::{Egress, MAX_DATAGRAM};
 use crate::ids::{Pt, Ssrc};
+
+#[path = "testing_veth.rs"]
+pub mod veth;
 
 /// Bytes at the end of each synthetic payload: layer (1), frame (8), packet index (2).
 pub const TAG_LEN: usize = 11;

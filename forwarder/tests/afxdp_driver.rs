@@ -18,7 +18,7 @@
 //! Skips, saying why, when not run as root or without AF_XDP.
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,68 +26,17 @@ use std::time::Duration;
 use prism_forwarder::egress::Egress;
 use prism_forwarder::io::afxdp::{AfXdpConfig, AfXdpDriver, AfXdpEgress};
 use prism_forwarder::io::{netns, Driver};
+use prism_forwarder::testing::veth::{is_root, VethPair};
 use prism_forwarder::wire::frame::Reject;
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Two namespaces joined by a veth pair, removed on drop.
-struct Pair {
-    a: String,
-    b: String,
-}
-
-impl Pair {
-    fn new() -> Option<Pair> {
-        let id = std::process::id() % 100_000;
-        let p = Pair {
-            a: format!("pxa{id}"),
-            b: format!("pxb{id}"),
-        };
-        let ok = ip(&["netns", "add", &p.a])
-            && ip(&["netns", "add", &p.b])
-            && ip(&[
-                "link", "add", "va", "netns", &p.a, "type", "veth", "peer", "name", "vb", "netns",
-                &p.b,
-            ])
-            && ip(&["-n", &p.a, "addr", "add", "10.91.0.1/24", "dev", "va"])
-            && ip(&["-n", &p.b, "addr", "add", "10.91.0.2/24", "dev", "vb"])
-            && ip(&["-n", &p.a, "link", "set", "va", "up"])
-            && ip(&["-n", &p.b, "link", "set", "vb", "up"])
-            && ip(&["-n", &p.a, "link", "set", "lo", "up"])
-            && ip(&["-n", &p.b, "link", "set", "lo", "up"]);
-        ok.then_some(p)
-    }
-
-    fn xdp_attached(&self) -> bool {
-        let out = Command::new("ip")
-            .args(["-n", &self.b, "link", "show", "vb"])
-            .output()
-            .expect("ip link show");
-        String::from_utf8_lossy(&out.stdout).contains("xdp")
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        ip(&["netns", "del", &self.a]);
-        ip(&["netns", "del", &self.b]);
-    }
-}
 
 /// The peer: 400 echo round trips of varied sizes through its kernel, interleaved with
 /// raw frames (wrong UDP checksum, UDP length too long, IPv4 options); prints a summary.
 const PEER: &str = r#"
 import socket, struct, sys, time
-dst = ("10.91.0.2", 7882)
+ip_a, ip_b = sys.argv[1], sys.argv[2]
+dst = (ip_b, 7882)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.bind(("10.91.0.1", 40000))
+u.bind((ip_a, 40000))
 u.settimeout(5)
 raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 raw.bind(("va", 0))
@@ -97,7 +46,7 @@ def csum(b):
     while s >> 16: s = (s & 0xffff) + (s >> 16)
     return (~s) & 0xffff
 def frame(dst_mac, payload, udp_len=None, bad_sum=False, options=b""):
-    src, dst_ip = socket.inet_aton("10.91.0.1"), socket.inet_aton("10.91.0.2")
+    src, dst_ip = socket.inet_aton(ip_a), socket.inet_aton(ip_b)
     ulen = 8 + len(payload)
     udp = struct.pack("!HHHH", 40000, 7882, udp_len or ulen, 0) + payload
     s = csum(src + dst_ip + struct.pack("!BBH", 0, 17, ulen) + udp)
@@ -118,7 +67,7 @@ for i in range(400):
     if i == 0:
         # Our kernel has resolved the driver's MAC by now (ARP through the program).
         out = open("/proc/net/arp").read().split("\n")
-        dst_mac = bytes.fromhex([l.split()[3] for l in out if l.startswith("10.91.0.2 ")][0].replace(":", ""))
+        dst_mac = bytes.fromhex([l.split()[3] for l in out if l.startswith(ip_b + " ")][0].replace(":", ""))
         raw_src_mac = raw.getsockname()[4]
     if i % 50 == 25:
         raw.send(frame(dst_mac, b"bad checksum", bad_sum=True))
@@ -131,23 +80,16 @@ print("echoes", ok, "options_echo", int(data == b"Ewith options"))
 
 #[test]
 fn echoes_through_af_xdp_on_a_veth_pair() {
-    // Root: the effective uid, read through /proc.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
+    if !is_root() {
         eprintln!("skipped: AF_XDP tests need root (network namespaces, XDP)");
         return;
     }
-    let Some(pair) = Pair::new() else {
+    let Some(pair) = VethPair::new() else {
         eprintln!("skipped: could not create network namespaces and a veth pair");
         return;
     };
 
-    let local = SocketAddrV4::new("10.91.0.2".parse().unwrap(), 7882);
+    let local = SocketAddrV4::new(pair.ip_b, 7882);
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let ns_b = pair.b.clone();
@@ -185,6 +127,7 @@ fn echoes_through_af_xdp_on_a_veth_pair() {
 
     let out = Command::new("ip")
         .args(["netns", "exec", &pair.a, "python3", "-c", PEER])
+        .args([pair.ip_a.to_string(), pair.ip_b.to_string()])
         .output()
         .expect("running the peer");
     stop.store(true, Ordering::Relaxed);
@@ -212,4 +155,45 @@ fn echoes_through_af_xdp_on_a_veth_pair() {
         !pair.xdp_attached(),
         "the program is detached with the driver"
     );
+}
+
+/// Each wrong AF_XDP setup is refused at start with one line naming the cause and the
+/// fix, and the process exits with an error.
+#[test]
+fn af_xdp_misconfigurations_are_refused_with_the_cause() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--cores", "0"], "needs an interface (--interface"),
+        (
+            &["--cores", "0", "--interface", "nope0"],
+            "no interface \"nope0\"",
+        ),
+        (
+            &["--cores", "0,1", "--interface", "lo"],
+            "runs one media core for now",
+        ),
+        (
+            &[
+                "--cores",
+                "0",
+                "--interface",
+                "lo",
+                "--bind",
+                "0.0.0.0",
+                "--node-ip",
+                "192.0.2.1",
+            ],
+            "bind it to the interface's IPv4 address",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_prism-forwarder"))
+            .args(["--driver", "af_xdp"])
+            .args(*args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("running prism-forwarder");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(err.contains(expect), "{args:?}: expected {expect:?} in {err}");
+    }
 }

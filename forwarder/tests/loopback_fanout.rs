@@ -4,8 +4,12 @@
 //! order, renumbered without gaps; the forwarder's counters agree; garbage, truncated,
 //! oversized and wrong-version datagrams from known and unknown sources are dropped with a
 //! reason while nobody loses a packet; a NACK is answered with the subscriber's numbering.
+//!
+//! The AF_XDP run is the same over a veth pair between two network namespaces (the
+//! forwarder on one side, every peer on the other), skipped with a printed reason where
+//! that is not permitted.
 
-use std::net::UdpSocket;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -14,8 +18,9 @@ use std::time::{Duration, Instant};
 use pb::command::Body;
 use prism_forwarder::engine::stats::proto_drop;
 use prism_forwarder::engine::DropReason;
-use prism_forwarder::io::DriverKind;
+use prism_forwarder::io::{netns, DriverKind, XdpMode};
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
+use prism_forwarder::testing::veth::{is_root, VethPair};
 use prism_forwarder::testing::{cmd, SimulcastSource, Tag};
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
@@ -35,8 +40,8 @@ fn request(fwd: &Forwarder, body: Body) -> pb::Event {
     ev
 }
 
-fn socket() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+fn socket(ip: Ipv4Addr) -> UdpSocket {
+    let s = UdpSocket::bind((ip, 0)).unwrap();
     socket2::SockRef::from(&s)
         .set_recv_buffer_size(4 << 20)
         .unwrap();
@@ -55,22 +60,69 @@ struct Received {
     packets: Vec<Vec<u8>>,
 }
 
-fn run(kind: DriverKind) {
-    let fwd = Forwarder::start(ForwarderConfig {
+/// Where the forwarder and its peers run.
+enum Net {
+    Loopback,
+    /// The forwarder in `b` on AF_XDP, the peers in `a`.
+    Veth(VethPair),
+}
+
+fn run(kind: DriverKind, net: Net) {
+    let (bind_ip, peer_ip) = match &net {
+        Net::Loopback => (Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST),
+        Net::Veth(p) => (p.ip_b, p.ip_a),
+    };
+    let cfg = ForwarderConfig {
         cores: vec![0],
         pin: false,
         driver: kind,
+        bind_ip: IpAddr::V4(bind_ip),
+        xdp: matches!(net, Net::Veth(_)).then(|| ("vb".to_string(), XdpMode::Native)),
         ..Default::default()
-    })
+    };
+    // Threads inherit the namespace of the thread that starts them, and sockets keep the
+    // one they were made in: start the forwarder from inside side B, make the peers'
+    // sockets inside side A.
+    let in_ns = |ns: Option<String>, f: Box<dyn FnOnce() -> Vec<UdpSocket> + Send>| {
+        thread::spawn(move || {
+            if let Some(ns) = ns {
+                netns::enter(&ns).expect("entering a namespace");
+            }
+            f()
+        })
+        .join()
+        .unwrap()
+    };
+    let fwd = match &net {
+        Net::Loopback => Forwarder::start(cfg),
+        Net::Veth(p) => {
+            let b = p.b.clone();
+            thread::spawn(move || {
+                netns::enter(&b).expect("entering the forwarder's namespace");
+                Forwarder::start(cfg)
+            })
+            .join()
+            .unwrap()
+        }
+    }
     .expect("forwarder starts");
+    let peer_ns = match &net {
+        Net::Loopback => None,
+        Net::Veth(p) => Some(p.a.clone()),
+    };
+    let mut peers = in_ns(
+        peer_ns,
+        Box::new(move || (0..SUBSCRIBERS + 2).map(|_| socket(peer_ip)).collect()),
+    );
     let core = fwd.core_addrs()[0];
-    let publisher = socket();
+    let publisher = peers.pop().unwrap();
+    let stranger = peers.pop().unwrap();
     let mut src = SimulcastSource::three_layers(0xa000, 0);
 
     request(&fwd, cmd::room(ROOM));
     request(&fwd, cmd::plain(ROOM, 1, publisher.local_addr().unwrap()));
     request(&fwd, cmd::vp8_track(ROOM, 1, 1, &src.ssrcs()));
-    let subs: Vec<UdpSocket> = (0..SUBSCRIBERS).map(|_| socket()).collect();
+    let subs: Vec<UdpSocket> = peers;
     for (i, s) in subs.iter().enumerate() {
         let t = 100 + i as u64;
         request(&fwd, cmd::plain(ROOM, t, s.local_addr().unwrap()));
@@ -114,7 +166,6 @@ fn run(kind: DriverKind) {
         })
         .collect();
 
-    let stranger = socket();
     let mut sent_per_layer = [0usize; 3];
     let mut bad_sent = 0u64;
     for frame in 0..FRAMES {
@@ -272,10 +323,23 @@ fn fanout_50_subscribers_io_uring() {
         );
         return;
     }
-    run(DriverKind::IoUring);
+    run(DriverKind::IoUring, Net::Loopback);
 }
 
 #[test]
 fn fanout_50_subscribers_mmsg() {
-    run(DriverKind::Mmsg);
+    run(DriverKind::Mmsg, Net::Loopback);
+}
+
+#[test]
+fn fanout_50_subscribers_af_xdp_over_veth() {
+    if !is_root() {
+        eprintln!("skipped: AF_XDP needs root (network namespaces, XDP)");
+        return;
+    }
+    let Some(pair) = VethPair::new() else {
+        eprintln!("skipped: could not create network namespaces and a veth pair");
+        return;
+    };
+    run(DriverKind::AfXdp, Net::Veth(pair));
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use prism_forwarder::control::socket::{serve, ControlListen};
+use prism_forwarder::io::XdpMode;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 
 /// Prism's media plane, controlled over a socket.
@@ -45,9 +46,15 @@ struct Cli {
     /// Do not pin core threads to their CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// I/O driver.
-    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = ["auto", "io_uring", "uring", "mmsg"])]
+    /// I/O driver (af_xdp needs --interface and --bind to that interface's IPv4 address).
+    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = ["auto", "io_uring", "uring", "mmsg", "af_xdp"])]
     driver: String,
+    /// The interface the af_xdp driver attaches to (core i serves its queue i).
+    #[arg(long, value_name = "IF")]
+    interface: Option<String>,
+    /// Attach the XDP program in the generic path instead of the NIC driver.
+    #[arg(long)]
+    xdp_generic: bool,
     /// error, warn, info, debug, trace, or a tracing filter (default: RUST_LOG, else info).
     #[arg(long, alias = "log-level", value_name = "LEVEL")]
     log: Option<String>,
@@ -65,6 +72,14 @@ fn main() -> Result<()> {
     cfg.cores = cli.cores;
     cfg.pin = !cli.no_pin;
     cfg.driver = cli.driver.parse().map_err(anyhow::Error::msg)?;
+    cfg.xdp = cli.interface.map(|i| {
+        let mode = if cli.xdp_generic {
+            XdpMode::Generic
+        } else {
+            XdpMode::Native
+        };
+        (i, mode)
+    });
     let secret = cli.secret;
     let log = cli
         .log

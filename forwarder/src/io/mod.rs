@@ -3,10 +3,12 @@
 //! A [`Driver`] owns one core's UDP socket and runs one loop turn of I/O at a time: wait
 //! (bounded by a timeout, cut short by a [`Waker`]) for datagrams, hand each to the caller's
 //! handler together with an [`Egress`] to queue replies and forwards on, then submit every
-//! queued send of the turn together. Two drivers implement it:
+//! queued send of the turn together. Three drivers implement it:
 //! - [`uring`]: io_uring with multishot `recvmsg` into a provided-buffer ring and one
 //!   `io_uring_enter` for all sends of a turn;
-//! - [`mmsg`]: `recvmmsg`/`sendmmsg` on a mio-polled socket, for kernels without io_uring.
+//! - [`mmsg`]: `recvmmsg`/`sendmmsg` on a mio-polled socket, for kernels without io_uring;
+//! - [`afxdp`]: an AF_XDP socket on a NIC queue, past the kernel's UDP stack (chosen
+//!   explicitly, with an interface; never by `Auto`).
 //!
 //! Buffers handed to the kernel are owned by the driver, never borrowed from a caller's
 //! stack frame: `send_split` records a *range* of the datagram being handled, and the driver
@@ -27,6 +29,7 @@ pub mod netns;
 pub mod socket;
 pub mod uring;
 
+pub use afxdp::{XdpMode, XdpTarget};
 pub use mmsg::{MmsgConfig, MmsgDriver};
 pub use socket::{bind_udp, SocketConfig};
 pub use uring::{UringConfig, UringDriver};
@@ -105,6 +108,8 @@ pub enum DriverKind {
     Auto,
     IoUring,
     Mmsg,
+    /// AF_XDP on a named interface (never chosen by `Auto`: it needs an interface).
+    AfXdp,
 }
 
 impl DriverKind {
@@ -130,11 +135,36 @@ impl DriverKind {
         sock: std::net::UdpSocket,
         user: U,
     ) -> Result<U::Output, (io::Error, U)> {
+        self.open_on(sock, None, user)
+    }
+
+    /// As [`DriverKind::open`], with the interface queue an AF_XDP driver serves (the
+    /// other kinds ignore it; AF_XDP without it is refused). `sock` stays bound as the
+    /// AF_XDP driver's kernel-path socket.
+    pub fn open_on<U: DriverUser>(
+        self,
+        sock: std::net::UdpSocket,
+        xdp: Option<&XdpTarget>,
+        user: U,
+    ) -> Result<U::Output, (io::Error, U)> {
         match self.resolve() {
             DriverKind::Mmsg => match MmsgDriver::new(sock, &MmsgConfig::default()) {
                 Ok(d) => Ok(user.run(d)),
                 Err(e) => Err((e, user)),
             },
+            DriverKind::AfXdp => {
+                let Some(t) = xdp else {
+                    let e = io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "the af_xdp driver needs an interface (--interface or rtc.interface)",
+                    );
+                    return Err((e, user));
+                };
+                match afxdp::AfXdpDriver::on_socket(sock, t) {
+                    Ok(d) => Ok(user.run(d)),
+                    Err(e) => Err((e, user)),
+                }
+            }
             _ => match UringDriver::new(sock, &UringConfig::default()) {
                 Ok(d) => Ok(user.run(d)),
                 Err(e) => Err((e, user)),
@@ -143,7 +173,7 @@ impl DriverKind {
     }
 
     /// The names [`FromStr`](std::str::FromStr) takes.
-    pub const NAMES: &'static str = "auto, io_uring (or uring), mmsg";
+    pub const NAMES: &'static str = "auto, io_uring (or uring), mmsg, af_xdp";
 }
 
 impl std::str::FromStr for DriverKind {
@@ -154,6 +184,7 @@ impl std::str::FromStr for DriverKind {
             "auto" => Ok(DriverKind::Auto),
             "io_uring" | "uring" => Ok(DriverKind::IoUring),
             "mmsg" => Ok(DriverKind::Mmsg),
+            "af_xdp" | "afxdp" | "xdp" => Ok(DriverKind::AfXdp),
             other => Err(format!(
                 "unknown I/O driver {other:?} (one of: {})",
                 DriverKind::NAMES

@@ -27,7 +27,7 @@ use prism_proto::control as pb;
 use crate::control::{self, ControlClient, ControlServer};
 use crate::engine::{Engine, EngineConfig};
 use crate::io::socket::{bind_udp, SocketConfig};
-use crate::io::{Driver, DriverKind, DriverUser, Waker};
+use crate::io::{Driver, DriverKind, DriverUser, Waker, XdpMode, XdpTarget};
 use crate::tunnel::ice_tcp::{IceTcpConfig, IceTcpFront};
 use crate::tunnel::{self, CoreTunnels, FrontCounters, FrontEnd, FrontKind, IceRoutes};
 use crate::turn::front::TurnFront;
@@ -56,6 +56,8 @@ pub struct ForwarderConfig {
     pub ice_tcp: IceTcpConfig,
     /// The embedded TURN server; its peers are filled in with the cores' addresses.
     pub turn: Option<crate::turn::front::FrontConfig>,
+    /// The interface (and XDP mode) of the `AfXdp` driver; core `i` serves its queue `i`.
+    pub xdp: Option<(String, XdpMode)>,
 }
 
 impl Default for ForwarderConfig {
@@ -73,6 +75,7 @@ impl Default for ForwarderConfig {
             tcp_port: None,
             ice_tcp: IceTcpConfig::default(),
             turn: None,
+            xdp: None,
         }
     }
 }
@@ -131,6 +134,22 @@ impl Forwarder {
             ));
         }
         let kind = cfg.driver.resolve();
+        if kind == DriverKind::AfXdp {
+            if cfg.xdp.is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the af_xdp driver needs an interface (--interface or rtc.interface)",
+                ));
+            }
+            // One XDP program per interface: several cores need one shared attachment
+            // and a queue each, which is not built yet.
+            if cpus.len() != 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the af_xdp driver runs one media core for now: give one CPU (--cores)",
+                ));
+            }
+        }
         let (events_tx, events_rx) = bounded::<pb::Event>(65_536);
         let mut ecfg = cfg.engine;
         let front = match cfg.tcp_port {
@@ -188,11 +207,16 @@ impl Forwarder {
                 };
                 turn_peers.extend(crate::turn::front::core_peers(i, sock.local_addr()?, &ips));
             }
+            let xdp = cfg.xdp.as_ref().map(|(interface, mode)| XdpTarget {
+                interface: interface.clone(),
+                queue: i as u32,
+                mode: *mode,
+            });
             let worker = spawn(
                 i,
                 cpu,
                 cfg.pin,
-                kind,
+                (kind, xdp),
                 sock,
                 ecfg,
                 cmd_rx,
@@ -335,7 +359,7 @@ fn spawn(
     i: usize,
     cpu: usize,
     pin: bool,
-    kind: DriverKind,
+    (kind, xdp): (DriverKind, Option<XdpTarget>),
     sock: std::net::UdpSocket,
     ecfg: EngineConfig,
     cmd_rx: Receiver<pb::Command>,
@@ -361,7 +385,7 @@ fn spawn(
                 ready: ready_tx,
                 tunnels,
             };
-            if let Err((e, worker)) = kind.open(sock, worker) {
+            if let Err((e, worker)) = kind.open_on(sock, xdp.as_ref(), worker) {
                 let _ = worker.ready.send(Err(e));
             }
         })?;

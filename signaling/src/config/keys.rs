@@ -39,6 +39,7 @@ pub(super) const PRISM: &[&str] = &[
     "rtc.packet_buffer_size_audio",
     "rtc.cores",
     "rtc.driver",
+    "rtc.interface",
     "logging.level",
     "logging.json",
     "room.empty_timeout",

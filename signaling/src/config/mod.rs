@@ -90,8 +90,10 @@ pub struct RtcConfig {
     pub packet_buffer_size_audio: Option<usize>,
     /// CPU ids for the media cores (default: every CPU).
     pub cores: Option<Vec<usize>>,
-    /// `auto`, `io_uring` or `mmsg`.
+    /// `auto`, `io_uring`, `mmsg` or `af_xdp`.
     pub driver: Option<String>,
+    /// The interface of the `af_xdp` driver.
+    pub interface: Option<String>,
 }
 
 /// `rtc.udp_port`: one port, or LiveKit's `"first-last"` range.

@@ -34,7 +34,7 @@ pub mod xsk;
 use std::ffi::CString;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
-use std::ops::{Range, RangeInclusive};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +52,15 @@ pub enum XdpMode {
     Native,
     /// In the generic network path (any interface, slower).
     Generic,
+}
+
+/// Where a core's AF_XDP driver attaches: chosen by the operator (`--interface`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpTarget {
+    pub interface: String,
+    /// The receive queue this core serves.
+    pub queue: u32,
+    pub mode: XdpMode,
 }
 
 /// What the AF_XDP driver serves.
@@ -352,7 +361,10 @@ fn refused(step: &str, interface: &str, queue: u32, e: io::Error) -> io::Error {
              `ethtool -L {interface} combined N` sets them"
         ),
         Some(libc::EOPNOTSUPP) => {
-            format!("{interface} does not support this XDP mode: try the generic mode")
+            format!(
+                "{interface} does not support XDP in its driver: try the generic mode \
+             (prism-forwarder --xdp-generic)"
+            )
         }
         Some(libc::EBUSY) => format!(
             "another XDP program is attached to {interface}: `ip link set dev {interface} xdp off`"
@@ -399,17 +411,48 @@ fn interface(sock: &UdpSocket, name: &str) -> io::Result<(u32, Mac)> {
 }
 
 impl AfXdpDriver {
-    /// Binds the canary socket on `cfg.local`, opens the AF_XDP socket on the interface
-    /// queue and attaches the program for `cfg.local`'s port.
+    /// Binds the kernel-path socket on `cfg.local`, opens the AF_XDP socket on the
+    /// interface queue and attaches the program for `cfg.local`'s port.
     pub fn new(cfg: &AfXdpConfig) -> io::Result<Self> {
-        Self::with_ports(cfg, cfg.local.port()..=cfg.local.port())
+        let kernel = UdpSocket::bind(cfg.local).map_err(|e| {
+            refused(
+                "binding the media port's UDP socket",
+                &cfg.interface,
+                cfg.queue,
+                e,
+            )
+        })?;
+        Self::with_socket(kernel, cfg)
     }
 
-    /// As [`AfXdpDriver::new`], with the program redirecting the ports `ports`.
-    pub fn with_ports(cfg: &AfXdpConfig, ports: RangeInclusive<u16>) -> io::Result<Self> {
+    /// The driver for `target` on an already bound media socket (the engine's start-up
+    /// path: the socket is bound before the driver is chosen). Its address must be a
+    /// specific IPv4 address of the interface.
+    pub fn on_socket(sock: UdpSocket, target: &XdpTarget) -> io::Result<Self> {
+        let local = match sock.local_addr()? {
+            SocketAddr::V4(v4) if !v4.ip().is_unspecified() => v4,
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "AF_XDP on {}: the media socket is bound to {other}; bind it to the \
+                         interface's IPv4 address (prism: --media-ip or rtc.ip; \
+                         prism-forwarder: --bind)",
+                        target.interface
+                    ),
+                ))
+            }
+        };
+        let mut cfg = AfXdpConfig::new(target.interface.clone(), local);
+        cfg.queue = target.queue;
+        cfg.mode = target.mode;
+        Self::with_socket(sock, &cfg)
+    }
+
+    /// The driver on `kernel`, the media port's bound socket.
+    pub fn with_socket(kernel: UdpSocket, cfg: &AfXdpConfig) -> io::Result<Self> {
+        let ports = cfg.local.port()..=cfg.local.port();
         let (ifname, queue) = (cfg.interface.as_str(), cfg.queue);
-        let kernel = UdpSocket::bind(cfg.local)
-            .map_err(|e| refused("binding the media port's UDP socket", ifname, queue, e))?;
         kernel.set_nonblocking(true)?;
         let (ifindex, mac) = interface(&kernel, ifname)
             .map_err(|e| refused("finding the interface", ifname, queue, e))?;
@@ -487,7 +530,8 @@ impl AfXdpDriver {
                 cfg.batch.max(1)
             ],
             refill: Vec::with_capacity(cfg.batch.max(1)),
-            scratch: vec![0; MAX_DATAGRAM],
+            // One byte more than accepted, so an oversized datagram shows as one.
+            scratch: vec![0; MAX_DATAGRAM + 1],
             egress,
             waker,
             local: cfg.local,
@@ -530,6 +574,7 @@ impl AfXdpDriver {
             match frame::parse(bytes) {
                 Err(r) => eg.counters.rejected[r.index()] += 1,
                 Ok(p) if p.dst != self.local => eg.counters.wrong_destination += 1,
+                Ok(p) if p.payload.len() > MAX_DATAGRAM => eg.stats.oversized += 1,
                 Ok(p) => {
                     if p.checksum == frame::UdpChecksum::Partial {
                         eg.counters.partial_checksums += 1;
@@ -555,7 +600,7 @@ impl AfXdpDriver {
         H: FnMut(SocketAddr, &mut [u8], &mut AfXdpEgress),
     {
         let mut handled = 0;
-        while handled < self.batch {
+        for _ in 0..self.batch {
             let (n, from) = match self.egress.kernel.recv_from(&mut self.scratch) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -568,6 +613,10 @@ impl AfXdpDriver {
             eg.counters.kernel_received += 1;
             eg.stats.datagrams_received += 1;
             eg.stats.bytes_received += n as u64;
+            if n > MAX_DATAGRAM {
+                eg.stats.oversized += 1;
+                continue;
+            }
             let payload = &mut self.scratch[..n];
             eg.current = Some((payload.as_ptr(), n));
             handler(from, payload, eg);

@@ -109,9 +109,13 @@ pub struct ServeArgs {
     /// CPU ids for media cores, e.g. 0,1 (default: every CPU).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
-    /// I/O driver: auto, io_uring or mmsg (default auto).
+    /// I/O driver: auto, io_uring, mmsg or af_xdp (default auto; af_xdp needs
+    /// --interface and --media-ip set to that interface's IPv4 address).
     #[arg(long, value_name = "KIND")]
     pub driver: Option<String>,
+    /// The interface the af_xdp driver attaches to (core i serves its queue i).
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
     /// Redis (LiveKit's several-node mode): accepted, not implemented yet; Prism runs as
     /// a single node and says so.
     #[arg(long, value_name = "HOST:PORT", env = "REDIS_HOST")]

@@ -212,6 +212,9 @@ pub fn run(flags: ServeArgs) -> Result<()> {
     if let Some(d) = flags.driver.as_deref().or(file.rtc.driver.as_deref()) {
         fwd.driver = driver_kind(d)?;
     }
+    if let Some(i) = flags.interface.clone().or(file.rtc.interface.clone()) {
+        fwd.xdp = Some((i, prism_forwarder::io::XdpMode::Native));
+    }
     let core_count = if fwd.cores.is_empty() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {

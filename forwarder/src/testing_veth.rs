@@ -1,0 +1,85 @@
+//! Two network namespaces joined by a veth pair, created with `ip` and removed on drop.
+//!
+//! Side A (`10.91.N.1`, interface `va`) is for peers, side B (`10.91.N.2`, `vb`) for the
+//! system under test; a thread moves into a side with [`crate::io::netns::enter`]. Names
+//! carry the process id and a counter, so tests running at once do not collide.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether this process runs as root (namespaces, XDP and raw sockets need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The pair; see the module docs.
+#[derive(Debug)]
+pub struct VethPair {
+    pub a: String,
+    pub b: String,
+    pub ip_a: Ipv4Addr,
+    pub ip_b: Ipv4Addr,
+}
+
+impl VethPair {
+    /// Creates the namespaces and the link, both ends up. None (after cleaning up) if any
+    /// step fails, e.g. without root.
+    pub fn new() -> Option<VethPair> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = std::process::id() % 100_000;
+        let subnet = (n % 250) as u8;
+        let p = VethPair {
+            a: format!("pxa{id}n{n}"),
+            b: format!("pxb{id}n{n}"),
+            ip_a: Ipv4Addr::new(10, 91, subnet, 1),
+            ip_b: Ipv4Addr::new(10, 91, subnet, 2),
+        };
+        let (cidr_a, cidr_b) = (format!("{}/24", p.ip_a), format!("{}/24", p.ip_b));
+        let ok = ip(&["netns", "add", &p.a])
+            && ip(&["netns", "add", &p.b])
+            && ip(&[
+                "link", "add", "va", "netns", &p.a, "type", "veth", "peer", "name", "vb", "netns",
+                &p.b,
+            ])
+            && ip(&["-n", &p.a, "addr", "add", &cidr_a, "dev", "va"])
+            && ip(&["-n", &p.b, "addr", "add", &cidr_b, "dev", "vb"])
+            && ip(&["-n", &p.a, "link", "set", "va", "up"])
+            && ip(&["-n", &p.b, "link", "set", "vb", "up"])
+            && ip(&["-n", &p.a, "link", "set", "lo", "up"])
+            && ip(&["-n", &p.b, "link", "set", "lo", "up"]);
+        ok.then_some(p)
+    }
+
+    /// Whether an XDP program is attached to `vb`.
+    pub fn xdp_attached(&self) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.b, "link", "show", "vb"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("xdp"))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.a]);
+        ip(&["netns", "del", &self.b]);
+    }
+}
