@@ -194,6 +194,9 @@ fn af_xdp_misconfigurations_are_refused_with_the_cause() {
             .expect("running prism-forwarder");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must fail");
-        assert!(err.contains(expect), "{args:?}: expected {expect:?} in {err}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected {expect:?} in {err}"
+        );
     }
 }
