@@ -1,6 +1,7 @@
 //! A counting global allocator proves the forwarding path allocates nothing in steady
 //! state: after a warm-up, thousands of packets forwarded to many subscribers over real
-//! UDP, on each I/O driver, leave the process-wide allocation count unchanged.
+//! UDP, on each I/O driver, leave the process-wide allocation count unchanged. AF_XDP runs
+//! over a veth pair between two network namespaces (where root is available).
 //!
 //! The rounds include the packet path's side work: the publisher reorders a packet and
 //! repairs it with RTX, repeats packets as RTX (unwrapped, then dropped as duplicates) and
@@ -17,14 +18,15 @@
 //! while it counts; the test's own sockets use `send_to`/`recv`, which do not allocate.
 
 use std::alloc::System;
-use std::net::UdpSocket;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use pb::command::Body;
 use prism_forwarder::engine::EngineConfig;
 use prism_forwarder::ids::Ssrc;
-use prism_forwarder::io::DriverKind;
+use prism_forwarder::io::{netns, DriverKind, XdpMode};
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
+use prism_forwarder::testing::veth::{is_root, VethPair};
 use prism_forwarder::testing::{cmd, with_extensions, SimulcastSource};
 use prism_forwarder::wire::rtcp::{emit_twcc, FeedbackHeader};
 use prism_forwarder::wire::rtp::RtpPacket;
@@ -229,21 +231,56 @@ fn explain(fwd: &Forwarder, what: String) -> ! {
     panic!("{} driver: {what}\nstats: {stats:#?}", fwd.driver_name());
 }
 
-fn run(kind: DriverKind) {
-    let fwd = Forwarder::start(ForwarderConfig {
+/// Makes `n` peer sockets on `ip`, inside namespace `ns` if given.
+fn peer_sockets(ns: Option<&str>, ip: Ipv4Addr, n: usize) -> Vec<UdpSocket> {
+    let ns = ns.map(str::to_string);
+    std::thread::spawn(move || {
+        if let Some(ns) = ns {
+            netns::enter(&ns).expect("entering the peers' namespace");
+        }
+        (0..n)
+            .map(|_| UdpSocket::bind((ip, 0)).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Runs on loopback, or with the forwarder on AF_XDP in `veth`'s side B and every peer
+/// in side A.
+fn run(kind: DriverKind, veth: Option<&VethPair>) {
+    let (bind_ip, peer_ip) = veth.map_or((Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST), |p| {
+        (p.ip_b, p.ip_a)
+    });
+    let cfg = ForwarderConfig {
         cores: vec![0],
         pin: false,
         driver: kind,
+        bind_ip: IpAddr::V4(bind_ip),
+        xdp: veth.map(|_| ("vb".to_string(), XdpMode::Native)),
         // Reports every 20 ms, so that several go out during each counted round.
         engine: EngineConfig {
             report_interval: Duration::from_millis(20),
             ..Default::default()
         },
         ..Default::default()
-    })
+    };
+    let fwd = match veth {
+        None => Forwarder::start(cfg),
+        Some(p) => {
+            let b = p.b.clone();
+            std::thread::spawn(move || {
+                netns::enter(&b).expect("entering the forwarder's namespace");
+                Forwarder::start(cfg)
+            })
+            .join()
+            .unwrap()
+        }
+    }
     .unwrap();
     let core = fwd.core_addrs()[0];
-    let publisher = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut peers = peer_sockets(veth.map(|p| p.a.as_str()), peer_ip, SUBSCRIBERS + 1);
+    let publisher = peers.pop().unwrap();
     let mut src = SimulcastSource::three_layers(0x7000, 0);
     request(&fwd, cmd::room(1));
     request(&fwd, cmd::plain(1, 1, publisher.local_addr().unwrap()));
@@ -265,13 +302,10 @@ fn run(kind: DriverKind) {
         _ => unreachable!(),
     };
     request(&fwd, track);
-    let subs: Vec<UdpSocket> = (0..SUBSCRIBERS)
-        .map(|_| {
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            s
-        })
-        .collect();
+    let subs: Vec<UdpSocket> = peers;
+    for s in &subs {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    }
     for (i, s) in subs.iter().enumerate() {
         let t = 10 + i as u64;
         request(&fwd, cmd::plain(1, t, s.local_addr().unwrap()));
@@ -363,12 +397,20 @@ fn run(kind: DriverKind) {
 #[test]
 fn forwarding_allocates_nothing_in_steady_state() {
     if prism_forwarder::io::uring_available() {
-        run(DriverKind::IoUring);
+        run(DriverKind::IoUring, None);
     } else {
         assert!(
             std::env::var_os("PRISM_ALLOW_NO_URING").is_some(),
             "io_uring is unavailable here; set PRISM_ALLOW_NO_URING=1 to skip it"
         );
     }
-    run(DriverKind::Mmsg);
+    run(DriverKind::Mmsg, None);
+    if !is_root() {
+        eprintln!("af_xdp skipped: it needs root (network namespaces, XDP)");
+        return;
+    }
+    match VethPair::new() {
+        Some(pair) => run(DriverKind::AfXdp, Some(&pair)),
+        None => eprintln!("af_xdp skipped: could not create a veth pair"),
+    }
 }
