@@ -13,13 +13,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::netns::{veth, Netns};
-use common::{client_under, drain, python, serial, token, Client};
+use common::netns::{veth, Netns, NsServer};
+use common::{client_under, python, serial, token, Client};
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.77";
@@ -62,59 +59,6 @@ fn site(tag: &str) -> Site {
         client,
         _nat: nat,
         server,
-    }
-}
-
-/// `prism serve --dev` inside the server namespace, killed on drop.
-struct Prism {
-    child: Child,
-}
-
-impl Prism {
-    fn start(ns: &Netns, extra: &[&str]) -> Prism {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_prism")])
-            .args([
-                "serve",
-                "--dev",
-                "--bind",
-                "0.0.0.0:7880",
-                "--udp-port",
-                "7882",
-            ])
-            .args(["--cores", "0", "--log-level", "info"])
-            .args(extra)
-            .env_remove("NODE_IP")
-            .env_remove("LIVEKIT_CONFIG")
-            .env_remove("UDP_PORT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawning prism in its namespace");
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        drain(child.stderr.take().unwrap(), None);
-        loop {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(l) if l.starts_with("prism: listening on") => break,
-                Ok(_) => {}
-                Err(_) => panic!("prism did not start in its namespace"),
-            }
-        }
-        // Keep draining so the server never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Prism { child }
-    }
-}
-
-impl Drop for Prism {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -165,7 +109,7 @@ fn behind_nat_media_flows_through_the_advertised_address() {
     let Some(py) = skip() else { return };
     let _g = serial();
     let site = site("nat");
-    let _prism = Prism::start(
+    let _prism = NsServer::start(
         &site.server,
         &["--media-ip", "0.0.0.0", "--node-ip", PUBLIC],
     );
@@ -191,7 +135,7 @@ fn behind_nat_without_the_node_ip_no_media_flows() {
     let _g = serial();
     let site = site("nonat");
     // The private address is advertised: the client cannot reach it through the NAT.
-    let _prism = Prism::start(&site.server, &["--media-ip", PRIVATE]);
+    let _prism = NsServer::start(&site.server, &["--media-ip", PRIVATE]);
     let a = participant(&site, &py, "nonat", "alice", 20);
     let b = participant(&site, &py, "nonat", "bob", 20);
     let (a, b) = (a.finish(), b.finish());

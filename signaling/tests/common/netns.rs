@@ -5,8 +5,11 @@
 //! They need root (CI runs as root); [`Netns::available`] says why not otherwise, and the
 //! tests skip with that reason printed.
 
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
@@ -110,5 +113,65 @@ pub fn veth(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str
     for (ns, ifname, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
         ns.exec(&["ip", "addr", "add", ip, "dev", ifname]);
         ns.exec(&["ip", "link", "set", ifname, "up"]);
+    }
+}
+
+/// `prism serve --dev` inside a namespace (HTTP on 0.0.0.0:7880, media on UDP 7882, one
+/// core), killed on drop.
+pub struct NsServer {
+    child: Child,
+    /// The `prism: listening on …` line (it names the driver in use).
+    pub listening: String,
+}
+
+impl NsServer {
+    pub fn start(ns: &Netns, extra: &[&str]) -> NsServer {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_prism")])
+            .args([
+                "serve",
+                "--dev",
+                "--bind",
+                "0.0.0.0:7880",
+                "--udp-port",
+                "7882",
+            ])
+            .args(["--cores", "0", "--log-level", "info"])
+            .args(extra)
+            .env_remove("NODE_IP")
+            .env_remove("LIVEKIT_CONFIG")
+            .env_remove("UDP_PORT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning prism in its namespace");
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let err = super::drain(child.stderr.take().unwrap(), None);
+        let listening = loop {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(l) if l.starts_with("prism: listening on") => break l,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("prism did not start in its namespace:\n{}", err.take());
+                }
+            }
+        };
+        // Keep draining so the server never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        NsServer { child, listening }
+    }
+}
+
+impl Drop for NsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
