@@ -175,7 +175,7 @@ fn h264_track_egress_writes_mp4_and_matroska() {
     assert!(e["message"].as_str().unwrap().contains("H.264"), "{e}");
 
     let mut ids = Vec::new();
-    for name in ["video.mp4", "video.mkv", "video"] {
+    for name in ["video.mp4", "video.mkv", "no-extension"] {
         let cmd = format!("track h264-room {video} {}", dir.join(name).display());
         let info = start(&mut api, &cmd);
         ids.push(info["egress_id"].as_str().unwrap().to_owned());
