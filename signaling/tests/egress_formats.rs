@@ -222,9 +222,9 @@ fn play(playlist: &Path, frames: u32) -> (bool, u64, String) {
         .expect("running ffmpeg");
     let decoded = String::from_utf8_lossy(&out.stdout)
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("frame="))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0);
     (
         out.status.success(),

@@ -97,10 +97,10 @@ fn rbsp(nal: &[u8]) -> Vec<u8> {
 }
 
 fn skip_scaling_list(r: &mut Bits, size: u32) -> Option<()> {
-    let (mut last, mut next) = (8i32, 8i32);
+    let (mut last, mut next) = (8i64, 8i64);
     for _ in 0..size {
         if next != 0 {
-            next = (last + r.se()? + 256) % 256;
+            next = (last + i64::from(r.se()?)).rem_euclid(256);
         }
         if next != 0 {
             last = next;
@@ -158,16 +158,19 @@ pub fn sps_size(sps: &[u8]) -> Option<(u16, u16)> {
     }
     r.ue()?; // max_num_ref_frames
     r.bit()?; // gaps_in_frame_num_value_allowed_flag
-    let w_mbs = r.ue()? + 1;
-    let h_units = r.ue()? + 1;
-    let frame_mbs_only = r.bit()?;
+    let w_mbs = u64::from(r.ue()?) + 1;
+    let h_units = u64::from(r.ue()?) + 1;
+    let frame_mbs_only = u64::from(r.bit()?);
     if frame_mbs_only == 0 {
         r.bit()?;
     }
     r.bit()?; // direct_8x8_inference_flag
-    let (mut cl, mut cr, mut ct, mut cb) = (0, 0, 0, 0);
+    let (mut cl, mut cr, mut ct, mut cb) = (0u64, 0u64, 0u64, 0u64);
     if r.bit()? == 1 {
-        (cl, cr, ct, cb) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
+        cl = u64::from(r.ue()?);
+        cr = u64::from(r.ue()?);
+        ct = u64::from(r.ue()?);
+        cb = u64::from(r.ue()?);
     }
     let fields = 2 - frame_mbs_only;
     let (cx, cy) = match (chroma, separate) {
@@ -175,6 +178,7 @@ pub fn sps_size(sps: &[u8]) -> Option<(u16, u16)> {
         (2, false) => (2, fields),
         _ => (1, fields),
     };
+    // Every value is below 2^33, so none of these products overflows 64 bits.
     let w = (w_mbs * 16).checked_sub(cx * (cl + cr))?;
     let h = (fields * h_units * 16).checked_sub(cy * (ct + cb))?;
     Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
@@ -201,6 +205,23 @@ mod tests {
         assert_eq!(sps_size(&high), Some((1280, 720)));
         assert_eq!(sps_size(&[0x67, 0x42]), None);
         assert_eq!(sps_size(&[0x68, 0x42, 0, 0]), None);
+        // Huge exp-Golomb values (32 leading zeros) and garbage: None, no overflow.
+        let mut huge = vec![0x67, 0x42, 0, 0x1E, 0x80];
+        huge.extend_from_slice(&[0; 12]);
+        huge.push(0xFF);
+        assert_eq!(sps_size(&huge), None);
+        for seed in 0u32..2000 {
+            let mut x = seed.wrapping_mul(2_654_435_761);
+            let junk: Vec<u8> = std::iter::once(0x67)
+                .chain((0..24).map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                }))
+                .collect();
+            let _ = sps_size(&junk);
+        }
     }
 
     #[test]

@@ -378,6 +378,37 @@ mod tests {
     }
 
     #[test]
+    fn garbage_payloads_never_panic() {
+        let mut x = 0x1234_5678u32;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for codec in [MediaCodec::H264, MediaCodec::Vp8] {
+            let mut a = Assembler::new(codec);
+            let mut out = VecDeque::new();
+            for i in 0..5000u64 {
+                let len = (rnd() % 40) as usize;
+                let payload: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+                a.push(pkt(i / 3 * 3000, rnd() % 3 == 0, payload), &mut out);
+            }
+            // Whatever came out is whole AVCC for H.264: lengths add up.
+            if codec == MediaCodec::H264 {
+                for f in &out {
+                    let mut at = 0;
+                    while at + 4 <= f.data.len() {
+                        at +=
+                            4 + u32::from_be_bytes(f.data[at..at + 4].try_into().unwrap()) as usize;
+                    }
+                    assert_eq!(at, f.data.len());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_new_timestamp_ends_an_access_unit_without_a_marker() {
         let mut a = Assembler::new(MediaCodec::H264);
         let mut out = VecDeque::new();
