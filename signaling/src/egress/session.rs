@@ -724,6 +724,82 @@ mod tests {
     }
 
     #[test]
+    fn hls_asks_for_a_keyframe_when_a_segment_is_due_and_cuts_there() {
+        use super::super::hls::HlsSpec;
+        let now = Instant::now();
+        let spec = HlsSpec {
+            prefix: "/r/seg".into(),
+            playlist: "/r/index.m3u8".into(),
+            live_playlist: None,
+            segment_duration: 2.0,
+        };
+        let mut s = Session::new(
+            now,
+            &[StreamSpec {
+                ssrc: V,
+                codec: MediaCodec::Vp8,
+                clock_rate: 90_000,
+            }],
+            Container::Hls(spec),
+            Mem::default(),
+        );
+        let mut seq = 0u16;
+        let mut pli_at = None;
+        // 30 fps for 3 s; the publisher answers a PLI with a keyframe 100 ms later.
+        for frame in 0..90u32 {
+            let at = now + Duration::from_millis(u64::from(frame) * 1000 / 30);
+            let key = frame == 0 || pli_at.is_some_and(|p| frame == p + 3);
+            for k in 0..2 {
+                let p = rtp(V, seq, frame * 3000, k == 1, &vp8(k == 0, key));
+                s.on_datagram(at, 100.0, &p);
+                seq = seq.wrapping_add(1);
+            }
+            s.poll(at, 100.0);
+            let asked = s.drain_transmit().iter().any(|p| p[1] == 206);
+            if asked && pli_at.is_none() {
+                pli_at = Some(frame);
+            }
+        }
+        // Due at 2 s (frame 60); asked for in the poll after that frame was written.
+        let p = pli_at.expect("a PLI when the segment is due");
+        assert!((60..=62).contains(&p), "PLI after frame {p}");
+        let (out, sink) = s.finish(100.0);
+        assert_eq!(out.segments, 2, "{out:?}");
+        let names: Vec<String> = sink
+            .files
+            .iter()
+            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "/r/seg_init.mp4",
+                "/r/seg_00000.m4s",
+                "/r/index.m3u8",
+                "/r/seg_00001.m4s",
+                "/r/index.m3u8"
+            ]
+        );
+        assert!(sink.data.is_empty(), "nothing appended to a single file");
+        let first = String::from_utf8_lossy(&sink.files[2].1).into_owned();
+        // The first segment runs from 0 to the keyframe (frame p + 3).
+        let expected = format!("#EXTINF:{:.3},\nseg_00000.m4s\n", f64::from(p + 3) / 30.0);
+        assert!(first.contains(&expected), "{first}");
+        assert!(!first.contains("ENDLIST"));
+        let last = String::from_utf8_lossy(&sink.files[4].1).into_owned();
+        assert!(last.ends_with("seg_00001.m4s\n#EXT-X-ENDLIST\n"), "{last}");
+        let segment = &sink.files[3].1;
+        assert_eq!(&segment[4..8], b"moof");
+        let size: usize = sink
+            .files
+            .iter()
+            .filter(|(p, _)| !p.to_string_lossy().ends_with("m3u8"))
+            .map(|(_, b)| b.len())
+            .sum();
+        assert_eq!(out.bytes, size as u64);
+    }
+
+    #[test]
     fn counters_extend_across_wraps() {
         assert_eq!(extend(None, 5, 16), 65_541);
         assert_eq!(extend(Some(65_535 + 65_536), 2, 16), 2 * 65_536 + 2);
