@@ -277,8 +277,9 @@ fn a_full_disk_fails_the_egress_keeps_the_file_and_the_room() {
     assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
 }
 
-/// SIGTERM with a recording running: the server finalizes the file before it exits
-/// (nothing lost: the header says how long it is, every frame written decodes).
+/// SIGTERM with recordings running: the server finalizes the file before it exits
+/// (nothing lost: the header says how long it is, every frame written decodes), and an
+/// HLS recording's playlist ends with `#EXT-X-ENDLIST` and plays to the end.
 #[test]
 fn sigterm_finalizes_a_running_recording() {
     let _g = serial();
@@ -371,5 +372,14 @@ fn sigterm_finalizes_a_running_recording() {
     );
     let errors = ffmpeg_decode_errors(&file);
     assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    // The HLS recording got its last segment and a closed playlist.
+    let playlist = dir.join("hls/index.m3u8");
+    let text = std::fs::read_to_string(&playlist).unwrap_or_default();
+    assert!(
+        text.ends_with("#EXT-X-ENDLIST\n") && text.contains("seg_00000.m4s"),
+        "{text}"
+    );
+    let errors = ffmpeg_decode_errors(&playlist);
+    assert!(errors.trim().is_empty(), "ffmpeg (HLS): {errors}");
     let _ = std::fs::remove_dir_all(&dir);
 }
