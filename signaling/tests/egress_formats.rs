@@ -17,6 +17,8 @@
 //!   ffmpeg decodes the whole playlist (audio and video) with no error, and
 //!   `segment_results` carries the playlist, the segment count and the duration the
 //!   playlist lists.
+//! - HLS to S3, another segmented protocol, and a file with segments in one request are
+//!   refused (`unimplemented`, `invalid_argument`) with a message saying why.
 //! - **MP4 of VP8 and Opus**: a participant egress with file type MP4 of the same
 //!   publisher at the same time: ffprobe reads VP8 at 640×480 and Opus, with the
 //!   duration in the header, and ffmpeg decodes it with no error.
@@ -254,6 +256,18 @@ fn vp8_participant_egress_to_hls_and_mp4() {
     let mut api = api(&py, &server);
     api.tell("tracks hls-room alice");
     api.expect_event("tracks", EVENT);
+
+    // Still refused, each saying why.
+    api.tell("refusals hls-room alice");
+    let refused = api.expect_event("refused", EVENT);
+    assert_eq!(refused["s3"]["code"], "unimplemented", "{refused}");
+    assert!(refused["s3"]["message"].as_str().unwrap().contains("S3"));
+    assert_eq!(refused["protocol"]["code"], "invalid_argument", "{refused}");
+    assert_eq!(refused["two"]["code"], "invalid_argument", "{refused}");
+    assert!(refused["two"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exactly one output"));
 
     let prefix = dir.join("hls/seg");
     let hls = start(

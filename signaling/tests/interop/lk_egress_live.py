@@ -10,6 +10,8 @@ Commands (stdin, one a line):
   MP4 with `mp4`); event `started` {info};
 - `hls ROOM IDENTITY PREFIX PLAYLIST LIVE_PLAYLIST SECONDS`: StartParticipantEgress with
   one SegmentedFileOutput; event `started` {info};
+- `refusals ROOM IDENTITY`: a segmented output to S3, one with another protocol, and a
+  file with segments together; event `refused` {s3, protocol, two} (each {code, message});
 - `stop EGRESS_ID`: StopEgress (answered once the output is final); event `stopped` {info};
 - `quit`.
 A call that fails gives event `failed` {method, code, message}. EgressInfo is printed as
@@ -117,6 +119,28 @@ async def main() -> None:
                         )
                     )
                     event("started", info=as_dict(info))
+                elif method == "refusals":
+                    async def error_of(**outputs):
+                        try:
+                            await eg.start_participant_egress(
+                                api.ParticipantEgressRequest(room_name=w[1], identity=w[2], **outputs)
+                            )
+                        except api.TwirpError as e:
+                            return {"code": e.code, "message": e.message}
+                        return None
+
+                    seg = dict(filename_prefix="never", segment_duration=2)
+                    event(
+                        "refused",
+                        s3=await error_of(
+                            segment_outputs=[api.SegmentedFileOutput(s3=api.S3Upload(bucket="b"), **seg)]
+                        ),
+                        protocol=await error_of(segment_outputs=[api.SegmentedFileOutput(protocol=7, **seg)]),
+                        two=await error_of(
+                            file_outputs=[api.EncodedFileOutput(filepath="never.mp4")],
+                            segment_outputs=[api.SegmentedFileOutput(**seg)],
+                        ),
+                    )
                 elif method == "stop":
                     info = await eg.stop_egress(api.StopEgressRequest(egress_id=w[1]))
                     event("stopped", info=as_dict(info))
