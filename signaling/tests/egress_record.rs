@@ -18,121 +18,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-
+use common::media::*;
 use common::*;
-
-fn ffprobe(path: &Path, args: &[&str]) -> Value {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-of", "json"])
-        .args(args)
-        .arg(path)
-        .output()
-        .expect("running ffprobe");
-    assert!(
-        out.status.success(),
-        "ffprobe {path:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("ffprobe's JSON")
-}
-
-/// Decodes the whole file; the errors ffmpeg printed (empty if none). The null output
-/// keeps the file's millisecond timestamps (`-enc_time_base 1:1000`): with ffmpeg's
-/// default, a time base from the guessed frame rate, two frames of a variable-rate
-/// stream can round to one output tick, which the null muxer reports as an error that
-/// says nothing about the file.
-fn ffmpeg_decode_errors(path: &Path) -> String {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-i"])
-        .arg(path)
-        .args(["-enc_time_base", "1:1000", "-f", "null", "-"])
-        .output()
-        .expect("running ffmpeg");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() {
-        err
-    } else {
-        format!("exit {:?}: {err}", out.status)
-    }
-}
-
-/// Per stream of a file: (codec type, frames decoded, first pts, last pts + duration).
-#[derive(Debug)]
-struct StreamFacts {
-    kind: String,
-    width: u64,
-    height: u64,
-    frames: u64,
-    start: f64,
-    end: f64,
-}
-
-fn facts(path: &Path) -> Vec<StreamFacts> {
-    let v = ffprobe(
-        path,
-        &[
-            "-count_frames",
-            "-show_entries",
-            "stream=index,codec_type,width,height,nb_read_frames",
-        ],
-    );
-    let p = ffprobe(
-        path,
-        &[
-            "-show_entries",
-            "packet=stream_index,pts_time,duration_time",
-        ],
-    );
-    let streams = v["streams"].as_array().cloned().unwrap_or_default();
-    let packets = p["packets"].as_array().cloned().unwrap_or_default();
-    let num = |x: &Value| {
-        x.as_str()
-            .and_then(|s| s.parse::<f64>().ok())
-            .or(x.as_f64())
-    };
-    streams
-        .iter()
-        .map(|s| {
-            let idx = s["index"].as_u64().unwrap();
-            let mine: Vec<&Value> = packets
-                .iter()
-                .filter(|p| p["stream_index"].as_u64() == Some(idx))
-                .collect();
-            let start = mine
-                .iter()
-                .filter_map(|p| num(&p["pts_time"]))
-                .fold(f64::INFINITY, f64::min);
-            let end = mine
-                .iter()
-                .filter_map(|p| {
-                    Some(num(&p["pts_time"])? + num(&p["duration_time"]).unwrap_or(0.0))
-                })
-                .fold(f64::NEG_INFINITY, f64::max);
-            StreamFacts {
-                kind: s["codec_type"].as_str().unwrap_or("").to_owned(),
-                width: s["width"].as_u64().unwrap_or(0),
-                height: s["height"].as_u64().unwrap_or(0),
-                frames: num(&s["nb_read_frames"]).unwrap_or(0.0) as u64,
-                start,
-                end,
-            }
-        })
-        .collect()
-}
-
-fn tools_present() -> bool {
-    ["ffprobe", "ffmpeg"].iter().all(|t| {
-        Command::new(t)
-            .arg("-version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 /// Records `alice` (published with `publisher_args`) for 10 s three ways and checks the
 /// files; the video must have at least `min_frames` frames.
@@ -387,8 +277,9 @@ fn a_full_disk_fails_the_egress_keeps_the_file_and_the_room() {
     assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
 }
 
-/// SIGTERM with a recording running: the server finalizes the file before it exits
-/// (nothing lost: the header says how long it is, every frame written decodes).
+/// SIGTERM with recordings running: the server finalizes the file before it exits
+/// (nothing lost: the header says how long it is, every frame written decodes), and an
+/// HLS recording's playlist ends with `#EXT-X-ENDLIST` and plays to the end.
 #[test]
 fn sigterm_finalizes_a_running_recording() {
     let _g = serial();
@@ -481,5 +372,14 @@ fn sigterm_finalizes_a_running_recording() {
     );
     let errors = ffmpeg_decode_errors(&file);
     assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    // The HLS recording got its last segment and a closed playlist.
+    let playlist = dir.join("hls/index.m3u8");
+    let text = std::fs::read_to_string(&playlist).unwrap_or_default();
+    assert!(
+        text.ends_with("#EXT-X-ENDLIST\n") && text.contains("seg_00000.m4s"),
+        "{text}"
+    );
+    let errors = ffmpeg_decode_errors(&playlist);
+    assert!(errors.trim().is_empty(), "ffmpeg (HLS): {errors}");
     let _ = std::fs::remove_dir_all(&dir);
 }

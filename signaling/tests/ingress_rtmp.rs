@@ -47,16 +47,6 @@ fn py() -> Option<PathBuf> {
     Some(py)
 }
 
-/// The RTMP listener's address, from the line `prism serve` prints before it listens.
-fn rtmp_addr(server: &Server) -> String {
-    let log = server.log[0].lock().unwrap().clone();
-    let line = log
-        .lines()
-        .find_map(|l| l.strip_prefix("prism: rtmp ingress on "))
-        .unwrap_or_else(|| panic!("no RTMP listener line in:\n{log}"));
-    line.split_whitespace().next().unwrap().to_string()
-}
-
 fn api(py: &Path, server: &Server) -> Client {
     let mut c = live_client(
         py,

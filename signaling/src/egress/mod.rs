@@ -4,13 +4,19 @@
 //! plain RTP transport on loopback with one down track per recorded track, so the
 //! forwarder treats it like any subscriber (NACKs answered from its cache, keyframes
 //! asked of the publisher, sender reports translated), and a recorder thread
-//! ([`recorder`]) turns what arrives into a file ([`session`], [`webm`], [`ogg`]).
+//! ([`recorder`]) turns what arrives into files ([`session`], [`depack`], [`output`]:
+//! [`webm`], [`ogg`], [`mp4`], [`hls`]).
 //!
 //! This module keeps every egress's [`lk::EgressInfo`] for ListEgress and StopEgress,
 //! which outlive the room and the recorder: a recording that ended (stopped, its room
 //! closed, its disk full) is still listed with its status, files and error.
 
+pub mod avc;
+pub mod depack;
+pub mod hls;
+pub mod mp4;
 pub mod ogg;
+pub mod output;
 pub mod recorder;
 pub mod session;
 pub mod webm;
@@ -81,12 +87,12 @@ impl Egresses {
         &self.inner.directory
     }
 
-    /// A request's file path, templated as LiveKit's are (`{room_name}`, `{track_id}`,
-    /// `{publisher_identity}`, `{time}`), under the directory unless absolute, with the
-    /// container's extension added if it has none.
-    pub fn file_path(&self, requested: &str, vars: &[(&str, &str)], ext: &str) -> PathBuf {
+    /// A request's path, templated as LiveKit's are (`{room_name}`, `{track_id}`,
+    /// `{publisher_identity}`, `{time}`; `default` if empty), under the directory unless
+    /// absolute.
+    pub fn template(&self, requested: &str, vars: &[(&str, &str)], default: &str) -> PathBuf {
         let mut p = if requested.is_empty() {
-            "{room_name}-{time}".to_owned()
+            default.to_owned()
         } else {
             requested.to_owned()
         };
@@ -94,15 +100,22 @@ impl Egresses {
         for (k, v) in vars.iter().chain(&[("time", time.as_str())]) {
             p = p.replace(&format!("{{{k}}}"), v);
         }
-        let mut path = PathBuf::from(p);
-        if path.extension().is_none() {
-            path.set_extension(ext);
-        }
+        let path = PathBuf::from(p);
         if path.is_absolute() {
             path
         } else {
             self.inner.directory.join(path)
         }
+    }
+
+    /// A request's file path ([`Egresses::template`]), with the container's extension
+    /// added if it has none.
+    pub fn file_path(&self, requested: &str, vars: &[(&str, &str)], ext: &str) -> PathBuf {
+        let mut path = self.template(requested, vars, "{room_name}-{time}");
+        if path.extension().is_none() {
+            path.set_extension(ext);
+        }
+        path
     }
 
     /// Registers a started egress.
@@ -137,6 +150,15 @@ impl Egresses {
             if let Some(f) = info.file_results.first() {
                 info.result = Some(lk::egress_info::Result::File(f.clone()));
             }
+            for s in &mut info.segment_results {
+                s.ended_at = now;
+                s.duration = duration;
+                s.size = outcome.bytes as i64;
+                s.segment_count = outcome.segments as i64;
+            }
+            if let Some(s) = info.segment_results.first() {
+                info.result = Some(lk::egress_info::Result::Segments(s.clone()));
+            }
             match &outcome.error {
                 Some(err) => {
                     info.set_status(lk::EgressStatus::EgressFailed);
@@ -152,6 +174,7 @@ impl Egresses {
                 duration = outcome.duration,
                 frames = outcome.frames,
                 dropped = outcome.dropped,
+                segments = outcome.segments,
                 error = %info.error,
                 "egress ended"
             );

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,31 +20,57 @@ use super::webm::Patch;
 /// How long a receive waits, which bounds how late timers run.
 const TICK: Duration = Duration::from_millis(10);
 
-/// A file on local storage.
+/// A file on local storage (none for HLS, which writes whole files).
 #[derive(Debug)]
 pub struct FileSink {
-    file: File,
+    file: Option<File>,
+}
+
+impl FileSink {
+    fn file(&mut self) -> std::io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("this recording has no single file"))
+    }
 }
 
 impl Sink for FileSink {
     /// Writes all of `bytes` or nothing: a write cut short (a full disk) is truncated
-    /// away, so the file ends at its last whole cluster or page.
+    /// away, so the file ends at its last whole cluster, fragment or page.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let at = self.file.stream_position()?;
-        let r = self.file.write_all(bytes);
+        let file = self.file()?;
+        let at = file.stream_position()?;
+        let r = file.write_all(bytes);
         if r.is_err() {
-            let _ = self.file.set_len(at);
-            let _ = self.file.seek(SeekFrom::Start(at));
+            let _ = file.set_len(at);
+            let _ = file.seek(SeekFrom::Start(at));
         }
         r
     }
 
     fn patch(&mut self, p: &Patch) -> std::io::Result<()> {
-        let end = self.file.stream_position()?;
-        self.file.seek(SeekFrom::Start(p.offset))?;
-        self.file.write_all(&p.bytes)?;
-        self.file.seek(SeekFrom::Start(end))?;
+        let file = self.file()?;
+        let end = file.stream_position()?;
+        file.seek(SeekFrom::Start(p.offset))?;
+        file.write_all(&p.bytes)?;
+        file.seek(SeekFrom::Start(end))?;
         Ok(())
+    }
+
+    /// A temporary file beside `path`, renamed over it once whole: readers of a
+    /// playlist see the old one or the new one. A failed write removes the temporary.
+    fn file(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let r = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
     }
 }
 
@@ -90,7 +116,11 @@ pub fn start(
     if let Some(dir) = spec.path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let file = File::create(&spec.path)?;
+    // HLS writes its segments and playlists whole; everything else is one file.
+    let file = match spec.container {
+        Container::Hls(_) => None,
+        _ => Some(File::create(&spec.path)?),
+    };
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.set_read_timeout(Some(TICK))?;
     let addr = socket.local_addr()?;
@@ -141,6 +171,8 @@ fn run(
         }
     }
     let (outcome, sink) = session.finish(wall_now());
-    let _ = sink.file.sync_all();
+    if let Some(f) = &sink.file {
+        let _ = f.sync_all();
+    }
     outcome
 }

@@ -6,27 +6,32 @@
 //! - **Reordering.** Each stream holds packets in a jitter buffer keyed by extended
 //!   sequence number and releases them in order. A gap is NACKed after
 //!   [`NACK_GRACE`], again every [`NACK_EVERY`], and given up after [`JITTER_WINDOW`].
-//! - **Frames.** VP8 packets are joined into frames (start bit to marker). A frame with a
-//!   lost packet is dropped, and so is everything after it until a keyframe, for which
-//!   the forwarder is asked (PLI, every [`PLI_EVERY`] until one comes): the file never
-//!   holds a frame that decodes corrupt. Opus packets are frames.
+//! - **Frames** ([`super::depack`]): VP8 frames and H.264 access units are assembled from
+//!   their packets. A frame with a lost packet is dropped, and so is everything after it
+//!   until a keyframe, for which the forwarder is asked (PLI, every [`PLI_EVERY`] until
+//!   one comes): the file never holds a frame that decodes corrupt. Opus packets are
+//!   frames. HLS asks for a keyframe the same way when a segment is due.
 //! - **Sync.** Each stream's RTP time maps to wall time through the first sender report
 //!   (which the forwarder translates into the down track's timeline, so it survives
 //!   simulcast switches); a stream with no report within [`SYNC_WAIT`] maps through its
 //!   first packet's arrival. Nothing is written until every stream's mapping is fixed.
-//! - **Writing.** Frames of all streams go to the muxer in wall-time order. A file with
-//!   video starts at its first keyframe, and audio before it is dropped.
+//! - **Writing** ([`super::output`]): frames of all streams go to the muxer in wall-time
+//!   order. A file with video starts at its first keyframe, and audio before it is
+//!   dropped.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use prism_forwarder::codec::vp8;
 use prism_forwarder::ids::Ssrc;
 use prism_forwarder::wire::rtcp::{self, RtcpPacket};
 use prism_forwarder::wire::rtp::RtpPacket;
 
-use super::ogg::{opus_samples, OggMuxer};
-use super::webm::{Patch, TrackSpec, WebmMuxer};
+use super::depack::{Assembler, Frame, Packet};
+use super::ogg::opus_samples;
+pub use super::output::Container;
+use super::output::{Output, Write};
+use super::webm::Patch;
 
 pub const JITTER_WINDOW: Duration = Duration::from_millis(600);
 pub const NACK_GRACE: Duration = Duration::from_millis(10);
@@ -44,12 +49,13 @@ const RECORDER_SSRC: u32 = 0x5052_4543;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaCodec {
     Vp8,
+    H264,
     Opus,
 }
 
 impl MediaCodec {
     pub fn is_video(self) -> bool {
-        matches!(self, MediaCodec::Vp8)
+        matches!(self, MediaCodec::Vp8 | MediaCodec::H264)
     }
 }
 
@@ -61,17 +67,13 @@ pub struct StreamSpec {
     pub clock_rate: u32,
 }
 
-/// The container.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Container {
-    WebM,
-    Ogg,
-}
-
-/// Where bytes go: the file, or a test's buffer.
+/// Where bytes go: the file (or, for HLS, files), or a test's buffer.
 pub trait Sink {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
     fn patch(&mut self, patch: &Patch) -> std::io::Result<()>;
+    /// Writes a whole file (an HLS segment or playlist) so that readers see either the
+    /// old one or the new one, never a part.
+    fn file(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()>;
 }
 
 /// What a finished recording reports.
@@ -84,27 +86,15 @@ pub struct Outcome {
     /// Video frames dropped because a packet of theirs (or of a frame they depend on)
     /// was lost for good.
     pub dropped: u64,
+    /// HLS: media segments written.
+    pub segments: u64,
     pub error: Option<String>,
-}
-
-#[derive(Debug)]
-struct Buffered {
-    ts: u64,
-    marker: bool,
-    payload: Vec<u8>,
 }
 
 #[derive(Debug)]
 struct Missing {
     since: Instant,
     last_nack: Option<Instant>,
-}
-
-#[derive(Debug)]
-struct Frame {
-    ts: u64,
-    keyframe: bool,
-    data: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -117,17 +107,14 @@ struct Stream {
     /// move the start back).
     released: bool,
     last_ts: Option<u64>,
-    buffer: BTreeMap<u64, Buffered>,
+    buffer: BTreeMap<u64, Packet>,
     arrived: BTreeMap<u64, Instant>,
     missing: BTreeMap<u64, Missing>,
-    /// The frame being assembled: its timestamp, keyframe flag, bytes, and whether a
-    /// packet of it was lost.
-    partial: Option<(u64, bool, Vec<u8>, bool)>,
-    need_keyframe: bool,
-    dropped: u64,
+    asm: Assembler,
+    /// A keyframe is wanted without anything being dropped (an HLS segment is due).
+    want_keyframe: bool,
     last_pli: Option<Instant>,
     frames: VecDeque<Frame>,
-    frames_out: u64,
     /// (wall seconds, extended RTP timestamp) of the last sender report.
     sr: Option<(f64, u64)>,
     /// (wall seconds, extended RTP timestamp) of the first packet's arrival.
@@ -169,12 +156,10 @@ impl Stream {
             buffer: BTreeMap::new(),
             arrived: BTreeMap::new(),
             missing: BTreeMap::new(),
-            partial: None,
-            need_keyframe: spec.codec.is_video(),
-            dropped: 0,
+            asm: Assembler::new(spec.codec),
+            want_keyframe: false,
             last_pli: None,
             frames: VecDeque::new(),
-            frames_out: 0,
             sr: None,
             first: None,
             mapping: None,
@@ -225,7 +210,7 @@ impl Stream {
         }
         self.buffer.insert(
             seq,
-            Buffered {
+            Packet {
                 ts,
                 marker: pkt.marker(),
                 payload: pkt.payload().to_vec(),
@@ -241,7 +226,7 @@ impl Stream {
                 self.arrived.remove(&self.next_seq);
                 self.next_seq += 1;
                 self.released = true;
-                self.depacketize(p);
+                self.asm.push(p, &mut self.frames);
                 continue;
             }
             let Some((&oldest, &at)) = self.arrived.iter().next() else {
@@ -255,102 +240,9 @@ impl Stream {
                 self.missing.remove(&s);
             }
             self.next_seq = oldest;
-            self.lost();
+            self.asm.lost();
         }
     }
-
-    /// 1 once the stream has delivered a frame (drops before the first keyframe are the
-    /// normal start, not losses), else 0.
-    fn released_frames(&self) -> u8 {
-        u8::from(self.frames_out > 0)
-    }
-
-    fn lost(&mut self) {
-        if let Some(p) = self.partial.as_mut() {
-            p.3 = true;
-        } else if self.spec.codec.is_video() {
-            // The gap may have held a whole frame: what follows cannot decode.
-            self.need_keyframe = true;
-        }
-    }
-
-    fn depacketize(&mut self, p: Buffered) {
-        match self.spec.codec {
-            MediaCodec::Opus => {
-                if !p.payload.is_empty() {
-                    self.frames.push_back(Frame {
-                        ts: p.ts,
-                        keyframe: true,
-                        data: p.payload,
-                    });
-                }
-            }
-            MediaCodec::Vp8 => {
-                let Ok(d) = vp8::parse_descriptor(&p.payload) else {
-                    self.lost();
-                    return;
-                };
-                let body = &p.payload[d.header_len.min(p.payload.len())..];
-                let starts = d.start_of_partition && d.partition_id == 0;
-                if starts {
-                    if self.partial.take().is_some() {
-                        // The previous frame never ended: its marker packet was lost.
-                        self.need_keyframe = true;
-                    }
-                    let key = body.first().is_some_and(|h| h & 1 == 0);
-                    self.partial = Some((p.ts, key, Vec::new(), false));
-                }
-                let Some(partial) = self.partial.as_mut() else {
-                    return;
-                };
-                if partial.0 != p.ts {
-                    self.partial = None;
-                    self.need_keyframe = true;
-                    return;
-                }
-                partial.2.extend_from_slice(body);
-                if p.marker {
-                    let Some((ts, key, data, broken)) = self.partial.take() else {
-                        return;
-                    };
-                    if broken || (self.need_keyframe && !key) {
-                        self.dropped += u64::from(self.released_frames());
-                    }
-                    if broken {
-                        self.need_keyframe = true;
-                    } else if key || !self.need_keyframe {
-                        if key && vp8_size(&data).is_some() {
-                            self.need_keyframe = false;
-                        }
-                        if !self.need_keyframe {
-                            self.frames_out += 1;
-                            self.frames.push_back(Frame {
-                                ts,
-                                keyframe: key,
-                                data,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Width and height from a VP8 keyframe's header (RFC 6386 §9.1).
-pub fn vp8_size(frame: &[u8]) -> Option<(u16, u16)> {
-    if frame.len() < 10 || frame[0] & 1 != 0 || frame[3..6] != [0x9D, 0x01, 0x2A] {
-        return None;
-    }
-    let w = u16::from_le_bytes([frame[6], frame[7]]) & 0x3FFF;
-    let h = u16::from_le_bytes([frame[8], frame[9]]) & 0x3FFF;
-    Some((w, h))
-}
-
-#[derive(Debug)]
-enum Mux {
-    WebM(WebmMuxer),
-    Ogg(OggMuxer),
 }
 
 /// One recording.
@@ -358,7 +250,7 @@ pub struct Session<S: Sink> {
     streams: Vec<Stream>,
     container: Container,
     sink: S,
-    mux: Option<Mux>,
+    output: Option<Output>,
     created: Instant,
     synced: bool,
     /// Wall time of the file's zero, and of the end of the last frame written.
@@ -384,7 +276,7 @@ impl<S: Sink> Session<S> {
             streams: streams.iter().copied().map(Stream::new).collect(),
             container,
             sink,
-            mux: None,
+            output: None,
             created: now,
             synced: false,
             origin: None,
@@ -471,7 +363,7 @@ impl<S: Sink> Session<S> {
                     self.transmit.push(buf);
                 }
             }
-            if s.need_keyframe
+            if (s.asm.need_keyframe || s.want_keyframe)
                 && s.first.is_some()
                 && s.last_pli
                     .is_none_or(|t| now.saturating_duration_since(t) >= PLI_EVERY)
@@ -550,39 +442,22 @@ impl<S: Sink> Session<S> {
 
     fn emit(&mut self, i: usize, t: f64, f: Frame) {
         let codec = self.streams[i].spec.codec;
-        if self.mux.is_none() {
-            if self.has_video() && !(codec.is_video() && f.keyframe) {
+        let has_video = self.has_video();
+        if self.output.is_none() {
+            if has_video && !(codec.is_video() && f.keyframe) {
                 return;
             }
-            let (mux, head) = match self.container {
-                Container::Ogg => {
-                    let mut m = OggMuxer::new(self.streams[i].spec.ssrc);
-                    let h = m.header(2);
-                    (Mux::Ogg(m), h)
-                }
-                Container::WebM => {
-                    let (w, h) = vp8_size(&f.data).unwrap_or((0, 0));
-                    let specs = self
-                        .streams
-                        .iter()
-                        .map(|s| match s.spec.codec {
-                            MediaCodec::Vp8 => TrackSpec::Video {
-                                codec_id: "V_VP8",
-                                width: w,
-                                height: h,
-                                private: Vec::new(),
-                            },
-                            MediaCodec::Opus => TrackSpec::Opus { channels: 2 },
-                        })
-                        .collect();
-                    let mut m = WebmMuxer::new(specs);
-                    let head = m.header();
-                    (Mux::WebM(m), head)
-                }
-            };
-            self.mux = Some(mux);
+            let codecs: Vec<MediaCodec> = self.streams.iter().map(|s| s.spec.codec).collect();
+            let (output, head) = Output::start(
+                &self.container,
+                &codecs,
+                self.streams[i].spec.ssrc,
+                codec,
+                &f,
+            );
+            self.output = Some(output);
             self.origin = Some(t);
-            self.put(&head);
+            self.put(head);
         }
         let origin = self.origin.unwrap_or(t);
         if t < origin - 0.005 {
@@ -590,36 +465,52 @@ impl<S: Sink> Session<S> {
         }
         let dur = match codec {
             MediaCodec::Opus => f64::from(opus_samples(&f.data).unwrap_or(960)) / 48_000.0,
-            MediaCodec::Vp8 => 0.0,
+            _ => 0.0,
         };
-        let bytes = match self.mux.as_mut() {
-            Some(Mux::WebM(m)) => {
-                let ms = ((t - origin) * 1000.0).round() as i64;
-                m.frame(i, ms, f.keyframe && codec.is_video(), &f.data)
-            }
-            Some(Mux::Ogg(m)) => {
-                let s = &mut self.streams[i];
+        let gap = {
+            let s = &mut self.streams[i];
+            if codec == MediaCodec::Opus {
                 let gap = s.next_audio_ts.map_or(0, |n| {
                     f.ts.saturating_sub(n) * 48_000 / u64::from(s.spec.clock_rate)
                 });
                 let samples = u64::from(opus_samples(&f.data).unwrap_or(960));
                 s.next_audio_ts = Some(f.ts + samples * u64::from(s.spec.clock_rate) / 48_000);
-                m.packet(&f.data, gap)
+                gap
+            } else {
+                0
             }
-            None => Vec::new(),
         };
+        if codec.is_video() && f.keyframe {
+            self.streams[i].want_keyframe = false;
+        }
+        let Some(output) = self.output.as_mut() else {
+            return;
+        };
+        let writes = output.frame(i, t - origin, codec, &f, has_video, gap);
+        if output.wants_keyframe(t - origin) {
+            for s in &mut self.streams {
+                s.want_keyframe |= s.spec.codec.is_video();
+            }
+        }
         self.frames += 1;
         self.end = self.end.max(t - origin + dur);
-        self.put(&bytes);
+        self.put(writes);
     }
 
-    fn put(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() || self.error.is_some() {
-            return;
-        }
-        match self.sink.write(bytes) {
-            Ok(()) => self.bytes += bytes.len() as u64,
-            Err(e) => self.error = Some(format!("writing the recording failed: {e}")),
+    fn put(&mut self, writes: Vec<Write>) {
+        for w in writes {
+            if self.error.is_some() {
+                return;
+            }
+            let (r, n) = match &w {
+                Write::Append(b) if b.is_empty() => continue,
+                Write::Append(b) => (self.sink.write(b), b.len()),
+                Write::File(p, b) => (self.sink.file(p, b), b.len()),
+            };
+            match r {
+                Ok(()) => self.bytes += n as u64,
+                Err(e) => self.error = Some(format!("writing the recording failed: {e}")),
+            }
         }
     }
 
@@ -635,37 +526,37 @@ impl<S: Sink> Session<S> {
             self.synced = true;
         }
         self.write(wall, true);
-        let tail = match self.mux.as_mut() {
-            Some(Mux::WebM(m)) => {
-                // A failed write leaves the last whole cluster as the end of the file.
-                let (tail, patches) = m.finish(self.end * 1000.0);
-                if self.error.is_none() {
-                    self.put(&tail);
-                }
-                // After a failed write only the duration is patched (in place, so it
-                // needs no space): the segment keeps its unknown size.
-                let apply = if self.error.is_none() {
-                    &patches[..]
-                } else {
-                    &patches[1..]
-                };
-                for p in apply {
-                    if let Err(e) = self.sink.patch(p) {
-                        self.error
-                            .get_or_insert(format!("finalizing the recording failed: {e}"));
-                    }
-                }
-                Vec::new()
+        let mut segments = 0;
+        let mut bytes = None;
+        if let Some(output) = self.output.as_mut() {
+            // A failed write leaves the last whole cluster, fragment or page as the end
+            // of the file.
+            let (tail, patches) = output.finish(self.end);
+            // After a failed write only what is patched in place is patched: a WebM
+            // segment keeps its unknown size.
+            let apply = match (&self.error, &output) {
+                (Some(_), Output::WebM(_)) => &patches[1..],
+                _ => &patches[..],
+            };
+            let apply = apply.to_vec();
+            segments = output.segments();
+            bytes = output.media_bytes();
+            if self.error.is_none() {
+                self.put(tail);
             }
-            Some(Mux::Ogg(m)) => m.finish(),
-            None => Vec::new(),
-        };
-        self.put(&tail);
+            for p in &apply {
+                if let Err(e) = self.sink.patch(p) {
+                    self.error
+                        .get_or_insert(format!("finalizing the recording failed: {e}"));
+                }
+            }
+        }
         let outcome = Outcome {
-            bytes: self.bytes,
+            bytes: bytes.unwrap_or(self.bytes),
             duration: self.end,
             frames: self.frames,
-            dropped: self.streams.iter().map(|s| s.dropped).sum(),
+            dropped: self.streams.iter().map(|s| s.asm.dropped).sum(),
+            segments,
             error: self.error.clone(),
         };
         (outcome, self.sink)
@@ -680,6 +571,7 @@ mod tests {
     struct Mem {
         data: Vec<u8>,
         limit: Option<usize>,
+        files: Vec<(std::path::PathBuf, Vec<u8>)>,
     }
 
     impl Sink for Mem {
@@ -696,6 +588,10 @@ mod tests {
         fn patch(&mut self, p: &Patch) -> std::io::Result<()> {
             let at = p.offset as usize;
             self.data[at..at + p.bytes.len()].copy_from_slice(&p.bytes);
+            Ok(())
+        }
+        fn file(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+            self.files.push((path.to_path_buf(), bytes.to_vec()));
             Ok(())
         }
     }
@@ -805,8 +701,8 @@ mod tests {
             }],
             Container::Ogg,
             Mem {
-                data: Vec::new(),
                 limit: Some(2000),
+                ..Mem::default()
             },
         );
         for i in 0..500u16 {
@@ -825,6 +721,82 @@ mod tests {
         assert!(out.error.unwrap().contains("No space"));
         assert!(sink.data.len() <= 2000);
         assert_eq!(&sink.data[..4], b"OggS");
+    }
+
+    #[test]
+    fn hls_asks_for_a_keyframe_when_a_segment_is_due_and_cuts_there() {
+        use super::super::hls::HlsSpec;
+        let now = Instant::now();
+        let spec = HlsSpec {
+            prefix: "/r/seg".into(),
+            playlist: "/r/index.m3u8".into(),
+            live_playlist: None,
+            segment_duration: 2.0,
+        };
+        let mut s = Session::new(
+            now,
+            &[StreamSpec {
+                ssrc: V,
+                codec: MediaCodec::Vp8,
+                clock_rate: 90_000,
+            }],
+            Container::Hls(spec),
+            Mem::default(),
+        );
+        let mut seq = 0u16;
+        let mut pli_at = None;
+        // 30 fps for 3 s; the publisher answers a PLI with a keyframe 100 ms later.
+        for frame in 0..90u32 {
+            let at = now + Duration::from_millis(u64::from(frame) * 1000 / 30);
+            let key = frame == 0 || pli_at.is_some_and(|p| frame == p + 3);
+            for k in 0..2 {
+                let p = rtp(V, seq, frame * 3000, k == 1, &vp8(k == 0, key));
+                s.on_datagram(at, 100.0, &p);
+                seq = seq.wrapping_add(1);
+            }
+            s.poll(at, 100.0);
+            let asked = s.drain_transmit().iter().any(|p| p[1] == 206);
+            if asked && pli_at.is_none() {
+                pli_at = Some(frame);
+            }
+        }
+        // Due at 2 s (frame 60); asked for in the poll after that frame was written.
+        let p = pli_at.expect("a PLI when the segment is due");
+        assert!((60..=62).contains(&p), "PLI after frame {p}");
+        let (out, sink) = s.finish(100.0);
+        assert_eq!(out.segments, 2, "{out:?}");
+        let names: Vec<String> = sink
+            .files
+            .iter()
+            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "/r/seg_init.mp4",
+                "/r/seg_00000.m4s",
+                "/r/index.m3u8",
+                "/r/seg_00001.m4s",
+                "/r/index.m3u8"
+            ]
+        );
+        assert!(sink.data.is_empty(), "nothing appended to a single file");
+        let first = String::from_utf8_lossy(&sink.files[2].1).into_owned();
+        // The first segment runs from 0 to the keyframe (frame p + 3).
+        let expected = format!("#EXTINF:{:.3},\nseg_00000.m4s\n", f64::from(p + 3) / 30.0);
+        assert!(first.contains(&expected), "{first}");
+        assert!(!first.contains("ENDLIST"));
+        let last = String::from_utf8_lossy(&sink.files[4].1).into_owned();
+        assert!(last.ends_with("seg_00001.m4s\n#EXT-X-ENDLIST\n"), "{last}");
+        let segment = &sink.files[3].1;
+        assert_eq!(&segment[4..8], b"moof");
+        let size: usize = sink
+            .files
+            .iter()
+            .filter(|(p, _)| !p.to_string_lossy().ends_with("m3u8"))
+            .map(|(_, b)| b.len())
+            .sum();
+        assert_eq!(out.bytes, size as u64);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! A WebM (Matroska) muxer for VP8, VP9, AV1 and Opus, sans-IO: it turns frames into bytes
+//! A WebM and Matroska muxer for VP8, VP9, AV1, H.264 and Opus, sans-IO: it turns frames into bytes
 //! and says where to patch the header once the recording ends.
 //!
 //! Why this shape: a recording must be playable however it ends. Each cluster is written
@@ -70,6 +70,7 @@ const MAX_CLUSTER_MS: i64 = 5_000;
 #[derive(Debug)]
 pub struct WebmMuxer {
     tracks: Vec<TrackSpec>,
+    doc_type: &'static str,
     /// Where the segment's size and the duration's value sit in the file.
     segment_size_at: u64,
     segment_data_at: u64,
@@ -139,6 +140,7 @@ impl WebmMuxer {
         Self {
             last_video_ms: vec![None; n],
             tracks,
+            doc_type: "webm",
             segment_size_at: 0,
             segment_data_at: 0,
             duration_at: 0,
@@ -149,6 +151,11 @@ impl WebmMuxer {
         }
     }
 
+    /// The EBML DocType: `webm` (the default) or `matroska` (for H.264).
+    pub fn set_doc_type(&mut self, doc_type: &'static str) {
+        self.doc_type = doc_type;
+    }
+
     /// The file's start: EBML header, segment (size unknown), info and tracks.
     pub fn header(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -157,7 +164,7 @@ impl WebmMuxer {
         uint(&mut ebml, id::EBML_READ_VERSION, 1);
         uint(&mut ebml, id::EBML_MAX_ID_LENGTH, 4);
         uint(&mut ebml, id::EBML_MAX_SIZE_LENGTH, 8);
-        string(&mut ebml, id::DOC_TYPE, "webm");
+        string(&mut ebml, id::DOC_TYPE, self.doc_type);
         uint(&mut ebml, id::DOC_TYPE_VERSION, 4);
         uint(&mut ebml, id::DOC_TYPE_READ_VERSION, 2);
         element(&mut out, id::EBML, &ebml);

@@ -15,6 +15,7 @@ use prism_proto::livekit as lk;
 use super::error::RtcError;
 use super::ids::{DownTrackId, TrackSid, TransportId};
 use super::room::Room;
+use crate::egress::hls::HlsSpec;
 use crate::egress::recorder::{self, Recorder, RecorderSpec};
 use crate::egress::session::{Container, MediaCodec, StreamSpec};
 use crate::egress::{now_ns, Egresses};
@@ -48,12 +49,52 @@ pub struct EgressRequest {
     pub filepath: String,
     /// Ogg asked for explicitly (`EncodedFileType::OGG`).
     pub want_ogg: bool,
+    /// MP4 asked for explicitly (`EncodedFileType::MP4`).
+    pub want_mp4: bool,
+    /// HLS (a `SegmentedFileOutput`) instead of a file.
+    pub segments: Option<SegmentsRequest>,
     pub request: lk::egress_info::Request,
+}
+
+/// An HLS output: LiveKit's `SegmentedFileOutput` fields, templated like file paths.
+#[derive(Clone, Debug, Default)]
+pub struct SegmentsRequest {
+    pub filename_prefix: String,
+    pub playlist_name: String,
+    pub live_playlist_name: String,
+    /// Seconds; 0 for the default ([`DEFAULT_SEGMENT_SECONDS`]).
+    pub segment_duration: u32,
+}
+
+/// A segment's length when the request gives none.
+pub const DEFAULT_SEGMENT_SECONDS: u32 = 4;
+
+/// A playlist's path: a bare name goes beside the segments, a path is templated on its
+/// own; `.m3u8` is added if there is no extension.
+fn playlist_path(
+    egresses: &Egresses,
+    name: &str,
+    prefix: &std::path::Path,
+    vars: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let mut p = if name.contains('/') {
+        egresses.template(name, vars, "")
+    } else {
+        let templated = egresses.template(name, vars, "");
+        let file = templated.file_name().unwrap_or_default().to_owned();
+        prefix.parent().unwrap_or(egresses.directory()).join(file)
+    };
+    if p.extension().is_none() {
+        p.set_extension("m3u8");
+    }
+    p
 }
 
 fn media_codec(name: &str) -> Option<MediaCodec> {
     if name.eq_ignore_ascii_case("vp8") {
         Some(MediaCodec::Vp8)
+    } else if name.eq_ignore_ascii_case("h264") {
+        Some(MediaCodec::H264)
     } else if name.eq_ignore_ascii_case("opus") {
         Some(MediaCodec::Opus)
     } else {
@@ -122,7 +163,7 @@ impl Room {
             let (_, t) = self.track(sid).ok_or(RtcError::TrackNotFound)?;
             let codec = media_codec(&t.codec.name).ok_or_else(|| {
                 RtcError::Invalid(format!(
-                    "track {sid} is {}, which Prism cannot record yet (VP8 and Opus only)",
+                    "track {sid} is {}, which Prism cannot record yet (VP8, H.264 and Opus only)",
                     t.codec.name
                 ))
             })?;
@@ -139,44 +180,86 @@ impl Room {
             // active one at or below it).
             downs.push((t.track_id, ssrc, t.codec.pt, 2));
         }
-        let has_video = streams.iter().any(|s| s.codec.is_video());
-        let audio_only = !has_video;
-        let container = if audio_only && (req.want_ogg || !req.filepath.ends_with(".webm")) {
-            Container::Ogg
-        } else {
-            Container::WebM
-        };
-        if req.filepath.ends_with(".mp4") {
-            return Err(RtcError::Invalid(
-                "MP4 output is for H.264, which Prism does not record yet: use .webm".into(),
-            ));
-        }
-        let ext = match container {
-            Container::Ogg => "ogg",
-            Container::WebM => "webm",
-        };
         let track_var = sids
             .first()
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default();
-        let path = egresses.file_path(
-            &req.filepath,
-            &[
-                ("room_name", self.name.as_str()),
-                ("room_id", &self.sid),
-                ("track_id", &track_var),
-                ("publisher_identity", &identity),
-            ],
-            ext,
-        );
+        let vars = [
+            ("room_name", self.name.as_str()),
+            ("room_id", &self.sid),
+            ("track_id", &track_var),
+            ("publisher_identity", &identity),
+        ];
+        let (container, path) = match &req.segments {
+            Some(seg) => {
+                let prefix = egresses.template(&seg.filename_prefix, &vars, "{room_name}-{time}");
+                let default_name = prefix.file_name().unwrap_or_default().to_string_lossy();
+                let playlist_name = if seg.playlist_name.is_empty() {
+                    default_name.as_ref()
+                } else {
+                    &seg.playlist_name
+                };
+                let playlist = playlist_path(egresses, playlist_name, &prefix, &vars);
+                let live_playlist = (!seg.live_playlist_name.is_empty())
+                    .then(|| playlist_path(egresses, &seg.live_playlist_name, &prefix, &vars));
+                let seconds = match seg.segment_duration {
+                    0 => DEFAULT_SEGMENT_SECONDS,
+                    n => n,
+                };
+                let spec = HlsSpec {
+                    prefix,
+                    playlist: playlist.clone(),
+                    live_playlist,
+                    segment_duration: f64::from(seconds),
+                };
+                (Container::Hls(spec), playlist)
+            }
+            None => {
+                let codecs: Vec<MediaCodec> = streams.iter().map(|s| s.codec).collect();
+                let container =
+                    Container::choose(&codecs, &req.filepath, req.want_ogg, req.want_mp4)
+                        .map_err(RtcError::Invalid)?;
+                let path = egresses.file_path(&req.filepath, &vars, container.ext());
+                (container, path)
+            }
+        };
         let egress_id = super::room::new_sid("EG_");
         let started = now_ns();
         let filename = path.to_string_lossy().into_owned();
-        let file = lk::FileInfo {
-            filename: filename.clone(),
-            started_at: started,
-            location: filename,
-            ..Default::default()
+        let (file_results, segment_results, result) = match &container {
+            Container::Hls(spec) => {
+                let live = spec
+                    .live_playlist
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let s = lk::SegmentsInfo {
+                    playlist_name: filename.clone(),
+                    playlist_location: filename,
+                    live_playlist_name: live.clone(),
+                    live_playlist_location: live,
+                    started_at: started,
+                    ..Default::default()
+                };
+                (
+                    Vec::new(),
+                    vec![s.clone()],
+                    lk::egress_info::Result::Segments(s),
+                )
+            }
+            _ => {
+                let f = lk::FileInfo {
+                    filename: filename.clone(),
+                    started_at: started,
+                    location: filename,
+                    ..Default::default()
+                };
+                (
+                    vec![f.clone()],
+                    Vec::new(),
+                    lk::egress_info::Result::File(f),
+                )
+            }
         };
         let info = lk::EgressInfo {
             egress_id: egress_id.clone(),
@@ -187,8 +270,9 @@ impl Room {
             started_at: started,
             updated_at: started,
             request: Some(req.request),
-            file_results: vec![file.clone()],
-            result: Some(lk::egress_info::Result::File(file)),
+            file_results,
+            segment_results,
+            result: Some(result),
             ..Default::default()
         };
         let on_end = {

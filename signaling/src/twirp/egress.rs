@@ -1,12 +1,12 @@
 //! `livekit.Egress`: recording tracks to files (see `crate::egress`). Every method needs
 //! the `roomRecord` grant, as in LiveKit.
 //!
-//! Served: StartTrackEgress (one track, WebM or Ogg), StartParticipantEgress and
-//! StartTrackCompositeEgress (one participant's audio and video muxed into one WebM file,
-//! without compositing), ListEgress and StopEgress. Refused with `unimplemented` and a
-//! message saying why: room composite and web egress (they need a browser and an
-//! encoder), streaming outputs (RTMP, SRT, WebSocket), segmented (HLS) and image outputs,
-//! cloud uploads, UpdateLayout and UpdateStream.
+//! Served: StartTrackEgress (one track to WebM, Matroska, MP4 or Ogg),
+//! StartParticipantEgress and StartTrackCompositeEgress (one participant's audio and
+//! video muxed into one file, without compositing, or into HLS segments), ListEgress and
+//! StopEgress. Refused with `unimplemented` and a message saying why: room composite and
+//! web egress (they need a browser and an encoder), streaming outputs (RTMP, SRT,
+//! WebSocket), image outputs, cloud uploads, UpdateLayout and UpdateStream.
 
 use prism_proto::livekit as lk;
 use prost::Message;
@@ -16,7 +16,7 @@ use super::codec::{self, Codec};
 use super::{Code, TwirpError};
 use crate::auth::Claims;
 use crate::egress::Egresses;
-use crate::rtc::egress::{EgressRequest, Source};
+use crate::rtc::egress::{EgressRequest, SegmentsRequest, Source};
 use crate::rtc::{RoomManager, RoomName, TrackSid};
 
 /// The service's full name, as in the path.
@@ -48,42 +48,81 @@ fn required(what: &str, value: &str) -> Result<(), TwirpError> {
     }
 }
 
-/// The one file output of a request: Prism writes exactly one file per egress.
-fn one_file(
+/// The one output of a request: a file, or HLS segments.
+#[derive(Debug)]
+struct OneOutput {
+    filepath: String,
+    want_ogg: bool,
+    want_mp4: bool,
+    segments: Option<SegmentsRequest>,
+}
+
+/// The one output of a request: Prism writes one file, or one HLS playlist, per egress.
+fn one_output(
     deprecated: Option<&lk::EncodedFileOutput>,
     files: &[lk::EncodedFileOutput],
+    deprecated_segments: Option<&lk::SegmentedFileOutput>,
+    segments: &[lk::SegmentedFileOutput],
     streams: usize,
-    segments: usize,
     images: usize,
-) -> Result<(String, bool), TwirpError> {
+) -> Result<OneOutput, TwirpError> {
     if streams > 0 {
         return Err(unimplemented(
             "streaming (RTMP, SRT or WebSocket outputs); Prism records to files",
         ));
     }
-    if segments > 0 {
-        return Err(unimplemented("segmented (HLS) output, not yet,"));
-    }
     if images > 0 {
         return Err(unimplemented("image output (it needs a decoder)"));
     }
     let all: Vec<&lk::EncodedFileOutput> = deprecated.into_iter().chain(files).collect();
-    let [f] = all.as_slice() else {
-        return Err(TwirpError::invalid(
-            "exactly one file output is required (file_outputs)",
-        ));
-    };
-    if f.s3.is_some() {
-        return Err(unimplemented(
-            "S3 upload, not yet (recordings go to local storage),",
-        ));
-    }
-    match f.file_type() {
-        lk::EncodedFileType::Mp4 => Err(TwirpError::invalid(
-            "MP4 output is for H.264, which Prism does not record yet: use DEFAULT_FILETYPE (WebM)",
+    let segs: Vec<&lk::SegmentedFileOutput> =
+        deprecated_segments.into_iter().chain(segments).collect();
+    match (all.as_slice(), segs.as_slice()) {
+        ([f], []) => {
+            if f.s3.is_some() {
+                return Err(unimplemented(
+                    "S3 upload, not yet (recordings go to local storage),",
+                ));
+            }
+            match f.file_type() {
+                lk::EncodedFileType::Mp3 => Err(unimplemented("MP3 output (it needs an encoder)")),
+                t => Ok(OneOutput {
+                    filepath: f.filepath.clone(),
+                    want_ogg: t == lk::EncodedFileType::Ogg,
+                    want_mp4: t == lk::EncodedFileType::Mp4,
+                    segments: None,
+                }),
+            }
+        }
+        ([], [s]) => {
+            if s.s3.is_some() {
+                return Err(unimplemented(
+                    "S3 upload, not yet (segments go to local storage),",
+                ));
+            }
+            // SegmentedFileProtocol: 0 is the default (HLS), 1 is HLS_PROTOCOL.
+            if s.protocol > 1 {
+                return Err(TwirpError::invalid(format!(
+                    "segmented file protocol {} is unknown: HLS only",
+                    s.protocol
+                )));
+            }
+            Ok(OneOutput {
+                filepath: String::new(),
+                want_ogg: false,
+                want_mp4: false,
+                segments: Some(SegmentsRequest {
+                    filename_prefix: s.filename_prefix.clone(),
+                    playlist_name: s.playlist_name.clone(),
+                    live_playlist_name: s.live_playlist_name.clone(),
+                    segment_duration: s.segment_duration,
+                }),
+            })
+        }
+        _ => Err(TwirpError::invalid(
+            "exactly one output is required: one file (file_outputs) or one segmented \
+             output (segment_outputs)",
         )),
-        lk::EncodedFileType::Mp3 => Err(unimplemented("MP3 output (it needs an encoder)")),
-        t => Ok((f.filepath.clone(), t == lk::EncodedFileType::Ogg)),
     }
 }
 
@@ -135,6 +174,8 @@ impl Call<'_> {
                 let e = EgressRequest {
                     source: Source::Tracks(vec![TrackSid::new(req.track_id.clone())]),
                     want_ogg: filepath.ends_with(".ogg"),
+                    want_mp4: false,
+                    segments: None,
                     filepath,
                     request: R::Track(req.clone()),
                 };
@@ -144,11 +185,12 @@ impl Call<'_> {
                 let req: lk::ParticipantEgressRequest = self.request()?;
                 self.claims.ensure_record()?;
                 required("identity", &req.identity)?;
-                let (filepath, want_ogg) = one_file(
+                let out = one_output(
                     None,
                     &req.file_outputs,
+                    None,
+                    &req.segment_outputs,
                     req.stream_outputs.len(),
-                    req.segment_outputs.len(),
                     req.image_outputs.len(),
                 )?;
                 let e = EgressRequest {
@@ -156,8 +198,10 @@ impl Call<'_> {
                         identity: req.identity.clone(),
                         screen_share: req.screen_share,
                     },
-                    filepath,
-                    want_ogg,
+                    filepath: out.filepath,
+                    want_ogg: out.want_ogg,
+                    want_mp4: out.want_mp4,
+                    segments: out.segments,
                     request: R::Participant(req.clone()),
                 };
                 self.start(req.room_name, e).await
@@ -166,12 +210,12 @@ impl Call<'_> {
                 let req: lk::TrackCompositeEgressRequest = self.request()?;
                 self.claims.ensure_record()?;
                 let streams = req.stream_outputs.len() + usize::from(req.stream.is_some());
-                let segments = req.segment_outputs.len() + usize::from(req.segments.is_some());
-                let (filepath, want_ogg) = one_file(
+                let out = one_output(
                     req.file.as_ref(),
                     &req.file_outputs,
+                    req.segments.as_ref(),
+                    &req.segment_outputs,
                     streams,
-                    segments,
                     req.image_outputs.len(),
                 )?;
                 let tracks: Vec<TrackSid> = [&req.video_track_id, &req.audio_track_id]
@@ -186,8 +230,10 @@ impl Call<'_> {
                 }
                 let e = EgressRequest {
                     source: Source::Tracks(tracks),
-                    filepath,
-                    want_ogg,
+                    filepath: out.filepath,
+                    want_ogg: out.want_ogg,
+                    want_mp4: out.want_mp4,
+                    segments: out.segments,
                     request: R::TrackComposite(req.clone()),
                 };
                 self.start(req.room_name, e).await

@@ -4,6 +4,7 @@
 //! (or, for a `live_client`, driven step by step through stdin and their event lines).
 #![allow(dead_code)]
 
+pub mod media;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -477,6 +478,16 @@ impl Drop for Client {
 }
 
 /// The server's LiveKit signaling URL (`ws://…`).
+/// The RTMP listener's address, from the line `prism serve` prints before it listens.
+pub fn rtmp_addr(server: &Server) -> String {
+    let log = server.log[0].lock().unwrap().clone();
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("prism: rtmp ingress on "))
+        .unwrap_or_else(|| panic!("no RTMP listener line in:\n{log}"));
+    line.split_whitespace().next().unwrap().to_string()
+}
+
 pub fn ws_url(server: &Server) -> String {
     server.http.replacen("http://", "ws://", 1)
 }

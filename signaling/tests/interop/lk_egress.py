@@ -13,7 +13,8 @@ With a publisher (lk_publisher.py) in the room, it:
 
 With --disk-full it instead records the video into --out (a small tmpfs) and waits until
 the egress ends, then lists the room's participants. With --start-only it starts a
-participant egress into --out and exits (the driver then stops the server).
+participant egress into --out (and an HLS one into --out/hls) and exits (the driver
+then stops the server).
 
 Every answer is recorded; it prints one JSON line last (see `common.summary`).
 """
@@ -87,6 +88,20 @@ async def main() -> None:
                 )
             )
             out["started"] = info(started)
+            hls = await lk.egress.start_participant_egress(
+                api.ParticipantEgressRequest(
+                    room_name=args.room,
+                    identity=args.publisher,
+                    segment_outputs=[
+                        api.SegmentedFileOutput(
+                            filename_prefix=os.path.join(args.out, "hls", "seg"),
+                            playlist_name="index.m3u8",
+                            segment_duration=2,
+                        )
+                    ],
+                )
+            )
+            out["hls"] = info(hls)
             out["ok"] = True
             return
 
