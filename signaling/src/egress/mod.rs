@@ -9,7 +9,14 @@
 //! This module keeps every egress's [`lk::EgressInfo`] for ListEgress and StopEgress,
 //! which outlive the room and the recorder: a recording that ended (stopped, its room
 //! closed, its disk full) is still listed with its status, files and error.
+//!
+//! A recording ends when it is stopped (StopEgress), when its room closes, when what it
+//! records goes away (a participant egress when the participant leaves, a track egress
+//! when its tracks are unpublished), or when its recorder fails (a full disk, a panic):
+//! the recorder always finalizes its file and reports, so no egress stays active with
+//! nobody recording. Rooms can also start recordings by themselves ([`auto`]).
 
+pub mod auto;
 pub mod ogg;
 pub mod recorder;
 pub mod session;
@@ -204,6 +211,15 @@ impl Egresses {
         let (tx, rx) = oneshot::channel();
         e.waiters.push(tx);
         Ok((room, rx))
+    }
+
+    /// A running egress is ending by itself (what it records went away): listed as
+    /// `EGRESS_ENDING` until its recorder has finalized the file.
+    pub(crate) fn ending(&self, id: &str) {
+        if let Some(e) = self.entries().get_mut(id).filter(|e| is_active(&e.info)) {
+            e.info.set_status(lk::EgressStatus::EgressEnding);
+            e.info.updated_at = now_ns();
+        }
     }
 
     /// Waits (blocking, at most `limit`) until no egress is running: on shutdown, after

@@ -6,10 +6,16 @@
 //! timeout, drives the sans-IO [`Session`], and writes the file itself, so a slow or full
 //! disk stalls only that recording, never a forwarding core or a room's task. The
 //! forwarder cannot tell it from any other plain-RTP subscriber.
+//!
+//! A panic in the recording loop (a bug in a muxer, say) is caught on the recorder's own
+//! thread: what the session holds is finalized if it can be, and the egress ends failed
+//! with the panic's message, so it never stays active with nobody recording. The room
+//! and every other recording carry on.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,10 +26,17 @@ use super::webm::Patch;
 /// How long a receive waits, which bounds how late timers run.
 const TICK: Duration = Duration::from_millis(10);
 
-/// A file on local storage.
+/// A file on local storage, synced to disk when the recording lets go of it (at the end,
+/// or while a panicking recorder unwinds).
 #[derive(Debug)]
 pub struct FileSink {
     file: File,
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        let _ = self.file.sync_all();
+    }
 }
 
 impl Sink for FileSink {
@@ -91,6 +104,31 @@ pub fn start(
         std::fs::create_dir_all(dir)?;
     }
     let file = File::create(&spec.path)?;
+    let path = spec.path.clone();
+    // A recorder that failed before it could count its bytes reports the file's size.
+    let on_end = Box::new(move |mut o: Outcome| {
+        if o.error.is_some() && o.bytes == 0 {
+            o.bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        }
+        on_end(o);
+    });
+    spawn(
+        FileSink { file },
+        spec.streams,
+        spec.container,
+        forwarder,
+        on_end,
+    )
+}
+
+/// Starts a recorder thread writing into `sink`.
+fn spawn<S: Sink + Send + 'static>(
+    sink: S,
+    streams: Vec<StreamSpec>,
+    container: Container,
+    forwarder: SocketAddr,
+    on_end: Box<dyn FnOnce(Outcome) + Send>,
+) -> std::io::Result<Recorder> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.set_read_timeout(Some(TICK))?;
     let addr = socket.local_addr()?;
@@ -103,24 +141,56 @@ pub fn start(
     std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || {
-            let session = Session::new(
-                Instant::now(),
-                &spec.streams,
-                spec.container,
-                FileSink { file },
-            );
-            let outcome = run(session, &socket, forwarder, &rx);
+            let session = Session::new(Instant::now(), &streams, container, sink);
+            let outcome = run_guarded(session, |s| run(s, &socket, forwarder, &rx));
             on_end(outcome);
         })?;
     Ok(Recorder { addr, stop: tx })
 }
 
-fn run(
-    mut session: Session<FileSink>,
+/// Runs `body` (the recording loop), then finalizes the file. A panic in either ends the
+/// recording with the panic's message as its error instead of unwinding through the
+/// thread: after one in `body`, the file is still finalized if that can be done.
+fn run_guarded<S: Sink>(mut session: Session<S>, body: impl FnOnce(&mut Session<S>)) -> Outcome {
+    let panicked = catch_unwind(AssertUnwindSafe(|| body(&mut session)))
+        .err()
+        .map(|p| panic_message(p.as_ref()));
+    let finished = catch_unwind(AssertUnwindSafe(move || session.finish(wall_now()).0));
+    let failed = |why: String| format!("the recorder failed: {why}");
+    match (finished, panicked) {
+        (Ok(outcome), None) => outcome,
+        (Ok(mut outcome), Some(why)) => {
+            tracing::error!(error = %why, "recorder panicked; its file was finalized");
+            outcome.error = Some(failed(why));
+            outcome
+        }
+        (Err(p), first) => {
+            let why = first.unwrap_or_else(|| panic_message(p.as_ref()));
+            tracing::error!(error = %why, "recorder panicked; its file could not be finalized");
+            Outcome {
+                error: Some(failed(why)),
+                ..Outcome::default()
+            }
+        }
+    }
+}
+
+/// The text of a panic's payload (a `&str` or a `String`, as `panic!` makes them).
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let text = p
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    format!("panicked: {text}")
+}
+
+fn run<S: Sink>(
+    session: &mut Session<S>,
     socket: &UdpSocket,
     forwarder: SocketAddr,
     stop: &mpsc::Receiver<()>,
-) -> Outcome {
+) {
     let mut buf = vec![0u8; 2048];
     loop {
         match stop.try_recv() {
@@ -140,7 +210,127 @@ fn run(
             break;
         }
     }
-    let (outcome, sink) = session.finish(wall_now());
-    let _ = sink.file.sync_all();
-    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::session::MediaCodec;
+    use std::sync::{Arc, Mutex};
+
+    /// A sink in memory that panics on chosen writes (counted from 0), as a bug in a
+    /// muxer or a sink would.
+    #[derive(Clone)]
+    struct Panicky {
+        data: Arc<Mutex<Vec<u8>>>,
+        writes: Arc<Mutex<usize>>,
+        panic_on: fn(usize) -> bool,
+    }
+
+    impl Panicky {
+        fn new(panic_on: fn(usize) -> bool) -> Self {
+            Self {
+                data: Arc::default(),
+                writes: Arc::default(),
+                panic_on,
+            }
+        }
+    }
+
+    impl Sink for Panicky {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            let n = {
+                let mut w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+                *w += 1;
+                *w - 1
+            };
+            assert!(!(self.panic_on)(n), "write {n} went wrong");
+            self.data
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(())
+        }
+        fn patch(&mut self, _: &Patch) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Records ~3 s of Opus sent from a socket standing for the forwarder into `sink`;
+    /// the outcome, once the recorder has ended by itself or within 2 s of being told.
+    fn record_opus(sink: Panicky) -> Outcome {
+        let forwarder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let rec = spawn(
+            sink,
+            vec![StreamSpec {
+                ssrc: 7,
+                codec: MediaCodec::Opus,
+                clock_rate: 48_000,
+            }],
+            Container::Ogg,
+            forwarder.local_addr().unwrap(),
+            Box::new(move |o| {
+                let _ = tx.send(o);
+            }),
+        )
+        .unwrap();
+        for i in 0..150u16 {
+            let mut p = vec![0x80, 0x80 | 111];
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(&(u32::from(i) * 960).to_be_bytes());
+            p.extend_from_slice(&7u32.to_be_bytes());
+            p.extend_from_slice(&[31 << 3, 1, 2, 3, 4, 5, 6, 7]);
+            // A recorder that has already ended no longer reads: sends may fail.
+            let _ = forwarder.send_to(&p, rec.addr);
+        }
+        if let Ok(o) = rx.recv_timeout(Duration::from_secs(2)) {
+            return o;
+        }
+        rec.stop();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the recorder reports its end")
+    }
+
+    #[test]
+    fn a_panic_while_recording_fails_the_egress_and_the_file_is_finalized() {
+        // The second page panics; the sink works again for the final pages.
+        let sink = Panicky::new(|n| n == 2);
+        let data = sink.data.clone();
+        let o = record_opus(sink);
+        let err = o.error.unwrap_or_default();
+        assert!(
+            err.contains("the recorder failed: panicked: write 2 went wrong"),
+            "{err}"
+        );
+        let data = data.lock().unwrap().clone();
+        assert_eq!(&data[..4], b"OggS");
+        // Finalized: the last page carries the end-of-stream flag.
+        let last = data.windows(4).rposition(|w| w == b"OggS").expect("a page");
+        assert_eq!(data[last + 5] & 0x04, 0x04, "end of stream");
+        assert_eq!(o.bytes, data.len() as u64);
+    }
+
+    #[test]
+    fn a_panic_while_finalizing_still_ends_the_egress() {
+        // Every write after the headers panics, the final ones too.
+        let sink = Panicky::new(|n| n >= 2);
+        let o = record_opus(sink);
+        let err = o.error.unwrap_or_default();
+        assert!(
+            err.starts_with("the recorder failed: panicked: write 2 went wrong"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn panic_payloads_become_messages() {
+        let p = catch_unwind(|| panic!("at {}", 3)).unwrap_err();
+        assert_eq!(panic_message(p.as_ref()), "panicked: at 3");
+        let p = catch_unwind(|| std::panic::panic_any(5u8)).unwrap_err();
+        assert_eq!(
+            panic_message(p.as_ref()),
+            "panicked: a panic without a message"
+        );
+    }
 }

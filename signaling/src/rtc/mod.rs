@@ -204,6 +204,7 @@ impl RoomManager {
         // A room this join creates dispatches the agents its token asks for.
         let opts = RoomOptions {
             agents: observer::token_agents(&params.claims),
+            egress: crate::egress::auto::AutoEgress::from_token(&params.claims),
             ..RoomOptions::default()
         };
         for _ in 0..RETRIES {

@@ -15,6 +15,7 @@ use prost_reflect::MethodDescriptor;
 use super::codec::{self, Codec};
 use super::{Code, TwirpError};
 use crate::auth::Claims;
+use crate::egress::auto::{self, one_file, Refusal};
 use crate::egress::Egresses;
 use crate::rtc::egress::{EgressRequest, Source};
 use crate::rtc::{RoomManager, RoomName, TrackSid};
@@ -34,10 +35,7 @@ pub struct Call<'a> {
 }
 
 fn unimplemented(what: &str) -> TwirpError {
-    TwirpError::new(
-        Code::Unimplemented,
-        format!("{what} is not supported by Prism"),
-    )
+    auto::unimplemented(what).into()
 }
 
 fn required(what: &str, value: &str) -> Result<(), TwirpError> {
@@ -48,42 +46,12 @@ fn required(what: &str, value: &str) -> Result<(), TwirpError> {
     }
 }
 
-/// The one file output of a request: Prism writes exactly one file per egress.
-fn one_file(
-    deprecated: Option<&lk::EncodedFileOutput>,
-    files: &[lk::EncodedFileOutput],
-    streams: usize,
-    segments: usize,
-    images: usize,
-) -> Result<(String, bool), TwirpError> {
-    if streams > 0 {
-        return Err(unimplemented(
-            "streaming (RTMP, SRT or WebSocket outputs); Prism records to files",
-        ));
-    }
-    if segments > 0 {
-        return Err(unimplemented("segmented (HLS) output, not yet,"));
-    }
-    if images > 0 {
-        return Err(unimplemented("image output (it needs a decoder)"));
-    }
-    let all: Vec<&lk::EncodedFileOutput> = deprecated.into_iter().chain(files).collect();
-    let [f] = all.as_slice() else {
-        return Err(TwirpError::invalid(
-            "exactly one file output is required (file_outputs)",
-        ));
-    };
-    if f.s3.is_some() {
-        return Err(unimplemented(
-            "S3 upload, not yet (recordings go to local storage),",
-        ));
-    }
-    match f.file_type() {
-        lk::EncodedFileType::Mp4 => Err(TwirpError::invalid(
-            "MP4 output is for H.264, which Prism does not record yet: use DEFAULT_FILETYPE (WebM)",
-        )),
-        lk::EncodedFileType::Mp3 => Err(unimplemented("MP3 output (it needs an encoder)")),
-        t => Ok((f.filepath.clone(), t == lk::EncodedFileType::Ogg)),
+impl From<Refusal> for TwirpError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unimplemented(m) => TwirpError::new(Code::Unimplemented, m),
+            Refusal::Invalid(m) => TwirpError::invalid(m),
+        }
     }
 }
 

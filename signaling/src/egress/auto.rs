@@ -1,0 +1,242 @@
+//! What a recording request may ask for, checked in one place for the Egress service and
+//! for auto-egress (recordings a room starts by itself).
+//!
+//! Auto-egress is LiveKit's `RoomEgress`, given in `CreateRoomRequest.egress` or in a join
+//! token's `roomConfig.egress` (the room's configuration when that join creates it):
+//! - `participant` (`AutoParticipantEgress`): every participant that publishes is recorded
+//!   into one file (its camera and microphone, as StartParticipantEgress does);
+//! - `tracks` (`AutoTrackEgress`): every published track is recorded into a file of its
+//!   own (as StartTrackEgress does), the file path a template;
+//! - `room` (a room composite) is refused: it renders and encodes a layout, and Prism
+//!   records tracks without transcoding.
+//!
+//! The room (`rtc::egress`) starts them; they end as the egresses they stand for do.
+
+use prism_proto::livekit as lk;
+
+use crate::auth::Claims;
+
+/// Why a recording request is refused: something Prism does not do (Twirp
+/// `unimplemented`), or a request that cannot be right (`invalid_argument`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Unimplemented(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unimplemented(m) | Self::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+/// "`what` is not supported by Prism", as `unimplemented`.
+pub fn unimplemented(what: &str) -> Refusal {
+    Refusal::Unimplemented(format!("{what} is not supported by Prism"))
+}
+
+/// The one file output of a request: Prism writes exactly one file per egress. Returns
+/// its path template and whether Ogg was asked for.
+pub fn one_file(
+    deprecated: Option<&lk::EncodedFileOutput>,
+    files: &[lk::EncodedFileOutput],
+    streams: usize,
+    segments: usize,
+    images: usize,
+) -> Result<(String, bool), Refusal> {
+    if streams > 0 {
+        return Err(unimplemented(
+            "streaming (RTMP, SRT or WebSocket outputs); Prism records to files",
+        ));
+    }
+    if segments > 0 {
+        return Err(unimplemented("segmented (HLS) output, not yet,"));
+    }
+    if images > 0 {
+        return Err(unimplemented("image output (it needs a decoder)"));
+    }
+    let all: Vec<&lk::EncodedFileOutput> = deprecated.into_iter().chain(files).collect();
+    let [f] = all.as_slice() else {
+        return Err(Refusal::Invalid(
+            "exactly one file output is required (file_outputs)".into(),
+        ));
+    };
+    if f.s3.is_some() {
+        return Err(unimplemented(
+            "S3 upload, not yet (recordings go to local storage),",
+        ));
+    }
+    match f.file_type() {
+        lk::EncodedFileType::Mp4 => Err(Refusal::Invalid(
+            "MP4 output is for H.264, which Prism does not record yet: use DEFAULT_FILETYPE (WebM)"
+                .into(),
+        )),
+        lk::EncodedFileType::Mp3 => Err(unimplemented("MP3 output (it needs an encoder)")),
+        t => Ok((f.filepath.clone(), t == lk::EncodedFileType::Ogg)),
+    }
+}
+
+/// Every participant that publishes, recorded into one file each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoParticipant {
+    /// The path template (empty: `{room_name}/{publisher_identity}-{time}`).
+    pub filepath: String,
+    pub want_ogg: bool,
+    /// As asked, for each egress's `EgressInfo.request`.
+    pub file: lk::EncodedFileOutput,
+}
+
+/// A room's auto-egress, checked.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AutoEgress {
+    pub participant: Option<AutoParticipant>,
+    /// Every published track, into this path template (empty:
+    /// `{room_name}/{publisher_identity}-{track_id}-{time}`).
+    pub tracks: Option<String>,
+}
+
+impl AutoEgress {
+    /// Checks a `RoomEgress`; `None` if it asks for nothing.
+    pub fn from_request(e: &lk::RoomEgress) -> Result<Option<Self>, Refusal> {
+        if e.room.is_some() {
+            return Err(Refusal::Unimplemented(
+                "auto room composite egress (egress.room) is not supported by Prism: a room \
+                 composite renders and encodes a layout, and Prism records tracks without \
+                 transcoding; use egress.participant (one file per participant) or \
+                 egress.tracks (one file per track)"
+                    .into(),
+            ));
+        }
+        let participant = match &e.participant {
+            Some(p) => {
+                let (filepath, want_ogg) =
+                    one_file(None, &p.file_outputs, 0, p.segment_outputs.len(), 0)?;
+                Some(AutoParticipant {
+                    filepath,
+                    want_ogg,
+                    file: p.file_outputs[0].clone(),
+                })
+            }
+            None => None,
+        };
+        let tracks = match &e.tracks {
+            Some(t) => {
+                if t.output.is_some() {
+                    return Err(unimplemented(
+                        "cloud upload (S3, GCP, Azure, AliOSS) of auto track egress, not yet \
+                         (recordings go to local storage),",
+                    ));
+                }
+                Some(t.filepath.clone())
+            }
+            None => None,
+        };
+        if participant.is_none() && tracks.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            participant,
+            tracks,
+        }))
+    }
+
+    /// A join token's `roomConfig.egress` (protobuf JSON), for the room that join creates.
+    /// One that cannot be read or is refused asks for nothing, with a warning: the join
+    /// itself goes on.
+    pub fn from_token(claims: &Claims) -> Option<Self> {
+        let value = claims.room_config_egress()?;
+        let parsed = crate::twirp::codec::pool()
+            .ok()
+            .and_then(|pool| pool.get_message_by_name("livekit.RoomEgress"))
+            .and_then(|desc| {
+                let bytes = serde_json::to_vec(value).ok()?;
+                crate::twirp::codec::json_to_dynamic(&desc, &bytes).ok()
+            })
+            .and_then(|m| m.transcode_to::<lk::RoomEgress>().ok());
+        let Some(e) = parsed else {
+            tracing::warn!("the token's roomConfig.egress cannot be read; ignored");
+            return None;
+        };
+        match Self::from_request(&e) {
+            Ok(a) => a,
+            Err(r) => {
+                tracing::warn!(reason = %r, "the token's roomConfig.egress is refused; ignored");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> lk::EncodedFileOutput {
+        lk::EncodedFileOutput {
+            filepath: path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn participant_and_tracks_are_taken_and_a_room_composite_is_refused() {
+        let e = lk::RoomEgress {
+            participant: Some(lk::AutoParticipantEgress {
+                file_outputs: vec![file("{room_name}/{publisher_identity}.webm")],
+                ..Default::default()
+            }),
+            tracks: Some(lk::AutoTrackEgress {
+                filepath: "{room_name}/{track_id}".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = AutoEgress::from_request(&e).unwrap().unwrap();
+        assert_eq!(
+            a.participant.unwrap().filepath,
+            "{room_name}/{publisher_identity}.webm"
+        );
+        assert_eq!(a.tracks.as_deref(), Some("{room_name}/{track_id}"));
+        assert_eq!(
+            AutoEgress::from_request(&lk::RoomEgress::default()),
+            Ok(None)
+        );
+
+        let room = lk::RoomEgress {
+            room: Some(lk::RoomCompositeEgressRequest::default()),
+            ..e.clone()
+        };
+        let Err(Refusal::Unimplemented(m)) = AutoEgress::from_request(&room) else {
+            panic!("a room composite must be refused");
+        };
+        assert!(
+            m.contains("egress.room") && m.contains("without transcoding"),
+            "{m}"
+        );
+
+        let upload = lk::RoomEgress {
+            tracks: Some(lk::AutoTrackEgress {
+                output: Some(lk::auto_track_egress::Output::Gcp(lk::GcpUpload {})),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            AutoEgress::from_request(&upload),
+            Err(Refusal::Unimplemented(_))
+        ));
+        let two_files = lk::RoomEgress {
+            participant: Some(lk::AutoParticipantEgress {
+                file_outputs: vec![file("a"), file("b")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            AutoEgress::from_request(&two_files),
+            Err(Refusal::Invalid(_))
+        ));
+    }
+}
