@@ -142,30 +142,24 @@ impl AutoEgress {
         }))
     }
 
-    /// A join token's `roomConfig.egress` (protobuf JSON), for the room that join creates.
-    /// One that cannot be read or is refused asks for nothing, with a warning: the join
-    /// itself goes on.
-    pub fn from_token(claims: &Claims) -> Option<Self> {
-        let value = claims.room_config_egress()?;
-        let parsed = crate::twirp::codec::pool()
-            .ok()
-            .and_then(|pool| pool.get_message_by_name("livekit.RoomEgress"))
-            .and_then(|desc| {
-                let bytes = serde_json::to_vec(value).ok()?;
-                crate::twirp::codec::json_to_dynamic(&desc, &bytes).ok()
-            })
-            .and_then(|m| m.transcode_to::<lk::RoomEgress>().ok());
-        let Some(e) = parsed else {
-            tracing::warn!("the token's roomConfig.egress cannot be read; ignored");
-            return None;
+    /// A join token's `roomConfig.egress` (protobuf JSON), for the room that join creates:
+    /// `Ok(None)` if it asks for nothing, a refusal if it cannot be read or asks for what
+    /// Prism does not do (the caller counts it, warns, and lets the join go on).
+    pub fn from_token(claims: &Claims) -> Result<Option<Self>, Refusal> {
+        let Some(value) = claims.room_config_egress() else {
+            return Ok(None);
         };
-        match Self::from_request(&e) {
-            Ok(a) => a,
-            Err(r) => {
-                tracing::warn!(reason = %r, "the token's roomConfig.egress is refused; ignored");
-                None
-            }
-        }
+        let unreadable = |e: String| Refusal::Invalid(format!("roomConfig.egress: {e}"));
+        let desc = crate::twirp::codec::pool()
+            .map_err(|e| unreadable(e.to_string()))?
+            .get_message_by_name("livekit.RoomEgress")
+            .ok_or_else(|| unreadable("no RoomEgress descriptor".into()))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| unreadable(e.to_string()))?;
+        let e = crate::twirp::codec::json_to_dynamic(&desc, &bytes)
+            .map_err(|e| unreadable(e.to_string()))?
+            .transcode_to::<lk::RoomEgress>()
+            .map_err(|e| unreadable(e.to_string()))?;
+        Self::from_request(&e)
     }
 }
 
@@ -178,6 +172,35 @@ mod tests {
             filepath: path.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_token_room_config_is_read_and_a_bad_one_refused() {
+        let mut c = Claims::default();
+        assert_eq!(AutoEgress::from_token(&c), Ok(None));
+        c.other.insert(
+            "roomConfig".into(),
+            serde_json::json!({"egress": {"tracks": {"filepath": "{room_name}/{track_id}"}}}),
+        );
+        let a = AutoEgress::from_token(&c).unwrap().unwrap();
+        assert_eq!(a.tracks.as_deref(), Some("{room_name}/{track_id}"));
+        assert!(a.participant.is_none());
+        c.other.insert(
+            "roomConfig".into(),
+            serde_json::json!({"egress": {"tracks": {"filepath": 3}}}),
+        );
+        assert!(matches!(
+            AutoEgress::from_token(&c),
+            Err(Refusal::Invalid(_))
+        ));
+        c.other.insert(
+            "roomConfig".into(),
+            serde_json::json!({"egress": {"room": {"roomName": "x"}}}),
+        );
+        assert!(matches!(
+            AutoEgress::from_token(&c),
+            Err(Refusal::Unimplemented(_))
+        ));
     }
 
     #[test]

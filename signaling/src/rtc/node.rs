@@ -67,6 +67,9 @@ pub struct Counters {
     pub data_relayed: AtomicU64,
     pub slow_sessions: AtomicU64,
     pub media_errors: AtomicU64,
+    /// Join tokens whose `roomConfig.egress` could not be read or asked for what Prism
+    /// does not record (the join went on without it).
+    pub refused_egress: AtomicU64,
 }
 
 impl Counters {
