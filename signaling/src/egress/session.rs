@@ -34,7 +34,12 @@ pub const NACK_EVERY: Duration = Duration::from_millis(50);
 pub const PLI_EVERY: Duration = Duration::from_millis(500);
 pub const SYNC_WAIT: Duration = Duration::from_secs(3);
 /// Frames are held at most this long for a stream that has none queued (muted, stalled).
-const INTERLEAVE_WAIT: f64 = 1.0;
+/// It must cover a stream's jitter buffer holding a gap ([`JITTER_WINDOW`]) on top of
+/// how far its media times lag their arrival: an SDK's audio source buffers before it
+/// sends (LiveKit's Python SDK about 0.5 s), so with 1 s, audio held for a lost packet
+/// came out older than video already written, and the muxer had to stack it on one
+/// timestamp (ffmpeg: "non monotonically increasing dts"; seen under 5 % loss).
+const INTERLEAVE_WAIT: f64 = 2.0;
 /// Packets a jitter buffer holds at most.
 const MAX_BUFFERED: usize = 4096;
 /// The recorder's own SSRC in the RTCP it sends.
