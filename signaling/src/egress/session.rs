@@ -129,6 +129,11 @@ struct Stream {
     /// packet of it was lost.
     partial: Option<(u64, bool, Vec<u8>, bool)>,
     need_keyframe: bool,
+    /// A gap was given up between frames: the next frame's picture id tells whether it
+    /// held a frame or only padding (a probe the forwarder never received).
+    gap: bool,
+    /// The picture id of the last frame started, and whether it is 15 bits wide.
+    last_picture: Option<(u16, bool)>,
     dropped: u64,
     last_pli: Option<Instant>,
     frames: VecDeque<Frame>,
@@ -176,6 +181,8 @@ impl Stream {
             missing: BTreeMap::new(),
             partial: None,
             need_keyframe: spec.codec.is_video(),
+            gap: false,
+            last_picture: None,
             dropped: 0,
             last_pli: None,
             frames: VecDeque::new(),
@@ -274,8 +281,9 @@ impl Stream {
         if let Some(p) = self.partial.as_mut() {
             p.3 = true;
         } else if self.spec.codec.is_video() {
-            // The gap may have held a whole frame: what follows cannot decode.
-            self.need_keyframe = true;
+            // The gap may have held a whole frame (then what follows cannot decode), or
+            // only padding: the next frame's picture id tells (`depacketize`).
+            self.gap = true;
         }
     }
 
@@ -302,6 +310,12 @@ impl Stream {
                         // The previous frame never ended: its marker packet was lost.
                         self.need_keyframe = true;
                     }
+                    let picture = d.picture_id.map(|p| (p, d.picture_id_15bit));
+                    if std::mem::take(&mut self.gap) && !follows(self.last_picture, picture) {
+                        // A frame may have been lost in the gap.
+                        self.need_keyframe = true;
+                    }
+                    self.last_picture = picture;
                     let key = body.first().is_some_and(|h| h & 1 == 0);
                     self.partial = Some((p.ts, key, Vec::new(), false));
                 }
@@ -339,6 +353,17 @@ impl Stream {
                 }
             }
         }
+    }
+}
+
+/// Whether picture id `next` comes right after `last` (both known, the same width).
+fn follows(last: Option<(u16, bool)>, next: Option<(u16, bool)>) -> bool {
+    match (last, next) {
+        (Some((l, lw)), Some((n, nw))) if lw == nw => {
+            let mask = if nw { 0x7FFF } else { 0x7F };
+            n == (l + 1) & mask
+        }
+        _ => false,
     }
 }
 
@@ -784,6 +809,51 @@ mod tests {
         assert_eq!(out.frames, 3, "{out:?}");
         assert!(out.error.is_none());
         assert_eq!(&sink.data[..4], &[0x1A, 0x45, 0xDF, 0xA3]);
+    }
+
+    /// A VP8 payload whose descriptor carries a 15-bit picture id.
+    fn vp8_pid(first: bool, key: bool, pid: u16) -> Vec<u8> {
+        let mut p = vec![if first { 0x90 } else { 0x80 }, 0x80];
+        p.extend_from_slice(&(0x8000 | pid).to_be_bytes());
+        p.extend_from_slice(&vp8(first, key)[1..]);
+        p
+    }
+
+    /// Frames of two packets with picture ids `pids` (the first a keyframe), one sequence
+    /// number skipped before the third frame; the frames written.
+    fn gap_before_third_frame(pids: &[u16]) -> u64 {
+        let (t0, mut s) = video_session();
+        let mut seq = 0u16;
+        for (i, &pid) in pids.iter().enumerate() {
+            if i == 2 {
+                seq += 1; // lost before the forwarder, never numbered
+            }
+            for k in 0..2 {
+                let p = rtp(
+                    V,
+                    seq,
+                    i as u32 * 3000,
+                    k == 1,
+                    &vp8_pid(k == 0, i == 0, pid),
+                );
+                s.on_datagram(t0, 0.0, &p);
+                seq += 1;
+            }
+            s.poll(t0, 0.0);
+        }
+        s.poll(t0 + JITTER_WINDOW, 0.0);
+        let (out, _) = s.finish(0.0);
+        out.frames
+    }
+
+    #[test]
+    fn a_gap_between_consecutive_pictures_loses_nothing_but_a_missing_picture_does() {
+        // Padding lost before the forwarder: the pictures follow each other.
+        assert_eq!(gap_before_third_frame(&[10, 11, 12, 13]), 4);
+        // A whole frame (picture 12) lost: nothing decodes until a keyframe.
+        assert_eq!(gap_before_third_frame(&[10, 11, 13, 14]), 2);
+        assert!(follows(Some((0x7FFF, true)), Some((0, true))));
+        assert!(!follows(None, Some((0, true))));
     }
 
     #[test]
