@@ -63,9 +63,11 @@ impl AppState {
                 .unwrap_or_else(|| crate::egress::DEFAULT_DIRECTORY.into()),
         );
         let agents = AgentService::start()?;
+        let mut room_defaults = options.room_defaults;
+        room_defaults.egresses = Some(egresses.clone());
         let rooms = RoomManager::start(
             forwarder.client(),
-            options.room_defaults,
+            room_defaults,
             std::sync::Arc::new(agents.clone()),
         );
         Ok(Self {

@@ -243,6 +243,15 @@ impl Claims {
             .unwrap_or_default()
     }
 
+    /// The token's `roomConfig.egress` (LiveKit's `RoomConfiguration.egress`, a
+    /// `RoomEgress` in protobuf's JSON), unread: `egress::auto` reads it.
+    pub fn room_config_egress(&self) -> Option<&serde_json::Value> {
+        self.other
+            .get("roomConfig")?
+            .get("egress")
+            .filter(|v| !v.is_null())
+    }
+
     /// `roomRecord`: LiveKit's grant for the Egress service.
     pub fn ensure_record(&self) -> Result<(), AuthError> {
         if self.grant()?.room_record {

@@ -219,7 +219,7 @@ pub fn add_track_for(
     let repaired_rid_ext_id = choice.rtx_pt.map_or(0, |_| {
         ext_id("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id")
     });
-    let rids: Vec<&str> = section.send_rids().collect();
+    let rids = spatial_order(section.send_rids().collect());
     let layers: Vec<pb::Layer> = if !rids.is_empty() && rid_ext_id != 0 {
         rids.iter()
             .enumerate()
@@ -272,6 +272,22 @@ pub fn add_track_for(
     }))
 }
 
+/// Simulcast rids, lowest resolution first: spatial layer `i` is the `i`-th. Subscribers
+/// (and recordings) ask for layer 2 as "the best", and the forwarder settles for the
+/// closest lower layer, so indices must grow with resolution. LiveKit's SDKs name their
+/// layers `q`, `h` and `f` (quarter, half and full resolution) but do not all offer them
+/// in that order: libwebrtc in the Rust SDK (under the Python SDK) offers `h` before `q`,
+/// which once made the lower layer look like the higher one. Those names are ranked by
+/// what they mean; other rids keep the offer's order (browsers list them lowest first).
+pub(crate) fn spatial_order(mut rids: Vec<&str>) -> Vec<&str> {
+    const LIVEKIT: [&str; 3] = ["q", "h", "f"];
+    let rank = |r: &str| LIVEKIT.iter().position(|l| *l == r);
+    if rids.iter().all(|r| rank(r).is_some()) {
+        rids.sort_by_key(|r| rank(r));
+    }
+    rids
+}
+
 /// The transport's header extension ids from what an answer chose (one id per extension
 /// across the bundle, which the answer guarantees), and whether the peer takes
 /// transport-cc feedback: it negotiated the extension and `a=rtcp-fb:… transport-cc` on
@@ -321,6 +337,16 @@ pub fn extension_ids<'a>(
 mod tests {
     use super::*;
     use crate::sdp::Direction;
+
+    #[test]
+    fn livekit_rids_are_ordered_by_resolution_others_as_offered() {
+        // The Python (Rust) SDK offers its half-resolution layer first.
+        assert_eq!(spatial_order(vec!["h", "q"]), ["q", "h"]);
+        assert_eq!(spatial_order(vec!["f", "h", "q"]), ["q", "h", "f"]);
+        assert_eq!(spatial_order(vec!["q", "h", "f"]), ["q", "h", "f"]);
+        assert_eq!(spatial_order(vec!["hi", "lo"]), ["hi", "lo"]);
+        assert_eq!(spatial_order(vec!["2", "0", "1"]), ["2", "0", "1"]);
+    }
 
     fn choice(direction: Direction, fb: &[&str], extmaps: &[(u16, &str)]) -> SectionChoice {
         SectionChoice {

@@ -146,7 +146,7 @@ pub async fn render(state: &AppState) -> Result<String, String> {
         header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {v}");
     }
-    let totals: [(&str, &str, u64); 7] = [
+    let totals: [(&str, &str, u64); 8] = [
         (
             "prism_joins_total",
             "Participants admitted.",
@@ -181,6 +181,11 @@ pub async fn render(state: &AppState) -> Result<String, String> {
             "prism_media_command_errors_total",
             "Media-plane commands answered with an error.",
             Counters::get(&counters.media_errors),
+        ),
+        (
+            "prism_egress_config_refused_total",
+            "Join tokens whose roomConfig.egress was unreadable or refused (joined without it).",
+            Counters::get(&counters.refused_egress),
         ),
     ];
     for (name, help, v) in totals {

@@ -6,6 +6,8 @@
 //! when it gave up on a gap ([`Assembler::lost`]). Here:
 //! - **VP8** (RFC 7741): a frame runs from the packet with the start bit (partition 0) to
 //!   the one with the marker; a keyframe is one whose header says so and carries a size.
+//!   A gap given up between two frames is a loss only if their picture ids do not follow
+//!   each other: otherwise it held only padding (probes the forwarder never received).
 //! - **H.264** (RFC 6184, non-interleaved mode): single NAL unit packets, STAP-A
 //!   aggregates and FU-A fragments are rebuilt into NAL units and written in AVCC form
 //!   (each NAL unit after its 4-byte big-endian length), one access unit per RTP
@@ -58,10 +60,27 @@ pub struct Assembler {
     partial: Option<Partial>,
     /// Nothing but a keyframe can be written (at the start, and after a loss).
     pub need_keyframe: bool,
-    /// Frames dropped for loss after the first one was delivered.
+    /// Frames dropped for loss after the first one was delivered (drops before the
+    /// first keyframe are the normal start, not losses).
     pub dropped: u64,
     frames_out: u64,
     params: ParamSets,
+    /// VP8: a gap was given up between frames; the next frame's picture id tells whether
+    /// it held a frame or only padding.
+    gap: bool,
+    /// VP8: the picture id of the last frame started, and whether it is 15 bits wide.
+    last_picture: Option<(u16, bool)>,
+}
+
+/// Whether VP8 picture id `next` comes right after `last` (both known, the same width).
+fn follows(last: Option<(u16, bool)>, next: Option<(u16, bool)>) -> bool {
+    match (last, next) {
+        (Some((l, lw)), Some((n, nw))) if lw == nw => {
+            let mask = if nw { 0x7FFF } else { 0x7F };
+            n == l.wrapping_add(1) & mask
+        }
+        _ => false,
+    }
 }
 
 /// Width and height from a VP8 keyframe's header (RFC 6386 §9.1).
@@ -83,6 +102,8 @@ impl Assembler {
             dropped: 0,
             frames_out: 0,
             params: ParamSets::default(),
+            gap: false,
+            last_picture: None,
         }
     }
 
@@ -94,8 +115,12 @@ impl Assembler {
     pub fn lost(&mut self) {
         if let Some(p) = self.partial.as_mut() {
             p.broken = true;
+        } else if self.codec == MediaCodec::Vp8 {
+            // The gap may have held a whole frame (then what follows cannot decode), or
+            // only padding: the next frame's picture id tells (`push_vp8`).
+            self.gap = true;
         } else if self.codec.is_video() {
-            // The gap may have held a whole frame: what follows cannot decode.
+            // The gap may have held a whole access unit: what follows cannot decode.
             self.need_keyframe = true;
         }
     }
@@ -130,6 +155,12 @@ impl Assembler {
                 // The previous frame never ended: its marker packet was lost.
                 self.need_keyframe = true;
             }
+            let picture = d.picture_id.map(|p| (p, d.picture_id_15bit));
+            if std::mem::take(&mut self.gap) && !follows(self.last_picture, picture) {
+                // A frame may have been lost in the gap.
+                self.need_keyframe = true;
+            }
+            self.last_picture = picture;
             let key = body.first().is_some_and(|h| h & 1 == 0);
             self.partial = Some(Partial {
                 ts: p.ts,
@@ -313,6 +344,78 @@ mod tests {
             v.extend_from_slice(n);
         }
         v
+    }
+
+    /// A VP8 frame of two packets, its descriptor carrying picture id `pid` (15 bits) or
+    /// none.
+    fn vp8_frame(
+        a: &mut Assembler,
+        out: &mut VecDeque<Frame>,
+        ts: u64,
+        pid: Option<u16>,
+        key: bool,
+    ) {
+        for first in [true, false] {
+            let mut p = vec![if first { 0x10 } else { 0x00 }];
+            if let Some(pid) = pid {
+                p[0] |= 0x80;
+                p.push(0x80);
+                p.extend_from_slice(&(0x8000 | pid).to_be_bytes());
+            }
+            if first && key {
+                p.extend_from_slice(&[0x00, 0x00, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00]);
+            } else if first {
+                p.extend_from_slice(&[0x01, 0x00, 0x00]);
+            } else {
+                p.extend_from_slice(&[0xAB; 8]);
+            }
+            a.push(pkt(ts, !first, p), out);
+        }
+    }
+
+    #[test]
+    fn vp8_a_gap_between_consecutive_pictures_is_padding_and_a_missing_picture_a_loss() {
+        let mut a = Assembler::new(MediaCodec::Vp8);
+        let mut out = VecDeque::new();
+        // Delta frames before the first keyframe are the normal start, not drops.
+        vp8_frame(&mut a, &mut out, 0, Some(9), false);
+        assert!(out.is_empty() && a.need_keyframe);
+        assert_eq!(a.dropped, 0);
+        vp8_frame(&mut a, &mut out, 3000, Some(10), true);
+        vp8_frame(&mut a, &mut out, 6000, Some(11), false);
+        assert_eq!(out.len(), 2);
+        // A gap given up, and the next picture follows: only padding was lost.
+        a.lost();
+        vp8_frame(&mut a, &mut out, 9000, Some(12), false);
+        assert_eq!(out.len(), 3);
+        assert!(!a.need_keyframe);
+        assert_eq!(a.dropped, 0);
+        // A gap that held picture 13: dropped until a keyframe.
+        a.lost();
+        vp8_frame(&mut a, &mut out, 15000, Some(14), false);
+        vp8_frame(&mut a, &mut out, 18000, Some(15), false);
+        assert_eq!(out.len(), 3);
+        assert!(a.need_keyframe);
+        assert_eq!(a.dropped, 2);
+        vp8_frame(&mut a, &mut out, 21000, Some(16), true);
+        assert_eq!(out.len(), 4);
+        assert!(out[3].keyframe && !a.need_keyframe);
+        // Without picture ids a gap between frames cannot be told from a lost frame.
+        a.lost();
+        vp8_frame(&mut a, &mut out, 24000, None, false);
+        assert_eq!(out.len(), 4);
+        assert_eq!(a.dropped, 3);
+    }
+
+    #[test]
+    fn picture_ids_follow_across_their_wrap_and_only_at_one_width() {
+        assert!(follows(Some((0x7FFF, true)), Some((0, true))));
+        assert!(follows(Some((0x7F, false)), Some((0, false))));
+        assert!(follows(Some((5, true)), Some((6, true))));
+        assert!(!follows(Some((5, true)), Some((7, true))));
+        assert!(!follows(Some((5, false)), Some((6, true))));
+        assert!(!follows(None, Some((0, true))));
+        assert!(!follows(Some((0, true)), None));
     }
 
     #[test]

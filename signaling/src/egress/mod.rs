@@ -10,7 +10,14 @@
 //! This module keeps every egress's [`lk::EgressInfo`] for ListEgress and StopEgress,
 //! which outlive the room and the recorder: a recording that ended (stopped, its room
 //! closed, its disk full) is still listed with its status, files and error.
+//!
+//! A recording ends when it is stopped (StopEgress), when its room closes, when what it
+//! records goes away (a participant egress when the participant leaves, a track egress
+//! when its tracks are unpublished), or when its recorder fails (a full disk, a panic):
+//! the recorder always finalizes its file and reports, so no egress stays active with
+//! nobody recording. Rooms can also start recordings by themselves ([`auto`]).
 
+pub mod auto;
 pub mod avc;
 pub mod depack;
 pub mod hls;
@@ -229,6 +236,15 @@ impl Egresses {
         Ok((room, rx))
     }
 
+    /// A running egress is ending by itself (what it records went away): listed as
+    /// `EGRESS_ENDING` until its recorder has finalized the file.
+    pub(crate) fn ending(&self, id: &str) {
+        if let Some(e) = self.entries().get_mut(id).filter(|e| is_active(&e.info)) {
+            e.info.set_status(lk::EgressStatus::EgressEnding);
+            e.info.updated_at = now_ns();
+        }
+    }
+
     /// Waits (blocking, at most `limit`) until no egress is running: on shutdown, after
     /// the rooms have stopped theirs, so every file is final before the process exits.
     pub fn wait_idle(&self, limit: Duration) -> bool {
@@ -272,6 +288,75 @@ fn chrono_like_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn registered(
+        e: &Egresses,
+        id: &str,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<crate::rtc::room::RoomMsg> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let room = RoomHandle {
+            tx,
+            name: crate::rtc::RoomName::new("r".to_owned()),
+        };
+        e.begin(
+            lk::EgressInfo {
+                egress_id: id.into(),
+                status: lk::EgressStatus::EgressActive as i32,
+                file_results: vec![lk::FileInfo::default()],
+                ..Default::default()
+            },
+            room,
+        );
+        rx
+    }
+
+    #[test]
+    fn a_recorder_that_failed_ends_its_egress_failed_and_tells_the_room() {
+        let e = Egresses::new("/rec");
+        let mut room = registered(&e, "EG_1");
+        assert_eq!(e.list("", "", true).len(), 1);
+        e.ended(
+            "EG_1",
+            &Outcome {
+                bytes: 10,
+                error: Some("the recorder failed: panicked: boom".into()),
+                ..Outcome::default()
+            },
+        );
+        let i = e.get("EG_1").unwrap();
+        assert_eq!(i.status(), lk::EgressStatus::EgressFailed);
+        assert!(i.error.contains("panicked: boom"), "{}", i.error);
+        assert_eq!(i.file_results[0].size, 10);
+        assert!(e.list("", "", true).is_empty());
+        assert!(
+            room.try_recv().is_ok(),
+            "the room is told (its transport goes)"
+        );
+        assert!(e.wait_idle(Duration::ZERO));
+    }
+
+    #[test]
+    fn an_egress_whose_subject_went_is_ending_then_complete() {
+        let e = Egresses::new("/rec");
+        let _room = registered(&e, "EG_2");
+        e.ending("EG_2");
+        assert_eq!(
+            e.get("EG_2").unwrap().status(),
+            lk::EgressStatus::EgressEnding
+        );
+        assert!(!e.wait_idle(Duration::ZERO), "still finalizing");
+        e.ended("EG_2", &Outcome::default());
+        assert_eq!(
+            e.get("EG_2").unwrap().status(),
+            lk::EgressStatus::EgressComplete
+        );
+        // An ended egress is not made ending again.
+        e.ending("EG_2");
+        assert_eq!(
+            e.get("EG_2").unwrap().status(),
+            lk::EgressStatus::EgressComplete
+        );
+    }
 
     #[test]
     fn paths_are_templated_and_placed_under_the_directory() {

@@ -39,7 +39,12 @@ pub const NACK_EVERY: Duration = Duration::from_millis(50);
 pub const PLI_EVERY: Duration = Duration::from_millis(500);
 pub const SYNC_WAIT: Duration = Duration::from_secs(3);
 /// Frames are held at most this long for a stream that has none queued (muted, stalled).
-const INTERLEAVE_WAIT: f64 = 1.0;
+/// It must cover a stream's jitter buffer holding a gap ([`JITTER_WINDOW`]) on top of
+/// how far its media times lag their arrival: an SDK's audio source buffers before it
+/// sends (LiveKit's Python SDK about 0.5 s), so with 1 s, audio held for a lost packet
+/// came out older than video already written, and the muxer had to stack it on one
+/// timestamp (ffmpeg: "non monotonically increasing dts"; seen under 5 % loss).
+const INTERLEAVE_WAIT: f64 = 2.0;
 /// Packets a jitter buffer holds at most.
 const MAX_BUFFERED: usize = 4096;
 /// The recorder's own SSRC in the RTCP it sends.
@@ -675,6 +680,49 @@ mod tests {
         assert_eq!(out.frames, 3, "{out:?}");
         assert!(out.error.is_none());
         assert_eq!(&sink.data[..4], &[0x1A, 0x45, 0xDF, 0xA3]);
+    }
+
+    /// A VP8 payload whose descriptor carries a 15-bit picture id.
+    fn vp8_pid(first: bool, key: bool, pid: u16) -> Vec<u8> {
+        let mut p = vec![if first { 0x90 } else { 0x80 }, 0x80];
+        p.extend_from_slice(&(0x8000 | pid).to_be_bytes());
+        p.extend_from_slice(&vp8(first, key)[1..]);
+        p
+    }
+
+    /// Frames of two packets with picture ids `pids` (the first a keyframe), one sequence
+    /// number skipped before the third frame; the frames written.
+    fn gap_before_third_frame(pids: &[u16]) -> u64 {
+        let (t0, mut s) = video_session();
+        let mut seq = 0u16;
+        for (i, &pid) in pids.iter().enumerate() {
+            if i == 2 {
+                seq += 1; // lost before the forwarder, never numbered
+            }
+            for k in 0..2 {
+                let p = rtp(
+                    V,
+                    seq,
+                    i as u32 * 3000,
+                    k == 1,
+                    &vp8_pid(k == 0, i == 0, pid),
+                );
+                s.on_datagram(t0, 0.0, &p);
+                seq += 1;
+            }
+            s.poll(t0, 0.0);
+        }
+        s.poll(t0 + JITTER_WINDOW, 0.0);
+        let (out, _) = s.finish(0.0);
+        out.frames
+    }
+
+    #[test]
+    fn a_gap_between_consecutive_pictures_loses_nothing_but_a_missing_picture_does() {
+        // Padding lost before the forwarder: the pictures follow each other.
+        assert_eq!(gap_before_third_frame(&[10, 11, 12, 13]), 4);
+        // A whole frame (picture 12) lost: nothing decodes until a keyframe.
+        assert_eq!(gap_before_third_frame(&[10, 11, 13, 14]), 2);
     }
 
     #[test]

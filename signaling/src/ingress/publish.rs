@@ -214,10 +214,12 @@ impl Room {
         }
         tracing::info!(room = %self.name, participant = %pid, identity = %spec.identity, tracks = tracks.len(), "RTMP ingress publishing");
         let infos: Vec<lk::TrackInfo> = tracks.iter().map(|(t, _)| t.info.clone()).collect();
-        for (t, _) in &tracks {
-            let sid: TrackSid = t.sid();
-            self.subscribe_everyone(&sid);
+        let sids: Vec<TrackSid> = tracks.iter().map(|(t, _)| t.sid()).collect();
+        for sid in &sids {
+            self.subscribe_everyone(sid);
         }
+        // A room that records itself records the stream too (what Prism can record).
+        self.auto_egress_published(&pid, &sids);
         Ok(RtmpPublished {
             core,
             participant_sid: pid.to_string(),

@@ -7,13 +7,26 @@
 //! its recorder's socket on loopback, and a down track per recorded track, preferring
 //! the highest simulcast layer. It is not a participant: SDKs never see it, and it does
 //! not keep the room open.
+//!
+//! An egress ends with what it records, as LiveKit's do: a participant egress when its
+//! participant leaves, a track egress (or track composite) when none of its tracks is
+//! published any more. The recorder finalizes the file and the egress is
+//! `EGRESS_COMPLETE`.
+//!
+//! Auto-egress (`crate::egress::auto`): a room created with `egress.tracks` records every
+//! track as it is published; one with `egress.participant` records every publisher into
+//! one file (or one HLS playlist), started once it publishes both a camera and a microphone track, or
+//! [`AUTO_PARTICIPANT_WAIT`] after its first track (SDKs publish them one after the other,
+//! and a recording's streams are fixed when it starts).
+
+use std::time::{Duration, Instant};
 
 use pb::command::Body as Cmd;
 use prism_proto::control as pb;
 use prism_proto::livekit as lk;
 
 use super::error::RtcError;
-use super::ids::{DownTrackId, TrackSid, TransportId};
+use super::ids::{DownTrackId, ParticipantSid, TrackSid, TransportId};
 use super::room::Room;
 use crate::egress::hls::HlsSpec;
 use crate::egress::recorder::{self, Recorder, RecorderSpec};
@@ -22,11 +35,25 @@ use crate::egress::{now_ns, Egresses};
 use crate::media::random_u32;
 use crate::sdp::MediaKind;
 
+/// How long an auto participant egress waits for a publisher's second track.
+pub const AUTO_PARTICIPANT_WAIT: Duration = Duration::from_secs(2);
+
 /// A running recording of the room.
 #[derive(Debug)]
 pub struct RoomEgress {
     pub transport_id: TransportId,
     pub recorder: Recorder,
+    /// What it records, so that it ends with it.
+    pub subject: Subject,
+}
+
+/// What an egress records, for ending it when that goes away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// These tracks, those still published: it ends when none is left.
+    Tracks(Vec<TrackSid>),
+    /// A participant (by identity): it ends when the participant leaves.
+    Participant(String),
 }
 
 /// What to record.
@@ -57,7 +84,7 @@ pub struct EgressRequest {
 }
 
 /// An HLS output: LiveKit's `SegmentedFileOutput` fields, templated like file paths.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SegmentsRequest {
     pub filename_prefix: String,
     pub playlist_name: String,
@@ -312,11 +339,16 @@ impl Room {
             }));
         }
         tracing::info!(room = %self.name, egress = %egress_id, tracks = ?sids, "egress started");
+        let subject = match &req.source {
+            Source::Tracks(_) => Subject::Tracks(sids),
+            Source::Participant { identity, .. } => Subject::Participant(identity.clone()),
+        };
         self.egresses.insert(
             egress_id,
             RoomEgress {
                 transport_id,
                 recorder: rec,
+                subject,
             },
         );
         Ok(info)
@@ -340,6 +372,182 @@ impl Room {
                     room_id: self.id.0,
                     transport_id: e.transport_id.0,
                 }));
+            }
+        }
+    }
+
+    /// Ends egresses by themselves (what they record went away): each recorder finalizes
+    /// its file, and the egress is listed as ending until it has.
+    fn end_egresses(&mut self, ids: Vec<String>) {
+        for id in ids {
+            if let Some(e) = self.egresses.get(&id) {
+                tracing::info!(room = %self.name, egress = %id, subject = ?e.subject, "what the egress records is gone; ending it");
+                e.recorder.stop();
+                if let Some(reg) = &self.egress_registry {
+                    reg.ending(&id);
+                }
+            }
+        }
+    }
+
+    /// A track is no longer published: track egresses with none of their tracks left end.
+    pub(crate) fn egress_tracks_gone(&mut self, gone: &[TrackSid]) {
+        let mut ended = Vec::new();
+        for (id, e) in &mut self.egresses {
+            if let Subject::Tracks(left) = &mut e.subject {
+                let before = left.len();
+                left.retain(|t| !gone.contains(t));
+                if left.is_empty() && before > 0 {
+                    ended.push(id.clone());
+                }
+            }
+        }
+        self.end_egresses(ended);
+    }
+
+    /// A participant left, with its tracks: its participant egresses end, and so do track
+    /// egresses with none of their tracks left.
+    pub(crate) fn egress_participant_left(
+        &mut self,
+        pid: &ParticipantSid,
+        identity: &str,
+        tracks: &[TrackSid],
+    ) {
+        self.auto_waiting.remove(pid);
+        let ended: Vec<String> = self
+            .egresses
+            .iter()
+            .filter(|(_, e)| e.subject == Subject::Participant(identity.to_owned()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.end_egresses(ended);
+        self.egress_tracks_gone(tracks);
+    }
+
+    /// Tracks were published: auto-egress records each (`tracks`), and the publisher
+    /// (`participant`) once it has a camera and a microphone, or after
+    /// [`AUTO_PARTICIPANT_WAIT`].
+    pub(crate) fn auto_egress_published(&mut self, pid: &ParticipantSid, published: &[TrackSid]) {
+        let Some(auto) = self.auto_egress.clone() else {
+            return;
+        };
+        if let Some(template) = &auto.tracks {
+            let filepath = if template.is_empty() {
+                "{room_name}/{publisher_identity}-{track_id}-{time}".to_owned()
+            } else {
+                template.clone()
+            };
+            for sid in published {
+                let req = EgressRequest {
+                    source: Source::Tracks(vec![sid.clone()]),
+                    filepath: filepath.clone(),
+                    want_ogg: false,
+                    want_mp4: false,
+                    segments: None,
+                    request: lk::egress_info::Request::Track(lk::TrackEgressRequest {
+                        room_name: self.name.to_string(),
+                        track_id: sid.to_string(),
+                        output: Some(lk::track_egress_request::Output::File(
+                            lk::DirectFileOutput {
+                                filepath: filepath.clone(),
+                                ..Default::default()
+                            },
+                        )),
+                    }),
+                };
+                self.start_auto(req);
+            }
+        }
+        if auto.participant.is_some() && !published.is_empty() {
+            let started = self.egresses.values().any(|e| {
+                self.participant(pid)
+                    .is_some_and(|p| e.subject == Subject::Participant(p.identity.to_string()))
+            });
+            if !started {
+                let both = self.participant(pid).is_some_and(|p| {
+                    p.tracks.iter().any(|t| t.kind == MediaKind::Video)
+                        && p.tracks.iter().any(|t| t.kind == MediaKind::Audio)
+                });
+                if both {
+                    self.auto_waiting.remove(pid);
+                    self.start_auto_participant(pid);
+                } else {
+                    self.auto_waiting
+                        .entry(pid.clone())
+                        .or_insert_with(|| Instant::now() + AUTO_PARTICIPANT_WAIT);
+                }
+            }
+        }
+    }
+
+    /// Auto participant egresses whose wait for a second track is over (the room's tick).
+    pub(crate) fn auto_egress_tick(&mut self, now: Instant) {
+        let due: Vec<ParticipantSid> = self
+            .auto_waiting
+            .iter()
+            .filter(|(_, &at)| now >= at)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for pid in due {
+            self.auto_waiting.remove(&pid);
+            self.start_auto_participant(&pid);
+        }
+    }
+
+    fn start_auto_participant(&mut self, pid: &ParticipantSid) {
+        let Some(auto) = self
+            .auto_egress
+            .as_ref()
+            .and_then(|a| a.participant.clone())
+        else {
+            return;
+        };
+        let Some(identity) = self.participant(pid).map(|p| p.identity.to_string()) else {
+            return;
+        };
+        // One participant's recording among the room's: its own name by default.
+        let default_path = |p: &str| {
+            if p.is_empty() {
+                "{room_name}/{publisher_identity}-{time}".to_owned()
+            } else {
+                p.to_owned()
+            }
+        };
+        let out = auto.output;
+        let req = EgressRequest {
+            source: Source::Participant {
+                identity: identity.clone(),
+                screen_share: false,
+            },
+            filepath: default_path(&out.filepath),
+            want_ogg: out.want_ogg,
+            want_mp4: out.want_mp4,
+            segments: out.segments.map(|s| SegmentsRequest {
+                filename_prefix: default_path(&s.filename_prefix),
+                ..s
+            }),
+            request: lk::egress_info::Request::Participant(lk::ParticipantEgressRequest {
+                room_name: self.name.to_string(),
+                identity,
+                file_outputs: auto.file_outputs,
+                segment_outputs: auto.segment_outputs,
+                ..Default::default()
+            }),
+        };
+        self.start_auto(req);
+    }
+
+    fn start_auto(&mut self, req: EgressRequest) {
+        let Some(registry) = self.egress_registry.clone() else {
+            return;
+        };
+        let what = format!("{:?}", req.source);
+        match self.start_egress(req, &registry) {
+            Ok(info) => {
+                tracing::info!(room = %self.name, egress = %info.egress_id, source = %what, "auto egress started");
+            }
+            Err(e) => {
+                tracing::warn!(room = %self.name, source = %what, error = %e, "auto egress not started");
             }
         }
     }

@@ -195,6 +195,7 @@ impl Room {
         for t in &tracks {
             self.subscribe_everyone(t);
         }
+        self.auto_egress_published(&pid, &tracks);
         Ok(Created { answer, resource })
     }
 

@@ -10,6 +10,7 @@ use super::room::Room;
 
 impl Room {
     pub(crate) fn tick(&mut self, now: Instant) {
+        self.auto_egress_tick(now);
         let Some(since) = self.empty_since else {
             return;
         };

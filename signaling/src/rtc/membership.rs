@@ -299,6 +299,8 @@ impl Room {
             }));
         }
         let tracks: Vec<TrackSid> = p.tracks.iter().map(super::PubTrack::sid).collect();
+        // Its recordings end with it (as its tracks' do).
+        self.egress_participant_left(pid, &p.identity.to_string(), &tracks);
         let subs: Vec<ParticipantSid> = self.participants.iter().map(|q| q.sid.clone()).collect();
         for t in &tracks {
             for s in &subs {

@@ -202,8 +202,16 @@ impl RoomManager {
     /// Joins a LiveKit session to its room (started if needed).
     pub async fn join(&self, params: JoinParams) -> Result<Joined, RtcError> {
         // A room this join creates dispatches the agents its token asks for.
+        // A token asking for auto-egress Prism cannot do still joins, without it.
+        let egress = crate::egress::auto::AutoEgress::from_token(&params.claims)
+            .unwrap_or_else(|r| {
+                Counters::bump(&self.inner.counters.refused_egress, 1);
+                tracing::warn!(room = %params.room, reason = %r, "the token's roomConfig.egress is refused; joining without it");
+                None
+            });
         let opts = RoomOptions {
             agents: observer::token_agents(&params.claims),
+            egress,
             ..RoomOptions::default()
         };
         for _ in 0..RETRIES {

@@ -21,6 +21,9 @@ pub struct RoomDefaults {
     pub candidate_ips: Arc<[IpAddr]>,
     /// TURN servers for `JoinResponse.ice_servers`, credentials made per participant.
     pub ice_servers: Arc<super::ice_servers::IceServers>,
+    /// The node's recordings, for those rooms start by themselves (auto-egress); the
+    /// server sets it (`AppState`), none in tests that record nothing.
+    pub egresses: Option<crate::egress::Egresses>,
 }
 
 impl RoomDefaults {
@@ -49,6 +52,7 @@ impl Default for RoomDefaults {
             max_participants: 0,
             candidate_ips: Arc::from(Vec::new()),
             ice_servers: Arc::default(),
+            egresses: None,
         }
     }
 }
@@ -63,6 +67,9 @@ pub struct Counters {
     pub data_relayed: AtomicU64,
     pub slow_sessions: AtomicU64,
     pub media_errors: AtomicU64,
+    /// Join tokens whose `roomConfig.egress` could not be read or asked for what Prism
+    /// does not record (the join went on without it).
+    pub refused_egress: AtomicU64,
 }
 
 impl Counters {

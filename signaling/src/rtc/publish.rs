@@ -356,10 +356,11 @@ impl Room {
         if !published.is_empty() || !d.unpublished.is_empty() {
             self.announce(pid);
         }
-        for t in published {
+        for t in &published {
             tracing::info!(participant = %pid, track = %t, "track published");
-            self.subscribe_everyone(&t);
+            self.subscribe_everyone(t);
         }
+        self.auto_egress_published(pid, &published);
         if first_publish {
             if let Some(info) = self.participant(pid).map(super::Participant::info) {
                 self.observer.publisher_started(&self.info(), &info);
@@ -389,6 +390,7 @@ impl Room {
             room_id,
             track_id: t.track_id.0,
         }));
+        self.egress_tracks_gone(std::slice::from_ref(track_sid));
         let subs: Vec<ParticipantSid> = self.participants.iter().map(|q| q.sid.clone()).collect();
         for s in subs {
             // The media plane removes the down tracks with their track.

@@ -169,6 +169,8 @@ pub struct RoomOptions {
     pub metadata: String,
     /// Agents to dispatch when the room starts (CreateRoom's, or a token's `roomConfig`).
     pub agents: Vec<lk::RoomAgentDispatch>,
+    /// Recordings the room starts by itself (CreateRoom's `egress`, or a token's).
+    pub egress: Option<crate::egress::auto::AutoEgress>,
 }
 
 /// A room's state. Reached only from its own task.
@@ -221,6 +223,12 @@ pub struct Room {
     pub(crate) info_cache: HashMap<ParticipantSid, bytes::Bytes>,
     /// Recordings of this room's tracks, by egress id (`egress`).
     pub(crate) egresses: HashMap<String, super::egress::RoomEgress>,
+    /// The node's recordings, where the room registers those it starts by itself.
+    pub(crate) egress_registry: Option<crate::egress::Egresses>,
+    /// What the room records by itself, and the publishers whose participant egress
+    /// waits for their second track (see `egress`).
+    pub(crate) auto_egress: Option<crate::egress::auto::AutoEgress>,
+    pub(crate) auto_waiting: HashMap<ParticipantSid, Instant>,
 }
 
 impl std::fmt::Debug for Room {
@@ -283,6 +291,9 @@ impl Room {
             updates: Vec::new(),
             info_cache: HashMap::new(),
             egresses: HashMap::new(),
+            egress_registry: defaults.egresses.clone(),
+            auto_egress: opts.egress.clone(),
+            auto_waiting: HashMap::new(),
         }
     }
 

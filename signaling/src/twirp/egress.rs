@@ -15,8 +15,9 @@ use prost_reflect::MethodDescriptor;
 use super::codec::{self, Codec};
 use super::{Code, TwirpError};
 use crate::auth::Claims;
+use crate::egress::auto::{self, one_output, Refusal};
 use crate::egress::Egresses;
-use crate::rtc::egress::{EgressRequest, SegmentsRequest, Source};
+use crate::rtc::egress::{EgressRequest, Source};
 use crate::rtc::{RoomManager, RoomName, TrackSid};
 
 /// The service's full name, as in the path.
@@ -34,10 +35,7 @@ pub struct Call<'a> {
 }
 
 fn unimplemented(what: &str) -> TwirpError {
-    TwirpError::new(
-        Code::Unimplemented,
-        format!("{what} is not supported by Prism"),
-    )
+    auto::unimplemented(what).into()
 }
 
 fn required(what: &str, value: &str) -> Result<(), TwirpError> {
@@ -48,81 +46,12 @@ fn required(what: &str, value: &str) -> Result<(), TwirpError> {
     }
 }
 
-/// The one output of a request: a file, or HLS segments.
-#[derive(Debug)]
-struct OneOutput {
-    filepath: String,
-    want_ogg: bool,
-    want_mp4: bool,
-    segments: Option<SegmentsRequest>,
-}
-
-/// The one output of a request: Prism writes one file, or one HLS playlist, per egress.
-fn one_output(
-    deprecated: Option<&lk::EncodedFileOutput>,
-    files: &[lk::EncodedFileOutput],
-    deprecated_segments: Option<&lk::SegmentedFileOutput>,
-    segments: &[lk::SegmentedFileOutput],
-    streams: usize,
-    images: usize,
-) -> Result<OneOutput, TwirpError> {
-    if streams > 0 {
-        return Err(unimplemented(
-            "streaming (RTMP, SRT or WebSocket outputs); Prism records to files",
-        ));
-    }
-    if images > 0 {
-        return Err(unimplemented("image output (it needs a decoder)"));
-    }
-    let all: Vec<&lk::EncodedFileOutput> = deprecated.into_iter().chain(files).collect();
-    let segs: Vec<&lk::SegmentedFileOutput> =
-        deprecated_segments.into_iter().chain(segments).collect();
-    match (all.as_slice(), segs.as_slice()) {
-        ([f], []) => {
-            if f.s3.is_some() {
-                return Err(unimplemented(
-                    "S3 upload, not yet (recordings go to local storage),",
-                ));
-            }
-            match f.file_type() {
-                lk::EncodedFileType::Mp3 => Err(unimplemented("MP3 output (it needs an encoder)")),
-                t => Ok(OneOutput {
-                    filepath: f.filepath.clone(),
-                    want_ogg: t == lk::EncodedFileType::Ogg,
-                    want_mp4: t == lk::EncodedFileType::Mp4,
-                    segments: None,
-                }),
-            }
+impl From<Refusal> for TwirpError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unimplemented(m) => TwirpError::new(Code::Unimplemented, m),
+            Refusal::Invalid(m) => TwirpError::invalid(m),
         }
-        ([], [s]) => {
-            if s.s3.is_some() {
-                return Err(unimplemented(
-                    "S3 upload, not yet (segments go to local storage),",
-                ));
-            }
-            // SegmentedFileProtocol: 0 is the default (HLS), 1 is HLS_PROTOCOL.
-            if s.protocol > 1 {
-                return Err(TwirpError::invalid(format!(
-                    "segmented file protocol {} is unknown: HLS only",
-                    s.protocol
-                )));
-            }
-            Ok(OneOutput {
-                filepath: String::new(),
-                want_ogg: false,
-                want_mp4: false,
-                segments: Some(SegmentsRequest {
-                    filename_prefix: s.filename_prefix.clone(),
-                    playlist_name: s.playlist_name.clone(),
-                    live_playlist_name: s.live_playlist_name.clone(),
-                    segment_duration: s.segment_duration,
-                }),
-            })
-        }
-        _ => Err(TwirpError::invalid(
-            "exactly one output is required: one file (file_outputs) or one segmented \
-             output (segment_outputs)",
-        )),
     }
 }
 

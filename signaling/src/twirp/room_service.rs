@@ -13,6 +13,7 @@ use super::codec::{self, Codec};
 use super::{Code, TwirpError};
 pub use crate::app::RoomServiceOptions;
 use crate::auth::Claims;
+use crate::egress::auto::AutoEgress;
 use crate::rtc::roomservice::{check_metadata, check_send_data};
 use crate::rtc::{RoomManager, RoomName, RoomOptions};
 
@@ -63,12 +64,18 @@ impl Call<'_> {
                 self.claims.ensure_create()?;
                 required("name", &req.name)?;
                 check_metadata(&req.metadata)?;
+                // Auto-egress: a room composite is refused here, saying why.
+                let egress = match &req.egress {
+                    Some(e) => AutoEgress::from_request(e)?,
+                    None => None,
+                };
                 let opts = RoomOptions {
                     empty_timeout: req.empty_timeout,
                     departure_timeout: req.departure_timeout,
                     max_participants: req.max_participants,
                     metadata: req.metadata.clone(),
                     agents: req.agents.clone(),
+                    egress,
                 };
                 let room = rooms.create_room(&RoomName::new(req.name), opts).await?;
                 self.reply(&room)

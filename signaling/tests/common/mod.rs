@@ -132,9 +132,16 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
+        // Ephemeral media ports, unless the test chose one.
+        let media: &[&str] = if extra.contains(&"--udp-port") {
+            &[]
+        } else {
+            &["--media-port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
             .args(["serve", "--dev", "--bind", &format!("127.0.0.1:{port}")])
-            .args(["--media-port", "0", "--cores", "0", "--rtmp-port", "0"])
+            .args(media)
+            .args(["--cores", "0", "--rtmp-port", "0"])
             .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -170,6 +177,15 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http)
+    }
+
+    /// Everything the server has logged so far (stdout and stderr).
+    pub fn log_text(&self) -> String {
+        self.log
+            .iter()
+            .map(|t| t.lock().unwrap().clone())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn assert_alive(&mut self) {

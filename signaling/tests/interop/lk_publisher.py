@@ -10,7 +10,12 @@ and keeps them flowing until told to stop.
 Events (stdout, `event: NAME {json}`): `connected`, `published` {video, audio} (the track
 sids), `local_track_subscribed` {sid} (the server told it that a track got a first
 subscriber: `SignalResponse.track_subscribed`), `permissions` {allow_all, allow}.
-Commands (stdin): `allow-all`, `allow-only ID[,ID…]`, `stop` (or stdin closed).
+`stats` {layers, available_outgoing_bitrate} (what libwebrtc sends per simulcast layer, and
+its bandwidth estimate, from the SDK's GetStats).
+`unpublished` {sid} (after `unpublish video|audio`: the track is unpublished, the
+participant stays).
+Commands (stdin): `allow-all`, `allow-only ID[,ID…]`, `stats`, `unpublish video|audio`,
+`stop` (or stdin closed).
 It prints one JSON line last.
 """
 
@@ -39,6 +44,35 @@ def permissions(room: rtc.Room, allow: list, record: list) -> None:
         room.local_participant.set_track_subscription_permissions(allow_all_participants=True)
     record.append({"allow_all": not allow, "allow": allow})
     event("permissions", allow_all=not allow, allow=allow)
+
+
+async def send_stats(room: rtc.Room) -> None:
+    """Reports what the publisher's encoder sends per layer (size, rate, frames, and why
+    libwebrtc limits it: bandwidth or CPU) and its send-side bandwidth estimate."""
+    stats = await room.get_rtc_stats()
+    layers, available = [], 0.0
+    for s in stats.publisher_stats:
+        kind = s.WhichOneof("stats")
+        if kind == "outbound_rtp" and s.outbound_rtp.stream.kind == "video":
+            o = s.outbound_rtp.outbound
+            layers.append(
+                {
+                    "rid": o.rid,
+                    "width": o.frame_width,
+                    "height": o.frame_height,
+                    "fps": round(o.frames_per_second, 1),
+                    "frames_sent": o.frames_sent,
+                    "bytes_sent": s.outbound_rtp.sent.bytes_sent,
+                    "target_bitrate": round(o.target_bitrate),
+                    "active": o.active,
+                    "limited_by": rtc.stats.QualityLimitationReason.Name(o.quality_limitation_reason),
+                    "limited_s": {k: round(v, 1) for k, v in o.quality_limitation_durations.items()},
+                }
+            )
+        elif kind == "candidate_pair" and s.candidate_pair.candidate_pair.nominated:
+            available = s.candidate_pair.candidate_pair.available_outgoing_bitrate
+    layers.sort(key=lambda l: l["rid"])
+    event("stats", layers=layers, available_outgoing_bitrate=round(available))
 
 
 async def main() -> None:
@@ -125,7 +159,16 @@ async def main() -> None:
         cmd = nxt.result()
         if cmd is None or cmd == "stop":
             break
-        if cmd == "allow-all":
+        if cmd.startswith("unpublish "):
+            sid = published.get(cmd.split(" ", 1)[1], "")
+            await room.local_participant.unpublish_track(sid)
+            event("unpublished", sid=sid)
+        elif cmd == "stats":
+            try:
+                await send_stats(room)
+            except Exception as e:  # noqa: BLE001 (reported)
+                event("stats", error=repr(e))
+        elif cmd == "allow-all":
             permissions(room, [], record)
         elif cmd.startswith("allow-only "):
             permissions(room, [a for a in cmd.split(" ", 1)[1].split(",") if a], record)

@@ -9,7 +9,10 @@ everything the server sends. Drops come from a seeded generator so a run can be 
 It counts what it dropped, and RTP sent again with an (SSRC, sequence number) already seen:
 the retransmissions of a sender without RTX, answering the server's NACKs.
 
-Standalone: python lossy_relay.py --upstream 127.0.0.1:7882 --loss 0.05
+Standalone: python lossy_relay.py --upstream 127.0.0.1:7882 --loss 0.05 [--listen ADDR:PORT]
+prints its stats every 5 s. With --listen (run by a Rust test as a `live_client`) it binds
+that address (the one the server advertises), prints `event: listening {host, port}`, and
+on `stop` (or stdin closed) prints its stats as its last JSON line.
 """
 
 import argparse
@@ -62,21 +65,43 @@ class LossyRelay(asyncio.DatagramProtocol):
         self.transport.sendto(data, self.upstream)
 
 
-async def start_relay(upstream, loss: float, seed: int = 1):
-    """Binds on 127.0.0.1 (ephemeral port). Returns (relay, (host, port))."""
+async def start_relay(upstream, loss: float, seed: int = 1, listen=("127.0.0.1", 0)):
+    """Binds on `listen` (127.0.0.1, ephemeral port, unless told). Returns (relay, (host, port))."""
     loop = asyncio.get_running_loop()
     transport, relay = await loop.create_datagram_endpoint(
-        lambda: LossyRelay(upstream, loss, seed), local_addr=("127.0.0.1", 0)
+        lambda: LossyRelay(upstream, loss, seed), local_addr=listen
     )
     return relay, transport.get_extra_info("sockname")
+
+
+async def _driven(upstream, loss: float, seed: int, listen) -> None:
+    from common import commands, event, summary
+
+    cmds = await commands()
+    relay, addr = await start_relay(upstream, loss, seed, listen)
+    event("listening", host=addr[0], port=addr[1])
+    try:
+        while True:
+            cmd = await cmds.get()
+            if cmd is None or cmd == "stop":
+                break
+    finally:
+        relay.transport.close()
+        summary(**relay.stats)
 
 
 async def _main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--upstream", required=True, help="HOST:PORT of the server")
     ap.add_argument("--loss", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--listen", default="", help="HOST:PORT to bind (driven by stdin)")
     args = ap.parse_args()
     host, port = args.upstream.rsplit(":", 1)
+    if args.listen:
+        lhost, lport = args.listen.rsplit(":", 1)
+        await _driven((host, int(port)), args.loss, args.seed, (lhost, int(lport)))
+        return
     relay, addr = await start_relay((host, int(port)), args.loss)
     print(f"relay on {addr[0]}:{addr[1]} -> {args.upstream}, loss {args.loss}", flush=True)
     try:

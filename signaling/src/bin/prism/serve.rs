@@ -273,6 +273,8 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             .unwrap_or(defaults.max_participants),
         candidate_ips: ips.clone().into(),
         ice_servers: Arc::new(turn.ice_servers),
+        // Set by `AppState`, which makes the node's recordings.
+        egresses: None,
     };
     let options = ServeOptions {
         room_defaults,
