@@ -23,6 +23,9 @@ command -v npm >/dev/null || need_apt+=(nodejs npm)
 # network namespaces with ip and nftables.
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v nft >/dev/null || need_apt+=(nftables)
+# The AF_XDP WebRTC test (signaling/tests/webrtc_af_xdp.rs) reads /metrics from inside a
+# namespace with curl.
+command -v curl >/dev/null || need_apt+=(curl)
 # The TURN tests (signaling/tests/browser_turn.rs) relay through coturn too.
 command -v turnserver >/dev/null || need_apt+=(coturn)
 # RTMP ingress: libopus for AAC→Opus (the `opus` crate links it through pkg-config), and
