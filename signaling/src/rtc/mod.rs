@@ -310,6 +310,19 @@ impl RoomManager {
         }
     }
 
+    /// Closes this node's copy of a room another node now owns: everyone in it is told to
+    /// reconnect (`LeaveRequest{action: RECONNECT}`), and lands on the new owner.
+    pub async fn supersede(&self, name: &RoomName) {
+        if let Some(h) = self.get(name) {
+            let _ = h
+                .call(|r| {
+                    r.superseded();
+                    Ok(())
+                })
+                .await;
+        }
+    }
+
     /// Tells every participant the server is going away and closes every room.
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
