@@ -15,7 +15,10 @@
 //!    (every join sees the same room sid), and ListRooms counts ten participants.
 //! 5. A malformed node entry written into Redis is skipped: placement and ListRooms go on.
 //! 6. `kill -9` of a room's owner: its entry is gone within the lease, and a client
-//!    joining again through a live node gets the room back on a live node.
+//!    joining again through a live node gets the room back on a live node (epoch 2).
+//! 7. `kill -STOP` of a room's owner past its lease: a join through the other node takes
+//!    the room (epoch 2); after `kill -CONT` the old owner closes its copy, its participant
+//!    told to reconnect (`LeaveRequest{action: RECONNECT}`).
 
 mod common;
 
@@ -276,7 +279,14 @@ fn three_nodes_share_rooms_through_redis() {
         &nodes[c].server,
         room,
         "watcher",
-        &["--expect", "pub", "--video-frames", "60", "--audio-frames", "50"],
+        &[
+            "--expect",
+            "pub",
+            "--video-frames",
+            "60",
+            "--audio-frames",
+            "50",
+        ],
     );
     watcher.expect_event("frames", WAIT);
     watcher.tell("stop");
@@ -286,7 +296,10 @@ fn three_nodes_share_rooms_through_redis() {
         metric(&nodes[c], "prism_cluster_proxied_frames_total") > 0.0,
         "C proxied the watcher's signaling"
     );
-    assert_eq!(metric(&nodes[a], "prism_cluster_proxied_sessions_total"), 0.0);
+    assert_eq!(
+        metric(&nodes[a], "prism_cluster_proxied_sessions_total"),
+        0.0
+    );
     // Refusals through C stay HTTP statuses.
     let (status, _) = rtc_status(&nodes[c], "not-a-token", "");
     assert_eq!(status, 401, "a bad token through C");
@@ -333,15 +346,21 @@ fn three_nodes_share_rooms_through_redis() {
         &urls[c],
     ]);
     let api = client(&py, "roomservice", "lk_cluster_api.py", &args).finish();
-    let viewer = viewer.finish();
     std::fs::write(&stop, b"stop").unwrap();
+    let viewer = viewer.finish();
     let publisher = publisher.finish();
     let _ = std::fs::remove_file(&stop);
     let s = &api.summary;
-    assert!(api.ok() && s["ok"] == true, "RoomService script failed\n{api}");
+    assert!(
+        api.ok() && s["ok"] == true,
+        "RoomService script failed\n{api}"
+    );
     let lists = s["list_rooms"].as_array().unwrap();
     assert_eq!(lists.len(), 3);
-    assert!(lists.iter().all(|l| l == &lists[0]), "ListRooms differs: {s}");
+    assert!(
+        lists.iter().all(|l| l == &lists[0]),
+        "ListRooms differs: {s}"
+    );
     assert_eq!(lists[0][0][0], room, "{s}");
     assert_eq!(lists[0][0][2], 2, "{s}");
     for p in s["participants"].as_array().unwrap() {
@@ -420,7 +439,13 @@ fn three_nodes_share_rooms_through_redis() {
     });
 
     // 5. A malformed entry in the directory is skipped, never trusted.
-    redis.cli(&["SET", "prism:node:{ND_garbage}", "\u{1}not json", "PX", "60000"]);
+    redis.cli(&[
+        "SET",
+        "prism:node:{ND_garbage}",
+        "\u{1}not json",
+        "PX",
+        "60000",
+    ]);
     redis.cli(&["ZADD", "prism:nodes", "99999999999999", "ND_garbage"]);
     redis.cli(&["HSET", "prism:rooms", "bogus", "{\"owner\":1}"]);
     let lists: Vec<_> = nodes.iter().map(|n| list_rooms(n, &admin)).collect();
@@ -441,10 +466,16 @@ fn three_nodes_share_rooms_through_redis() {
     let _ = dead.server.child.kill();
     let _ = dead.server.child.wait();
     let gone = Instant::now();
-    wait_until("the dead node's lease to run out", Duration::from_secs(15), || {
-        redis.cli(&["EXISTS", &format!("prism:node:{{{}}}", dead.id)]) == "0"
-    });
-    assert!(gone.elapsed() < Duration::from_secs(8), "lease ran out in {:?}", gone.elapsed());
+    wait_until(
+        "the dead node's lease to run out",
+        Duration::from_secs(15),
+        || redis.cli(&["EXISTS", &format!("prism:node:{{{}}}", dead.id)]) == "0",
+    );
+    assert!(
+        gone.elapsed() < Duration::from_secs(8),
+        "lease ran out in {:?}",
+        gone.elapsed()
+    );
     let (status, _) = rtc_status(&nodes[0], &token(herd, "back", &[]), "");
     assert_eq!(status, 101, "the room is taken over on a live node");
     let new_owner = owner(&redis, herd);
@@ -454,7 +485,82 @@ fn three_nodes_share_rooms_through_redis() {
         "2",
         "a new owner, a new epoch"
     );
+
+    // 7. Fencing: an owner stopped past its lease loses the room to another node; when it
+    //    runs again it closes its copy, telling its participant to reconnect.
+    let fence = "cl-fence";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let host0 = nodes[0]
+        .server
+        .http
+        .trim_start_matches("http://")
+        .to_string();
+    let (_, ws) = rt.block_on(raw_join(host0, token(fence, "stale", &[])));
+    // Read on, answering pings, until the leave comes.
+    let leave = rt.spawn(wait_leave(ws));
+    let stale_owner = owner(&redis, fence);
+    let x = nodes.iter().position(|n| n.id == stale_owner).unwrap();
+    let y = 1 - x;
+    let pid = nodes[x].server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until(
+        "the stopped owner's lease to run out",
+        Duration::from_secs(15),
+        || redis.cli(&["EXISTS", &format!("prism:node:{{{stale_owner}}}")]) == "0",
+    );
+    let (status, _) = rtc_status(&nodes[y], &token(fence, "fresh", &[]), "");
+    let taken = owner(&redis, fence);
+    let epoch = redis.cli(&["HGET", &format!("prism:room:{{{fence}}}"), "epoch"]);
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        status, 101,
+        "the room is taken over while its owner is stopped"
+    );
+    assert_eq!(
+        (taken.as_str(), epoch.as_str()),
+        (nodes[y].id.as_str(), "2")
+    );
+    let leave = rt.block_on(leave).unwrap();
+    assert_eq!(
+        leave.action,
+        prism_proto::livekit::leave_request::Action::Reconnect as i32,
+        "{leave:?}"
+    );
+    assert!(metric(&nodes[x], "prism_cluster_superseded_rooms_total") >= 1.0);
+    assert_eq!(
+        owner(&redis, fence),
+        nodes[y].id,
+        "the new owner keeps the room"
+    );
     for n in &mut nodes {
         n.server.assert_alive();
+    }
+}
+
+/// The next LeaveRequest on a joined socket.
+async fn wait_leave(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> prism_proto::livekit::LeaveRequest {
+    use futures_util::StreamExt;
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a leave in time")
+            .expect("the socket stays open until the leave")
+            .expect("a frame");
+        if let Message::Binary(b) = m {
+            let resp = prism_proto::livekit::SignalResponse::decode(b.as_ref()).unwrap();
+            if let Some(prism_proto::livekit::signal_response::Message::Leave(l)) = resp.message {
+                return l;
+            }
+        }
     }
 }

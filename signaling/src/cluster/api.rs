@@ -41,7 +41,10 @@ pub enum Rtc {
 }
 
 fn forged(cluster: &Cluster, why: &str) -> Response<Body> {
-    cluster.counters.forged_refused.fetch_add(1, Ordering::Relaxed);
+    cluster
+        .counters
+        .forged_refused
+        .fetch_add(1, Ordering::Relaxed);
     tracing::warn!(why, "refused a node-to-node request");
     text(StatusCode::FORBIDDEN, why.to_owned())
 }
@@ -57,7 +60,12 @@ fn not_owner() -> Response<Body> {
 }
 
 /// Routes `/rtc` for `room`; `resume`: the client's `reconnect=1`.
-pub async fn rtc(cluster: &Arc<Cluster>, req: &mut Request<Incoming>, room: &str, resume: bool) -> Rtc {
+pub async fn rtc(
+    cluster: &Arc<Cluster>,
+    req: &mut Request<Incoming>,
+    room: &str,
+    resume: bool,
+) -> Rtc {
     match peer::check(&cluster.secret, req) {
         PeerCheck::Forged(why) => return Rtc::Done(forged(cluster, why)),
         // A resume is answered with a leave wherever it lands.
@@ -95,7 +103,10 @@ pub fn twirp_peer<B>(cluster: &Cluster, req: &Request<B>) -> Result<bool, TwirpE
         PeerCheck::Client => Ok(false),
         PeerCheck::Peer(_) => Ok(true),
         PeerCheck::Forged(why) => {
-            cluster.counters.forged_refused.fetch_add(1, Ordering::Relaxed);
+            cluster
+                .counters
+                .forged_refused
+                .fetch_add(1, Ordering::Relaxed);
             Err(TwirpError::new(Code::PermissionDenied, why))
         }
     }
@@ -137,13 +148,17 @@ impl TwirpCall<'_> {
             if name == "CreateRoom" {
                 let room = field(self.codec, self.method, self.body, "name").unwrap_or_default();
                 if !room.is_empty() && !self.cluster.owns(&room).await {
-                    return Err(TwirpError::new(Code::Unavailable, "this node does not own the room"));
+                    return Err(TwirpError::new(
+                        Code::Unavailable,
+                        "this node does not own the room",
+                    ));
                 }
             }
             return Ok(None);
         }
         if name == "ListRooms" {
-            let req: lk::ListRoomsRequest = codec::decode(self.codec, &self.method.input(), self.body)?;
+            let req: lk::ListRoomsRequest =
+                codec::decode(self.codec, &self.method.input(), self.body)?;
             self.claims.ensure_list()?;
             let rooms = self
                 .cluster
@@ -153,7 +168,11 @@ impl TwirpCall<'_> {
                 .into_iter()
                 .filter(|r| req.names.is_empty() || req.names.contains(&r.name))
                 .collect();
-            let out = codec::encode(self.codec, &self.method.output(), &lk::ListRoomsResponse { rooms })?;
+            let out = codec::encode(
+                self.codec,
+                &self.method.output(),
+                &lk::ListRoomsResponse { rooms },
+            )?;
             let mut r = Response::new(http_body_util::Full::new(Bytes::from(out)));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -162,9 +181,13 @@ impl TwirpCall<'_> {
             return Ok(Some(r));
         }
         let create = name == "CreateRoom";
-        let Some(room) = field(self.codec, self.method, self.body, if create { "name" } else { "room" })
-            .filter(|r| !r.is_empty())
-        else {
+        let Some(room) = field(
+            self.codec,
+            self.method,
+            self.body,
+            if create { "name" } else { "room" },
+        )
+        .filter(|r| !r.is_empty()) else {
             return Ok(None);
         };
         if create || name == "DeleteRoom" {
@@ -180,7 +203,9 @@ impl TwirpCall<'_> {
                 }
                 return Err(TwirpError::room_not_found());
             }
-            Err(RouteError::Unavailable(why)) => return Err(TwirpError::new(Code::Unavailable, why)),
+            Err(RouteError::Unavailable(why)) => {
+                return Err(TwirpError::new(Code::Unavailable, why))
+            }
         };
         match route {
             Route::Local => Ok(None),
@@ -195,7 +220,10 @@ impl TwirpCall<'_> {
             .await
             .map(Some)
             .map_err(|e| {
-                TwirpError::new(Code::Unavailable, format!("the room's owner {node} cannot be reached: {e}"))
+                TwirpError::new(
+                    Code::Unavailable,
+                    format!("the room's owner {node} cannot be reached: {e}"),
+                )
             }),
         }
     }

@@ -309,7 +309,10 @@ mod tests {
         assert_eq!(got.id, "warm");
         // All hot: still placed somewhere.
         let hot = vec![node("h", 9_900, NodeState::Serving)];
-        assert_eq!(two_choices(&candidates(&hot, ""), |_| 0, |_| 0).unwrap().id, "h");
+        assert_eq!(
+            two_choices(&candidates(&hot, ""), |_| 0, |_| 0).unwrap().id,
+            "h"
+        );
         assert!(two_choices(&[], |_| 0, |_| 0).is_none());
     }
 }

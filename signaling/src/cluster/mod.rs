@@ -208,7 +208,9 @@ impl Cluster {
         Ok(raw.and_then(|b| {
             let n = NodeInfo::parse(&b);
             if n.is_none() {
-                self.counters.malformed_entries.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .malformed_entries
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node = %id, "malformed node entry in Redis: skipped");
             }
             n
@@ -234,7 +236,9 @@ impl Cluster {
             match self.node(&id).await? {
                 Some(n) if n.id == id => out.push(n),
                 Some(_) => {
-                    self.counters.malformed_entries.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .malformed_entries
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(node = %id, "node entry names another node: skipped");
                 }
                 None if now.saturating_sub(seen) > 2 * directory::LEASE_MS => {
@@ -249,18 +253,16 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Records that this node owns `room` at `epoch`; the unused-claim clock restarts
+    /// (a session is on its way).
     fn adopt(&self, room: &str, epoch: u64) {
-        let mut c = self.claims();
-        let fresh = c.get(room).is_none_or(|k| k.epoch != epoch);
-        if fresh {
-            c.insert(
-                room.to_owned(),
-                Claim {
-                    epoch,
-                    since: Instant::now(),
-                },
-            );
-        }
+        self.claims().insert(
+            room.to_owned(),
+            Claim {
+                epoch,
+                since: Instant::now(),
+            },
+        );
     }
 
     /// Whether this node holds a claim on `room`.
@@ -405,7 +407,9 @@ impl Cluster {
                     }
                 }
                 _ => {
-                    self.counters.malformed_entries.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .malformed_entries
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(room = %name, "malformed room entry in Redis: skipped");
                 }
             }
@@ -477,12 +481,42 @@ impl Cluster {
         .await;
         let was = self.reachable.swap(registered.is_ok(), Ordering::Relaxed);
         match (&registered, was) {
-            (Err(e), true) => tracing::warn!(error = %e, "cluster: Redis unreachable; rooms carry on, new rooms are refused"),
+            (Err(e), true) => {
+                tracing::warn!(error = %e, "cluster: Redis unreachable; rooms carry on, new rooms are refused")
+            }
             (Ok(()), false) => tracing::info!(node = %self.id, "cluster: registered"),
             _ => {}
         }
         if registered.is_err() {
             return;
+        }
+        // A room open here without a claim (opened by WHIP, or while its claim was being
+        // given up) is claimed now, or closed if another node owns it: no room is ever
+        // served here unfenced.
+        for r in &local {
+            if self.holds(&r.name) {
+                continue;
+            }
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(directory::CLAIM)
+                .arg(1)
+                .arg(directory::room_key(&r.name))
+                .arg(&self.id)
+                .arg("")
+                .arg(now_ms());
+            match self.store.query::<(String, u64)>(&cmd).await {
+                Ok((owner, epoch)) if owner == self.id => self.adopt(&r.name, epoch),
+                Ok(_) => {
+                    self.counters
+                        .superseded_rooms
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(room = %r.name, "cluster: another node owns this room; closing this copy");
+                    rooms.supersede(&RoomName::new(r.name.clone())).await;
+                }
+                Err(e) => {
+                    tracing::debug!(room = %r.name, error = %e, "cluster: claiming an open room failed")
+                }
+            }
         }
         let claims: Vec<(String, Claim)> =
             self.claims().iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -493,7 +527,11 @@ impl Cluster {
             if open.is_none() && claim.since.elapsed() > UNUSED_CLAIM {
                 let _ = self
                     .store
-                    .eval::<i64>(directory::RELEASE, &[&key], &[self.id.as_bytes(), epoch.as_bytes()])
+                    .eval::<i64>(
+                        directory::RELEASE,
+                        &[&key],
+                        &[self.id.as_bytes(), epoch.as_bytes()],
+                    )
                     .await;
                 self.release_entry(&name, claim.epoch).await;
                 self.claims().remove(&name);
@@ -512,7 +550,9 @@ impl Cluster {
                 Ok(0) => {
                     // Another node holds the room now: this copy must go.
                     self.claims().remove(&name);
-                    self.counters.superseded_rooms.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .superseded_rooms
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(room = %name, epoch = claim.epoch, "cluster: the room moved to another node; closing this copy");
                     rooms.supersede(&RoomName::new(name.clone())).await;
                 }
@@ -522,7 +562,9 @@ impl Cluster {
                         if let Ok(v) = serde_json::to_vec(&entry) {
                             let _ = self
                                 .store
-                                .query::<i64>(redis::cmd("HSET").arg(directory::ROOMS).arg(&name).arg(v))
+                                .query::<i64>(
+                                    redis::cmd("HSET").arg(directory::ROOMS).arg(&name).arg(v),
+                                )
                                 .await;
                         }
                     }
@@ -580,15 +622,47 @@ impl Cluster {
         use std::fmt::Write as _;
         let c = &self.counters;
         for (name, help, v) in [
-            ("prism_cluster_proxied_sessions_total", "LiveKit sessions carried to their room's owner.", &c.proxied_sessions),
-            ("prism_cluster_proxied_frames_total", "WebSocket messages spliced between a client and an owner.", &c.proxied_frames),
-            ("prism_cluster_forwarded_calls_total", "RoomService calls forwarded to their room's owner.", &c.forwarded_calls),
-            ("prism_cluster_forged_requests_total", "Node-to-node requests refused (bad or missing signature).", &c.forged_refused),
-            ("prism_cluster_malformed_entries_total", "Directory entries in Redis skipped as malformed.", &c.malformed_entries),
-            ("prism_cluster_superseded_rooms_total", "Rooms closed here because another node took them.", &c.superseded_rooms),
-            ("prism_cluster_claims_total", "Rooms this node claimed for itself.", &c.claims_won),
+            (
+                "prism_cluster_proxied_sessions_total",
+                "LiveKit sessions carried to their room's owner.",
+                &c.proxied_sessions,
+            ),
+            (
+                "prism_cluster_proxied_frames_total",
+                "WebSocket messages spliced between a client and an owner.",
+                &c.proxied_frames,
+            ),
+            (
+                "prism_cluster_forwarded_calls_total",
+                "RoomService calls forwarded to their room's owner.",
+                &c.forwarded_calls,
+            ),
+            (
+                "prism_cluster_forged_requests_total",
+                "Node-to-node requests refused (bad or missing signature).",
+                &c.forged_refused,
+            ),
+            (
+                "prism_cluster_malformed_entries_total",
+                "Directory entries in Redis skipped as malformed.",
+                &c.malformed_entries,
+            ),
+            (
+                "prism_cluster_superseded_rooms_total",
+                "Rooms closed here because another node took them.",
+                &c.superseded_rooms,
+            ),
+            (
+                "prism_cluster_claims_total",
+                "Rooms this node claimed for itself.",
+                &c.claims_won,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         let _ = writeln!(
             out,

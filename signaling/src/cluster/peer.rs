@@ -100,7 +100,10 @@ pub fn check<B>(secret: &[u8], req: &Request<B>) -> PeerCheck {
     }
     let tag: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect();
     let Some(tag) = tag.filter(|t| t.len() == 32) else {
         return PeerCheck::Forged("malformed x-prism-auth");
@@ -182,7 +185,10 @@ pub async fn proxy_ws(
         }
         Ok(Err(e)) => return Err(ProxyError::Unreachable(format!("{owner}: {e}"))),
     };
-    cluster.counters.proxied_sessions.fetch_add(1, Ordering::Relaxed);
+    cluster
+        .counters
+        .proxied_sessions
+        .fetch_add(1, Ordering::Relaxed);
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -286,7 +292,10 @@ pub async fn forward_twirp(
         .await
         .map_err(|_| format!("{owner} did not answer in time"))?;
     if r.is_ok() {
-        cluster.counters.forwarded_calls.fetch_add(1, Ordering::Relaxed);
+        cluster
+            .counters
+            .forwarded_calls
+            .fetch_add(1, Ordering::Relaxed);
     }
     r
 }
@@ -315,7 +324,11 @@ mod tests {
         assert!(matches!(check(b"other", &good), PeerCheck::Forged(_)));
         let renamed = req("GET", path, &[(PEER_HEADER, "ND_b"), (AUTH_HEADER, &auth)]);
         assert!(matches!(check(secret, &renamed), PeerCheck::Forged(_)));
-        let moved = req("GET", "/rtc?access_token=y", &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)]);
+        let moved = req(
+            "GET",
+            "/rtc?access_token=y",
+            &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)],
+        );
         assert!(matches!(check(secret, &moved), PeerCheck::Forged(_)));
         let posted = req("POST", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)]);
         assert!(matches!(check(secret, &posted), PeerCheck::Forged(_)));
@@ -329,7 +342,14 @@ mod tests {
         let ts = now_ms() - 2 * MAX_SKEW_MS;
         let tag = mac(secret, "ND_a", ts, "GET", path).finalize().into_bytes();
         let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        let old = req("GET", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &format!("{ts}:{hex}"))]);
-        assert_eq!(check(secret, &old), PeerCheck::Forged("stale node-to-node request"));
+        let old = req(
+            "GET",
+            path,
+            &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &format!("{ts}:{hex}"))],
+        );
+        assert_eq!(
+            check(secret, &old),
+            PeerCheck::Forged("stale node-to-node request")
+        );
     }
 }

@@ -104,7 +104,10 @@ fn parse_addr(addr: &str, tls: bool) -> Result<redis::ConnectionAddr, StoreError
     let bad = || StoreError::Config(format!("{addr:?} is not host:port"));
     let (host, port) = addr.trim().rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     if host.is_empty() {
         return Err(bad());
     }
@@ -142,7 +145,10 @@ impl Store {
         let backend = if !cfg.cluster_addresses.is_empty() {
             let mut nodes = Vec::new();
             for a in &cfg.cluster_addresses {
-                nodes.push(redis::IntoConnectionInfo::into_connection_info(parse_addr(a, tls)?).map_err(err)?);
+                nodes.push(
+                    redis::IntoConnectionInfo::into_connection_info(parse_addr(a, tls)?)
+                        .map_err(err)?,
+                );
             }
             let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
                 .connection_timeout(CALL_TIMEOUT)
@@ -163,9 +169,7 @@ impl Store {
                 .clone()
                 .filter(|m| !m.is_empty())
                 .ok_or_else(|| {
-                    StoreError::Config(
-                        "sentinel_addresses needs sentinel_master_name".to_owned(),
-                    )
+                    StoreError::Config("sentinel_addresses needs sentinel_master_name".to_owned())
                 })?;
             let mut sentinels = Vec::new();
             for a in &cfg.sentinel_addresses {
@@ -198,9 +202,11 @@ impl Store {
             let addr = cfg.address.as_deref().unwrap_or_default();
             let info = redis::IntoConnectionInfo::into_connection_info(parse_addr(addr, tls)?)
                 .map_err(err)?
-                .set_redis_settings(
-                settings(cfg.username.as_deref(), cfg.password.as_deref(), db),
-            );
+                .set_redis_settings(settings(
+                    cfg.username.as_deref(),
+                    cfg.password.as_deref(),
+                    db,
+                ));
             Backend::Single(redis::Client::open(info).map_err(err)?)
         };
         Ok(Self {

@@ -272,7 +272,9 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// Whether any address is given (cluster mode on).
     pub fn enabled(&self) -> bool {
-        self.address.as_deref().is_some_and(|a| !a.trim().is_empty())
+        self.address
+            .as_deref()
+            .is_some_and(|a| !a.trim().is_empty())
             || !self.sentinel_addresses.is_empty()
             || !self.cluster_addresses.is_empty()
     }
