@@ -19,6 +19,9 @@
 //! 7. `kill -STOP` of a room's owner past its lease: a join through the other node takes
 //!    the room (epoch 2); after `kill -CONT` the old owner closes its copy, its participant
 //!    told to reconnect (`LeaveRequest{action: RECONNECT}`).
+//! 8. Redis stopped: `/healthz` stays 200, `/readyz` turns 503, a new room gets 503 saying
+//!    why, the owner's room still takes joins; Redis restarted empty: the nodes register
+//!    again and the owner writes its room back.
 
 mod common;
 
@@ -48,6 +51,11 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port)
+    }
+
+    /// On `port` (a restart after an outage: empty, as without persistence).
+    fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -539,6 +547,47 @@ fn three_nodes_share_rooms_through_redis() {
         owner(&redis, fence),
         nodes[y].id,
         "the new owner keeps the room"
+    );
+
+    // 8. Redis away: liveness stays, readiness goes, new rooms get 503 with a reason,
+    //    the owner's room still takes joins; Redis back (empty): nodes register again and
+    //    the owner writes its room back.
+    let port = redis.port;
+    let mut redis = redis;
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    wait_until(
+        "readiness to drop with Redis",
+        Duration::from_secs(20),
+        || {
+            nodes
+                .iter()
+                .all(|n| http(&n.server, "GET", "/readyz", None, None).0 == 503)
+        },
+    );
+    for n in &nodes {
+        assert_eq!(http(&n.server, "GET", "/healthz", None, None).0, 200);
+    }
+    let (status, text) = rtc_status(&nodes[x], &token("cl-new-while-down", "n", &[]), "");
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("Redis"), "the 503 says why: {text}");
+    let (status, _) = rtc_status(&nodes[y], &token(fence, "during-outage", &[]), "");
+    assert_eq!(status, 101, "the owner's room carries on without Redis");
+    let back = Redis::start_on(port);
+    wait_until(
+        "the nodes to register again",
+        Duration::from_secs(20),
+        || {
+            nodes
+                .iter()
+                .all(|n| http(&n.server, "GET", "/readyz", None, None).0 == 200)
+        },
+    );
+    assert_eq!(back.cli(&["ZCARD", "prism:nodes"]), "2");
+    wait_until(
+        "the owner to write its room back",
+        Duration::from_secs(10),
+        || owner(&back, fence) == nodes[y].id,
     );
     for n in &mut nodes {
         n.server.assert_alive();
