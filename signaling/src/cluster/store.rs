@@ -43,9 +43,9 @@ impl std::fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 enum Backend {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Sentinel(Box<Mutex<redis::sentinel::SentinelClient>>),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// One live connection of either kind.
@@ -162,7 +162,7 @@ impl Store {
             if let Some(m) = tls_mode {
                 b = b.tls(m);
             }
-            Backend::Cluster(b.build().map_err(err)?)
+            Backend::Cluster(Box::new(b.build().map_err(err)?))
         } else if !cfg.sentinel_addresses.is_empty() {
             let master = cfg
                 .sentinel_master_name
@@ -207,7 +207,7 @@ impl Store {
                     cfg.password.as_deref(),
                     db,
                 ));
-            Backend::Single(redis::Client::open(info).map_err(err)?)
+            Backend::Single(Box::new(redis::Client::open(info).map_err(err)?))
         };
         Ok(Self {
             backend,
