@@ -22,6 +22,8 @@
 //! 8. Redis stopped: `/healthz` stays 200, `/readyz` turns 503, a new room gets 503 saying
 //!    why, the owner's room still takes joins; Redis restarted empty: the nodes register
 //!    again and the owner writes its room back.
+//! 9. SIGTERM of an owner: its room and entry are given up at once, its participant is
+//!    told to reconnect, and a join through the other node takes the room.
 
 mod common;
 
@@ -592,6 +594,53 @@ fn three_nodes_share_rooms_through_redis() {
     for n in &mut nodes {
         n.server.assert_alive();
     }
+
+    // 9. SIGTERM of an owner: it gives its rooms and its entry up and tells its clients to
+    //    reconnect; a join through the other node takes the room at once.
+    let moving = "cl-move";
+    let host0 = nodes[0]
+        .server
+        .http
+        .trim_start_matches("http://")
+        .to_string();
+    let (_, ws) = rt.block_on(raw_join(host0, token(moving, "mover", &[])));
+    let leave = rt.spawn(wait_leave(ws));
+    let z_id = owner(&back, moving);
+    let z = nodes.iter().position(|n| n.id == z_id).unwrap();
+    let other = 1 - z;
+    let pid = nodes[z].server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let leave = rt.block_on(leave).unwrap();
+    assert_eq!(
+        leave.action,
+        prism_proto::livekit::leave_request::Action::Reconnect as i32,
+        "{leave:?}"
+    );
+    wait_until(
+        "the stopping owner to give its room up",
+        Duration::from_secs(10),
+        || owner(&back, moving).is_empty(),
+    );
+    assert_eq!(
+        back.cli(&["EXISTS", &format!("prism:node:{{{z_id}}}")]),
+        "0"
+    );
+    let (status, _) = rtc_status(&nodes[other], &token(moving, "mover", &[]), "");
+    assert_eq!(status, 101, "the room moves at once");
+    assert_eq!(owner(&back, moving), nodes[other].id);
+    let exited = Instant::now();
+    while nodes[z].server.child.try_wait().unwrap().is_none() {
+        assert!(
+            exited.elapsed() < Duration::from_secs(20),
+            "the stopping node exits"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes[other].server.assert_alive();
 }
 
 /// The next LeaveRequest on a joined socket.

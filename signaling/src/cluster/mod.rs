@@ -89,6 +89,8 @@ pub struct Cluster {
     region: String,
     boot_ms: u64,
     draining: AtomicBool,
+    /// Set by [`Cluster::leave`]: the refresh loop stops writing.
+    left: AtomicBool,
     /// Whether the last Redis call of the refresh loop succeeded.
     reachable: AtomicBool,
     claims: Mutex<HashMap<String, Claim>>,
@@ -153,6 +155,7 @@ impl Cluster {
             region: opts.region,
             boot_ms: now_ms(),
             draining: AtomicBool::new(false),
+            left: AtomicBool::new(false),
             reachable: AtomicBool::new(false),
             claims: Mutex::new(HashMap::new()),
             counters: ClusterCounters::default(),
@@ -453,6 +456,9 @@ impl Cluster {
     }
 
     async fn refresh(&self, rooms: &RoomManager, rates: &mut Rates) {
+        if self.left.load(Ordering::Relaxed) {
+            return;
+        }
         let (pps_in, pps_out) = rates.sample(rooms).await;
         let local = rooms.list_rooms(&[]).await;
         let info = self.info(pps_in, pps_out, local.len() as u32);
@@ -590,10 +596,11 @@ impl Cluster {
         }
     }
 
-    /// Gives up every room claim (the node is stopping and its rooms are closed), so
-    /// other nodes take them at once rather than after the lease.
+    /// Gives up every room claim and this node's entry (the node is stopping), so other
+    /// nodes take its rooms at once rather than after the lease.
     pub async fn leave(&self) {
         self.drain();
+        self.left.store(true, Ordering::Relaxed);
         let claims: Vec<(String, Claim)> = self.claims().drain().collect();
         for (name, claim) in claims {
             let epoch = claim.epoch.to_string();

@@ -3,7 +3,9 @@
 //! Settings are read lowest first from the configuration (a file, or the YAML text of
 //! `--config-body` / `LIVEKIT_CONFIG`), the environment and the flags. On SIGINT or
 //! SIGTERM the server stops accepting connections, tells every LiveKit participant to
-//! leave (`SERVER_SHUTDOWN`), and exits once the leaves are written.
+//! leave (`SERVER_SHUTDOWN`), and exits once the leaves are written. In a cluster it first
+//! gives its rooms and its directory entry up, and the leaves ask clients to reconnect,
+//! which brings them to other nodes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -468,13 +470,14 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         if let Some(t) = rtmp_task {
             let _ = t.await;
         }
-        if let Some(c) = &state.cluster {
-            c.drain();
-        }
-        rooms.shutdown().await;
-        if let Some(c) = &state.cluster {
-            // Other nodes may take this node's rooms at once rather than after its lease.
-            c.leave().await;
+        match &state.cluster {
+            Some(c) => {
+                // Give the rooms up first, so that the clients told to reconnect land on
+                // other nodes, which take the rooms at once.
+                c.leave().await;
+                rooms.shutdown_moving().await;
+            }
+            None => rooms.shutdown().await,
         }
         // Closing the rooms stopped their recordings; every file is final before exit.
         let egresses = state.egresses.clone();
