@@ -142,28 +142,8 @@ impl Store {
         let tls_mode = tls.then_some(redis::TlsMode::Secure);
         let db = cfg.db.unwrap_or(0);
         let err = |e: redis::RedisError| StoreError::Config(e.to_string());
-        let backend = if !cfg.cluster_addresses.is_empty() {
-            let mut nodes = Vec::new();
-            for a in &cfg.cluster_addresses {
-                nodes.push(
-                    redis::IntoConnectionInfo::into_connection_info(parse_addr(a, tls)?)
-                        .map_err(err)?,
-                );
-            }
-            let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
-                .connection_timeout(CALL_TIMEOUT)
-                .response_timeout(CALL_TIMEOUT);
-            if let Some(u) = cfg.username.as_deref().filter(|u| !u.is_empty()) {
-                b = b.username(u);
-            }
-            if let Some(p) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
-                b = b.password(p);
-            }
-            if let Some(m) = tls_mode {
-                b = b.tls(m);
-            }
-            Backend::Cluster(Box::new(b.build().map_err(err)?))
-        } else if !cfg.sentinel_addresses.is_empty() {
+        // LiveKit's order: Sentinel, else Cluster, else a standalone address.
+        let backend = if !cfg.sentinel_addresses.is_empty() {
             let master = cfg
                 .sentinel_master_name
                 .clone()
@@ -198,6 +178,27 @@ impl Store {
                 b = b.set_client_to_redis_tls_mode(m);
             }
             Backend::Sentinel(Box::new(Mutex::new(b.build().map_err(err)?)))
+        } else if !cfg.cluster_addresses.is_empty() {
+            let mut nodes = Vec::new();
+            for a in &cfg.cluster_addresses {
+                nodes.push(
+                    redis::IntoConnectionInfo::into_connection_info(parse_addr(a, tls)?)
+                        .map_err(err)?,
+                );
+            }
+            let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(CALL_TIMEOUT)
+                .response_timeout(CALL_TIMEOUT);
+            if let Some(u) = cfg.username.as_deref().filter(|u| !u.is_empty()) {
+                b = b.username(u);
+            }
+            if let Some(p) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
+                b = b.password(p);
+            }
+            if let Some(m) = tls_mode {
+                b = b.tls(m);
+            }
+            Backend::Cluster(Box::new(b.build().map_err(err)?))
         } else {
             let addr = cfg.address.as_deref().unwrap_or_default();
             let info = redis::IntoConnectionInfo::into_connection_info(parse_addr(addr, tls)?)
