@@ -283,6 +283,22 @@ fn three_nodes_share_rooms_through_redis() {
     let a = nodes.iter().position(|n| n.id == owner_id).unwrap();
     let others: Vec<usize> = (0..3).filter(|&i| i != a).collect();
     let (b, c) = (others[0], others[1]);
+    // A viewer through B for step 3, joined early so that it is connected by then.
+    let viewer = client(
+        &py,
+        "viewer",
+        "lk_client.py",
+        &[
+            "--url",
+            &ws_url(&nodes[b].server),
+            "--token",
+            &token(room, "viewer", &[]),
+            "--duration",
+            "90",
+            "--stop-file",
+            &stop_s,
+        ],
+    );
     // A subscriber through C, which does not own the room, decodes the publisher.
     let mut watcher = lk_watch(
         &py,
@@ -322,22 +338,7 @@ fn three_nodes_share_rooms_through_redis() {
     assert_eq!(status, 403, "a forged node-to-node request: {text}");
     assert!(metric(&nodes[a], "prism_cluster_forged_requests_total") >= 1.0);
 
-    // 3. RoomService through every node, with a viewer joined through B.
-    let viewer = client(
-        &py,
-        "viewer",
-        "lk_client.py",
-        &[
-            "--url",
-            &ws_url(&nodes[b].server),
-            "--token",
-            &token(room, "viewer", &[]),
-            "--duration",
-            "90",
-            "--stop-file",
-            &stop_s,
-        ],
-    );
+    // 3. RoomService through every node, the viewer joined through B.
     let urls: Vec<String> = nodes.iter().map(|n| n.server.http.clone()).collect();
     let mut args = vec![];
     for u in &urls {

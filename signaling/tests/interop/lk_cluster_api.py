@@ -57,7 +57,9 @@ async def main() -> None:
             res = await rs0.list_participants(api.ListParticipantsRequest(room=args.room))
             by_id = {p.identity: p for p in res.participants}
             pub = by_id.get(args.publisher)
-            if pub and args.viewer in by_id:
+            viewer = by_id.get(args.viewer)
+            # The viewer connected (ICE and DTLS done), so that data reaches it.
+            if pub and viewer and viewer.state == api.ParticipantInfo.ACTIVE:
                 videos = [t.sid for t in pub.tracks if t.type == api.TrackType.VIDEO]
                 if videos:
                     video_sid = videos[0]
