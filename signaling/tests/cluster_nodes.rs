@@ -482,8 +482,9 @@ fn three_nodes_share_rooms_through_redis() {
         Duration::from_secs(15),
         || redis.cli(&["EXISTS", &format!("prism:node:{{{}}}", dead.id)]) == "0",
     );
+    // The lease is 6 s from the last refresh; the margin is for a busy machine.
     assert!(
-        gone.elapsed() < Duration::from_secs(8),
+        gone.elapsed() < Duration::from_secs(10),
         "lease ran out in {:?}",
         gone.elapsed()
     );
