@@ -34,6 +34,9 @@ command -v turnserver >/dev/null || need_apt+=(coturn)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need_apt+=(libopus-dev)
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+# Cluster mode: the cluster tests (signaling/tests/cluster_nodes.rs) start their own
+# redis-server, and read the directory with redis-cli.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
