@@ -1,0 +1,281 @@
+//! The recording bench's results: every phase (JSON), and a markdown summary of the
+//! ratios within the run. Each recording phase is paired with the no-recording phase of
+//! the same round, and the summary takes the median of those paired ratios, so a drift
+//! of the shared machine's load between rounds cancels.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::run::{Condition, Config, Phase};
+use crate::machine::Machine;
+
+/// The most recording may slow the forwarder (issue 15): 5 %.
+pub const GOAL: f64 = 1.05;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub mode: &'static str,
+    pub started_utc: String,
+    pub duration_s: f64,
+    pub machine: Machine,
+    pub config: Config,
+    pub note: String,
+    pub phases: Vec<Phase>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Report {
+    pub fn new(
+        machine: Machine,
+        config: Config,
+        smoke: bool,
+        note: String,
+        started: u64,
+        duration_s: f64,
+        phases: Vec<Phase>,
+    ) -> Self {
+        let (d, t) = crate::report::utc(started);
+        Report {
+            tool: "prism-bench record",
+            mode: if smoke { "smoke" } else { "full" },
+            started_utc: format!("{d} {t}"),
+            duration_s,
+            machine,
+            config,
+            note,
+            phases,
+        }
+    }
+
+    fn of(&self, c: Condition) -> impl Iterator<Item = &Phase> {
+        self.phases.iter().filter(move |p| p.condition == c)
+    }
+
+    /// Median over rounds of `f(recording phase) / f(no-recording phase of its round)`.
+    fn paired(&self, c: Condition, f: impl Fn(&Phase) -> f64) -> f64 {
+        let ratios = self
+            .of(c)
+            .filter_map(|p| {
+                let base = self
+                    .of(Condition::None)
+                    .find(|b| b.round == p.round)?;
+                Some(f(p) / f(base))
+            })
+            .collect();
+        median(ratios)
+    }
+
+    fn med(&self, c: Condition, f: impl Fn(&Phase) -> f64) -> f64 {
+        median(self.of(c).map(f).collect())
+    }
+
+    /// `results/record-<date>-<time>.{json,md}`; returns the stem.
+    pub fn write(&self, dir: &Path) -> Result<String> {
+        std::fs::create_dir_all(dir)?;
+        let stem = format!("record-{}", self.started_utc.replace([' ', ':'], "-"));
+        std::fs::write(
+            dir.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(self)?,
+        )?;
+        std::fs::write(dir.join(format!("{stem}.md")), self.markdown())?;
+        Ok(stem)
+    }
+
+    /// What makes the run unusable (a smoke run fails CI on any): phases that delivered
+    /// nothing, recorders not found, files not complete or not WebM, a size that differs
+    /// from the file's.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.phases {
+            let at = format!("round {} {}", p.round + 1, p.condition.label());
+            if p.counts.sent == 0 || p.counts.received == 0 {
+                out.push(format!("{at}: sent {} received {}", p.counts.sent, p.counts.received));
+            }
+            if p.condition == Condition::None {
+                continue;
+            }
+            if p.recorder_threads != self.config.tracks || p.files.len() != self.config.tracks {
+                out.push(format!(
+                    "{at}: {} recorder threads and {} files for {} tracks",
+                    p.recorder_threads,
+                    p.files.len(),
+                    self.config.tracks
+                ));
+            }
+            for (i, f) in p.files.iter().enumerate() {
+                if f.status != "EGRESS_COMPLETE" || !f.webm || f.bytes == 0 || f.bytes != f.bytes_on_disk {
+                    out.push(format!(
+                        "{at}: file {i}: {} ({}), {} bytes reported, {} on disk, WebM {}",
+                        f.status, f.error, f.bytes, f.bytes_on_disk, f.webm
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let c = &self.config;
+        let mut s = String::new();
+        let _ = writeln!(s, "## Recording cost: {} UTC ({})\n", self.started_utc, self.mode);
+        let cpu = |x: Option<usize>| x.map_or("unpinned".to_string(), |c| format!("CPU {c}"));
+        let _ = writeln!(
+            s,
+            "{} ({} CPUs), kernel {}, load average at start {}. `prism serve --dev` (all \
+             threads, and its one forwarding core) on {}; the load side (one WHIP publisher \
+             of {} VP8 tracks at {} fps, {} WHEP viewers of every track, all the bench's own \
+             WebRTC peers with ICE, DTLS and SRTP) on {}. {} rounds of {:?} in ABBA order, \
+             {} s warm-up and {} s measured per phase; {:.0} s in all.\n",
+            m.cpu_model,
+            m.cpus,
+            m.kernel,
+            m.loadavg_at_start,
+            cpu(c.sut_cpu),
+            c.tracks,
+            c.fps,
+            c.viewers,
+            cpu(c.gen_cpu),
+            c.rounds,
+            c.conditions.iter().map(|x| x.label()).collect::<Vec<_>>(),
+            c.warmup_s,
+            c.window_s,
+            self.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "Recording: one StartTrackEgress (Twirp, JSON) per track to a WebM file, stopped \
+             with StopEgress after the phase. `record` pins the recorder threads to the load \
+             CPU ({}), off the forwarding core, as deployed; `record-shared` leaves them on \
+             the server's CPU ({}), sharing it with the forwarding core.\n",
+            cpu(c.gen_cpu),
+            cpu(c.sut_cpu)
+        );
+        if !self.note.is_empty() {
+            let _ = writeln!(s, "Note: {}\n", self.note);
+        }
+        let _ = writeln!(
+            s,
+            "| condition | delivered pps | loss | core CPU µs / delivered packet | core CPU µs / datagram sent | server CPU share | recorder CPU µs / recorded packet | written MB/s |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for &cond in &c.conditions {
+            if self.of(cond).next().is_none() {
+                continue;
+            }
+            let rec = cond != Condition::None;
+            let written = self.med(cond, |p| {
+                p.files.iter().map(|f| f.bytes).sum::<u64>() as f64 / 1e6
+                    / (p.window_s + c.warmup_s)
+            });
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.4} % | {:.3} | {:.3} | {:.1} % | {} | {} |",
+                cond.label(),
+                self.med(cond, |p| p.delivered_pps),
+                self.med(cond, |p| p.loss * 100.0),
+                self.med(cond, |p| p.core_us_per_delivered),
+                self.med(cond, |p| p.core_us_per_sent),
+                self.med(cond, |p| p.process_cpu_s / p.window_s * 100.0),
+                if rec {
+                    format!("{:.2}", self.med(cond, |p| p.recorder_us_per_packet))
+                } else {
+                    "–".into()
+                },
+                if rec {
+                    format!("{written:.2}")
+                } else {
+                    "–".into()
+                },
+            );
+        }
+        let _ = writeln!(s, "\n(Medians over rounds.)\n");
+        let _ = writeln!(s, "Against no recording, paired within each round (median of the rounds' ratios):\n");
+        let _ = writeln!(
+            s,
+            "| condition | delivered pps | core CPU µs / delivered packet | core CPU µs / datagram sent | goal: ≤ {:.0} % slower |",
+            (GOAL - 1.0) * 100.0
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---|");
+        for &cond in c.conditions.iter().filter(|x| **x != Condition::None) {
+            let pps = self.paired(cond, |p| p.delivered_pps);
+            let per = self.paired(cond, |p| p.core_us_per_delivered);
+            let sent = self.paired(cond, |p| p.core_us_per_sent);
+            let met = per <= GOAL && pps >= 1.0 / GOAL;
+            let _ = writeln!(
+                s,
+                "| {} | {pps:.3}× | {per:.3}× | {sent:.3}× | {} |",
+                cond.label(),
+                if met { "met" } else { "not met" }
+            );
+        }
+        let _ = writeln!(s, "\nPer phase:\n");
+        let _ = writeln!(
+            s,
+            "| round | condition | sent | delivered | loss | core CPU s | server CPU s | recorder CPU s (threads, CPU) | forwarder datagrams out | NACKs in | retransmits | PLIs | files (bytes) |"
+        );
+        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+        for p in &self.phases {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.4} % | {:.2} | {:.2} | {:.2} ({}, {}) | {} | {} | {} | {} | {} ({}) |",
+                p.round + 1,
+                p.condition.label(),
+                p.counts.sent,
+                p.counts.received,
+                p.loss * 100.0,
+                p.core_cpu_s,
+                p.process_cpu_s,
+                p.recorder_cpu_s,
+                p.recorder_threads,
+                p.recorder_cpu.map_or("–".to_string(), |c| c.to_string()),
+                p.forwarder_out,
+                p.nacks_received,
+                p.retransmits,
+                p.counts.plis,
+                p.files.len(),
+                p.files.iter().map(|f| f.bytes).sum::<u64>(),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nCPU from `/proc/<pid>/task/<tid>/stat` (10 ms ticks): the forwarding core is \
+             the thread `prism-core-*`, the recorders the threads `recorder`; the server's \
+             share includes every thread (signaling, forwarding, recorders). A recorded \
+             packet is one the publisher sent on a recorded track during the window (every \
+             track is recorded), all of which the forwarder sends to its recorder. \
+             \"Datagrams sent\" is the media plane's own count (`/metrics`), recorders' \
+             copies and RTCP included."
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+    }
+}
