@@ -8,7 +8,8 @@
 //! threads by name in `/proc/<pid>/task` and pins them where the condition says (by
 //! default the load CPU: off the forwarding core, where they belong), warms up, then
 //! measures a window: the load side's counts, the forwarding core's CPU (thread
-//! `prism-core-*`), the recorder threads' CPU, the whole server's CPU and the media
+//! `prism-core-*`), the recorder threads' CPU (both from each thread's `schedstat`, in
+//! nanoseconds), the whole server's CPU (`stat`, every thread) and the media
 //! plane's counters from `/metrics`. Every phase stops sending and drains before and after
 //! its window, so every packet sent in the window is accounted. Then the egresses are
 //! stopped, and the files' sizes (as StopEgress reports them, checked on disk) are kept.
@@ -108,6 +109,9 @@ pub struct Phase {
     pub core_cpu_s: f64,
     pub process_cpu_s: f64,
     pub recorder_cpu_s: f64,
+    /// The recorder threads' CPU seconds per second while nothing is sent (after the
+    /// window, before StopEgress).
+    pub recorder_idle_cpu_per_s: f64,
     /// The media plane's own counters over the window (`/metrics`): datagrams sent by the
     /// forwarding core (to viewers, recorders, and RTCP), NACKs it received, and packets it
     /// retransmitted.
@@ -123,18 +127,13 @@ pub struct Phase {
     pub files: Vec<FileResult>,
 }
 
-/// CPU seconds of the thread `tid` of `pid`.
+/// CPU seconds of the thread `tid` of `pid`, from its `schedstat` (nanoseconds on the CPU:
+/// `stat`'s 10 ms ticks, truncated per thread, would lose most of a recorder's time).
 fn thread_cpu(pid: u32, tid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
 /// Thread ids of `pid` whose name starts with `prefix`.
@@ -245,6 +244,8 @@ impl Bench {
         let mut recorder_cpu = None;
         let mut recorders = Vec::new();
         if condition.records() {
+            // Threads of the last phase's recorders may still be exiting.
+            let old = threads(pid, "recorder");
             for (i, t) in self.tracks.iter().enumerate() {
                 let path = self.scratch.join(format!("r{round}-{i}.webm"));
                 egresses.push((http::start_track_egress(http, ROOM, t, &path.to_string_lossy())?, path));
@@ -256,6 +257,7 @@ impl Bench {
                 }
                 std::thread::sleep(Duration::from_millis(20));
                 recorders = threads(pid, "recorder");
+                recorders.retain(|t| !old.contains(t));
             }
             recorder_cpu = match condition {
                 Condition::Record => cfg.gen_cpu,
@@ -279,6 +281,16 @@ impl Bench {
         let counts = self.load.counts.since(&n0);
         let (c1, p1, r1) = (cpu_of(pid, &core), self.server.cpu_seconds(), cpu_of(pid, &recorders));
         let m1 = media_counters(http)?;
+        // The recorders' cost with nothing to record: each polls its socket with a short
+        // timeout (its timers' resolution).
+        let idle = Duration::from_secs(1);
+        let recorder_idle_cpu_per_s = if condition.records() {
+            let i0 = cpu_of(pid, &recorders);
+            std::thread::sleep(idle);
+            (cpu_of(pid, &recorders) - i0) / idle.as_secs_f64()
+        } else {
+            0.0
+        };
         let mut files = Vec::new();
         for (id, path) in &egresses {
             let s = http::stop_egress(http, ROOM, id)?;
@@ -311,6 +323,7 @@ impl Bench {
             core_cpu_s,
             process_cpu_s: p1 - p0,
             recorder_cpu_s,
+            recorder_idle_cpu_per_s,
             forwarder_out,
             nacks_received: m1.1 - m0.1,
             retransmits: m1.2 - m0.2,
