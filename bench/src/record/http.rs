@@ -53,9 +53,10 @@ pub fn request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("{method} {path}: bad status line"))?;
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
     let body = if chunked {
         dechunk(body)
     } else {
@@ -99,7 +100,13 @@ pub fn api_token(room: &str) -> String {
 }
 
 /// `POST /whip/{room}` or `/whep/{room}`: the answer's SDP.
-pub fn post_sdp(http: SocketAddr, kind: &str, room: &str, identity: &str, offer: &str) -> Result<String> {
+pub fn post_sdp(
+    http: SocketAddr,
+    kind: &str,
+    room: &str,
+    identity: &str,
+    offer: &str,
+) -> Result<String> {
     let r = request(
         http,
         "POST",
@@ -162,7 +169,9 @@ pub fn start_track_egress(http: SocketAddr, room: &str, track: &str, path: &str)
         "Egress/StartTrackEgress",
         &json!({ "room_name": room, "track_id": track, "file": { "filepath": path } }),
     )?;
-    let id = v["egress_id"].as_str().context("StartTrackEgress: no egress_id")?;
+    let id = v["egress_id"]
+        .as_str()
+        .context("StartTrackEgress: no egress_id")?;
     Ok(id.to_string())
 }
 

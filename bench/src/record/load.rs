@@ -86,12 +86,7 @@ pub fn ssrc_of(i: usize) -> u32 {
 
 impl Load {
     /// `publisher` sends `tracks` tracks (SSRCs [`ssrc_of`]) at `fps`.
-    pub fn new(
-        publisher: Peer,
-        tracks: usize,
-        fps: f64,
-        viewers: Vec<Peer>,
-    ) -> Result<Load> {
+    pub fn new(publisher: Peer, tracks: usize, fps: f64, viewers: Vec<Peer>) -> Result<Load> {
         let poll = Poll::new()?;
         let mio_of = |p: &Peer| -> Result<MioUdp> {
             let s = p.sock.try_clone()?;

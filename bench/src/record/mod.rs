@@ -140,10 +140,21 @@ pub fn main(args: &[String]) -> Result<()> {
     let result = run::run(&prism, &cfg, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     let phases = result?;
-    let rep = report::Report::new(machine, cfg, smoke, note, started, t0.elapsed().as_secs_f64(), phases);
+    let rep = report::Report::new(
+        machine,
+        cfg,
+        smoke,
+        note,
+        started,
+        t0.elapsed().as_secs_f64(),
+        phases,
+    );
     let stem = rep.write(&out)?;
     print!("{}", rep.markdown());
-    eprintln!("prism-bench record: results in {}/{stem}.{{json,md}}", out.display());
+    eprintln!(
+        "prism-bench record: results in {}/{stem}.{{json,md}}",
+        out.display()
+    );
     let broken = rep.failures();
     if !broken.is_empty() {
         bail!("record bench failed:\n  {}", broken.join("\n  "));

@@ -34,7 +34,9 @@ pub struct Local {
 
 impl std::fmt::Debug for Local {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Local").field("ufrag", &self.ufrag).finish_non_exhaustive()
+        f.debug_struct("Local")
+            .field("ufrag", &self.ufrag)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +80,11 @@ pub fn video_offer(local: &Local, sections: usize, ssrcs: &[u32]) -> String {
     let mut s = format!(
         "v=0\r\no=- {} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {}\r\n\
          a=msid-semantic:WMS *\r\n",
-        u32::from_be_bytes(local.cert.fingerprint().as_bytes()[..4].try_into().unwrap_or([1; 4])),
+        u32::from_be_bytes(
+            local.cert.fingerprint().as_bytes()[..4]
+                .try_into()
+                .unwrap_or([1; 4])
+        ),
         mids.join(" ")
     );
     for (i, mid) in mids.iter().enumerate() {
@@ -116,7 +122,10 @@ pub struct Peer {
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peer").field("sock", &self.sock).field("server", &self.server).finish_non_exhaustive()
+        f.debug_struct("Peer")
+            .field("sock", &self.sock)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,8 +162,8 @@ impl Peer {
                 }
             }
         }
-        let mut dtls = DtlsEndpoint::new(answer.our_role, &local.cert)
-            .map_err(|e| anyhow!("DTLS: {e:?}"))?;
+        let mut dtls =
+            DtlsEndpoint::new(answer.our_role, &local.cert).map_err(|e| anyhow!("DTLS: {e:?}"))?;
         dtls.set_remote_fingerprint(answer.fingerprint)
             .map_err(|e| anyhow!("DTLS fingerprint: {e:?}"))?;
         dtls.handle_timeout(Instant::now());
@@ -191,9 +200,8 @@ impl Peer {
         let (local_keys, remote_keys) =
             SrtpKeys::from_dtls_export(profile, &material.material, is_client)
                 .map_err(|e| anyhow!("SRTP keys: {e:?}"))?;
-        let context = |k: &SrtpKeys| {
-            SrtpContext::new(profile, k).map_err(|e| anyhow!("SRTP context: {e:?}"))
-        };
+        let context =
+            |k: &SrtpKeys| SrtpContext::new(profile, k).map_err(|e| anyhow!("SRTP context: {e:?}"));
         let outbound = context(&local_keys)?;
         let inbound = context(&remote_keys)?;
         Ok(Peer {

@@ -73,9 +73,7 @@ impl Report {
         let ratios = self
             .of(c)
             .filter_map(|p| {
-                let base = self
-                    .of(Condition::None)
-                    .find(|b| b.round == p.round)?;
+                let base = self.of(Condition::None).find(|b| b.round == p.round)?;
                 Some(f(p) / f(base))
             })
             .collect();
@@ -121,7 +119,10 @@ impl Report {
         for p in &self.phases {
             let at = format!("round {} {}", p.round + 1, p.condition.label());
             if p.counts.sent == 0 || p.counts.received == 0 {
-                out.push(format!("{at}: sent {} received {}", p.counts.sent, p.counts.received));
+                out.push(format!(
+                    "{at}: sent {} received {}",
+                    p.counts.sent, p.counts.received
+                ));
             }
             if p.condition == Condition::None {
                 continue;
@@ -135,7 +136,11 @@ impl Report {
                 ));
             }
             for (i, f) in p.files.iter().enumerate() {
-                if f.status != "EGRESS_COMPLETE" || !f.webm || f.bytes == 0 || f.bytes != f.bytes_on_disk {
+                if f.status != "EGRESS_COMPLETE"
+                    || !f.webm
+                    || f.bytes == 0
+                    || f.bytes != f.bytes_on_disk
+                {
                     out.push(format!(
                         "{at}: file {i}: {} ({}), {} bytes reported, {} on disk, WebM {}",
                         f.status, f.error, f.bytes, f.bytes_on_disk, f.webm
@@ -150,7 +155,11 @@ impl Report {
         let m = &self.machine;
         let c = &self.config;
         let mut s = String::new();
-        let _ = writeln!(s, "## Recording cost: {} UTC ({})\n", self.started_utc, self.mode);
+        let _ = writeln!(
+            s,
+            "## Recording cost: {} UTC ({})\n",
+            self.started_utc, self.mode
+        );
         let cpu = |x: Option<usize>| x.map_or("unpinned".to_string(), |c| format!("CPU {c}"));
         let _ = writeln!(
             s,
@@ -197,7 +206,8 @@ impl Report {
             }
             let rec = cond != Condition::None;
             let written = self.med(cond, |p| {
-                p.files.iter().map(|f| f.bytes).sum::<u64>() as f64 / 1e6
+                p.files.iter().map(|f| f.bytes).sum::<u64>() as f64
+                    / 1e6
                     / (p.window_s + c.warmup_s)
             });
             let _ = writeln!(
@@ -229,7 +239,10 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\n(Medians over rounds.)\n");
-        let _ = writeln!(s, "Against no recording, paired within each round (median of the rounds' ratios):\n");
+        let _ = writeln!(
+            s,
+            "Against no recording, paired within each round (median of the rounds' ratios):\n"
+        );
         let _ = writeln!(
             s,
             "| condition | delivered / due | core CPU µs / delivered packet | core CPU µs / datagram sent | goal: ≤ {:.0} % more core CPU per delivered packet, no more loss |",
@@ -263,7 +276,10 @@ impl Report {
             s,
             "| round | condition | sent | delivered | loss | core CPU s | server CPU s | recorder CPU s (threads, CPU) | recorder idle CPU ms/s | forwarder datagrams out | NACKs in | retransmits | PLIs | files (bytes) |"
         );
-        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+        );
         for p in &self.phases {
             let _ = writeln!(
                 s,

@@ -199,15 +199,26 @@ impl Bench {
     /// Starts the server and connects the publisher and the viewers.
     pub fn start(prism: &Path, cfg: &Config, scratch: &Path) -> Result<Bench> {
         std::fs::create_dir_all(scratch)?;
-        let server = Server::start_with_level(prism, cfg.sut_cpu, &scratch.join("prism.log"), "info")?;
+        let server =
+            Server::start_with_level(prism, cfg.sut_cpu, &scratch.join("prism.log"), "info")?;
         let http = server.http;
         let local = Local::new()?;
         let ssrcs: Vec<u32> = (0..cfg.tracks).map(ssrc_of).collect();
-        let answer = http::post_sdp(http, "whip", ROOM, PUBLISHER, &video_offer(&local, cfg.tracks, &ssrcs))?;
+        let answer = http::post_sdp(
+            http,
+            "whip",
+            ROOM,
+            PUBLISHER,
+            &video_offer(&local, cfg.tracks, &ssrcs),
+        )?;
         let publisher = Peer::connect(&local, &answer).context("publisher")?;
         let tracks = http::video_tracks(http, ROOM, PUBLISHER)?;
         if tracks.len() != cfg.tracks {
-            bail!("the room lists {} video tracks of {PUBLISHER}, not {}", tracks.len(), cfg.tracks);
+            bail!(
+                "the room lists {} video tracks of {PUBLISHER}, not {}",
+                tracks.len(),
+                cfg.tracks
+            );
         }
         let mut viewers = Vec::new();
         for i in 0..cfg.viewers {
@@ -232,8 +243,10 @@ impl Bench {
 
     /// Sends for `secs` (not measured), then drains.
     pub fn settle(&mut self, secs: f64) -> Result<()> {
-        self.load.run(true, Instant::now() + Duration::from_secs_f64(secs))?;
-        self.load.run(false, Instant::now() + Duration::from_secs(2))
+        self.load
+            .run(true, Instant::now() + Duration::from_secs_f64(secs))?;
+        self.load
+            .run(false, Instant::now() + Duration::from_secs(2))
     }
 
     /// One phase of `condition`.
@@ -248,12 +261,19 @@ impl Bench {
             let old = threads(pid, "recorder");
             for (i, t) in self.tracks.iter().enumerate() {
                 let path = self.scratch.join(format!("r{round}-{i}.webm"));
-                egresses.push((http::start_track_egress(http, ROOM, t, &path.to_string_lossy())?, path));
+                egresses.push((
+                    http::start_track_egress(http, ROOM, t, &path.to_string_lossy())?,
+                    path,
+                ));
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             while recorders.len() < self.tracks.len() {
                 if Instant::now() > deadline {
-                    bail!("{} recorder threads found, {} expected", recorders.len(), self.tracks.len());
+                    bail!(
+                        "{} recorder threads found, {} expected",
+                        recorders.len(),
+                        self.tracks.len()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
                 recorders = threads(pid, "recorder");
@@ -271,15 +291,25 @@ impl Bench {
         }
         self.settle(cfg.warmup_s)?;
         let core = threads(pid, "prism-core");
-        let (c0, p0, r0) = (cpu_of(pid, &core), self.server.cpu_seconds(), cpu_of(pid, &recorders));
+        let (c0, p0, r0) = (
+            cpu_of(pid, &core),
+            self.server.cpu_seconds(),
+            cpu_of(pid, &recorders),
+        );
         let m0 = media_counters(http)?;
         let n0 = self.load.counts;
         let t0 = Instant::now();
-        self.load.run(true, t0 + Duration::from_secs_f64(cfg.window_s))?;
+        self.load
+            .run(true, t0 + Duration::from_secs_f64(cfg.window_s))?;
         let window_s = t0.elapsed().as_secs_f64();
-        self.load.run(false, Instant::now() + Duration::from_secs(2))?;
+        self.load
+            .run(false, Instant::now() + Duration::from_secs(2))?;
         let counts = self.load.counts.since(&n0);
-        let (c1, p1, r1) = (cpu_of(pid, &core), self.server.cpu_seconds(), cpu_of(pid, &recorders));
+        let (c1, p1, r1) = (
+            cpu_of(pid, &core),
+            self.server.cpu_seconds(),
+            cpu_of(pid, &recorders),
+        );
         let m1 = media_counters(http)?;
         // The recorders' cost with nothing to record: each polls its socket with a short
         // timeout (its timers' resolution).
@@ -319,7 +349,11 @@ impl Bench {
             window_s,
             counts,
             delivered_pps: counts.received as f64 / window_s,
-            loss: if due == 0 { 1.0 } else { 1.0 - counts.received as f64 / due as f64 },
+            loss: if due == 0 {
+                1.0
+            } else {
+                1.0 - counts.received as f64 / due as f64
+            },
             core_cpu_s,
             process_cpu_s: p1 - p0,
             recorder_cpu_s,
@@ -329,7 +363,11 @@ impl Bench {
             retransmits: m1.2 - m0.2,
             core_us_per_delivered: per(core_cpu_s, counts.received),
             core_us_per_sent: per(core_cpu_s, forwarder_out),
-            recorder_us_per_packet: if condition.records() { per(recorder_cpu_s, counts.sent) } else { 0.0 },
+            recorder_us_per_packet: if condition.records() {
+                per(recorder_cpu_s, counts.sent)
+            } else {
+                0.0
+            },
             files,
         })
     }
