@@ -137,9 +137,19 @@ pub fn main(args: &[String]) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let t0 = std::time::Instant::now();
-    let result = run::run(&prism, &cfg, &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let phases = result?;
+    let phases = match run::run(&prism, &cfg, &scratch) {
+        Ok(p) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            p
+        }
+        Err(e) => {
+            // The server's log stays for the post-mortem.
+            return Err(e.context(format!(
+                "server log in {}",
+                scratch.join("prism.log").display()
+            )));
+        }
+    };
     let rep = report::Report::new(
         machine,
         cfg,

@@ -274,7 +274,7 @@ impl Report {
         let _ = writeln!(s, "\nPer phase:\n");
         let _ = writeln!(
             s,
-            "| round | condition | sent | delivered | loss | core CPU s | server CPU s | recorder CPU s (threads, CPU) | recorder idle CPU ms/s | forwarder datagrams out | NACKs in | retransmits | PLIs | files (bytes) |"
+            "| round | condition | sent | delivered | loss | core CPU s | server CPU s | recorder CPU s (threads, CPU) | recorder idle CPU ms/s | rescheduling IPIs per CPU | forwarder datagrams out | NACKs in | retransmits | PLIs | files (bytes) |"
         );
         let _ = writeln!(
             s,
@@ -283,7 +283,7 @@ impl Report {
         for p in &self.phases {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.4} % | {:.3} | {:.2} | {:.3} ({}, {}) | {:.1} | {} | {} | {} | {} | {} ({}) |",
+                "| {} | {} | {} | {} | {:.4} % | {:.3} | {:.2} | {:.3} ({}, {}) | {:.1} | {} | {} | {} | {} | {} | {} ({}) |",
                 p.round + 1,
                 p.condition.label(),
                 p.counts.sent,
@@ -295,6 +295,11 @@ impl Report {
                 p.recorder_threads,
                 p.recorder_cpu.map_or("–".to_string(), |c| c.to_string()),
                 p.recorder_idle_cpu_per_s * 1e3,
+                p.resched_ipis
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" / "),
                 p.forwarder_out,
                 p.nacks_received,
                 p.retransmits,

@@ -112,6 +112,9 @@ pub struct Phase {
     /// The recorder threads' CPU seconds per second while nothing is sent (after the
     /// window, before StopEgress).
     pub recorder_idle_cpu_per_s: f64,
+    /// Rescheduling IPIs each CPU received during the window (and its drain): a thread
+    /// woken on another CPU than the waker's costs one (on a VM, an exit of the sender).
+    pub resched_ipis: Vec<u64>,
     /// The media plane's own counters over the window (`/metrics`): datagrams sent by the
     /// forwarding core (to viewers, recorders, and RTCP), NACKs it received, and packets it
     /// retransmitted.
@@ -166,6 +169,23 @@ fn pin_thread(tid: &str, cpu: usize) -> Result<()> {
         bail!("taskset could not pin thread {tid} to CPU {cpu}");
     }
     Ok(())
+}
+
+/// Rescheduling interrupts (the IPIs a wake-up of a thread on another CPU sends) received
+/// by each CPU so far, from `/proc/interrupts`.
+fn resched_ipis() -> Vec<u64> {
+    std::fs::read_to_string("/proc/interrupts")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.trim_start().starts_with("RES:"))?;
+            Some(
+                l.split_whitespace()
+                    .skip(1)
+                    .map_while(|x| x.parse().ok())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// The media plane's counters summed over cores: (datagrams out, NACKs received,
@@ -297,6 +317,7 @@ impl Bench {
             cpu_of(pid, &recorders),
         );
         let m0 = media_counters(http)?;
+        let i0 = resched_ipis();
         let n0 = self.load.counts;
         let t0 = Instant::now();
         self.load
@@ -311,6 +332,11 @@ impl Bench {
             cpu_of(pid, &recorders),
         );
         let m1 = media_counters(http)?;
+        let ipis: Vec<u64> = resched_ipis()
+            .iter()
+            .zip(i0.iter().chain(std::iter::repeat(&0)))
+            .map(|(b, a)| b.saturating_sub(*a))
+            .collect();
         // The recorders' cost with nothing to record: each polls its socket with a short
         // timeout (its timers' resolution).
         let idle = Duration::from_secs(1);
@@ -358,6 +384,7 @@ impl Bench {
             process_cpu_s: p1 - p0,
             recorder_cpu_s,
             recorder_idle_cpu_per_s,
+            resched_ipis: ipis,
             forwarder_out,
             nacks_received: m1.1 - m0.1,
             retransmits: m1.2 - m0.2,
