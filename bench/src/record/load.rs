@@ -211,7 +211,7 @@ impl Load {
             any = true;
             let d = &mut self.buf[..n];
             // RFC 7983: RTP and RTCP start at 128..=191; RTCP's packet type is 192..=223.
-            if !(128..=191).contains(&d[0]) || n < 12 {
+            if n < 12 || !(128..=191).contains(&d[0]) {
                 continue;
             }
             let rtcp = (192..=223).contains(&d[1]);
