@@ -327,6 +327,122 @@ impl Report {
 mod tests {
     use super::*;
 
+    use crate::record::load::Counts;
+    use crate::record::run::FileResult;
+
+    fn phase(round: usize, condition: Condition, core_us: f64, files: Vec<FileResult>) -> Phase {
+        let counts = Counts {
+            sent: 100,
+            received: 400,
+            ..Counts::default()
+        };
+        Phase {
+            round,
+            condition,
+            recorder_cpu: None,
+            recorder_threads: files.len(),
+            window_s: 1.0,
+            counts,
+            delivered_pps: 400.0,
+            loss: 0.0,
+            core_cpu_s: core_us * 400.0 / 1e6,
+            process_cpu_s: 0.0,
+            recorder_cpu_s: 0.0,
+            recorder_idle_cpu_per_s: 0.0,
+            resched_ipis: Vec::new(),
+            forwarder_out: 400,
+            nacks_received: 0,
+            retransmits: 0,
+            core_us_per_delivered: core_us,
+            core_us_per_sent: core_us,
+            recorder_us_per_packet: 0.0,
+            files,
+        }
+    }
+
+    fn file(status: &str, bytes: u64, on_disk: u64) -> FileResult {
+        FileResult {
+            status: status.into(),
+            bytes,
+            bytes_on_disk: on_disk,
+            duration_s: 1.0,
+            webm: true,
+            error: String::new(),
+        }
+    }
+
+    fn report(phases: Vec<Phase>) -> Report {
+        let config = Config {
+            tracks: 2,
+            viewers: 4,
+            fps: 30.0,
+            rounds: 2,
+            warmup_s: 1.0,
+            window_s: 1.0,
+            conditions: vec![Condition::None, Condition::Record],
+            gen_cpu: None,
+            sut_cpu: None,
+        };
+        Report::new(
+            Machine::probe(),
+            config,
+            true,
+            String::new(),
+            0,
+            1.0,
+            phases,
+        )
+    }
+
+    #[test]
+    fn failures_name_incomplete_files_and_silent_phases_and_the_goal_is_paired() {
+        let good = || {
+            vec![
+                file("EGRESS_COMPLETE", 10, 10),
+                file("EGRESS_COMPLETE", 9, 9),
+            ]
+        };
+        let r = report(vec![
+            phase(0, Condition::None, 4.0, Vec::new()),
+            phase(0, Condition::Record, 4.1, good()),
+            phase(1, Condition::Record, 6.0, good()),
+            phase(1, Condition::None, 5.8, Vec::new()),
+        ]);
+        assert!(r.failures().is_empty(), "{:?}", r.failures());
+        // Paired within rounds: 1.025 and 1.034, both within 5 %, though round 1's
+        // recording phase costs more than round 0's baseline by half.
+        assert!(r.met(Condition::Record));
+        let slow = report(vec![
+            phase(0, Condition::None, 4.0, Vec::new()),
+            phase(0, Condition::Record, 4.4, good()),
+        ]);
+        assert!(!slow.met(Condition::Record));
+
+        let mut silent = phase(0, Condition::None, 4.0, Vec::new());
+        silent.counts.received = 0;
+        let bad = report(vec![
+            silent,
+            phase(
+                0,
+                Condition::Record,
+                4.0,
+                vec![file("EGRESS_FAILED", 10, 10), file("EGRESS_COMPLETE", 9, 8)],
+            ),
+            phase(
+                1,
+                Condition::Record,
+                4.0,
+                vec![file("EGRESS_COMPLETE", 9, 9)],
+            ),
+        ]);
+        let f = bad.failures();
+        assert_eq!(f.len(), 4, "{f:?}");
+        assert!(f[0].contains("received 0"));
+        assert!(f[1].contains("EGRESS_FAILED"));
+        assert!(f[2].contains("9 bytes reported, 8 on disk"));
+        assert!(f[3].contains("1 recorder threads and 1 files for 2 tracks"));
+    }
+
     #[test]
     fn median_of_odd_even_and_empty() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
