@@ -4,7 +4,7 @@
 # forwarding core included) on CPU 1: forwarding to WHEP viewers with and without every
 # track recorded through the Egress API, alternating, several rounds.
 #
-#   scripts/recbench.sh            the full run (~3 min): results in bench/results/record-*
+#   scripts/recbench.sh            the full run (~5 min): results in bench/results/record-*
 #   scripts/recbench.sh --smoke    one short round (seconds); target/bench-smoke
 # Other arguments go to `prism-bench record` (see `prism-bench record --help`).
 set -euo pipefail

@@ -33,10 +33,10 @@ OPTIONS:
     --viewers N        WHEP viewers of every track (default 40)
     --fps F            frames per second of every track (default 30; 4 packets a frame,
                        12 on keyframes, about 1.2 Mbit/s)
-    --rounds N         rounds of every condition, ABBA order (default 5)
+    --rounds N         rounds of every condition, ABBA order (default 7)
     --warmup S         seconds sent before each window, not measured (default 3)
     --window S         seconds measured per phase (default 10)
-    --conditions LIST  of none,record,record-shared (default none,record): record pins the
+    --conditions LIST  of none,record,record-shared (default all three): record pins the
                        recorder threads to the load CPU, off the forwarding core;
                        record-shared leaves them on the forwarding core's CPU
     --gen-cpu N        pin the load side to CPU N (default 0)
@@ -51,10 +51,10 @@ pub fn main(args: &[String]) -> Result<()> {
         tracks: 10,
         viewers: 40,
         fps: 30.0,
-        rounds: 5,
+        rounds: 7,
         warmup_s: 3.0,
         window_s: 10.0,
-        conditions: vec![Condition::None, Condition::Record],
+        conditions: vec![Condition::None, Condition::Record, Condition::RecordShared],
         gen_cpu: Some(0),
         sut_cpu: Some(1),
     };
@@ -72,6 +72,7 @@ pub fn main(args: &[String]) -> Result<()> {
                 cfg.rounds = 1;
                 cfg.warmup_s = 1.0;
                 cfg.window_s = 1.5;
+                cfg.conditions = vec![Condition::None, Condition::Record];
             }
             "--prism" => prism = PathBuf::from(val()?),
             "--tracks" => cfg.tracks = val()?.parse()?,
