@@ -6,7 +6,9 @@
 #   scripts/bench.sh --smoke    a few seconds per scenario and system (CI; results in
 #                               target/bench-smoke, nothing committed), then the
 #                               control-plane smoke against `prism serve` (a few joins,
-#                               offers and data messages; target/ctlbench-smoke)
+#                               offers and data messages; target/ctlbench-smoke) and
+#                               the recording bench's smoke (one short round of
+#                               forwarding with and without every track recorded)
 #   scripts/bench.sh            the full run: results in bench/results/, README section
 #                               regenerated; takes about a quarter of an hour
 # Other arguments are passed to `prism-bench run` (see `prism-bench --help`).
@@ -57,5 +59,8 @@ if [[ $profile == smoke ]]; then
     # The control plane (scripts/ctlbench.sh compares two builds of it).
     step "prism-bench control smoke"
     "${pin[@]}" "target/$profile/prism-bench" control smoke --prism "target/$profile/prism"
+    # Recording's cost (prism-bench record): one short round, files checked.
+    step "prism-bench record --smoke"
+    "${pin[@]}" "target/$profile/prism-bench" record --smoke --prism "target/$profile/prism" "${sut[@]}"
 fi
 echo "bench.sh: done in $(($(date +%s) - start)) s" >&2

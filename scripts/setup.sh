@@ -23,6 +23,9 @@ command -v npm >/dev/null || need_apt+=(nodejs npm)
 # network namespaces with ip and nftables.
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v nft >/dev/null || need_apt+=(nftables)
+# The AF_XDP WebRTC test (signaling/tests/webrtc_af_xdp.rs) reads /metrics from inside a
+# namespace with curl.
+command -v curl >/dev/null || need_apt+=(curl)
 # The TURN tests (signaling/tests/browser_turn.rs) relay through coturn too.
 command -v turnserver >/dev/null || need_apt+=(coturn)
 # RTMP ingress: libopus for AAC→Opus (the `opus` crate links it through pkg-config), and
@@ -31,6 +34,9 @@ command -v turnserver >/dev/null || need_apt+=(coturn)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need_apt+=(libopus-dev)
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+# Cluster mode: the cluster tests (signaling/tests/cluster_nodes.rs) start their own
+# redis-server, and read the directory with redis-cli.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -15,6 +15,8 @@
 //!   that drives `prism serve` through LiveKit's client protocol.
 //! - [`icetcp`]: `prism-bench ice-tcp`, the forwarder's cost per packet through ICE over
 //!   TCP against UDP.
+//! - [`record`]: `prism-bench record`, what recording (Egress) costs the forwarder, and
+//!   the recorder's CPU per recorded packet.
 
 pub mod accounting;
 pub mod clock;
@@ -24,6 +26,7 @@ pub mod icetcp;
 pub mod machine;
 pub mod payload;
 pub mod plot;
+pub mod record;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -41,6 +41,8 @@ pub struct AppState {
     /// What clients are given for media, most preferred first (see
     /// [`RoomDefaults::candidate_ips`]); empty: each core's own address.
     pub candidate_ips: std::sync::Arc<[std::net::IpAddr]>,
+    /// This node's membership of a cluster (`redis:` configured); `None`: a single node.
+    pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -80,6 +82,7 @@ impl AppState {
             dev,
             room_service: options.room_service,
             candidate_ips,
+            cluster: None,
         })
     }
 }

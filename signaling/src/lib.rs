@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod egress;
 pub mod external_ip;

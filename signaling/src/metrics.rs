@@ -308,6 +308,9 @@ pub async fn render(state: &AppState) -> Result<String, String> {
         }
     }
     fronts(&mut out, &stats.fronts);
+    if let Some(c) = &state.cluster {
+        c.render_metrics(&mut out);
+    }
     header(
         &mut out,
         "prism_transport_bandwidth_estimate_bps",

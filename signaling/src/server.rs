@@ -4,7 +4,9 @@
 //! Routes so far:
 //! - `GET /`, `GET /status`, `/assets/…`, `/api/…`, `POST /dev/token`: the try-it and
 //!   status pages and their API (see `web`).
-//! - `GET /healthz`: liveness, `ok`.
+//! - `GET /healthz`: liveness, `ok`, whatever Redis does.
+//! - `GET /readyz`: readiness: 200 when this node takes new rooms (a single node always;
+//!   in a cluster, Redis reachable and the node serving), else 503 with the reason.
 //! - `GET /metrics`: Prometheus text format (see `metrics`).
 //! - `GET /rtc/validate`: LiveKit's token check, answering 200 `success` or the status
 //!   and text LiveKit's server would give.
@@ -47,6 +49,10 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["api", "state"]) => crate::web::api_state(state.clone(), &req).await,
         (&Method::POST, ["dev", "token"]) => crate::web::dev_token(&state, req).await,
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+        (&Method::GET, ["readyz"]) => match state.cluster.as_ref().map(|c| c.ready()) {
+            None | Some(Ok(())) => text(StatusCode::OK, "ready"),
+            Some(Err(why)) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
         (&Method::GET, ["metrics"]) => match crate::metrics::render(&state).await {
             Ok(body) => {
                 let mut r = text(StatusCode::OK, body);

@@ -433,9 +433,8 @@ fn livekit_config_sample_starts_and_names_each_key_it_ignores() {
     unique.dedup();
     assert_eq!(unique.len(), ignored.len(), "one line per key: {ignored:?}");
     for key in [
-        "redis.address",
         "redis.tls.enabled",
-        "redis.sentinel_addresses",
+        "redis.tls.ca_cert_file",
         "rtc.congestion_control.allow_pause",
         "rtc.skip_external_ip_validation",
         "rtc.pli_throttle.low_quality",
@@ -472,6 +471,9 @@ fn livekit_config_sample_starts_and_names_each_key_it_ignores() {
         "turn.udp_port",
         "ingress.rtmp_base_url",
         "ingress.whip_base_url",
+        "redis.address",
+        "redis.sentinel_addresses",
+        "redis.cluster_addresses",
     ] {
         assert!(
             !ignored

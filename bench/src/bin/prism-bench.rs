@@ -20,6 +20,8 @@ USAGE:
     prism-bench serve conventional --port N --control PATH
     prism-bench control compare|smoke ...   control-plane benchmark (see control --help)
     prism-bench ice-tcp [OPTIONS]            ICE-over-TCP cost against UDP (see ice-tcp --help)
+    prism-bench record [OPTIONS]             recording's cost to the forwarder, and the
+                                             recorder's per packet (see record --help)
     prism-bench turn [--subscribers N] [--pps N] [--secs N] [--gen-cpu N] [--sut-cpu N]
                      [--out DIR]    embedded TURN against direct UDP, one run (writes
                                     DIR/turn-<date>.md and .json; default bench/results)
@@ -49,6 +51,7 @@ fn main() -> Result<()> {
         Some("serve") => serve(&args[1..]),
         Some("control") => prism_bench::control::cli::main(&args[1..]),
         Some("ice-tcp") => prism_bench::icetcp::main(&args[1..]),
+        Some("record") => prism_bench::record::main(&args[1..]),
         Some("turn") => turn(&args[1..]),
         Some("-h" | "--help") | None => {
             print!("{USAGE}");

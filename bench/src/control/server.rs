@@ -22,6 +22,16 @@ impl Server {
     /// Starts `bin` on free ports, with its media core and every thread on `cpu` when
     /// given; returns once it accepts TCP connections.
     pub fn start(bin: &Path, cpu: Option<usize>, log: &Path) -> Result<Server> {
+        Self::start_with_level(bin, cpu, log, "warn")
+    }
+
+    /// [`Server::start`] with another `--log-level`.
+    pub fn start_with_level(
+        bin: &Path,
+        cpu: Option<usize>,
+        log: &Path,
+        level: &str,
+    ) -> Result<Server> {
         if !bin.exists() {
             bail!("no prism binary at {}", bin.display());
         }
@@ -42,7 +52,7 @@ impl Server {
             "--cores",
             &cpu.unwrap_or(0).to_string(),
             "--log-level",
-            "warn",
+            level,
         ]
         .iter()
         .map(|s| s.to_string())

@@ -15,13 +15,26 @@ pub const DEV_SECRET: &str = "secret";
 
 /// A join token for `identity` in `room`, valid from `now` (Unix seconds) for an hour.
 pub fn join_token(key: &str, secret: &str, room: &str, identity: &str, now: u64) -> String {
+    let video = serde_json::json!({ "roomJoin": true, "room": room });
+    token_with_grant(key, secret, identity, video, now)
+}
+
+/// A token for `identity` with `video` as its grant (e.g. `roomRecord`, `roomAdmin`),
+/// valid from `now` (Unix seconds) for an hour.
+pub fn token_with_grant(
+    key: &str,
+    secret: &str,
+    identity: &str,
+    video: serde_json::Value,
+    now: u64,
+) -> String {
     let claims = serde_json::json!({
         "iss": key,
         "sub": identity,
         "name": identity,
         "nbf": now,
         "exp": now + 3600,
-        "video": { "roomJoin": true, "room": room },
+        "video": video,
     });
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());

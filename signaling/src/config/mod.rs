@@ -43,6 +43,10 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub turn: TurnConfig,
     pub ingress: IngressConfig,
+    /// Several nodes sharing rooms: LiveKit's `redis:` section (see `docs/cluster.md`).
+    pub redis: RedisConfig,
+    /// Prism's own cluster settings, beside LiveKit's `redis:`.
+    pub cluster: ClusterConfig,
     /// What the file said that Prism ignored, one line each, for the caller to log once
     /// logging is up.
     #[serde(skip)]
@@ -243,6 +247,56 @@ pub struct RoomConfig {
 pub struct RecordingConfig {
     /// Where recordings with a relative file path go (`./recordings`).
     pub directory: Option<PathBuf>,
+}
+
+/// LiveKit's `redis:` section. Any of `address`, `sentinel_addresses` or
+/// `cluster_addresses` switches cluster mode on, as in LiveKit.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `host:port` of a standalone Redis.
+    pub address: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Database number (standalone and Sentinel).
+    pub db: Option<i64>,
+    /// TLS to Redis (and to Sentinel's master).
+    pub use_tls: Option<bool>,
+    /// With `sentinel_addresses`: the monitored master's name.
+    pub sentinel_master_name: Option<String>,
+    pub sentinel_addresses: Vec<String>,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+    /// Redis Cluster: seed nodes, `host:port`.
+    pub cluster_addresses: Vec<String>,
+}
+
+impl RedisConfig {
+    /// Whether any address is given (cluster mode on).
+    pub fn enabled(&self) -> bool {
+        self.address
+            .as_deref()
+            .is_some_and(|a| !a.trim().is_empty())
+            || !self.sentinel_addresses.is_empty()
+            || !self.cluster_addresses.is_empty()
+    }
+}
+
+/// Prism's cluster settings (`cluster:`); only read when `redis:` is on.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The secret node-to-node requests are signed with; default: derived from the API
+    /// keys (nodes sharing keys share it).
+    pub secret: Option<String>,
+    /// `host:port` other nodes reach this node's HTTP server at (default: the first
+    /// listen address, or the advertised IP with its port when that is unspecified).
+    pub internal_address: Option<String>,
+    /// Packets per second (in + out) this node takes before it counts as full (placement
+    /// prefers headroom): default 200000 per media core.
+    pub capacity_pps: Option<u64>,
+    /// The region this node is in (placement prefers the ingress's region).
+    pub region: Option<String>,
 }
 
 /// Why a configuration was refused.

@@ -82,6 +82,15 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
     let query = req.uri().query().unwrap_or("").to_owned();
+    if let Some(cluster) = state.cluster.clone() {
+        // Several nodes: the session may belong to another node's room.
+        let resume = flag(&query, "reconnect").unwrap_or(false);
+        if let crate::cluster::api::Rtc::Done(r) =
+            crate::cluster::api::rtc(&cluster, &mut req, &room, resume).await
+        {
+            return r;
+        }
+    }
     let int = |name: &str| query_param(&query, name).and_then(|v| v.parse::<i32>().ok());
     let params = JoinParams {
         claims,

@@ -24,6 +24,13 @@ impl Room {
         }
     }
 
+    /// Another node owns the room now (cluster fencing): everyone is told to reconnect,
+    /// which brings them to the new owner, and this copy closes.
+    pub(crate) fn superseded(&mut self) {
+        self.leave_action = lk::leave_request::Action::Reconnect;
+        self.close(lk::DisconnectReason::StateMismatch);
+    }
+
     /// The server is going away: everyone is told (`SERVER_SHUTDOWN`) and the room closes.
     pub(crate) fn shutdown(&mut self) {
         self.stopping = true;

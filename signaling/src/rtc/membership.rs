@@ -282,10 +282,11 @@ impl Room {
             self.empty_since = Some(Instant::now());
         }
         if let Some(r) = leave {
+            let action = self.leave_action;
             let _ = p.send(Resp::Leave(lk::LeaveRequest {
-                can_reconnect: false,
+                can_reconnect: action == lk::leave_request::Action::Reconnect,
                 reason: r as i32,
-                action: lk::leave_request::Action::Disconnect as i32,
+                action: action as i32,
             }));
             p.close_signal(format!("{r:?}"));
         }

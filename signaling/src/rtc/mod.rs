@@ -318,13 +318,39 @@ impl RoomManager {
         }
     }
 
+    /// Closes this node's copy of a room another node now owns: everyone in it is told to
+    /// reconnect (`LeaveRequest{action: RECONNECT}`), and lands on the new owner.
+    pub async fn supersede(&self, name: &RoomName) {
+        if let Some(h) = self.get(name) {
+            let _ = h
+                .call(|r| {
+                    r.superseded();
+                    Ok(())
+                })
+                .await;
+        }
+    }
+
     /// Tells every participant the server is going away and closes every room.
     pub async fn shutdown(&self) {
+        self.shutdown_with(false).await;
+    }
+
+    /// As [`RoomManager::shutdown`], clients told to reconnect (`LeaveRequest{action:
+    /// RECONNECT}`): in a cluster, they land on another node.
+    pub async fn shutdown_moving(&self) {
+        self.shutdown_with(true).await;
+    }
+
+    async fn shutdown_with(&self, reconnect: bool) {
         self.inner.stopping.store(true, Ordering::Relaxed);
         let handles: Vec<RoomHandle> = self.registry().values().cloned().collect();
         for h in handles {
             let _ = h
-                .call(|r| {
+                .call(move |r| {
+                    if reconnect {
+                        r.leave_action = lk::leave_request::Action::Reconnect;
+                    }
                     r.shutdown();
                     Ok(())
                 })

@@ -205,6 +205,9 @@ pub struct Room {
     /// Set once the room is closing: nothing new is accepted.
     pub closed: bool,
     pub(crate) stopping: bool,
+    /// What a server-initiated leave asks of clients: disconnect, or reconnect (this copy
+    /// of the room was superseded by another node's).
+    pub(crate) leave_action: lk::leave_request::Action,
     /// The room's own mailbox, handed to the sessions that join it.
     pub(crate) handle: RoomHandle,
     /// Hears of the room's lifecycle (the agent dispatcher).
@@ -284,6 +287,7 @@ impl Room {
             counters,
             closed: false,
             stopping: false,
+            leave_action: lk::leave_request::Action::Disconnect,
             handle,
             observer,
             initial_agents: opts.agents.clone(),

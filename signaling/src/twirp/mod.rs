@@ -272,6 +272,12 @@ async fn serve(
         )
     })?;
     let claims = state.keys.verify_now(&token)?;
+    let from_peer = match &state.cluster {
+        Some(c) => crate::cluster::api::twirp_peer(c, &req)?,
+        None => false,
+    };
+    let authorization = req.headers().get(hyper::header::AUTHORIZATION).cloned();
+    let content_type = content_type.to_owned();
     // A declared length over the limit is refused before reading anything.
     let declared = req
         .headers()
@@ -294,6 +300,23 @@ async fn serve(
             ))
         }
     };
+    if let (Some(cluster), room_service::SERVICE) = (&state.cluster, service) {
+        // Several nodes: the call runs on the room's owner.
+        let call = crate::cluster::api::TwirpCall {
+            cluster,
+            claims: &claims,
+            codec,
+            method: &desc,
+            body: &body,
+            path: &format!("/twirp/{path}"),
+            content_type: &content_type,
+            authorization: authorization.as_ref(),
+            from_peer,
+        };
+        if let Some(r) = call.route().await? {
+            return Ok(r);
+        }
+    }
     let out = if service == ingress_service::SERVICE {
         let call = ingress_service::Call {
             ingresses: &state.ingresses,

@@ -1,7 +1,8 @@
 """Helpers shared by the interop test clients (aiortc WHIP/WHEP, LiveKit SDK participants).
 
 - `allow_loopback()`: aioice leaves 127.0.0.1 out of its host candidates; the tests run on
-  loopback only, so it is made the one host address. Call it before creating a peer.
+  loopback only, so it is made the one host address (or `PRISM_ICE_HOST`, for a client
+  in a network namespace of its own). Call it before creating a peer.
 - `http()`: one HTTP request (urllib in a thread, so the event loop keeps running ICE).
 - `summary()`: the single JSON line each client prints last; the Rust driver parses it.
 - `event()` and `commands()`: how a client run step by step by the driver (its
@@ -13,6 +14,7 @@
 import asyncio
 import json
 import math
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -23,7 +25,8 @@ import aioice.ice
 
 def allow_loopback() -> None:
     # aioice 0.13 looks the function up as a module global at gather time.
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    host = os.environ.get("PRISM_ICE_HOST", "127.0.0.1")
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [host]
 
 
 def _request(method, url, token, body, timeout):

@@ -116,8 +116,8 @@ pub struct ServeArgs {
     /// The interface the af_xdp driver attaches to (core i serves its queue i).
     #[arg(long, value_name = "IF")]
     pub interface: Option<String>,
-    /// Redis (LiveKit's several-node mode): accepted, not implemented yet; Prism runs as
-    /// a single node and says so.
+    /// Redis `host:port`: several nodes share rooms through it (docs/cluster.md); wins
+    /// over the file's `redis.address`.
     #[arg(long, value_name = "HOST:PORT", env = "REDIS_HOST")]
     pub redis_host: Option<String>,
     #[arg(
@@ -133,7 +133,8 @@ pub struct ServeArgs {
     /// Private key (PEM) of the embedded TURN server's TLS listener.
     #[arg(long, value_name = "FILE", env = "LIVEKIT_TURN_KEY")]
     pub turn_key: Option<PathBuf>,
-    /// Region of this node (LiveKit's region-aware placement): accepted, not used yet.
+    /// Region of this node: in a cluster, new rooms go to nodes of the ingress's region
+    /// first.
     #[arg(long, value_name = "REGION", env = "LIVEKIT_REGION")]
     pub region: Option<String>,
     /// error, warn, info, debug, trace, or a tracing filter (default: RUST_LOG, else the

@@ -3,7 +3,9 @@
 //! Settings are read lowest first from the configuration (a file, or the YAML text of
 //! `--config-body` / `LIVEKIT_CONFIG`), the environment and the flags. On SIGINT or
 //! SIGTERM the server stops accepting connections, tells every LiveKit participant to
-//! leave (`SERVER_SHUTDOWN`), and exits once the leaves are written.
+//! leave (`SERVER_SHUTDOWN`), and exits once the leaves are written. In a cluster it first
+//! gives its rooms and its directory entry up, and the leaves ask clients to reconnect,
+//! which brings them to other nodes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 use prism_signaling::auth::{self, KeyStore, VideoGrant, DEV_KEY, DEV_SECRET};
+use prism_signaling::cluster::{Cluster, ClusterOptions, DEFAULT_CAPACITY_PER_CORE};
 use prism_signaling::config::{parse_keys, read_key_file, Config, PortSpec};
 use prism_signaling::external_ip;
 use prism_signaling::rtc::RoomDefaults;
@@ -238,17 +241,19 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         None if fwd.base_port == 0 => Some(0),
         None => Some(7881),
     };
-    if flags.redis_host.is_some() || flags.redis_password.is_some() {
+    let mut redis = file.redis.clone();
+    if let Some(h) = flags.redis_host.as_deref().filter(|h| !h.trim().is_empty()) {
+        redis.address = Some(h.trim().to_owned());
+    }
+    if let Some(p) = flags.redis_password.as_deref().filter(|p| !p.is_empty()) {
+        redis.password = Some(p.to_owned());
+    }
+    if redis.enabled() && file.cluster.secret.is_none() && key_map.is_empty() {
         warnings.push(
-            "--redis-host / REDIS_HOST: several nodes sharing rooms through Redis is not \
-             implemented yet; this node runs alone"
+            "cluster: no API keys but the development pair, and no cluster.secret: \
+             node-to-node requests are signed with a key anyone can derive"
                 .into(),
         );
-    }
-    if let Some(r) = &flags.region {
-        warnings.push(format!(
-            "--region / LIVEKIT_REGION {r:?}: region-aware placement is not implemented; ignored"
-        ));
     }
     let mut turn = file.turn.clone();
     if flags.turn_cert.is_some() {
@@ -340,10 +345,29 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             t.stream_addr().map_or("-".into(), |a| a.to_string())
         );
     }
-    let state = Arc::new(
-        AppState::with_options(keys, forwarder, dev, options)
-            .context("starting the agent service")?,
-    );
+    let mut state = AppState::with_options(keys, forwarder, dev, options)
+        .context("starting the agent service")?;
+    if redis.enabled() {
+        let opts = ClusterOptions {
+            secret: cluster_secret(&file, &key_map),
+            http: internal_address(&file, &binds, &ips)?,
+            media: media.iter().map(ToString::to_string).collect(),
+            capacity_pps: file
+                .cluster
+                .capacity_pps
+                .unwrap_or(DEFAULT_CAPACITY_PER_CORE * media.len().max(1) as u64),
+            region: flags
+                .region
+                .clone()
+                .or(file.cluster.region.clone())
+                .unwrap_or_default(),
+            redis,
+        };
+        let c = Cluster::new(opts).map_err(anyhow::Error::msg)?;
+        println!("prism: cluster node {} (Redis)", c.id);
+        state.cluster = Some(c);
+    }
+    let state = Arc::new(state);
     let rooms = state.rooms.clone();
     let rtmp_port = flags.rtmp_port.or(file.ingress.rtmp_port);
     let ingress_cfg = file.ingress.clone();
@@ -419,6 +443,9 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             println!("  - WHIP/WHEP: POST an SDP offer to http://{bind}/whip/demo or /whep/demo");
             println!("  - mint more tokens: prism token create --room demo --identity bob");
         }
+        if let Some(c) = &state.cluster {
+            c.start(state.rooms.clone());
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         let rtmp_task = rtmp.map(|l| {
             tokio::spawn(prism_signaling::ingress::server::serve(
@@ -443,7 +470,15 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         if let Some(t) = rtmp_task {
             let _ = t.await;
         }
-        rooms.shutdown().await;
+        match &state.cluster {
+            Some(c) => {
+                // Give the rooms up first, so that the clients told to reconnect land on
+                // other nodes, which take the rooms at once.
+                c.leave().await;
+                rooms.shutdown_moving().await;
+            }
+            None => rooms.shutdown().await,
+        }
         // Closing the rooms stopped their recordings; every file is final before exit.
         let egresses = state.egresses.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -455,6 +490,45 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// The secret node-to-node requests are signed with: `cluster.secret`, else one derived
+/// from the API keys, so that nodes sharing keys share it without more configuration.
+fn cluster_secret(file: &Config, keys: &std::collections::BTreeMap<String, String>) -> Vec<u8> {
+    use sha2::Digest as _;
+    if let Some(s) = file.cluster.secret.as_deref().filter(|s| !s.is_empty()) {
+        return s.as_bytes().to_vec();
+    }
+    let mut h = sha2::Sha256::new();
+    h.update(b"prism cluster secret\n");
+    if keys.is_empty() {
+        h.update(format!("{DEV_KEY}:{DEV_SECRET}\n").as_bytes());
+    }
+    for (k, s) in keys {
+        h.update(format!("{k}:{s}\n").as_bytes());
+    }
+    h.finalize().to_vec()
+}
+
+/// Where other nodes reach this one: `cluster.internal_address`, else the first listen
+/// address (with the advertised IP in place of an unspecified one).
+fn internal_address(file: &Config, binds: &[SocketAddr], ips: &[IpAddr]) -> Result<SocketAddr> {
+    if let Some(a) = &file.cluster.internal_address {
+        return a
+            .parse()
+            .with_context(|| format!("cluster.internal_address {a:?}: an IP:PORT"));
+    }
+    let b = binds[0];
+    if !b.ip().is_unspecified() {
+        return Ok(b);
+    }
+    match ips.first() {
+        Some(ip) => Ok(SocketAddr::new(*ip, b.port())),
+        None => bail!(
+            "cluster: listening on {b} gives other nodes no address: set \
+             cluster.internal_address (or rtc.node_ip)"
+        ),
+    }
 }
 
 /// Pending connections the kernel holds for the HTTP listener. Many clients connect at
