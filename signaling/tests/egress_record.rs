@@ -26,8 +26,9 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use common::media::*;
@@ -422,22 +423,29 @@ fn a_full_disk_fails_the_egress_keeps_the_file_and_the_room() {
     assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
 }
 
+/// What the recording tests start with: one at a time, LiveKit's Python SDK and ffmpeg
+/// present (else skipped, saying why), and a fresh output directory named after `tag`.
+fn recording_test(tag: &str) -> Option<(MutexGuard<'static, ()>, PathBuf, PathBuf)> {
+    let g = serial();
+    let py = python("livekit.rtc, livekit.api")?;
+    if !tools_present() {
+        eprintln!("skipped: ffmpeg and ffprobe are not installed (scripts/setup.sh)");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("prism-egress-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Some((g, py, dir))
+}
+
 /// SIGTERM with recordings running: the server finalizes the file before it exits
 /// (nothing lost: the header says how long it is, every frame written decodes), and an
 /// HLS recording's playlist ends with `#EXT-X-ENDLIST` and plays to the end.
 #[test]
 fn sigterm_finalizes_a_running_recording() {
-    let _g = serial();
-    let Some(py) = python("livekit.rtc, livekit.api") else {
+    let Some((_g, py, dir)) = recording_test("term") else {
         return;
     };
-    if !tools_present() {
-        eprintln!("skipped: ffmpeg and ffprobe are not installed (scripts/setup.sh)");
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("prism-egress-term-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let mut server = Server::start();
     let room = "egress-term";
     let mut publisher = lk_publisher(
@@ -547,17 +555,9 @@ fn wait_for_size(file: &Path, bytes: u64) {
 /// file finalized, and the files decode.
 #[test]
 fn egresses_end_with_their_track_and_their_participant() {
-    let _g = serial();
-    let Some(py) = python("livekit.rtc, livekit.api") else {
+    let Some((_g, py, dir)) = recording_test("subject") else {
         return;
     };
-    if !tools_present() {
-        eprintln!("skipped: ffmpeg and ffprobe are not installed (scripts/setup.sh)");
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("prism-egress-subject-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let mut server = Server::start();
     let room = "egress-subject";
     let mut publisher = lk_publisher(
@@ -653,17 +653,9 @@ fn ended_track_info(outcome: &Outcome) -> Value {
 /// CreateRoom, saying why.
 #[test]
 fn auto_egress_from_create_room_and_from_the_token_records_every_track() {
-    let _g = serial();
-    let Some(py) = python("livekit.rtc, livekit.api") else {
+    let Some((_g, py, dir)) = recording_test("auto") else {
         return;
     };
-    if !tools_present() {
-        eprintln!("skipped: ffmpeg and ffprobe are not installed (scripts/setup.sh)");
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("prism-egress-auto-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let mut server = Server::start();
     let (room, token_room) = ("auto-room", "auto-token-room");
     let url = server.http.clone();
