@@ -69,9 +69,14 @@ impl std::fmt::Debug for Generator {
 impl Generator {
     /// Binds one socket per publisher of `topo`; targets are set by [`Self::set_targets`].
     pub fn bind(topo: &Topology) -> io::Result<Self> {
+        Self::bind_on(topo, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// As [`Self::bind`], on `ip` (veth mode: the near end of the pair).
+    pub fn bind_on(topo: &Topology, ip: std::net::IpAddr) -> io::Result<Self> {
         let mut pubs = Vec::with_capacity(topo.publishers.len());
         for (p, spec) in topo.publishers.iter().enumerate() {
-            let socket = UdpSocket::bind("127.0.0.1:0")?;
+            let socket = UdpSocket::bind((ip, 0))?;
             socket.set_nonblocking(true)?;
             let _ = socket2::SockRef::from(&socket).set_send_buffer_size(4 << 20);
             let layers = spec.media.layers();

@@ -511,6 +511,7 @@ fn run(
             remote: publisher.local_addr()?.to_string(),
             comedia: false,
             srtp: None,
+            relay: None,
         }))?;
         ctl.request(prism_forwarder::testing::cmd::opus_track(
             room,

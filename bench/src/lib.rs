@@ -17,12 +17,15 @@
 //!   TCP against UDP.
 //! - [`record`]: `prism-bench record`, what recording (Egress) costs the forwarder, and
 //!   the recorder's CPU per recorded packet.
+//! - [`veth`]: `prism-bench veth`, the three I/O drivers (AF_XDP included) over a veth
+//!   pair between two network namespaces.
 
 pub mod accounting;
 pub mod clock;
 pub mod control;
 pub mod generator;
 pub mod icetcp;
+pub mod load;
 pub mod machine;
 pub mod payload;
 pub mod plot;
@@ -35,3 +38,4 @@ pub mod source;
 pub mod srtp;
 pub mod sut;
 pub mod turn;
+pub mod veth;

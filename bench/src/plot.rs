@@ -19,6 +19,10 @@ fn color(k: SystemKind) -> RGBColor {
         SystemKind::Rtpengine => RGBColor(40, 160, 80),
         SystemKind::PrismUringSrtpGcm => RGBColor(150, 40, 160),
         SystemKind::PrismUringSrtpCm => RGBColor(90, 30, 60),
+        SystemKind::PrismRelayed => RGBColor(200, 90, 120),
+        SystemKind::CeilingMmsg => RGBColor(170, 170, 170),
+        SystemKind::CeilingAfXdp => RGBColor(60, 60, 60),
+        SystemKind::PrismAfXdp => RGBColor(20, 160, 170),
     }
 }
 

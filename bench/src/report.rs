@@ -210,6 +210,7 @@ impl Report {
             }
         );
         s.push_str(&self.srtp_cost());
+        s.push_str(&self.relay_cost());
         let _ = writeln!(
             s,
             "\nEgress = packets received by all sinks per second in the best trial with at most \
@@ -245,14 +246,6 @@ impl Report {
                     "—".into()
                 }
             };
-            let lat = |x: &Outcome| {
-                let l = &x.latency_half_load;
-                if l.samples > 0 {
-                    format!("{:.0} / {:.0}", l.p50_us, l.p99_us)
-                } else {
-                    "—".into()
-                }
-            };
             let added = if o.cpu_s_per_mpkt > 0.0 && p.cpu_s_per_mpkt > 0.0 {
                 format!("{:+.2}", o.cpu_s_per_mpkt - p.cpu_s_per_mpkt)
             } else {
@@ -271,8 +264,8 @@ impl Report {
                 ratio(o.pps_per_core, p.pps_per_core),
                 p.cpu_s_per_mpkt,
                 o.cpu_s_per_mpkt,
-                lat(p),
-                lat(o),
+                half_load_latency(p),
+                half_load_latency(o),
                 p.load_cpu_share * 100.0,
                 o.load_cpu_share * 100.0,
                 o.srtp_auth_failed,
@@ -290,6 +283,56 @@ impl Report {
              plain → SRTP | ratio | SUT µs per egress packet plain → SRTP (added) | latency at \
              half load p50 / p99 (µs) plain → SRTP | load CPU % plain → SRTP | tags refused |\n\
              |---|---|---:|---:|---:|---:|---:|---|---:|---:|\n{rows}",
+            SystemKind::PrismUring.label(),
+        )
+    }
+
+    /// The relay table: the relayed system against plain Prism on io_uring in the same
+    /// scenarios of this run. Empty when it did not run.
+    pub fn relay_cost(&self) -> String {
+        let mut rows = String::new();
+        for o in self
+            .outcomes
+            .iter()
+            .filter(|o| o.system == SystemKind::PrismRelayed)
+        {
+            let Some(p) = self
+                .outcomes
+                .iter()
+                .find(|p| p.system == SystemKind::PrismUring && p.kind == o.kind && p.n == o.n)
+            else {
+                continue;
+            };
+            let relay = o
+                .sut_counters
+                .as_deref()
+                .and_then(|c| c.split("relay: ").nth(1))
+                .unwrap_or("—");
+            let _ = writeln!(
+                rows,
+                "| {} | {} → {} | {:.2} → {:.2} | {} → {} | {} |",
+                o.scenario,
+                kpps(p.max_egress_pps),
+                kpps(o.max_egress_pps),
+                p.cpu_s_per_mpkt,
+                o.cpu_s_per_mpkt,
+                half_load_latency(p),
+                half_load_latency(o),
+                relay,
+            );
+        }
+        if rows.is_empty() {
+            return rows;
+        }
+        format!(
+            "\n**Across a relay** ({} against {} in this run: the publisher and half the \
+             subscribers on one core, the other half on a second core of the same SUT CPU that \
+             gets the track over an SRTP relay, one copy per layer, as a room spanning two \
+             nodes does; latency is publisher to sink, for every sink):\n\n\
+             | scenario | max egress kpps one node → relayed | SUT µs per egress packet one \
+             node → relayed | latency at half load p50 / p99 (µs) one node → relayed | origin \
+             egress toward the far core |\n|---|---:|---:|---|---|\n{rows}",
+            SystemKind::PrismRelayed.label(),
             SystemKind::PrismUring.label(),
         )
     }
@@ -343,6 +386,16 @@ impl Report {
         };
         std::fs::write(readme, new)?;
         Ok(())
+    }
+}
+
+/// p50 / p99 latency at half load, in µs ("—" if nothing was sampled).
+fn half_load_latency(x: &Outcome) -> String {
+    let l = &x.latency_half_load;
+    if l.samples > 0 {
+        format!("{:.0} / {:.0}", l.p50_us, l.p99_us)
+    } else {
+        "—".into()
     }
 }
 

@@ -19,6 +19,7 @@ use crate::accounting::Tally;
 use crate::generator::Generator;
 use crate::scenario::{self, Kind, Topology};
 use crate::sink::Sinks;
+use crate::sut::proc::CoreTimes;
 use crate::sut::{proc, Env, System, SystemKind};
 
 /// Highest loss fraction a trial may show and still pass.
@@ -86,6 +87,10 @@ impl Latency {
 /// One trial's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct Trial {
+    /// Where the SUT's CPU and the load's CPU spent the trial (all of it, whoever ran:
+    /// on a shared machine other work shows here too).
+    pub sut_core: CoreTimes,
+    pub load_core: CoreTimes,
     pub target_egress_pps: f64,
     pub factor: f64,
     pub seconds: f64,
@@ -166,6 +171,8 @@ struct Rig<'a> {
     /// Current layer of each switching subscription.
     layers: Vec<usize>,
     trials: usize,
+    sut_cpu: Option<usize>,
+    gen_cpu: Option<usize>,
 }
 
 impl Rig<'_> {
@@ -229,6 +236,8 @@ impl Rig<'_> {
         let pid = self.sys.pid();
         let cpu0 = proc::cpu_seconds(pid).unwrap_or(0.0);
         let own0 = proc::cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let core = |c: Option<usize>| c.and_then(CoreTimes::read).unwrap_or_default();
+        let (sut_core0, load_core0) = (core(self.sut_cpu), core(self.gen_cpu));
         let refused0 = self.sinks.srtp;
         let t0 = Instant::now();
         self.sinks.reset(crate::clock::nanos_at(t0));
@@ -262,6 +271,8 @@ impl Rig<'_> {
         }
         self.sinks.drain_all();
         let cpu = proc::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+        let sut_core = core(self.sut_cpu).since(&sut_core0);
+        let load_core = core(self.gen_cpu).since(&load_core0);
         let tally = self.sinks.reset(u64::MAX);
         let (expected, received_steady, switched) = self.account(&tally);
         let sent = self.gen.sent.clone();
@@ -281,6 +292,8 @@ impl Rig<'_> {
         let refused = self.sinks.srtp;
         let srtp_auth_failed = refused.auth_failed - refused0.auth_failed;
         Ok(Trial {
+            sut_core,
+            load_core,
             target_egress_pps: target,
             factor,
             seconds,
@@ -341,9 +354,9 @@ fn progress(topo: &Topology, kind: SystemKind, what: &str, t: &Trial) {
 
 /// Measures `kind` on `topo`.
 pub fn measure(env: &Env, topo: &Topology, kind: SystemKind, plan: &Plan) -> Result<Outcome> {
-    let mut sinks = Sinks::bind(topo.subscribers)?;
+    let mut sinks = Sinks::bind_on(topo.subscribers, env.load_ip())?;
     let sink_addrs = sinks.addrs()?;
-    let mut gen = Generator::bind(topo)?;
+    let mut gen = Generator::bind_on(topo, env.load_ip())?;
     if let Some(profile) = kind.srtp() {
         let keyed = |e| anyhow::anyhow!("SRTP keys: {e:?}");
         gen.enable_srtp(profile).map_err(keyed)?;
@@ -363,6 +376,8 @@ pub fn measure(env: &Env, topo: &Topology, kind: SystemKind, plan: &Plan) -> Res
             .map(|w| topo.subscriptions[w.subscription].spatial)
             .collect(),
         trials: 0,
+        sut_cpu: env.sut_cpu,
+        gen_cpu: env.gen_cpu,
     };
     // Warm-up: every video down track starts on a keyframe, caches fill, pages are touched.
     let warm = rig.trial(

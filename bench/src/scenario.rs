@@ -186,6 +186,32 @@ impl Topology {
         }
     }
 
+    /// `n` streams of small ([`crate::source::SMALL_PACKET`]-byte) packets, each relayed
+    /// 1:1 to a subscriber of its own: per-packet overhead that the kernel's cost hides
+    /// for large packets shows here.
+    pub fn small_relay(n: usize) -> Self {
+        Self {
+            name: format!("relay {n}×1:1 200 B"),
+            kind: Kind::Relay,
+            n,
+            publishers: vec![
+                Publisher {
+                    media: Media::SmallAudio
+                };
+                n
+            ],
+            subscribers: n,
+            subscriptions: (0..n)
+                .map(|s| Subscription {
+                    subscriber: s,
+                    publisher: s,
+                    spatial: 0,
+                })
+                .collect(),
+            switches: Vec::new(),
+        }
+    }
+
     /// Egress packets per second at load factor 1 (keyframes averaged in).
     pub fn base_egress_pps(&self) -> f64 {
         self.subscriptions
@@ -225,6 +251,12 @@ pub fn suite() -> Vec<Topology> {
     ]
 }
 
+/// The veth mode's suite (`prism-bench veth`): a large-packet fan-out and the relay of
+/// many small streams.
+pub fn veth_suite() -> Vec<Topology> {
+    vec![Topology::fanout(100), Topology::small_relay(50)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +272,10 @@ mod tests {
             .switches
             .iter()
             .all(|w| w.spatial != s.subscriptions[w.subscription].spatial));
+        let r = Topology::small_relay(50);
+        assert_eq!(r.subscriptions.len(), 50);
+        assert!(r.subscriptions.iter().all(|s| s.publisher == s.subscriber));
+        assert!((r.base_egress_pps() - 2500.0).abs() < 1e-6);
         // 30 fps × 4 packets × (60 + 2) / 60 per subscriber.
         assert!((Topology::fanout(10).base_egress_pps() - 1240.0).abs() < 1e-6);
     }

@@ -69,10 +69,15 @@ impl std::fmt::Debug for Sinks {
 impl Sinks {
     /// Binds `n` sockets on 127.0.0.1.
     pub fn bind(n: usize) -> io::Result<Self> {
+        Self::bind_on(n, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// Binds `n` sockets on `ip` (veth mode: the near end of the pair).
+    pub fn bind_on(n: usize, ip: std::net::IpAddr) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut sinks = Vec::with_capacity(n);
         for i in 0..n {
-            let std = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let std = std::net::UdpSocket::bind((ip, 0))?;
             std.set_nonblocking(true)?;
             let state = UdpSocketState::new(UdpSockRef::from(&std))?;
             // Best effort: the kernel caps it and tells nobody.

@@ -16,6 +16,9 @@ pub const AUDIO_PT: u8 = 111;
 pub const VIDEO_PT: u8 = 96;
 /// Datagram size of an audio packet (RTP header included).
 pub const AUDIO_PACKET: usize = 100;
+/// Datagram size of a small-relay packet (RTP header included): the relay of many small
+/// streams, where per-packet cost dominates.
+pub const SMALL_PACKET: usize = 200;
 /// RTP payload size of a video packet (about 1200 B on the wire with the header).
 pub const VIDEO_PAYLOAD: usize = 1188;
 /// Video keyframe every this many frames (two seconds at 30 fps).
@@ -28,6 +31,8 @@ pub const LAYER_PACKETS: [usize; 3] = [1, 2, 4];
 pub enum Media {
     /// 50 packets/s of [`AUDIO_PACKET`] bytes.
     Audio,
+    /// 50 packets/s of [`SMALL_PACKET`] bytes (Opus-like, the small-packet relay).
+    SmallAudio,
     /// One 720p VP8 layer at 30 fps, [`LAYER_PACKETS`]`[2]` packets per frame.
     Video,
     /// Three VP8 simulcast layers at 30 fps.
@@ -38,7 +43,7 @@ impl Media {
     /// Frames (audio: packets) per second at load factor 1.
     pub fn base_fps(self) -> f64 {
         match self {
-            Media::Audio => 50.0,
+            Media::Audio | Media::SmallAudio => 50.0,
             _ => 30.0,
         }
     }
@@ -53,7 +58,7 @@ impl Media {
     /// Packets per frame of `layer`, on average over a keyframe interval.
     pub fn mean_packets_per_frame(self, layer: usize) -> f64 {
         let p = match self {
-            Media::Audio => return 1.0,
+            Media::Audio | Media::SmallAudio => return 1.0,
             Media::Video => LAYER_PACKETS[2],
             Media::Simulcast => LAYER_PACKETS[layer.min(2)],
         } as f64;
@@ -82,7 +87,7 @@ impl Source {
         assert_eq!(streams.len(), media.layers());
         assert_eq!(ssrcs.len(), media.layers());
         let video = match media {
-            Media::Audio => None,
+            Media::Audio | Media::SmallAudio => None,
             Media::Video => Some(vec![LAYER_PACKETS[2]]),
             Media::Simulcast => Some(LAYER_PACKETS.to_vec()),
         }
@@ -125,7 +130,11 @@ impl Source {
         match &mut self.video {
             Some(v) => out.extend(v.next_frame()),
             None => {
-                let mut p = vec![0u8; AUDIO_PACKET];
+                let size = match self.media {
+                    Media::SmallAudio => SMALL_PACKET,
+                    _ => AUDIO_PACKET,
+                };
+                let mut p = vec![0u8; size];
                 p[0] = 0x80;
                 p[1] = AUDIO_PT;
                 p[2..4].copy_from_slice(&self.audio_seq.to_be_bytes());
@@ -182,5 +191,9 @@ mod tests {
         out.clear();
         assert_eq!(a.next_frame(0, &mut out), 1);
         assert_eq!(out[0].1.len(), AUDIO_PACKET);
+        let mut b = Source::new(Media::SmallAudio, vec![2], vec![0xb1]);
+        out.clear();
+        assert_eq!(b.next_frame(0, &mut out), 1);
+        assert_eq!(out[0].1.len(), SMALL_PACKET);
     }
 }

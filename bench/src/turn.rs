@@ -214,6 +214,7 @@ fn setup_room(
             transport_id: 1,
             remote: publisher.to_string(),
             comedia: false,
+            relay: None,
         }),
         Body::AddTrack(pb::AddTrack {
             room_id: room,
@@ -241,6 +242,7 @@ fn setup_room(
             transport_id: 100 + i as u64,
             remote: s.to_string(),
             comedia: false,
+            relay: None,
         }));
         bodies.push(Body::AddDownTrack(pb::AddDownTrack {
             room_id: room,

@@ -325,6 +325,7 @@ pub mod cmd {
             remote: remote.to_string(),
             comedia: false,
             srtp: None,
+            relay: None,
         })
     }
 
@@ -336,6 +337,7 @@ pub mod cmd {
             remote: String::new(),
             comedia: true,
             srtp: None,
+            relay: None,
         })
     }
 
@@ -411,6 +413,7 @@ pub mod cmd {
             rtx_payload_type: 0,
             mid: String::new(),
             header_extensions: None,
+            pinned: false,
         })
     }
 

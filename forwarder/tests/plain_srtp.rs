@@ -54,6 +54,7 @@ fn plain_transports_encrypt_with_keys_from_control() {
                 remote: remote.to_string(),
                 comedia: false,
                 srtp: Some(p),
+                relay: None,
             }),
         );
         assert!(matches!(b, pb::event::Body::TransportCreated(_)), "{b:?}");
@@ -70,6 +71,7 @@ fn plain_transports_encrypt_with_keys_from_control() {
                 remote: "10.0.0.3:3000".into(),
                 comedia: false,
                 srtp: Some(p),
+                relay: None,
             }),
         );
         assert!(matches!(bad, pb::event::Body::Error(_)), "{why} refused");

@@ -14,12 +14,29 @@ use crate::sdp::{
 };
 
 /// Ids of forwarder objects (rooms, transports, tracks, down tracks), unique across every
-/// front end of this process so that they can share the media plane.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// front end of this process so that they can share the media plane, and across nodes: a
+/// room spanning nodes creates objects in another node's forwarder, beside that node's own.
+/// Each process counts up from a random base (a multiple of 2^32 below 2^53, so ids stay
+/// exact in JSON numbers), so two nodes' ids collide only if their bases are within as
+/// many ids as one of them ever makes.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh forwarder object id, never 0.
 pub fn next_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    if id != 0 {
+        return id;
+    }
+    // The first call: move the counter to a random base (and take its first id). Calls
+    // racing with this one got 1, 2, ... which stay unique: the base is at least 2^32.
+    let mut b = [0u8; 4];
+    let r = if getrandom::fill(&mut b).is_ok() {
+        u32::from_le_bytes(b)
+    } else {
+        std::process::id()
+    };
+    let base = (u64::from(r % (1 << 20)) + 1) << 32;
+    NEXT_ID.fetch_add(base + 1, Ordering::Relaxed) + base
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {

@@ -70,7 +70,7 @@ pub async fn render(state: &AppState) -> Result<String, String> {
         .await
         .into_iter()
         .fold(Gauges::default(), Gauges::add);
-    let control = state.rooms.media().control().clone();
+    let control = state.rooms.control().clone();
     let ev = tokio::task::spawn_blocking(move || {
         control.request(
             pb::command::Body::GetStats(pb::GetStats {}),

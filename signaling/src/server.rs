@@ -66,6 +66,13 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
         },
         (&Method::GET, ["rtc"]) => crate::livekit::ws::handle(state, req).await,
         (&Method::GET, ["agent"]) => crate::agent::worker::handle(state, req).await,
+        (&Method::GET, ["cluster", "media"]) => match &state.cluster {
+            Some(c) => crate::cluster::media_link::serve(c, state.rooms.media().clone(), req).await,
+            None => text(
+                StatusCode::NOT_FOUND,
+                "not found: this node is not in a cluster",
+            ),
+        },
         (_, ["twirp", ..]) => {
             let rest = path.strip_prefix("/twirp/").unwrap_or("");
             crate::twirp::handle(state, req, rest).await

@@ -12,15 +12,18 @@
 //! This module is only the HTTP side: checking the token and the body, and mapping the
 //! room's answer to a status. What a WHIP publisher or WHEP viewer is in the room lives in
 //! `rtc::ingress`. ICE is not trickled: the answer has the core's address as its only
-//! candidate, and `PATCH` is answered 405.
+//! candidate, and `PATCH` is answered 405. In a cluster, a POST or DELETE for a room that
+//! another node owns is carried there once the token was checked (`cluster::whip`).
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, LOCATION};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use hyper::{Request, Response, StatusCode};
 
 use crate::app::AppState;
 use crate::auth::{AuthError, Claims};
+use crate::cluster::peer::Forward;
+use crate::cluster::whip::Whip;
 use crate::http::Body;
 use crate::http::{auth_error, cors, percent_decode, query_param, request_token, rtc_error, text};
 use crate::rtc::{RoomName, RtcError, ViewFilter};
@@ -89,12 +92,36 @@ pub async fn post(
         );
     }
     let query = req.uri().query().unwrap_or("").to_owned();
+    // In a cluster: the node-to-node headers, checked before the body is read, and what
+    // is needed to carry the request to the room's owner.
+    let peer = state
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster::peer::check(&c.verifier(), &req));
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(String::new, |p| p.as_str().to_owned());
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/sdp")
+        .to_owned();
+    let authorization = req.headers().get(AUTHORIZATION).cloned();
     let body = match http_body_util::Limited::new(req.into_body(), MAX_SDP)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
         Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "the offer is too large"),
+    };
+    let forward = |body| Forward {
+        method: hyper::Method::POST,
+        path: &path,
+        content_type: &content_type,
+        authorization: authorization.as_ref(),
+        body,
     };
     let Ok(sdp) = String::from_utf8(body.to_vec()) else {
         return text(StatusCode::BAD_REQUEST, "the offer is not UTF-8");
@@ -113,19 +140,27 @@ pub async fn post(
         Ok(g) => g,
         Err(e) => return auth_error(&e),
     };
+    if publish && !grant.can_publish() {
+        return text(StatusCode::FORBIDDEN, "the token does not allow publishing");
+    }
+    if !publish && !grant.can_subscribe() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "the token does not allow subscribing",
+        );
+    }
+    if let (Some(c), Some(peer)) = (&state.cluster, peer) {
+        // Several nodes: the session belongs where the room lives.
+        if let Whip::Done(r) =
+            crate::cluster::whip::route(c, peer, &room, publish, forward(body)).await
+        {
+            return r;
+        }
+    }
     let name = RoomName::new(room.clone());
     let created = if publish {
-        if !grant.can_publish() {
-            return text(StatusCode::FORBIDDEN, "the token does not allow publishing");
-        }
         state.rooms.whip(&name, claims, sdp).await
     } else {
-        if !grant.can_subscribe() {
-            return text(
-                StatusCode::FORBIDDEN,
-                "the token does not allow subscribing",
-            );
-        }
         let filter = ViewFilter {
             participant: query_param(&query, "participant").filter(|s| !s.is_empty()),
             track: query_param(&query, "track").filter(|s| !s.is_empty()),
@@ -170,6 +205,24 @@ pub async fn delete(
     if ingress.is_none() {
         if let Err(e) = authorize(state, token.as_deref(), &room) {
             return rtc_error(&e);
+        }
+    }
+    if let Some(c) = &state.cluster {
+        // Several nodes: the session lives on the room's owner.
+        let peer = crate::cluster::peer::check(&c.verifier(), req);
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |p| p.as_str().to_owned());
+        let fwd = Forward {
+            method: hyper::Method::DELETE,
+            path: &path,
+            content_type: "",
+            authorization: req.headers().get(AUTHORIZATION),
+            body: bytes::Bytes::new(),
+        };
+        if let Whip::Done(r) = crate::cluster::whip::route(c, peer, &room, false, fwd).await {
+            return r;
         }
     }
     match state.rooms.end_http(&RoomName::new(room), resource).await {

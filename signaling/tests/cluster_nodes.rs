@@ -22,13 +22,14 @@
 //! 8. Redis stopped: `/healthz` stays 200, `/readyz` turns 503, a new room gets 503 saying
 //!    why, the owner's room still takes joins; Redis restarted empty: the nodes register
 //!    again and the owner writes its room back.
-//! 9. SIGTERM of an owner: its room and entry are given up at once, its participant is
-//!    told to reconnect, and a join through the other node takes the room.
+//! 9. SIGTERM of an owner: it drains (DRAINING, `/readyz` 503, its room kept); a second
+//!    SIGTERM ends the drain: its room (sid kept) and entry are handed off at once, its
+//!    participant is told to reconnect, and a join through the other node takes the room
+//!    under the same sid.
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -36,128 +37,10 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use common::cluster::{metric, owner, rtc_status, start_node, wait_until, Node, Redis};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// `redis-server` on a free port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    /// On `port` (a restart after an outage: empty, as without persistence).
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is needed: run scripts/setup.sh");
-        let r = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while r.cli(&["PING"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        r
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// One `redis-cli` command; its output, trimmed.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A cluster node: the server and its node id (from its start-up line).
-struct Node {
-    server: Server,
-    id: String,
-}
-
-fn start_node(redis: &Redis) -> Node {
-    let server = Server::start_with(&["--redis-host", &redis.addr()]);
-    let id = server.log[0]
-        .lock()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("prism: cluster node "))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("the node printed its cluster id")
-        .to_string();
-    Node { server, id }
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The owner of `room` in the directory (empty if none).
-fn owner(redis: &Redis, room: &str) -> String {
-    redis.cli(&["HGET", &format!("prism:room:{{{room}}}"), "owner"])
-}
-
-fn metric(node: &Node, name: &str) -> f64 {
-    let (_, body) = http(&node.server, "GET", "/metrics", None, None);
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// A raw `/rtc` upgrade with extra header lines; the status.
-fn rtc_status(node: &Node, token: &str, extra: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let host = node.server.http.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "GET /rtc?access_token={token}&protocol=15 HTTP/1.1\r\nHost: {host}\r\n\
-         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).unwrap_or(0);
-    let text = String::from_utf8_lossy(&buf[..n]).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
 
 /// ListRooms over Twirp JSON on one node: (name, sid, participants), sorted.
 fn list_rooms(node: &Node, admin: &str) -> Vec<(String, String, u64)> {
@@ -232,7 +115,7 @@ fn three_nodes_share_rooms_through_redis() {
         return;
     };
     let redis = Redis::start();
-    let mut nodes: Vec<Node> = (0..3).map(|_| start_node(&redis)).collect();
+    let mut nodes: Vec<Node> = (0..3).map(|_| start_node(&redis, &[])).collect();
     let admin = token("any", "admin", &["--admin"]);
 
     // 1. Registry and readiness.
@@ -507,7 +390,7 @@ fn three_nodes_share_rooms_through_redis() {
         .http
         .trim_start_matches("http://")
         .to_string();
-    let (_, ws) = rt.block_on(raw_join(host0, token(fence, "stale", &[])));
+    let (fence_sid, ws) = rt.block_on(raw_join(host0, token(fence, "stale", &[])));
     // Read on, answering pings, until the leave comes.
     let leave = rt.spawn(wait_leave(ws));
     let stale_owner = owner(&redis, fence);
@@ -593,29 +476,48 @@ fn three_nodes_share_rooms_through_redis() {
         Duration::from_secs(10),
         || owner(&back, fence) == nodes[y].id,
     );
+    assert_eq!(
+        back.room_field(fence, "sid"),
+        fence_sid,
+        "written back with the sid the room kept from its first owner"
+    );
     for n in &mut nodes {
         n.server.assert_alive();
     }
 
-    // 9. SIGTERM of an owner: it gives its rooms and its entry up and tells its clients to
-    //    reconnect; a join through the other node takes the room at once.
+    // 9. SIGTERM of an owner: it drains (DRAINING in Redis, `/readyz` 503, its room kept);
+    //    a second SIGTERM ends the drain at once: it hands its room and its entry off and
+    //    tells its clients to reconnect; a join through the other node takes the room at
+    //    once, under the same sid.
     let moving = "cl-move";
     let host0 = nodes[0]
         .server
         .http
         .trim_start_matches("http://")
         .to_string();
-    let (_, ws) = rt.block_on(raw_join(host0, token(moving, "mover", &[])));
+    let (sid, ws) = rt.block_on(raw_join(host0, token(moving, "mover", &[])));
     let leave = rt.spawn(wait_leave(ws));
     let z_id = owner(&back, moving);
     let z = nodes.iter().position(|n| n.id == z_id).unwrap();
     let other = 1 - z;
-    let pid = nodes[z].server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert_eq!(
+        back.room_field(moving, "sid"),
+        sid,
+        "the directory has the sid"
+    );
+    nodes[z].signal("-TERM");
+    wait_until("the node to drain", Duration::from_secs(10), || {
+        let (status, body) = http(&nodes[z].server, "GET", "/readyz", None, None);
+        let entry = back.cli(&["GET", &format!("prism:node:{{{z_id}}}")]);
+        status == 503 && body.contains("draining") && entry.contains("\"DRAINING\"")
+    });
+    assert_eq!(
+        owner(&back, moving),
+        z_id,
+        "a draining node keeps its rooms"
+    );
+    assert!(!leave.is_finished(), "no leave before the drain ends");
+    nodes[z].signal("-TERM");
     let leave = rt.block_on(leave).unwrap();
     assert_eq!(
         leave.action,
@@ -631,17 +533,14 @@ fn three_nodes_share_rooms_through_redis() {
         back.cli(&["EXISTS", &format!("prism:node:{{{z_id}}}")]),
         "0"
     );
-    let (status, _) = rtc_status(&nodes[other], &token(moving, "mover", &[]), "");
-    assert_eq!(status, 101, "the room moves at once");
-    assert_eq!(owner(&back, moving), nodes[other].id);
-    let exited = Instant::now();
-    while nodes[z].server.child.try_wait().unwrap().is_none() {
-        assert!(
-            exited.elapsed() < Duration::from_secs(20),
-            "the stopping node exits"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (sid_after, _ws) = rt.block_on(raw_join(nodes[other].host(), token(moving, "mover", &[])));
+    assert_eq!(
+        owner(&back, moving),
+        nodes[other].id,
+        "the room moves at once"
+    );
+    assert_eq!(sid_after, sid, "the room keeps its sid on its new owner");
+    nodes[z].wait_exit(Duration::from_secs(20));
     nodes[other].server.assert_alive();
 }
 

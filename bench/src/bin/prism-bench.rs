@@ -10,18 +10,24 @@ use prism_bench::report::{self, Report};
 use prism_bench::runner::{self, Plan};
 use prism_bench::scenario;
 use prism_bench::sut::{self, Env, SystemKind};
+use prism_forwarder::io::DriverKind;
 
 const USAGE: &str = "\
 prism-bench: end-to-end load benchmark of Prism's media plane
 
 USAGE:
     prism-bench run [OPTIONS]
-    prism-bench serve reflector [--driver io_uring|mmsg] --port N --control PATH
+    prism-bench serve reflector [--driver io_uring|mmsg|af_xdp] [--bind IP] [--interface IF]
+                                --port N --control PATH
+    prism-bench veth [OPTIONS]               the drivers over a veth pair between two network
+                                             namespaces, AF_XDP included (root; see veth --help)
     prism-bench serve conventional --port N --control PATH
     prism-bench control compare|smoke ...   control-plane benchmark (see control --help)
     prism-bench ice-tcp [OPTIONS]            ICE-over-TCP cost against UDP (see ice-tcp --help)
     prism-bench record [OPTIONS]             recording's cost to the forwarder, and the
                                              recorder's per packet (see record --help)
+    prism-bench load --http ADDR [OPTIONS]   steady WHIP/WHEP load on one prism serve node,
+                                             for as long as asked (see load --help)
     prism-bench turn [--subscribers N] [--pps N] [--secs N] [--gen-cpu N] [--sut-cpu N]
                      [--out DIR]    embedded TURN against direct UDP, one run (writes
                                     DIR/turn-<date>.md and .json; default bench/results)
@@ -39,7 +45,9 @@ RUN OPTIONS:
     --sut-cpu N             pin the systems under test to CPU N (default 1)
     --systems LIST          subset of ceiling,prism-uring,prism-mmsg,conventional,rtpengine,
                             prism-uring-srtp-gcm,prism-uring-srtp-cm (the SRTP variants run
-                            the relay and fan-out scenarios; every transport has its own keys)
+                            the relay and fan-out scenarios; every transport has its own keys),
+                            prism-relayed (fan-outs, half the subscribers behind a relay
+                            between two cores, as a room spanning two nodes)
     --scenarios LIST        subset of relay,fanout,audio,meeting,simulcast (kind or kind:N)
     --note TEXT             a note printed with the results (e.g. the machine was shared)
 ";
@@ -52,6 +60,8 @@ fn main() -> Result<()> {
         Some("control") => prism_bench::control::cli::main(&args[1..]),
         Some("ice-tcp") => prism_bench::icetcp::main(&args[1..]),
         Some("record") => prism_bench::record::main(&args[1..]),
+        Some("load") => prism_bench::load::main(&args[1..]),
+        Some("veth") => prism_bench::veth::main(&args[1..]),
         Some("turn") => turn(&args[1..]),
         Some("-h" | "--help") | None => {
             print!("{USAGE}");
@@ -117,20 +127,25 @@ fn utc_stamp(secs: u64) -> String {
 
 fn serve(args: &[String]) -> Result<()> {
     let what = args.first().context("serve what?")?;
-    let mut port = 0u16;
+    let mut cfg = sut::reflector::ReflectorConfig {
+        bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        driver: DriverKind::IoUring,
+        interface: None,
+    };
     let mut control = None;
-    let mut uring = true;
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
-            "--port" => port = val()?.parse()?,
+            "--port" => cfg.port = val()?.parse()?,
+            "--bind" => cfg.bind = val()?.parse()?,
+            "--interface" => cfg.interface = Some(val()?.clone()),
             "--control" => control = Some(PathBuf::from(val()?)),
             "--driver" => {
-                uring = match val()?.as_str() {
-                    "io_uring" | "uring" => true,
-                    "mmsg" => false,
-                    d => bail!("unknown driver {d:?}"),
+                cfg.driver = match val()?.parse() {
+                    Ok(DriverKind::Auto) | Err(_) => bail!("--driver io_uring|mmsg|af_xdp"),
+                    Ok(k) => k,
                 }
             }
             other => bail!("unknown option {other:?}"),
@@ -138,8 +153,8 @@ fn serve(args: &[String]) -> Result<()> {
     }
     let control = control.context("--control PATH is required")?;
     match what.as_str() {
-        "reflector" => sut::reflector::serve(port, &control, uring),
-        "conventional" => sut::conventional::serve(port, &control),
+        "reflector" => sut::reflector::serve(&cfg, &control),
+        "conventional" => sut::conventional::serve(cfg.port, &control),
         other => bail!("unknown server {other:?}"),
     }
 }
@@ -218,7 +233,9 @@ fn run(args: &[String]) -> Result<()> {
         bench_bin: exe,
         rtpengine_bin: rtpengine,
         sut_cpu,
+        gen_cpu,
         scratch: sut::scratch_dir(&std::env::temp_dir())?,
+        net: None,
     };
     let suite: Vec<_> = scenario::suite()
         .into_iter()

@@ -1,12 +1,16 @@
 //! The systems under test, each run as its own process pinned to the SUT CPU, and
 //! configured from a [`Topology`].
 //!
-//! - [`prism`]: the `prism-forwarder` binary (io_uring or mmsg driver), over its control socket,
+//! - [`prism`]: the `prism-forwarder` binary (io_uring, mmsg or AF_XDP driver), over its control socket,
 //!   with plain RTP or, on the io_uring driver, SRTP under either profile (every transport
 //!   with its own keys; see [`crate::srtp`]);
 //! - [`reflector`]: the ceiling, `prism-bench serve reflector` on the forwarder's I/O drivers;
 //! - [`conventional`]: `prism-bench serve conventional`, tokio and a packet copy per subscriber;
 //! - [`rtpengine`]: Debian's rtpengine in userspace mode, over its ng protocol (relay only).
+//!
+//! On loopback every system binds 127.0.0.1. In veth mode ([`Env::net`]) the system runs
+//! inside the far network namespace (`ip netns exec`), bound to the far end's address,
+//! and the AF_XDP systems attach to the far end's interface.
 
 pub mod conventional;
 pub mod prism;
@@ -16,7 +20,7 @@ pub mod routes;
 pub mod rtpengine;
 pub mod server;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
@@ -41,10 +45,19 @@ pub enum SystemKind {
     PrismUringSrtpGcm,
     /// Prism on io_uring, every transport SRTP with AES_CM_128_HMAC_SHA1_80.
     PrismUringSrtpCm,
+    /// Prism on io_uring, half the subscribers behind a relay between two cores, as a
+    /// room spanning two nodes (`prism::PrismControl::setup_relayed`).
+    PrismRelayed,
+    /// The reflector on the mmsg driver.
+    CeilingMmsg,
+    /// The reflector on the AF_XDP driver (veth mode only).
+    CeilingAfXdp,
+    /// Prism on the AF_XDP driver (veth mode only).
+    PrismAfXdp,
 }
 
 impl SystemKind {
-    pub const ALL: [SystemKind; 7] = [
+    pub const ALL: [SystemKind; 8] = [
         SystemKind::Ceiling,
         SystemKind::PrismUring,
         SystemKind::PrismMmsg,
@@ -52,7 +65,55 @@ impl SystemKind {
         SystemKind::Rtpengine,
         SystemKind::PrismUringSrtpGcm,
         SystemKind::PrismUringSrtpCm,
+        SystemKind::PrismRelayed,
     ];
+
+    /// Every system [`SystemKind::parse`] knows, the loopback suite's and veth mode's.
+    pub const KNOWN: [SystemKind; 11] = [
+        SystemKind::Ceiling,
+        SystemKind::PrismUring,
+        SystemKind::PrismMmsg,
+        SystemKind::Conventional,
+        SystemKind::Rtpengine,
+        SystemKind::PrismUringSrtpGcm,
+        SystemKind::PrismUringSrtpCm,
+        SystemKind::PrismRelayed,
+        SystemKind::CeilingMmsg,
+        SystemKind::CeilingAfXdp,
+        SystemKind::PrismAfXdp,
+    ];
+
+    /// Veth mode's systems: the reflector and Prism on each driver.
+    pub const VETH: [SystemKind; 6] = [
+        SystemKind::Ceiling,
+        SystemKind::CeilingMmsg,
+        SystemKind::CeilingAfXdp,
+        SystemKind::PrismUring,
+        SystemKind::PrismMmsg,
+        SystemKind::PrismAfXdp,
+    ];
+
+    /// The I/O driver the system runs on (`None`: not one of the forwarder's drivers).
+    pub fn driver(self) -> Option<&'static str> {
+        match self {
+            SystemKind::Ceiling
+            | SystemKind::PrismUring
+            | SystemKind::PrismUringSrtpGcm
+            | SystemKind::PrismUringSrtpCm
+            | SystemKind::PrismRelayed => Some("io_uring"),
+            SystemKind::CeilingMmsg | SystemKind::PrismMmsg => Some("mmsg"),
+            SystemKind::CeilingAfXdp | SystemKind::PrismAfXdp => Some("af_xdp"),
+            SystemKind::Conventional | SystemKind::Rtpengine => None,
+        }
+    }
+
+    /// Whether this is the I/O-only reflector.
+    pub fn is_reflector(self) -> bool {
+        matches!(
+            self,
+            SystemKind::Ceiling | SystemKind::CeilingMmsg | SystemKind::CeilingAfXdp
+        )
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -63,6 +124,10 @@ impl SystemKind {
             SystemKind::Rtpengine => "rtpengine (userspace)",
             SystemKind::PrismUringSrtpGcm => "Prism io_uring, SRTP AES-GCM",
             SystemKind::PrismUringSrtpCm => "Prism io_uring, SRTP AES-CM/HMAC-SHA1-80",
+            SystemKind::PrismRelayed => "Prism io_uring, half the subscribers over a relay",
+            SystemKind::CeilingMmsg => "ceiling (mmsg reflector)",
+            SystemKind::CeilingAfXdp => "ceiling (AF_XDP reflector)",
+            SystemKind::PrismAfXdp => "Prism AF_XDP",
         }
     }
 
@@ -75,6 +140,10 @@ impl SystemKind {
             SystemKind::Rtpengine => "rtpengine",
             SystemKind::PrismUringSrtpGcm => "prism-uring-srtp-gcm",
             SystemKind::PrismUringSrtpCm => "prism-uring-srtp-cm",
+            SystemKind::PrismRelayed => "prism-relayed",
+            SystemKind::CeilingMmsg => "ceiling-mmsg",
+            SystemKind::CeilingAfXdp => "ceiling-af-xdp",
+            SystemKind::PrismAfXdp => "prism-af-xdp",
         }
     }
 
@@ -96,7 +165,7 @@ impl SystemKind {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.short() == s)
+        Self::KNOWN.into_iter().find(|k| k.short() == s)
     }
 
     /// Whether this system takes part in a scenario. The SRTP variants run the relay and
@@ -108,6 +177,7 @@ impl SystemKind {
             SystemKind::PrismUringSrtpGcm | SystemKind::PrismUringSrtpCm => {
                 matches!(kind, Kind::Relay | Kind::Fanout)
             }
+            SystemKind::PrismRelayed => kind == Kind::Fanout,
             _ => true,
         }
     }
@@ -121,7 +191,39 @@ pub struct Env {
     pub rtpengine_bin: Option<PathBuf>,
     /// CPU the system under test is pinned to (None: not pinned).
     pub sut_cpu: Option<usize>,
+    /// CPU the generator and sinks are pinned to (None: not pinned).
+    pub gen_cpu: Option<usize>,
     pub scratch: PathBuf,
+    /// Veth mode: where the system under test runs (None: loopback, in this namespace).
+    pub net: Option<VethSide>,
+}
+
+/// The far side of veth mode's pair: the system under test's namespace, its address and
+/// interface, and the near side's address (where the generator and sinks bind).
+#[derive(Clone, Debug)]
+pub struct VethSide {
+    pub netns: String,
+    pub interface: String,
+    pub sut_ip: Ipv4Addr,
+    pub load_ip: Ipv4Addr,
+}
+
+impl Env {
+    /// The address the generator and the sinks bind.
+    pub fn load_ip(&self) -> IpAddr {
+        match &self.net {
+            Some(n) => IpAddr::V4(n.load_ip),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// The address the system under test binds.
+    pub fn sut_ip(&self) -> IpAddr {
+        match &self.net {
+            Some(n) => IpAddr::V4(n.sut_ip),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
 }
 
 /// A running system under test.
@@ -158,6 +260,18 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Two free consecutive UDP ports on loopback (a forwarder with two cores binds both).
+pub fn free_port_pair() -> Result<u16> {
+    for _ in 0..64 {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = a.local_addr()?.port();
+        if port < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no two consecutive free UDP ports on loopback")
+}
+
 impl System {
     /// Starts `kind` and configures it for `topo` with the given publisher and sink sockets.
     pub fn start(
@@ -167,26 +281,39 @@ impl System {
         pubs: &[SocketAddr],
         sinks: &[SocketAddr],
     ) -> Result<Self> {
-        let port = free_port()?;
+        let port = if kind == SystemKind::PrismRelayed {
+            free_port_pair()?
+        } else {
+            free_port()?
+        };
         let tag = format!("{}-{}", kind.short(), std::process::id());
         let sock_path = env.scratch.join(format!("{tag}.sock"));
         let log = env.scratch.join(format!("{tag}.log"));
-        let ingress = SocketAddr::from(([127, 0, 0, 1], port));
+        let ingress = SocketAddr::new(env.sut_ip(), port);
+        let netns = env.net.as_ref().map(|n| n.netns.as_str());
+        if kind.driver() == Some("af_xdp") && env.net.is_none() {
+            anyhow::bail!("{} runs in veth mode only (prism-bench veth)", kind.short());
+        }
         let (child, control, targets) = match kind {
             SystemKind::PrismUring
             | SystemKind::PrismMmsg
+            | SystemKind::PrismAfXdp
             | SystemKind::PrismUringSrtpGcm
-            | SystemKind::PrismUringSrtpCm => {
-                let driver = if kind == SystemKind::PrismMmsg {
-                    "mmsg"
+            | SystemKind::PrismUringSrtpCm
+            | SystemKind::PrismRelayed => {
+                let driver = kind.driver().unwrap_or("io_uring");
+                let cpu = env.sut_cpu.unwrap_or(0).to_string();
+                // Relayed: two cores (the origin and the far node) on the one SUT CPU.
+                let cores = if kind == SystemKind::PrismRelayed {
+                    format!("{cpu},{cpu}")
                 } else {
-                    "io_uring"
+                    cpu
                 };
-                let args: Vec<String> = [
+                let mut args: Vec<String> = [
                     "--control-unix",
                     &sock_path.display().to_string(),
                     "--cores",
-                    &env.sut_cpu.unwrap_or(0).to_string(),
+                    &cores,
                     "--driver",
                     driver,
                     "--port",
@@ -197,7 +324,13 @@ impl System {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-                let child = proc::spawn_pinned(env.sut_cpu, &env.forwarder_bin, &args, &log)?;
+                if let Some(n) = &env.net {
+                    args.extend(["--bind".into(), n.sut_ip.to_string()]);
+                    if kind == SystemKind::PrismAfXdp {
+                        args.extend(["--interface".into(), n.interface.clone()]);
+                    }
+                }
+                let child = proc::spawn_in(netns, env.sut_cpu, &env.forwarder_bin, &args, &log)?;
                 let c = prism::PrismControl::connect(&sock_path, Duration::from_secs(10))
                     .with_context(|| format!("connecting to prism-forwarder (log {log:?})"))?;
                 (
@@ -206,10 +339,13 @@ impl System {
                     vec![ingress; topo.publishers.len()],
                 )
             }
-            SystemKind::Ceiling | SystemKind::Conventional => {
+            SystemKind::Ceiling
+            | SystemKind::CeilingMmsg
+            | SystemKind::CeilingAfXdp
+            | SystemKind::Conventional => {
                 let mut args = vec!["serve".to_string()];
-                if kind == SystemKind::Ceiling {
-                    args.extend(["reflector".into(), "--driver".into(), "io_uring".into()]);
+                if let Some(driver) = kind.driver() {
+                    args.extend(["reflector".into(), "--driver".into(), driver.into()]);
                 } else {
                     args.push("conventional".into());
                 }
@@ -219,7 +355,13 @@ impl System {
                     "--control".into(),
                     sock_path.display().to_string(),
                 ]);
-                let child = proc::spawn_pinned(env.sut_cpu, &env.bench_bin, &args, &log)?;
+                if let Some(n) = &env.net {
+                    args.extend(["--bind".into(), n.sut_ip.to_string()]);
+                    if kind == SystemKind::CeilingAfXdp {
+                        args.extend(["--interface".into(), n.interface.clone()]);
+                    }
+                }
+                let child = proc::spawn_in(netns, env.sut_cpu, &env.bench_bin, &args, &log)?;
                 let c = RouteClient::connect(&sock_path, Duration::from_secs(10))
                     .with_context(|| format!("connecting to the bench server (log {log:?})"))?;
                 (
@@ -246,7 +388,7 @@ impl System {
             rss_at_start: proc::rss_bytes(pid).unwrap_or(0),
             stopped: false,
         };
-        if let Err(e) = sys.configure(topo, pubs, sinks) {
+        if let Err(e) = sys.configure(topo, pubs, sinks, port) {
             sys.stop();
             return Err(e);
         }
@@ -267,8 +409,12 @@ impl System {
         topo: &Topology,
         pubs: &[SocketAddr],
         sinks: &[SocketAddr],
+        port: u16,
     ) -> Result<()> {
         match &mut self.control {
+            Control::Prism(c) if self.kind == SystemKind::PrismRelayed => {
+                c.setup_relayed(topo, pubs, sinks, port, port + 1)
+            }
             Control::Prism(c) => c.setup(topo, pubs, sinks, self.kind.srtp()),
             Control::Routes(c) => {
                 let cmds: Vec<RouteCommand> = topo

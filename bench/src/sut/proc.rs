@@ -1,4 +1,5 @@
-//! Reading a process's CPU time and memory from `/proc`, and running it pinned.
+//! Reading a process's CPU time and memory from `/proc`, and running it pinned (and, in
+//! veth mode, inside a network namespace).
 
 use std::fs;
 use std::path::Path;
@@ -13,6 +14,62 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here (0-based 11, 12).
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / clock_ticks() as f64)
+}
+
+/// Where one CPU's time went (seconds), from its line in `/proc/stat`: user (with nice),
+/// system, softirq (with irq) and idle (with iowait). With tick-based accounting the
+/// kernel bills softirq work to whichever task the tick interrupted too, so a process's
+/// own CPU time and its core's split are two views of the same work: the split shows the
+/// part done in softirq, e.g. veth delivering the other side's packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CoreTimes {
+    pub user: f64,
+    pub system: f64,
+    pub softirq: f64,
+    pub idle: f64,
+}
+
+impl CoreTimes {
+    /// CPU `cpu`'s counters now (None: no such CPU, or no `/proc/stat`).
+    pub fn read(cpu: usize) -> Option<Self> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let name = format!("cpu{cpu}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+        Self::parse(line)
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse::<f64>().map(|t| t / clock_ticks() as f64))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+        Some(Self {
+            user: at(0) + at(1),
+            system: at(2),
+            idle: at(3) + at(4),
+            softirq: at(5) + at(6),
+        })
+    }
+
+    /// What was spent between `earlier` and `self`.
+    pub fn since(&self, earlier: &CoreTimes) -> CoreTimes {
+        CoreTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+            softirq: self.softirq - earlier.softirq,
+            idle: self.idle - earlier.idle,
+        }
+    }
+
+    /// Seconds the CPU was busy.
+    pub fn busy(&self) -> f64 {
+        self.user + self.system + self.softirq
+    }
 }
 
 /// `sysconf(_SC_CLK_TCK)`: 100 on every Linux this runs on (USER_HZ is fixed by the ABI).
@@ -35,17 +92,33 @@ pub fn spawn_pinned(
     args: &[String],
     log: &Path,
 ) -> std::io::Result<Child> {
+    spawn_in(None, cpu, program, args, log)
+}
+
+/// As [`spawn_pinned`], inside the network namespace `netns` (`ip netns exec`) when given.
+/// `ip netns exec` and `taskset` both exec what follows them, so the child's pid is the
+/// program's: its CPU time and memory are read from `/proc` as usual, and SIGTERM reaches
+/// it.
+pub fn spawn_in(
+    netns: Option<&str>,
+    cpu: Option<usize>,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> std::io::Result<Child> {
     let out = fs::File::create(log)?;
     let err = out.try_clone()?;
-    let mut cmd = match cpu {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(c.to_string()).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    };
-    cmd.args(args)
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip", "netns", "exec", ns].map(Into::into));
+    }
+    if let Some(c) = cpu {
+        argv.extend(["taskset".into(), "-c".into(), c.to_string().into()]);
+    }
+    argv.push(program.as_os_str().to_owned());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -78,5 +151,23 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some());
         assert!(rss_bytes(pid).unwrap() > 0);
+        assert!(CoreTimes::read(0).is_some_and(|t| t.busy() + t.idle > 0.0));
+        assert!(CoreTimes::read(100_000).is_none());
+    }
+
+    #[test]
+    fn parses_a_cpu_line() {
+        let t = CoreTimes::parse("cpu1 100 50 200 1000 20 5 45 0 0 0").unwrap();
+        assert_eq!(
+            t,
+            CoreTimes {
+                user: 1.5,
+                system: 2.0,
+                softirq: 0.5,
+                idle: 10.2,
+            }
+        );
+        let d = t.since(&CoreTimes::default());
+        assert!((d.busy() - 4.0).abs() < 1e-9);
     }
 }

@@ -1,6 +1,7 @@
 //! The ceiling: a reflector that only does the I/O, on Prism's own I/O path.
 //!
-//! It runs the forwarder's [`Driver`] (io_uring or recvmmsg/sendmmsg) and, for each datagram
+//! It runs the forwarder's [`Driver`] (io_uring, recvmmsg/sendmmsg, or AF_XDP on an
+//! interface in veth mode) and, for each datagram
 //! of a batch, queues it unchanged to every destination of its SSRC (a 4-byte load at a
 //! fixed offset and one table lookup: no validation, no header rewrite, no per-subscriber
 //! state). Whatever Prism does above that costs egress rate relative to this.
@@ -14,24 +15,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use prism_forwarder::io::{bind_udp, Driver, DriverKind, DriverUser, Egress, SocketConfig};
+use prism_forwarder::io::{
+    bind_udp, Driver, DriverKind, DriverUser, Egress, SocketConfig, XdpMode, XdpTarget,
+};
 
 use super::routes::RouteCommand;
 use super::server;
 
+/// Where and on what the reflector runs.
+#[derive(Clone, Debug)]
+pub struct ReflectorConfig {
+    /// The address it binds (127.0.0.1 on loopback; the far end of the pair in veth mode).
+    pub bind: std::net::IpAddr,
+    pub port: u16,
+    pub driver: DriverKind,
+    /// AF_XDP: the interface (queue 0, native XDP).
+    pub interface: Option<String>,
+}
+
 /// Runs the reflector until SIGTERM/SIGINT.
-pub fn serve(port: u16, control: &Path, uring: bool) -> Result<()> {
-    let sock = bind_udp(&SocketConfig::bound_to(SocketAddr::from((
-        [127, 0, 0, 1],
-        port,
-    ))))
-    .context("binding the reflector socket")?;
-    let kind = if uring {
-        DriverKind::IoUring
-    } else {
-        DriverKind::Mmsg
-    };
-    kind.open(sock, Reflect { control })
+pub fn serve(cfg: &ReflectorConfig, control: &Path) -> Result<()> {
+    let sock = bind_udp(&SocketConfig::bound_to(SocketAddr::new(cfg.bind, cfg.port)))
+        .context("binding the reflector socket")?;
+    let xdp = cfg.interface.as_ref().map(|i| XdpTarget {
+        interface: i.clone(),
+        queue: 0,
+        mode: XdpMode::Native,
+    });
+    cfg.driver
+        .open_on(sock, xdp.as_ref(), Reflect { control })
         .map_err(|(e, _)| anyhow::Error::new(e).context("opening the reflector's driver"))?
 }
 

@@ -18,8 +18,8 @@ use crate::codec::Codec;
 use crate::dtls::{DtlsRole, Fingerprint, FingerprintError};
 use crate::engine::hdrext::ExtIds;
 use crate::engine::{
-    AddDownTrack, AddTrack, Command, Engine, LayerSpec, PlainTransport, Reply, RestartIce,
-    WebRtcParams,
+    AddDownTrack, AddTrack, Command, Engine, LayerSpec, PlainTransport, RelayIds, Reply,
+    RestartIce, WebRtcParams,
 };
 use crate::ids::{DownTrackId, Mid, Rid, RoomId, ShortId, Ssrc, TrackId, TransportId};
 use crate::srtp::{SrtpContext, SrtpError, SrtpKeys, SrtpPair, SrtpProfile};
@@ -155,6 +155,10 @@ pub fn command_of(body: pb::command::Body) -> Result<Command, BadCommand> {
             },
             comedia: c.comedia,
             srtp: c.srtp.as_ref().map(srtp_pair).transpose()?.map(Box::new),
+            relay: c.relay.as_ref().map(|r| RelayIds {
+                local: Ssrc(r.local_rtcp_ssrc),
+                peer: Ssrc(r.peer_rtcp_ssrc),
+            }),
         }),
         B::CreateWebrtcTransport(c) => {
             let remote_fingerprint = Fingerprint::parse(&c.remote_fingerprint).map_err(|err| {
@@ -298,6 +302,7 @@ fn add_down_track(c: pb::AddDownTrack) -> Result<AddDownTrack, BadCommand> {
             )),
         },
         ext: c.header_extensions.as_ref().map(ext_ids).transpose()?,
+        pinned: c.pinned,
     })
 }
 

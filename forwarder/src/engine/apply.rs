@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::command::{
-    AddDownTrack, AddTrack, Command, CommandError, PlainTransport, Reply, RestartIce, WebRtcParams,
+    AddDownTrack, AddTrack, Command, CommandError, PlainTransport, RelayIds, Reply, RestartIce,
+    WebRtcParams,
 };
 use super::downtrack::{DownTrack, DownTrackParams};
 use super::hdrext::ExtIds;
@@ -194,6 +195,9 @@ impl Engine {
 
     fn create_transport(&mut self, now: Instant, c: PlainTransport) -> CmdResult {
         self.check_new_transport(c.room, c.transport)?;
+        if let Some(relay) = c.relay {
+            return self.create_relay_transport(now, c, relay);
+        }
         match c.remote {
             None if !c.comedia => return Err(CommandError::NoRemote),
             Some(a) if self.routes.by_addr.contains_key(&a) => {
@@ -209,6 +213,41 @@ impl Engine {
         if let Some(a) = c.remote {
             self.routes.by_addr.insert(a, i);
         }
+        Ok(Reply::TransportCreated {
+            transport: c.transport,
+            local: self.local,
+            fingerprint: String::new(),
+        })
+    }
+
+    /// A relay transport: it sends to its remote but does not claim the address (the
+    /// relays of several rooms may face one peer core); arrivals find it by SSRC.
+    fn create_relay_transport(
+        &mut self,
+        now: Instant,
+        c: PlainTransport,
+        relay: RelayIds,
+    ) -> CmdResult {
+        let Some(remote) = c.remote else {
+            return Err(CommandError::BadRelay(
+                "a relay transport needs a remote address",
+            ));
+        };
+        if relay.local.0 == 0 || relay.peer.0 == 0 || relay.local == relay.peer {
+            return Err(CommandError::BadRelay(
+                "a relay transport needs two different non-zero RTCP SSRCs",
+            ));
+        }
+        if self.routes.relay.contains_key(&relay.peer) {
+            return Err(CommandError::RelaySsrcInUse(relay.peer));
+        }
+        let i = self.insert_transport(Transport {
+            srtp: c.srtp,
+            rtcp_ssrc: Some(relay.local),
+            relay: true,
+            ..Transport::new(c.transport.0, c.room.0, Some(remote), now)
+        });
+        self.routes.relay.insert(relay.peer, i);
         Ok(Reply::TransportCreated {
             transport: c.transport,
             local: self.local,
@@ -382,6 +421,16 @@ impl Engine {
                 return Err(CommandError::RtxSsrcPublished(l.rtx_ssrc));
             }
         }
+        let relay = self.objs.transports.get(ti).is_some_and(|t| t.relay);
+        if relay {
+            let taken = layers
+                .iter()
+                .flat_map(|l| [l.ssrc, l.rtx_ssrc])
+                .find(|s| s.0 != 0 && self.routes.relay.contains_key(s));
+            if let Some(s) = taken {
+                return Err(CommandError::RelaySsrcInUse(s));
+            }
+        }
         let cache = if c.video {
             self.cfg.video_cache
         } else {
@@ -430,11 +479,17 @@ impl Engine {
                 self.routes
                     .by_rtx_ssrc
                     .insert((ti, l.rtx_ssrc), (i, li as u8));
+                if relay {
+                    self.routes.relay.insert(l.rtx_ssrc, ti);
+                }
             }
             if l.ssrc.0 == 0 {
                 continue;
             }
             self.routes.by_ssrc.insert((ti, l.ssrc), (i, li as u8));
+            if relay {
+                self.routes.relay.insert(l.ssrc, ti);
+            }
             if pending {
                 self.routes.comedia.insert(l.ssrc, ti);
             }
@@ -502,6 +557,7 @@ impl Engine {
             video: track.video,
             preferred_spatial: c.preferred_spatial,
             preferred_temporal: c.preferred_temporal,
+            pinned: c.pinned,
         });
         dt.retarget(track.active);
         let di = self.objs.down_tracks.insert(DownTrackEntry {

@@ -81,6 +81,19 @@ pub struct PlainTransport {
     pub comedia: bool,
     /// SRTP contexts made from the keys control gave, when the transport encrypts.
     pub srtp: Option<Box<SrtpPair>>,
+    /// Set for a relay transport toward another forwarder (see [`RelayIds`]).
+    pub relay: Option<RelayIds>,
+}
+
+/// A relay transport's RTCP sender SSRCs. A relay does not own its remote address (one
+/// per room may face the same peer core), so what arrives is routed by SSRC: the media
+/// SSRCs of its tracks, and `peer` for the feedback and reports the far end signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayIds {
+    /// Signs the feedback and receiver reports this transport sends.
+    pub local: Ssrc,
+    /// What the far end's transport signs its own with.
+    pub peer: Ssrc,
 }
 
 /// One layer of a published track, as control describes it. SSRC 0: announced by RID only.
@@ -131,6 +144,8 @@ pub struct AddDownTrack {
     pub rtx_payload_type: u32,
     pub mid: Option<Mid>,
     pub ext: Option<ExtIds>,
+    /// Forward `preferred_spatial` only (a relay carries each layer as its own stream).
+    pub pinned: bool,
 }
 
 /// New local (and optionally remote) ICE credentials for a WebRTC transport.
@@ -192,6 +207,10 @@ pub enum CommandError {
     /// Neither a remote address nor comedia.
     NoRemote,
     RemoteInUse(SocketAddr),
+    /// A relay SSRC (RTCP sender or media) already routes to a relay transport on the core.
+    RelaySsrcInUse(Ssrc),
+    /// A relay transport needs a remote address and two non-zero, different RTCP SSRCs.
+    BadRelay(&'static str),
     /// The ufrag is already used, by this transport (`mine`) or another.
     UfragInUse {
         ufrag: String,
@@ -235,6 +254,8 @@ impl fmt::Display for CommandError {
             E::NotWebRtc => f.write_str("not a WebRTC transport"),
             E::NoRemote => f.write_str("a transport needs a remote address or comedia"),
             E::RemoteInUse(a) => write!(f, "remote {a} is already used by another transport"),
+            E::RelaySsrcInUse(s) => write!(f, "ssrc {s} already routes to a relay transport"),
+            E::BadRelay(why) => f.write_str(why),
             E::UfragInUse { ufrag, mine } => {
                 let whose = if *mine {
                     "this transport"

@@ -36,6 +36,8 @@ pub struct DownTrackParams {
     pub video: bool,
     pub preferred_spatial: u8,
     pub preferred_temporal: u8,
+    /// Only `preferred_spatial` is ever forwarded (a relay stream carries one layer).
+    pub pinned: bool,
 }
 
 /// What to write into one forwarded packet's header.
@@ -258,6 +260,10 @@ impl DownTrack {
     /// publisher sends it, else the closest active layer below it, else the lowest active
     /// one. `active` has bit `i` set when layer `i` is being received.
     pub fn retarget(&mut self, active: u8) {
+        if self.params.pinned {
+            self.target = self.params.preferred_spatial;
+            return;
+        }
         let pref = self.params.preferred_spatial.min(self.cap).min(7);
         let below = (0..=pref).rev().find(|l| active & (1 << l) != 0);
         let any = (0..8).find(|l| active & (1 << l) != 0);
@@ -414,6 +420,7 @@ mod tests {
             video,
             preferred_spatial: 0,
             preferred_temporal: 2,
+            pinned: false,
         }
     }
 

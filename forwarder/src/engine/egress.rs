@@ -271,6 +271,7 @@ pub(super) fn request_keyframe<E: Egress>(
     report.counters.keyframe_requests += 1;
     if let Some(t) = transports.get_mut(track.transport) {
         t.counters.keyframe_requests += 1;
+        let sender = t.rtcp_ssrc.unwrap_or(sender);
         send_rtcp(t, eg, &mut |slot: &mut [u8]| {
             rtcp::emit_pli(slot, sender, media).unwrap_or(0)
         });

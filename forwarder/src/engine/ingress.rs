@@ -40,7 +40,10 @@ impl Engine {
         let transport = match self.routes.by_addr.get(&from) {
             Some(&t) => t,
             None if kind == PacketKind::Stun => return self.on_stun(now, None, from, buf, egress),
-            None => match self.learn_comedia(from, kind, buf) {
+            None => match self
+                .relay_route(kind, buf)
+                .or_else(|| self.learn_comedia(from, kind, buf))
+            {
                 Some(t) => t,
                 None => {
                     let r = if kind == PacketKind::Rtp || kind == PacketKind::Rtcp {
@@ -97,6 +100,23 @@ impl Engine {
             }
             _ => self.count_drop(Some(transport), unknown_kind_reason(buf)),
         }
+    }
+
+    /// The relay transport an RTP or RTCP datagram from an unclaimed address belongs to,
+    /// found by the SSRC that is in the clear even under SRTP: the media SSRC of RTP, the
+    /// sender SSRC of RTCP. SRTP authentication then decides whether it really is the peer.
+    fn relay_route(&self, kind: PacketKind, buf: &[u8]) -> Option<usize> {
+        if self.routes.relay.is_empty() {
+            return None;
+        }
+        let at = match kind {
+            PacketKind::Rtp => 8,
+            PacketKind::Rtcp => 4,
+            _ => return None,
+        };
+        let b = buf.get(at..at + 4)?;
+        let ssrc = Ssrc(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        self.routes.relay.get(&ssrc).copied()
     }
 
     /// A STUN message: an ICE check for a WebRTC transport, found by address or, from a new

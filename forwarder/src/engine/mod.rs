@@ -61,8 +61,8 @@ use routes::{Objects, Routes};
 use timers::Timers;
 
 pub use command::{
-    AddDownTrack, AddTrack, Command, CommandError, LayerSpec, PlainTransport, Reply, RestartIce,
-    WebRtcParams,
+    AddDownTrack, AddTrack, Command, CommandError, LayerSpec, PlainTransport, RelayIds, Reply,
+    RestartIce, WebRtcParams,
 };
 pub use downtrack::{Decision, DownTrack, DownTrackParams, Forward};
 pub use outbox::Outbox;

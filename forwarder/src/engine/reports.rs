@@ -323,6 +323,7 @@ fn send_rr<E: Egress>(
     blocks: &[ReportBlockRepr],
     counters: &mut super::Counters,
 ) -> bool {
+    let sender = t.rtcp_ssrc.unwrap_or(sender);
     let sent = send_rtcp(t, eg, &mut |slot: &mut [u8]| {
         rtcp::emit_rr(slot, sender, blocks).unwrap_or(0)
     });

@@ -45,6 +45,10 @@ pub struct Routes {
     pub comedia: FastMap<Ssrc, usize>,
     /// Local ICE ufrag → WebRTC transport, to route a first check from a new address.
     pub by_ufrag: FastMap<Vec<u8>, usize>,
+    /// SSRC → relay transport: the media (and RTX) SSRCs of tracks on relay transports,
+    /// and each relay's peer RTCP SSRC. Consulted for RTP/RTCP from an address no
+    /// transport owns.
+    pub relay: FastMap<Ssrc, usize>,
 }
 
 impl Engine {
@@ -97,6 +101,11 @@ impl Engine {
             r.by_ssrc.remove(&(track.transport, l.ssrc));
             r.by_rtx_ssrc.remove(&(track.transport, l.rtx_ssrc));
             r.comedia.remove(&l.ssrc);
+            for s in [l.ssrc, l.rtx_ssrc] {
+                if r.relay.get(&s) == Some(&track.transport) {
+                    r.relay.remove(&s);
+                }
+            }
         }
         if let Some(t) = self.objs.transports.get_mut(track.transport) {
             t.tracks.retain(|&x| x != ti);
@@ -126,9 +135,13 @@ impl Engine {
         let r = &mut self.routes;
         r.transport_ids.remove(&id);
         if let Some(a) = remote {
-            r.by_addr.remove(&a);
+            // A relay never claimed its remote: the entry, if any, is another transport's.
+            if r.by_addr.get(&a) == Some(&i) {
+                r.by_addr.remove(&a);
+            }
         }
         r.comedia.retain(|_, v| *v != i);
+        r.relay.retain(|_, v| *v != i);
         r.by_ufrag.retain(|_, v| *v != i);
         if let Some(r) = self.objs.rooms.get_mut(&room) {
             r.transports.retain(|&x| x != i);

@@ -79,6 +79,7 @@ impl Engine {
             let Some(publisher) = transports.get_mut(track.transport) else {
                 continue;
             };
+            let sender = publisher.rtcp_ssrc.unwrap_or(sender);
             for l in &mut track.layers {
                 let n = l.nack.due(now, &mut lost);
                 if n == 0 {

@@ -50,6 +50,11 @@ pub struct Transport {
     pub twcc_out: Option<Box<SendSide>>,
     /// Layer-cap hysteresis of the down tracks sent here.
     pub allocator: Allocator,
+    /// The SSRC that signs the RTCP this transport sends; `None`: the core's.
+    pub rtcp_ssrc: Option<crate::ids::Ssrc>,
+    /// A relay toward another forwarder: its remote is not in the address map, arrivals
+    /// find it by SSRC (`Routes::relay`).
+    pub relay: bool,
 }
 
 impl Transport {
@@ -71,6 +76,8 @@ impl Transport {
             last_twcc_feedback: None,
             twcc_out: None,
             allocator: Allocator::default(),
+            rtcp_ssrc: None,
+            relay: false,
         }
     }
 

@@ -5,10 +5,13 @@
 //! - `prism:node:{N}`: [`NodeInfo`] as JSON, `SET … PX` [`LEASE_MS`], refreshed every
 //!   [`REFRESH`]; gone within seconds of the node's death.
 //! - `prism:nodes`: sorted set node id → last refresh (ms), to list nodes without `SCAN`.
-//! - `prism:room:{R}`: hash `owner`, `epoch`, `created_ms`. The epoch goes up by one at
-//!   each change of owner, and every write by an owner compares owner and epoch first
-//!   ([`CLAIM`], [`TOUCH`], [`RELEASE`]): an owner that was stopped or cut off and comes
-//!   back finds the epoch moved on and closes its copy of the room.
+//! - `prism:room:{R}`: hash `owner`, `epoch`, `sid`, `created_ms`. The epoch goes up by
+//!   one at each change of owner, and every write by an owner compares owner and epoch
+//!   first ([`CLAIM`], [`TOUCH`], [`RELEASE`], [`HANDOFF`]): an owner that was stopped or
+//!   cut off and comes back finds the epoch moved on and closes its copy of the room. The
+//!   sid is written by the first claim and kept by every later one, so the room keeps its
+//!   sid when it moves to another node (owner dead, superseded or drained); a room that
+//!   closes normally has its record deleted and a later room of that name gets a new sid.
 //! - `prism:rooms`: hash name → [`RoomEntry`] (owner, epoch, the `Room` as LiveKit lists
 //!   it), written by owners after a successful [`TOUCH`], read by ListRooms.
 //! - `prism:reserve:{N}`: packets per second promised to N by recent placements, expiring
@@ -70,6 +73,12 @@ pub struct NodeInfo {
     /// The media cores' UDP addresses, as clients are given them.
     #[serde(default)]
     pub media: Vec<String>,
+    /// The IPs clients are given for media there (`rtc.node_ip`), most preferred first.
+    #[serde(default)]
+    pub media_ips: Vec<String>,
+    /// Where other nodes send relayed media (rooms spanning nodes); the port is the core's.
+    #[serde(default)]
+    pub relay_ip: String,
     /// Packets per second (in + out) the node takes when full.
     pub capacity_pps: u64,
     /// Packets per second received, per media core, over the last refresh.
@@ -132,31 +141,38 @@ impl RoomEntry {
     }
 }
 
-/// Claims `KEYS[1]` (a room) for `ARGV[1]` when it has no owner or its owner is
-/// `ARGV[2]` (seen dead by the caller just before); `ARGV[3]`: now, ms. Answers the owner
-/// and epoch after the call, whoever won.
+/// Claims `KEYS[1]` (a room) for `ARGV[1]` when it has no owner (never had one, or was
+/// handed off) or its owner is `ARGV[2]` (seen dead by the caller just before); `ARGV[3]`:
+/// now, ms; `ARGV[4]`: a fresh room sid, kept only if the room has none yet (its first
+/// claim), so that every later owner serves the room under the same sid. Answers the
+/// owner, epoch and sid after the call, whoever won.
 pub const CLAIM: &str = r"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0
+local sid = redis.call('HGET', KEYS[1], 'sid')
 if owner and owner ~= '' and owner ~= ARGV[2] then
-  return {owner, epoch}
+  return {owner, epoch, sid or ''}
 end
 epoch = epoch + 1
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch)
+if not sid or sid == '' then
+  sid = ARGV[4]
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'sid', sid)
 if redis.call('HEXISTS', KEYS[1], 'created_ms') == 0 then
   redis.call('HSET', KEYS[1], 'created_ms', ARGV[3])
 end
-return {ARGV[1], epoch}
+redis.call('PERSIST', KEYS[1])
+return {ARGV[1], epoch, sid}
 ";
 
 /// An owner's check at each refresh: `KEYS[1]` still says owner `ARGV[1]` at epoch
 /// `ARGV[2]` (1), or someone else holds it (0). A record lost with Redis's data (a
-/// restart without persistence) is written back as it was (2): the owner re-registers
-/// its rooms.
+/// restart without persistence) is written back as it was (2), with the room's sid
+/// `ARGV[4]`: the owner re-registers its rooms.
 pub const TOUCH: &str = r"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', ARGV[2], 'created_ms', ARGV[3])
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', ARGV[2], 'created_ms', ARGV[3], 'sid', ARGV[4])
   return 2
 end
 if owner == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
@@ -174,6 +190,23 @@ if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
 end
 return 0
 ";
+
+/// Hands `KEYS[1]` off if it is still owner `ARGV[1]` at epoch `ARGV[2]` (1), else 0: the
+/// owner is cleared but the epoch and the sid stay, so that the next join claims the room
+/// on another node under the same sid and at a higher epoch (a stale copy is still
+/// fenced). A record nobody claims again expires after `ARGV[3]` ms.
+pub const HANDOFF: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
+   and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'owner', '')
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// How long a handed-off room's record (its epoch and sid) waits for a new owner.
+pub const HANDOFF_MS: u64 = 3_600_000;
 
 /// The nodes a new room may go to: serving, and in `region` when any is there.
 pub fn candidates<'a>(nodes: &'a [NodeInfo], region: &str) -> Vec<&'a NodeInfo> {
@@ -242,6 +275,8 @@ mod tests {
             region: String::new(),
             http: "127.0.0.1:1".into(),
             media: vec![],
+            media_ips: vec![],
+            relay_ip: String::new(),
             capacity_pps: 10_000,
             pps_in: vec![pps],
             pps_out: vec![0],

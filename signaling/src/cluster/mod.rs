@@ -22,8 +22,12 @@
 
 pub mod api;
 pub mod directory;
+pub mod drain;
+pub mod media_link;
 pub mod peer;
+pub mod replay;
 pub mod store;
+pub mod whip;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,6 +60,13 @@ pub struct ClusterOptions {
     /// Where other nodes reach this node's HTTP server.
     pub http: SocketAddr,
     pub media: Vec<String>,
+    /// What clients are given for media here, most preferred first.
+    pub media_ips: Vec<std::net::IpAddr>,
+    /// Where other nodes send relayed media to this node.
+    pub relay_ip: std::net::IpAddr,
+    /// Whether a client's media terminates on the node it reached when the room's owner
+    /// is another (a room spanning nodes); off: all of a room's media is on its owner.
+    pub span_rooms: bool,
     pub capacity_pps: u64,
     pub region: String,
 }
@@ -67,14 +78,17 @@ pub struct ClusterCounters {
     pub proxied_frames: AtomicU64,
     pub forwarded_calls: AtomicU64,
     pub forged_refused: AtomicU64,
+    pub replayed_refused: AtomicU64,
     pub malformed_entries: AtomicU64,
     pub superseded_rooms: AtomicU64,
     pub claims_won: AtomicU64,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Claim {
     epoch: u64,
+    /// The room's sid in the directory (empty if the record has none).
+    sid: String,
     since: Instant,
 }
 
@@ -85,6 +99,11 @@ pub struct Cluster {
     store: Store,
     http: SocketAddr,
     media: Vec<String>,
+    media_ips: Vec<std::net::IpAddr>,
+    relay_ip: std::net::IpAddr,
+    span_rooms: bool,
+    /// Media links to other nodes, by node id (see `media_link`).
+    links: Mutex<HashMap<String, media_link::Link>>,
     capacity_pps: u64,
     region: String,
     boot_ms: u64,
@@ -94,6 +113,15 @@ pub struct Cluster {
     /// Whether the last Redis call of the refresh loop succeeded.
     reachable: AtomicBool,
     claims: Mutex<HashMap<String, Claim>>,
+    /// Wakes the refresh loop before its next tick (the node started draining).
+    wake: tokio::sync::Notify,
+    /// When the last refresh that checked this node's rooms (or found Redis unreachable)
+    /// started: see [`Cluster::lapsed`].
+    checked: Mutex<Instant>,
+    /// `http` as other nodes sign for it.
+    me: String,
+    /// Node-to-node signatures accepted, while they could verify (replays refused).
+    seen: Mutex<replay::Seen>,
     pub counters: ClusterCounters,
 }
 
@@ -151,6 +179,10 @@ impl Cluster {
             store,
             http: opts.http,
             media: opts.media,
+            media_ips: opts.media_ips,
+            relay_ip: opts.relay_ip,
+            span_rooms: opts.span_rooms,
+            links: Mutex::new(HashMap::new()),
             capacity_pps: opts.capacity_pps.max(1),
             region: opts.region,
             boot_ms: now_ms(),
@@ -158,8 +190,21 @@ impl Cluster {
             left: AtomicBool::new(false),
             reachable: AtomicBool::new(false),
             claims: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            checked: Mutex::new(Instant::now()),
+            me: opts.http.to_string(),
+            seen: Mutex::new(replay::Seen::default()),
             counters: ClusterCounters::default(),
         }))
+    }
+
+    /// What node-to-node requests to this node are checked against.
+    pub fn verifier(&self) -> peer::Verifier<'_> {
+        peer::Verifier {
+            secret: &self.secret,
+            me: &self.me,
+            seen: &self.seen,
+        }
     }
 
     fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {
@@ -177,9 +222,41 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops taking new rooms (SIGTERM); published at the next refresh.
+    /// Stops taking new rooms (SIGTERM): `/readyz` turns 503 at once, and the DRAINING
+    /// state is published in Redis right away (the refresh loop is woken), so placements
+    /// leave this node out.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Whether this node's hold on its rooms may have lapsed: no refresh checked them
+    /// for a lease's length (the process was stopped, or starved), so another node may
+    /// have taken them meanwhile. Until the next check confirms or closes them, the
+    /// node's rooms are *fenced*: shown so in `/api/state`, not counted as served.
+    /// (Redis unreachable is not a lapse: no other node can take a room then, and calls
+    /// carry on.)
+    pub fn lapsed(&self) -> bool {
+        let checked = *self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        checked.elapsed() > Duration::from_millis(directory::LEASE_MS)
+    }
+
+    fn mark_checked(&self, at: Instant) {
+        *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// Whether this node is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The sid `room` has in the directory, if this node holds its claim: a copy of the
+    /// room opened here takes it, so that a room keeps its sid from owner to owner.
+    pub fn room_sid(&self, room: &str) -> Option<String> {
+        self.claims()
+            .get(room)
+            .map(|c| c.sid.clone())
+            .filter(|s| !s.is_empty())
     }
 
     fn info(&self, pps_in: Vec<u64>, pps_out: Vec<u64>, rooms: u32) -> NodeInfo {
@@ -194,12 +271,61 @@ impl Cluster {
             region: self.region.clone(),
             http: self.http.to_string(),
             media: self.media.clone(),
+            media_ips: self.media_ips.iter().map(ToString::to_string).collect(),
+            relay_ip: self.relay_ip.to_string(),
             capacity_pps: self.capacity_pps,
             pps_in,
             pps_out,
             rooms,
             updated_ms: now_ms(),
         }
+    }
+
+    /// The forwarder of node `node` (another, serving one), for the participants of this
+    /// node's rooms who reached the room through it; `None` when rooms do not span nodes
+    /// here, or that node cannot take media (the participant's media stays here).
+    pub async fn media_node(self: &Arc<Self>, node: &str) -> Option<crate::rtc::sites::MediaNode> {
+        if !self.span_rooms || node == self.id {
+            return None;
+        }
+        let info = match self.node(node).await {
+            Ok(Some(n)) if n.state == NodeState::Serving => n,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "cluster: cannot look the ingress node up; media stays here");
+                return None;
+            }
+        };
+        let http: SocketAddr = info.http.parse().ok()?;
+        let candidate_ips: Vec<std::net::IpAddr> = info
+            .media_ips
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let relay_ip = info
+            .relay_ip
+            .parse()
+            .ok()
+            .or_else(|| candidate_ips.first().copied())
+            .unwrap_or(http.ip());
+        let link = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            match links.get(node) {
+                Some(l) if l.is_up() => l.clone(),
+                _ => {
+                    let l = media_link::connect(self, node, http);
+                    links.insert(node.to_owned(), l.clone());
+                    l
+                }
+            }
+        };
+        Some(crate::rtc::sites::MediaNode {
+            node: node.to_owned(),
+            plane: link.plane,
+            candidate_ips: candidate_ips.into(),
+            relay_ip,
+            up: link.up,
+        })
     }
 
     /// A node's entry; `None` if it has none (dead) or a malformed one (logged).
@@ -256,13 +382,14 @@ impl Cluster {
         Ok(out)
     }
 
-    /// Records that this node owns `room` at `epoch`; the unused-claim clock restarts
-    /// (a session is on its way).
-    fn adopt(&self, room: &str, epoch: u64) {
+    /// Records that this node owns `room` at `epoch`, under `sid`; the unused-claim
+    /// clock restarts (a session is on its way).
+    fn adopt(&self, room: &str, epoch: u64, sid: String) {
         self.claims().insert(
             room.to_owned(),
             Claim {
                 epoch,
+                sid,
                 since: Instant::now(),
             },
         );
@@ -273,17 +400,23 @@ impl Cluster {
         self.claims().contains_key(room)
     }
 
-    async fn owner_of(&self, room: &str) -> Result<(Option<String>, u64), StoreError> {
-        let (owner, epoch): (Option<String>, Option<u64>) = self
+    /// The room's owner (none if it has none or was handed off), epoch and sid.
+    async fn owner_of(&self, room: &str) -> Result<(Option<String>, u64, String), StoreError> {
+        let (owner, epoch, sid): (Option<String>, Option<u64>, Option<String>) = self
             .store
             .query(
                 redis::cmd("HMGET")
                     .arg(directory::room_key(room))
                     .arg("owner")
-                    .arg("epoch"),
+                    .arg("epoch")
+                    .arg("sid"),
             )
             .await?;
-        Ok((owner.filter(|o| !o.is_empty()), epoch.unwrap_or(0)))
+        Ok((
+            owner.filter(|o| !o.is_empty()),
+            epoch.unwrap_or(0),
+            sid.unwrap_or_default(),
+        ))
     }
 
     /// Where `room` lives. `create`: place and claim it if no live node owns it.
@@ -291,7 +424,7 @@ impl Cluster {
         let unavailable = |e: StoreError| {
             RouteError::Unavailable(format!("cannot reach the cluster directory: {e}"))
         };
-        let (owner, epoch) = match self.owner_of(room).await {
+        let (owner, epoch, sid) = match self.owner_of(room).await {
             Ok(o) => o,
             // Redis is away: rooms this node owns carry on, nothing else is decided.
             Err(_) if self.holds(room) => return Ok(Route::Local),
@@ -300,7 +433,7 @@ impl Cluster {
         let mut dead = String::new();
         if let Some(owner) = owner {
             if owner == self.id {
-                self.adopt(room, epoch);
+                self.adopt(room, epoch, sid);
                 return Ok(Route::Local);
             }
             match self.node(&owner).await.map_err(unavailable)? {
@@ -327,7 +460,11 @@ impl Cluster {
             RouteError::Unavailable(format!("cannot reach the cluster directory: {e}"))
         };
         let nodes = self.nodes().await.map_err(unavailable)?;
-        let candidates = directory::candidates(&nodes, &self.region);
+        let mut candidates = directory::candidates(&nodes, &self.region);
+        if self.draining() {
+            // Before the DRAINING state reaches Redis, this node still lists itself.
+            candidates.retain(|n| n.id != self.id);
+        }
         // The reservations of every candidate (a handful of nodes; one key each, so that
         // Redis Cluster never sees a multi-slot command).
         let mut reserved = HashMap::new();
@@ -353,8 +490,10 @@ impl Cluster {
             .arg(directory::room_key(room))
             .arg(&chosen.id)
             .arg(dead)
-            .arg(now_ms());
-        let (owner, epoch): (String, u64) = self.store.query(&cmd).await.map_err(unavailable)?;
+            .arg(now_ms())
+            .arg(crate::rtc::room::new_sid("RM_"));
+        let (owner, epoch, sid): (String, u64, String) =
+            self.store.query(&cmd).await.map_err(unavailable)?;
         // The reservation is a hint: a failure to write it changes nothing.
         let _ = self
             .store
@@ -366,7 +505,7 @@ impl Cluster {
             .await;
         if owner == self.id {
             self.counters.claims_won.fetch_add(1, Ordering::Relaxed);
-            self.adopt(room, epoch);
+            self.adopt(room, epoch, sid);
             return Ok(Route::Local);
         }
         if owner == chosen.id {
@@ -384,8 +523,8 @@ impl Cluster {
     /// `room` now (Redis unreachable: if it holds the claim).
     pub async fn owns(&self, room: &str) -> bool {
         match self.owner_of(room).await {
-            Ok((Some(o), epoch)) if o == self.id => {
-                self.adopt(room, epoch);
+            Ok((Some(o), epoch, sid)) if o == self.id => {
+                self.adopt(room, epoch, sid);
                 true
             }
             Ok(_) => false,
@@ -423,7 +562,7 @@ impl Cluster {
 
     /// Removes the directory records of a room no live node owns (DeleteRoom).
     pub async fn forget(&self, room: &str) -> Result<(), StoreError> {
-        let (owner, epoch) = self.owner_of(room).await?;
+        let (owner, epoch, _) = self.owner_of(room).await?;
         if let Some(o) = owner {
             let _: i64 = self
                 .store
@@ -449,7 +588,10 @@ impl Cluster {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut rates = Rates::default();
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = me.wake.notified() => {}
+                }
                 me.refresh(&rooms, &mut rates).await;
             }
         });
@@ -459,6 +601,7 @@ impl Cluster {
         if self.left.load(Ordering::Relaxed) {
             return;
         }
+        let started = Instant::now();
         let (pps_in, pps_out) = rates.sample(rooms).await;
         let local = rooms.list_rooms(&[]).await;
         let info = self.info(pps_in, pps_out, local.len() as u32);
@@ -494,6 +637,7 @@ impl Cluster {
             _ => {}
         }
         if registered.is_err() {
+            self.mark_checked(started);
             return;
         }
         // A room open here without a claim (opened by WHIP, or while its claim was being
@@ -509,9 +653,10 @@ impl Cluster {
                 .arg(directory::room_key(&r.name))
                 .arg(&self.id)
                 .arg("")
-                .arg(now_ms());
-            match self.store.query::<(String, u64)>(&cmd).await {
-                Ok((owner, epoch)) if owner == self.id => self.adopt(&r.name, epoch),
+                .arg(now_ms())
+                .arg(&r.sid);
+            match self.store.query::<(String, u64, String)>(&cmd).await {
+                Ok((owner, epoch, sid)) if owner == self.id => self.adopt(&r.name, epoch, sid),
                 Ok(_) => {
                     self.counters
                         .superseded_rooms
@@ -524,8 +669,11 @@ impl Cluster {
                 }
             }
         }
-        let claims: Vec<(String, Claim)> =
-            self.claims().iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let claims: Vec<(String, Claim)> = self
+            .claims()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (name, claim) in claims {
             let open = local.iter().find(|r| r.name == name);
             let epoch = claim.epoch.to_string();
@@ -544,12 +692,18 @@ impl Cluster {
                 continue;
             }
             let created = now_ms().to_string();
+            let sid = open.map_or(claim.sid.as_str(), |r| r.sid.as_str());
             let touched: Result<i64, _> = self
                 .store
                 .eval(
                     directory::TOUCH,
                     &[&key],
-                    &[self.id.as_bytes(), epoch.as_bytes(), created.as_bytes()],
+                    &[
+                        self.id.as_bytes(),
+                        epoch.as_bytes(),
+                        created.as_bytes(),
+                        sid.as_bytes(),
+                    ],
                 )
                 .await;
             match touched {
@@ -578,6 +732,7 @@ impl Cluster {
                 Err(e) => tracing::debug!(room = %name, error = %e, "cluster: room check failed"),
             }
         }
+        self.mark_checked(started);
     }
 
     /// Removes `room` from ListRooms' index if the entry is this node's at `epoch`.
@@ -597,19 +752,21 @@ impl Cluster {
     }
 
     /// Gives up every room claim and this node's entry (the node is stopping), so other
-    /// nodes take its rooms at once rather than after the lease.
+    /// nodes take its rooms at once rather than after the lease. The rooms are handed
+    /// off ([`directory::HANDOFF`]): their next owner serves them under the same sid.
     pub async fn leave(&self) {
-        self.drain();
+        self.draining.store(true, Ordering::Relaxed);
         self.left.store(true, Ordering::Relaxed);
         let claims: Vec<(String, Claim)> = self.claims().drain().collect();
+        let ttl = directory::HANDOFF_MS.to_string();
         for (name, claim) in claims {
             let epoch = claim.epoch.to_string();
             let _ = self
                 .store
                 .eval::<i64>(
-                    directory::RELEASE,
+                    directory::HANDOFF,
                     &[&directory::room_key(&name)],
-                    &[self.id.as_bytes(), epoch.as_bytes()],
+                    &[self.id.as_bytes(), epoch.as_bytes(), ttl.as_bytes()],
                 )
                 .await;
             self.release_entry(&name, claim.epoch).await;
@@ -650,6 +807,11 @@ impl Cluster {
                 &c.forged_refused,
             ),
             (
+                "prism_cluster_replayed_requests_total",
+                "Node-to-node requests refused as replays of one accepted before.",
+                &c.replayed_refused,
+            ),
+            (
                 "prism_cluster_malformed_entries_total",
                 "Directory entries in Redis skipped as malformed.",
                 &c.malformed_entries,
@@ -687,7 +849,7 @@ struct Rates {
 
 impl Rates {
     async fn sample(&mut self, rooms: &RoomManager) -> (Vec<u64>, Vec<u64>) {
-        let control = rooms.media().control().clone();
+        let control = rooms.control().clone();
         let ev = tokio::task::spawn_blocking(move || {
             control.request(
                 pb::command::Body::GetStats(pb::GetStats {}),

@@ -1,22 +1,26 @@
 //! Node-to-node requests: how one node carries a client's request to the room's owner.
 //!
 //! - Signing: a request between nodes carries `x-prism-peer: <node id>` and
-//!   `x-prism-auth: <unix ms>:<hex HMAC-SHA256>` over the node id, the time, the method
-//!   and the path with its query, keyed with the cluster secret. The owner refuses a
-//!   request whose signature does not verify (forged, or no secret) or whose time is more
-//!   than [`MAX_SKEW_MS`] away from its own (an old one replayed), with 403.
+//!   `x-prism-auth: <unix ms>:<nonce>:<hex HMAC-SHA256>` over the node id, the time, a
+//!   random 64-bit nonce, the receiving node's internal address, the method and the path
+//!   with its query, keyed with the cluster secret. The receiver refuses with 403 a
+//!   request whose signature does not verify (forged, no secret, or signed for another
+//!   node), whose time is more than [`MAX_SKEW_MS`] away from its own (an old one), or
+//!   whose signature it has already accepted (a replay: [`super::replay`] remembers every
+//!   accepted signature while it could still verify).
 //! - `/rtc`: the WebSocket is proxied, not redirected (browsers and LiveKit's SDKs fail a
 //!   handshake that is not 101). The ingress opens the same `/rtc?…` on the owner with the
 //!   client's token; only once the owner has answered 101 is the client upgraded, and
 //!   any other answer (a refusal, a 503 from an owner that lost its room) is relayed as
 //!   it came. Then messages are spliced both ways without being parsed; WebSocket pings
 //!   are answered at each hop.
-//! - Twirp: the request body, content type and token are posted to the owner's
-//!   `/twirp/…`, and its answer relayed; the owner checks grants again.
+//! - Twirp, WHIP and WHEP: the request (method, path, body, content type and token) is
+//!   sent to the owner as it came, and its answer relayed (status, headers, body); the
+//!   owner checks the token and grants again.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +37,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::replay::{Admit, Seen};
 use super::Cluster;
 use crate::http::{text, Body};
 
@@ -55,19 +60,35 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn mac(secret: &[u8], node: &str, ts: i64, method: &str, path: &str) -> Hmac<Sha256> {
+fn mac(
+    secret: &[u8],
+    node: &str,
+    ts: i64,
+    nonce: &str,
+    target: &str,
+    method: &str,
+    path: &str,
+) -> Hmac<Sha256> {
     // A key of any length is accepted by HMAC.
     let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key");
-    m.update(format!("{node}\n{ts}\n{method}\n{path}").as_bytes());
+    m.update(format!("{node}\n{ts}\n{nonce}\n{target}\n{method}\n{path}").as_bytes());
     m
 }
 
-/// The `x-prism-auth` value for a request from `node`.
-pub fn sign(secret: &[u8], node: &str, method: &str, path: &str) -> String {
+/// The `x-prism-auth` value for a request from `node` to the node whose internal address
+/// is `target`.
+pub fn sign(secret: &[u8], node: &str, target: &str, method: &str, path: &str) -> String {
     let ts = now_ms();
-    let tag = mac(secret, node, ts, method, path).finalize().into_bytes();
+    let nonce = format!(
+        "{:08x}{:08x}",
+        crate::media::random_u32(),
+        crate::media::random_u32()
+    );
+    let tag = mac(secret, node, ts, &nonce, target, method, path)
+        .finalize()
+        .into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{ts}:{hex}")
+    format!("{ts}:{nonce}:{hex}")
 }
 
 /// What a request says about being from another node.
@@ -79,39 +100,71 @@ pub enum PeerCheck {
     Peer(String),
     /// Claims to be a node's and is not (why).
     Forged(&'static str),
+    /// A node's signature accepted before: a captured request sent again.
+    Replayed,
 }
 
-/// Checks the peer headers of `req` against `secret`.
-pub fn check<B>(secret: &[u8], req: &Request<B>) -> PeerCheck {
+/// What a node checks a node-to-node request against.
+#[derive(Debug)]
+pub struct Verifier<'a> {
+    pub secret: &'a [u8],
+    /// This node's internal address, as other nodes sign for it.
+    pub me: &'a str,
+    pub seen: &'a Mutex<Seen>,
+}
+
+/// Checks the peer headers of `req`.
+pub fn check<B>(v: &Verifier<'_>, req: &Request<B>) -> PeerCheck {
     let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let (node, auth) = match (get(PEER_HEADER), get(AUTH_HEADER)) {
         (None, None) => return PeerCheck::Client,
         (Some(n), Some(a)) => (n, a),
         _ => return PeerCheck::Forged("incomplete node-to-node headers"),
     };
-    let Some((ts, hex)) = auth.split_once(':') else {
+    let mut parts = auth.splitn(3, ':');
+    let (Some(ts), Some(nonce), Some(hex)) = (parts.next(), parts.next(), parts.next()) else {
         return PeerCheck::Forged("malformed x-prism-auth");
     };
     let Ok(ts) = ts.parse::<i64>() else {
         return PeerCheck::Forged("malformed x-prism-auth");
     };
-    if (now_ms() - ts).abs() > MAX_SKEW_MS {
+    if nonce.len() != 16 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return PeerCheck::Forged("malformed x-prism-auth");
+    }
+    let now = now_ms();
+    if (now - ts).abs() > MAX_SKEW_MS {
         return PeerCheck::Forged("stale node-to-node request");
     }
-    let tag: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    let Some(tag) = tag.filter(|t| t.len() == 32) else {
+    let mut tag = [0u8; 32];
+    if hex.len() != 64 {
         return PeerCheck::Forged("malformed x-prism-auth");
-    };
+    }
+    for (i, b) in tag.iter_mut().enumerate() {
+        match hex
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            Some(x) => *b = x,
+            None => return PeerCheck::Forged("malformed x-prism-auth"),
+        }
+    }
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    match mac(secret, node, ts, req.method().as_str(), path).verify_slice(&tag) {
-        Ok(()) => PeerCheck::Peer(node.to_owned()),
-        Err(_) => PeerCheck::Forged("bad node-to-node signature"),
+    let m = mac(v.secret, node, ts, nonce, v.me, req.method().as_str(), path);
+    if m.verify_slice(&tag).is_err() {
+        return PeerCheck::Forged("bad node-to-node signature");
+    }
+    // Only a genuine signature is remembered: forgeries cannot fill the cache.
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&tag[..16]);
+    let admitted = v.seen.lock().unwrap_or_else(|p| p.into_inner()).admit(
+        u128::from_be_bytes(key),
+        ts + MAX_SKEW_MS,
+        now,
+    );
+    match admitted {
+        Admit::Fresh => PeerCheck::Peer(node.to_owned()),
+        Admit::Replayed => PeerCheck::Replayed,
+        Admit::Full => PeerCheck::Forged("too many node-to-node requests"),
     }
 }
 
@@ -152,8 +205,14 @@ pub async fn proxy_ws(
     );
     h.insert(
         AUTH_HEADER,
-        HeaderValue::from_str(&sign(&cluster.secret, &cluster.id, "GET", &path))
-            .map_err(|e| ProxyError::Unreachable(e.to_string()))?,
+        HeaderValue::from_str(&sign(
+            &cluster.secret,
+            &cluster.id,
+            &owner.to_string(),
+            "GET",
+            &path,
+        ))
+        .map_err(|e| ProxyError::Unreachable(e.to_string()))?,
     );
     let config = WebSocketConfig::default()
         .max_message_size(Some(crate::livekit::ws::MAX_FRAME))
@@ -250,6 +309,54 @@ pub async fn forward_twirp(
     authorization: Option<&HeaderValue>,
     body: Bytes,
 ) -> Result<Response<Body>, String> {
+    let r = forward(
+        cluster,
+        owner,
+        Forward {
+            method: hyper::Method::POST,
+            path,
+            content_type,
+            authorization,
+            body,
+        },
+    )
+    .await;
+    if r.is_ok() {
+        cluster
+            .counters
+            .forwarded_calls
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    r
+}
+
+/// An HTTP request carried to another node as it came from the client.
+#[derive(Debug)]
+pub struct Forward<'a> {
+    pub method: hyper::Method,
+    /// Path and query.
+    pub path: &'a str,
+    pub content_type: &'a str,
+    pub authorization: Option<&'a HeaderValue>,
+    pub body: Bytes,
+}
+
+/// Response headers not relayed: about the hop, not the answer.
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "upgrade",
+];
+
+/// Sends `req`, signed, to the node at `owner` and relays its answer (status, headers
+/// but the hop-by-hop ones, body).
+pub async fn forward(
+    cluster: &Cluster,
+    owner: SocketAddr,
+    req: Forward<'_>,
+) -> Result<Response<Body>, String> {
     let work = async {
         let tcp = tokio::net::TcpStream::connect(owner)
             .await
@@ -258,46 +365,48 @@ pub async fn forward_twirp(
             .await
             .map_err(|e| format!("{owner}: {e}"))?;
         tokio::spawn(conn);
-        let mut b = Request::post(path)
+        let auth = sign(
+            &cluster.secret,
+            &cluster.id,
+            &owner.to_string(),
+            req.method.as_str(),
+            req.path,
+        );
+        let mut b = Request::builder()
+            .method(req.method)
+            .uri(req.path)
             .header(hyper::header::HOST, owner.to_string())
-            .header(CONTENT_TYPE, content_type)
             .header(PEER_HEADER, cluster.id.as_str())
-            .header(
-                AUTH_HEADER,
-                sign(&cluster.secret, &cluster.id, "POST", path),
-            );
-        if let Some(a) = authorization {
+            .header(AUTH_HEADER, auth);
+        if !req.content_type.is_empty() {
+            b = b.header(CONTENT_TYPE, req.content_type);
+        }
+        if let Some(a) = req.authorization {
             b = b.header(AUTHORIZATION, a.clone());
         }
-        let req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let out = b.body(Full::new(req.body)).map_err(|e| e.to_string())?;
         let resp = send
-            .send_request(req)
+            .send_request(out)
             .await
             .map_err(|e| format!("{owner}: {e}"))?;
-        let status = resp.status();
-        let ct = resp.headers().get(CONTENT_TYPE).cloned();
-        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+        let (parts, body) = resp.into_parts();
+        let bytes = http_body_util::Limited::new(body, MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| format!("{owner}: {e}"))?
             .to_bytes();
         let mut r = Response::new(Full::new(bytes));
-        *r.status_mut() = status;
-        if let Some(ct) = ct {
-            r.headers_mut().insert(CONTENT_TYPE, ct);
+        *r.status_mut() = parts.status;
+        for (k, v) in &parts.headers {
+            if !HOP_BY_HOP.contains(&k.as_str()) {
+                r.headers_mut().append(k.clone(), v.clone());
+            }
         }
         Ok(r)
     };
-    let r = tokio::time::timeout(PEER_TIMEOUT * 2, work)
+    tokio::time::timeout(PEER_TIMEOUT * 2, work)
         .await
-        .map_err(|_| format!("{owner} did not answer in time"))?;
-    if r.is_ok() {
-        cluster
-            .counters
-            .forwarded_calls
-            .fetch_add(1, Ordering::Relaxed);
-    }
-    r
+        .map_err(|_| format!("{owner} did not answer in time"))?
 }
 
 #[cfg(test)]
@@ -312,44 +421,130 @@ mod tests {
         b.body(()).unwrap()
     }
 
+    fn hex(tag: &[u8]) -> String {
+        tag.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn signatures_verify_and_forgeries_do_not() {
         let secret = b"cluster secret";
+        let me = "10.0.0.2:7880";
+        let seen = Mutex::new(Seen::default());
+        let v = Verifier {
+            secret,
+            me,
+            seen: &seen,
+        };
         let path = "/rtc?access_token=x&auto_subscribe=1";
-        let auth = sign(secret, "ND_a", "GET", path);
+        let auth = sign(secret, "ND_a", me, "GET", path);
         let good = req("GET", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)]);
-        assert_eq!(check(secret, &good), PeerCheck::Peer("ND_a".into()));
-        assert_eq!(check(secret, &req("GET", path, &[])), PeerCheck::Client);
-        // Another secret, another node name, another path, another method.
-        assert!(matches!(check(b"other", &good), PeerCheck::Forged(_)));
-        let renamed = req("GET", path, &[(PEER_HEADER, "ND_b"), (AUTH_HEADER, &auth)]);
-        assert!(matches!(check(secret, &renamed), PeerCheck::Forged(_)));
+        assert_eq!(check(&v, &good), PeerCheck::Peer("ND_a".into()));
+        assert_eq!(check(&v, &req("GET", path, &[])), PeerCheck::Client);
+        // Another secret, another node name, another path, another method, another
+        // receiver: each a forgery, checked on a fresh signature.
+        let fresh = || sign(secret, "ND_a", me, "GET", path);
+        let other = Verifier {
+            secret: b"other",
+            ..v
+        };
+        let a = fresh();
+        let r = req("GET", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &a)]);
+        assert!(matches!(check(&other, &r), PeerCheck::Forged(_)));
+        let elsewhere = Verifier {
+            me: "10.0.0.3:7880",
+            ..v
+        };
+        assert_eq!(
+            check(&elsewhere, &r),
+            PeerCheck::Forged("bad node-to-node signature"),
+            "signed for another node"
+        );
+        let renamed = req(
+            "GET",
+            path,
+            &[(PEER_HEADER, "ND_b"), (AUTH_HEADER, &fresh())],
+        );
+        assert!(matches!(check(&v, &renamed), PeerCheck::Forged(_)));
         let moved = req(
             "GET",
             "/rtc?access_token=y",
-            &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)],
+            &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &fresh())],
         );
-        assert!(matches!(check(secret, &moved), PeerCheck::Forged(_)));
-        let posted = req("POST", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)]);
-        assert!(matches!(check(secret, &posted), PeerCheck::Forged(_)));
-        // Missing or garbled parts, and an old signature replayed.
-        for bad in ["", "12", "x:y", "1:zz", "1:00"] {
+        assert!(matches!(check(&v, &moved), PeerCheck::Forged(_)));
+        let posted = req(
+            "POST",
+            path,
+            &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &fresh())],
+        );
+        assert!(matches!(check(&v, &posted), PeerCheck::Forged(_)));
+        // Missing or garbled parts, and an old signature.
+        for bad in [
+            "",
+            "12",
+            "x:y",
+            "1:zz",
+            "1:00",
+            "1:0123456789abcdef:00",
+            "1::00",
+        ] {
             let r = req("GET", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, bad)]);
-            assert!(matches!(check(secret, &r), PeerCheck::Forged(_)), "{bad}");
+            assert!(matches!(check(&v, &r), PeerCheck::Forged(_)), "{bad}");
         }
         let only = req("GET", path, &[(PEER_HEADER, "ND_a")]);
-        assert!(matches!(check(secret, &only), PeerCheck::Forged(_)));
+        assert!(matches!(check(&v, &only), PeerCheck::Forged(_)));
         let ts = now_ms() - 2 * MAX_SKEW_MS;
-        let tag = mac(secret, "ND_a", ts, "GET", path).finalize().into_bytes();
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        let nonce = "0123456789abcdef";
+        let tag = mac(secret, "ND_a", ts, nonce, me, "GET", path)
+            .finalize()
+            .into_bytes();
         let old = req(
             "GET",
             path,
-            &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &format!("{ts}:{hex}"))],
+            &[
+                (PEER_HEADER, "ND_a"),
+                (AUTH_HEADER, &format!("{ts}:{nonce}:{}", hex(&tag))),
+            ],
         );
         assert_eq!(
-            check(secret, &old),
+            check(&v, &old),
             PeerCheck::Forged("stale node-to-node request")
         );
+        // Forgeries are not remembered: only the one good request is.
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_replayed_request_is_refused() {
+        let secret = b"cluster secret";
+        let me = "10.0.0.2:7880";
+        let seen = Mutex::new(Seen::default());
+        let v = Verifier {
+            secret,
+            me,
+            seen: &seen,
+        };
+        let path = "/twirp/livekit.RoomService/ListParticipants";
+        let auth = sign(secret, "ND_a", me, "POST", path);
+        let r = req("POST", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)]);
+        assert_eq!(check(&v, &r), PeerCheck::Peer("ND_a".into()));
+        assert_eq!(check(&v, &r), PeerCheck::Replayed);
+        assert_eq!(check(&v, &r), PeerCheck::Replayed);
+        // The same request signed again has another nonce: not a replay.
+        let again = sign(secret, "ND_a", me, "POST", path);
+        assert_ne!(again, auth);
+        let r2 = req(
+            "POST",
+            path,
+            &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &again)],
+        );
+        assert_eq!(check(&v, &r2), PeerCheck::Peer("ND_a".into()));
+        // Another node keeps its own memory, but the signature names its receiver.
+        let seen_b = Mutex::new(Seen::default());
+        let b = Verifier {
+            secret,
+            me: "10.0.0.3:7880",
+            seen: &seen_b,
+        };
+        assert!(matches!(check(&b, &r), PeerCheck::Forged(_)));
     }
 }

@@ -78,6 +78,10 @@ pub(super) const PRISM: &[&str] = &[
     "cluster.internal_address",
     "cluster.capacity_pps",
     "cluster.region",
+    "cluster.drain_timeout",
+    "cluster.relay_ip",
+    "cluster.relay_srtp",
+    "cluster.span_rooms",
 ];
 
 /// LiveKit's keys that Prism accepts and ignores (from LiveKit's `pkg/config/config.go`

@@ -297,6 +297,17 @@ pub struct ClusterConfig {
     pub capacity_pps: Option<u64>,
     /// The region this node is in (placement prefers the ingress's region).
     pub region: Option<String>,
+    /// Seconds a draining node (SIGTERM) lets its rooms run before it moves them to
+    /// other nodes (default 600).
+    pub drain_timeout: Option<u64>,
+    /// Where other nodes send relayed media to this node (rooms spanning nodes); the port
+    /// is each core's. Default: the first `rtc.node_ip`.
+    pub relay_ip: Option<String>,
+    /// SRTP on relays between nodes (default on); off only on a trusted private link.
+    pub relay_srtp: Option<bool>,
+    /// Whether a client's media terminates on the node it reached when another node owns
+    /// the room, relayed between the two (default on); off: on the owner, as in LiveKit.
+    pub span_rooms: Option<bool>,
 }
 
 /// Why a configuration was refused.

@@ -84,6 +84,7 @@ fn track(kind: MediaKind, codec: CodecParams, ssrc: u32) -> (PubTrack, pb::Layer
             kind,
             codec,
             told_subscribed: false,
+            add: None,
         },
         layer,
     )
@@ -166,6 +167,7 @@ impl Room {
                 version: 1,
                 mids: HashMap::new(),
             }),
+            site: 0,
             subscriber: SubPc::new(),
             link: Link::Http {
                 resource: spec.resource.clone(),
@@ -181,6 +183,7 @@ impl Room {
                 remote: String::new(),
                 comedia: true,
                 srtp: None,
+                relay: None,
             }),
             Pending::Transport(pid.clone()),
         )?;
@@ -210,6 +213,13 @@ impl Room {
                 nack: Some(false),
                 ..Default::default()
             };
+            // Subscribers on other nodes get it relayed from a copy of this command.
+            if let Some(pt) = self
+                .participant_mut(&pid)
+                .and_then(|p| p.tracks.iter_mut().find(|x| x.track_id == t.track_id))
+            {
+                pt.add = Some(Box::new(add.clone()));
+            }
             self.command_tracked(Cmd::AddTrack(add), Pending::Track(pid.clone(), t.sid()))?;
         }
         tracing::info!(room = %self.name, participant = %pid, identity = %spec.identity, tracks = tracks.len(), "RTMP ingress publishing");

@@ -82,13 +82,16 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
     let query = req.uri().query().unwrap_or("").to_owned();
+    let mut media_node = None;
     if let Some(cluster) = state.cluster.clone() {
         // Several nodes: the session may belong to another node's room.
         let resume = flag(&query, "reconnect").unwrap_or(false);
-        if let crate::cluster::api::Rtc::Done(r) =
-            crate::cluster::api::rtc(&cluster, &mut req, &room, resume).await
-        {
-            return r;
+        match crate::cluster::api::rtc(&cluster, &mut req, &room, resume).await {
+            crate::cluster::api::Rtc::Done(r) => return r,
+            crate::cluster::api::Rtc::Via(node) if !resume => {
+                media_node = cluster.media_node(&node).await;
+            }
+            _ => {}
         }
     }
     let int = |name: &str| query_param(&query, name).and_then(|v| v.parse::<i32>().ok());
@@ -98,6 +101,7 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
         auto_subscribe: flag(&query, "auto_subscribe").unwrap_or(true),
         protocol: int("protocol").unwrap_or(0),
         client_protocol: int("client_protocol").unwrap_or(0),
+        media_node,
     };
     let resume = flag(&query, "reconnect").unwrap_or(false);
     let first;

@@ -67,23 +67,34 @@ impl Room {
         label: &str,
         packet: &[u8],
     ) -> usize {
-        let targets: Vec<TransportId> = self
+        let targets: Vec<(usize, TransportId)> = self
             .participants
             .iter()
             .filter(|q| Some(&q.sid) != from && q.has_signal())
             .filter(|q| dests.is_empty() || dests.iter().any(|d| q.identity == *d.as_str()))
-            .filter_map(|q| q.publisher.as_ref().map(|pc| pc.transport_id))
+            .filter_map(|q| q.publisher.as_ref().map(|pc| (q.site, pc.transport_id)))
             .collect();
         Counters::bump(&self.counters.data_relayed, targets.len() as u64);
-        if let Some((first, rest)) = targets.split_first() {
-            self.command(Cmd::SendData(pb::SendData {
-                room_id: self.id.0,
-                transport_id: first.0,
-                label: label.to_owned(),
-                binary: true,
-                data: packet.to_vec(),
-                also_transport_ids: rest.iter().map(|t| t.0).collect(),
-            }));
+        // One command per site the receivers' transports live on.
+        let mut sites: Vec<usize> = targets.iter().map(|(s, _)| *s).collect();
+        sites.sort_unstable();
+        sites.dedup();
+        for site in sites {
+            let ids: Vec<u64> = targets
+                .iter()
+                .filter(|(s, _)| *s == site)
+                .map(|(_, t)| t.0)
+                .collect();
+            if let Some((first, rest)) = ids.split_first() {
+                self.command(Cmd::SendData(pb::SendData {
+                    room_id: self.site_room(site).0,
+                    transport_id: *first,
+                    label: label.to_owned(),
+                    binary: true,
+                    data: packet.to_vec(),
+                    also_transport_ids: rest.to_vec(),
+                }));
+            }
         }
         targets.len()
     }

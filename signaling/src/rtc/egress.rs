@@ -207,6 +207,13 @@ impl Room {
             // active one at or below it).
             downs.push((t.track_id, ssrc, t.codec.pt, 2));
         }
+        // A track published on another node is recorded from its copy here.
+        for ((id, ..), sid) in downs.iter_mut().zip(&sids) {
+            if let Some(copy) = self.track_on_site(sid, 0) {
+                *id = copy;
+                self.relay_all_layers(sid, 0);
+            }
+        }
         let track_var = sids
             .first()
             .map(|s| s.as_str().to_owned())
@@ -325,6 +332,7 @@ impl Room {
             remote: rec.addr.to_string(),
             comedia: false,
             srtp: None,
+            relay: None,
         }));
         for (track_id, ssrc, pt, top) in downs {
             self.command(Cmd::AddDownTrack(pb::AddDownTrack {

@@ -72,6 +72,7 @@ fn http_participant(
         speaking: HashMap::new(),
         pending: Vec::new(),
         publisher: None,
+        site: 0,
         subscriber: SubPc::new(),
         link: Link::Http {
             resource: resource.to_owned(),
@@ -153,14 +154,15 @@ impl Room {
                 ..Default::default()
             };
             mids.insert(section.mid.clone(), sid.clone());
-            adds.push((cmd, sid.clone()));
             p.tracks.push(PubTrack {
                 info,
                 track_id,
                 kind: section.kind,
                 codec,
                 told_subscribed: false,
+                add: Some(Box::new(cmd.clone())),
             });
+            adds.push((cmd, sid.clone()));
         }
         if p.tracks.is_empty() {
             return Err(RtcError::BadDescription(
@@ -312,6 +314,11 @@ impl Room {
             let Some(choice) = choices.iter().find(|c| c.mid == mid) else {
                 continue;
             };
+            // A track published on another node is viewed from its copy here.
+            match self.track_on_site(&st.track_sid, 0) {
+                Some(id) => st.track_id = id,
+                None => continue,
+            }
             let Some(codec) = &choice.codec else {
                 continue;
             };
@@ -332,6 +339,7 @@ impl Room {
                 mid: mid.clone(),
                 // Only what this section negotiated (aiortc gives audio no abs-send-time).
                 header_extensions: Some(extension_ids(choice.extmaps.iter())),
+                pinned: false,
             }));
             st.down_track_id = Some(dt);
             p.subscriber.sections.push(SubSection {
@@ -345,12 +353,17 @@ impl Room {
         p.subscriber.pwd = pwd.clone();
         p.subscriber.transport_id = Some(transport_id);
         let pid = p.sid.clone();
-        let subscribed: Vec<TrackSid> = p
+        let by_id: Vec<(u64, TrackSid)> = p
             .subscriber
             .sections
             .iter()
-            .filter_map(|s| s.track.as_ref().map(|t| t.track_sid.clone()))
+            .filter_map(|s| {
+                s.track
+                    .as_ref()
+                    .map(|t| (t.track_id.0, t.track_sid.clone()))
+            })
             .collect();
+        let subscribed: Vec<TrackSid> = by_id.iter().map(|(_, s)| s.clone()).collect();
         self.admit(p)?;
         self.command_tracked(
             Cmd::CreateWebrtcTransport(remote.create(room_id, transport_id.0, &ufrag, &pwd)),
@@ -359,13 +372,10 @@ impl Room {
         for cmd in commands {
             match &cmd {
                 Cmd::AddDownTrack(a) => {
-                    let track = subscribed
+                    let track = by_id
                         .iter()
-                        .find(|s| {
-                            self.track(s)
-                                .is_some_and(|(_, t)| t.track_id.0 == a.track_id)
-                        })
-                        .cloned()
+                        .find(|(id, _)| *id == a.track_id)
+                        .map(|(_, s)| s.clone())
                         .unwrap_or_default();
                     self.command_tracked(cmd, Pending::DownTrack(pid.clone(), track))?;
                 }
@@ -374,6 +384,8 @@ impl Room {
         }
         tracing::info!(room = %self.name, participant = %pid, tracks = subscribed.len(), "WHEP viewer");
         for t in &subscribed {
+            // A track published on another node: its layers are relayed here now.
+            self.refresh_copy(t, 0);
             self.tell_subscribed(t);
         }
         Ok(Created { answer, resource })

@@ -119,6 +119,7 @@ impl Room {
             publisher: None,
             subscriber: SubPc::new(),
             link: Link::Signal(tx),
+            site: 0,
         };
         let info = participant.info();
         let sid = participant.sid.clone();
@@ -293,13 +294,27 @@ impl Room {
         Counters::bump(&self.counters.leaves, 1);
         tracing::info!(room = %self.name, participant = %pid, ?reason, "left");
         self.fail_rpcs_to(&p.identity);
+        let site_room = self.site_room(p.site).0;
         for t in p.transport_ids() {
             self.command(Cmd::CloseTransport(pb::CloseTransport {
-                room_id: self.id.0,
+                room_id: site_room,
                 transport_id: t.0,
             }));
         }
         let tracks: Vec<TrackSid> = p.tracks.iter().map(super::PubTrack::sid).collect();
+        for t in &tracks {
+            self.drop_copies(t);
+        }
+        // Copies relayed to its site for it alone are not needed any more.
+        let received: Vec<TrackSid> = p
+            .subscriber
+            .sections
+            .iter()
+            .filter_map(|s| s.track.as_ref().map(|t| t.track_sid.clone()))
+            .collect();
+        for t in &received {
+            self.drop_unused_copy(t, p.site);
+        }
         // Its recordings end with it (as its tracks' do).
         self.egress_participant_left(pid, &p.identity.to_string(), &tracks);
         let subs: Vec<ParticipantSid> = self.participants.iter().map(|q| q.sid.clone()).collect();

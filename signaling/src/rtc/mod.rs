@@ -30,6 +30,7 @@ pub mod publish;
 pub mod room;
 pub mod roomservice;
 pub mod rpc;
+pub mod sites;
 pub mod speakers;
 pub mod subscribe;
 
@@ -56,12 +57,18 @@ const RETRIES: usize = 3;
 
 struct Inner {
     media: MediaPlane,
+    control: ControlClient,
     observer: Arc<dyn observer::RoomObserver>,
     defaults: RoomDefaults,
     registry: Mutex<HashMap<RoomName, RoomHandle>>,
     counters: Arc<Counters>,
     stopping: AtomicBool,
+    /// Where a room opened here finds the sid it already has (the cluster's directory).
+    room_sids: std::sync::OnceLock<RoomSids>,
 }
+
+/// Gives the sid a room already has elsewhere (a cluster room moving to this node), if any.
+pub type RoomSids = Arc<dyn Fn(&RoomName) -> Option<String> + Send + Sync>;
 
 /// Every room of this node. Cheap to clone.
 #[derive(Clone)]
@@ -85,18 +92,31 @@ impl RoomManager {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                media: MediaPlane::start(control),
+                media: MediaPlane::start(control.clone()),
+                control,
                 observer,
                 defaults,
                 registry: Mutex::new(HashMap::new()),
                 counters: Arc::new(Counters::default()),
                 stopping: AtomicBool::new(false),
+                room_sids: std::sync::OnceLock::new(),
             }),
         }
     }
 
+    /// Rooms opened from now on take their sid from `f` when it knows one (set once, by
+    /// the cluster: a room keeps its sid from owner to owner).
+    pub fn set_room_sids(&self, f: RoomSids) {
+        let _ = self.inner.room_sids.set(f);
+    }
+
     pub fn media(&self) -> &MediaPlane {
         &self.inner.media
+    }
+
+    /// The local forwarder's control client, for requests outside any room (statistics).
+    pub fn control(&self) -> &ControlClient {
+        &self.inner.control
     }
 
     pub fn counters(&self) -> &Counters {
@@ -128,6 +148,22 @@ impl RoomManager {
         let handle = RoomHandle {
             tx: tx.clone(),
             name: name.clone(),
+        };
+        let known = opts
+            .sid
+            .is_none()
+            .then(|| self.inner.room_sids.get().and_then(|f| f(name)))
+            .flatten();
+        let with_sid;
+        let opts = match known {
+            Some(sid) => {
+                with_sid = RoomOptions {
+                    sid: Some(sid),
+                    ..opts.clone()
+                };
+                &with_sid
+            }
+            None => opts,
         };
         let room = Room::new(
             name.clone(),

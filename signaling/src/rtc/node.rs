@@ -24,6 +24,11 @@ pub struct RoomDefaults {
     /// The node's recordings, for those rooms start by themselves (auto-egress); the
     /// server sets it (`AppState`), none in tests that record nothing.
     pub egresses: Option<crate::egress::Egresses>,
+    /// Where other nodes send relayed media to this one (a room spanning nodes); default:
+    /// the first candidate IP.
+    pub relay_ip: Option<IpAddr>,
+    /// Whether relays between nodes are SRTP-protected (plain only on a trusted link).
+    pub relay_srtp: bool,
 }
 
 impl RoomDefaults {
@@ -53,6 +58,8 @@ impl Default for RoomDefaults {
             candidate_ips: Arc::from(Vec::new()),
             ice_servers: Arc::default(),
             egresses: None,
+            relay_ip: None,
+            relay_srtp: true,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct PubTrack {
     pub codec: CodecParams,
     /// Whether the publisher has been told of a first subscriber (`TrackSubscribed`).
     pub told_subscribed: bool,
+    /// The command that published it, the template of its copies on other sites.
+    pub add: Option<Box<prism_proto::control::AddTrack>>,
 }
 
 impl PubTrack {
@@ -173,6 +175,8 @@ pub struct Participant {
     pub publisher: Option<PubPc>,
     pub subscriber: SubPc,
     pub link: Link,
+    /// The room site its transports live on (0: this node's forwarder; see `sites`).
+    pub site: usize,
 }
 
 impl Participant {

@@ -205,6 +205,7 @@ pub fn decide_offer(
             c.mid = section.mid.clone();
             c.mime_type = info.mime_type.clone();
         }
+        let add = Some(Box::new(cmd.clone()));
         commands.push(Cmd::AddTrack(cmd));
         published.push(Publish {
             track: PubTrack {
@@ -213,6 +214,7 @@ pub fn decide_offer(
                 kind: section.kind,
                 codec,
                 told_subscribed: false,
+                add,
             },
             pending_sid: p.sid.clone(),
             mid: section.mid.clone(),
@@ -283,16 +285,18 @@ impl Room {
         sd: &lk::SessionDescription,
     ) -> Result<(), RtcError> {
         let offer = SessionOffer::parse(&sd.sdp)?;
+        let site = self.site_of(pid);
         let core = self
-            .core
+            .site_core(site)
             .ok_or_else(|| RtcError::MediaPlane("the room has no core yet".into()))?;
+        let (candidate_ips, tcp) = self.site_addresses(site);
         let p = self.participant(pid).ok_or(RtcError::ParticipantNotFound)?;
         let d = decide_offer(
             &OfferInput {
-                room_id: self.id,
+                room_id: self.site_room(site),
                 core,
-                candidate_ips: &self.candidate_ips,
-                tcp: self.tcp_candidate,
+                candidate_ips: &candidate_ips,
+                tcp,
                 pc: p.publisher.as_ref(),
                 pending: &p.pending,
                 can_publish: p.permission.can_publish,
@@ -371,7 +375,7 @@ impl Room {
     /// Removes a published track: the media plane drops it and its down tracks, and every
     /// subscriber's section goes inactive.
     pub(crate) fn unpublish(&mut self, pid: &ParticipantSid, track_sid: &TrackSid) {
-        let room_id = self.id.0;
+        let room_id = self.site_room(self.site_of(pid)).0;
         let Some(p) = self.participant_mut(pid) else {
             return;
         };
@@ -390,6 +394,7 @@ impl Room {
             room_id,
             track_id: t.track_id.0,
         }));
+        self.drop_copies(track_sid);
         self.egress_tracks_gone(std::slice::from_ref(track_sid));
         let subs: Vec<ParticipantSid> = self.participants.iter().map(|q| q.sid.clone()).collect();
         for s in subs {

@@ -48,6 +48,9 @@ pub struct JoinParams {
     pub auto_subscribe: bool,
     pub protocol: i32,
     pub client_protocol: i32,
+    /// In a cluster, the node the client reached when it is not this one: its media
+    /// terminates there (see `sites`).
+    pub media_node: Option<super::sites::MediaNode>,
 }
 
 /// A joined participant: its sid, the first message to send (its `JoinResponse`, encoded),
@@ -158,6 +161,8 @@ pub(crate) enum Pending {
     Track(ParticipantSid, TrackSid),
     /// A subscriber's copy of a track: if it fails, the subscription has no media.
     DownTrack(ParticipantSid, TrackSid),
+    /// `CreateRoom` on a remote site (`sites`): where its core is.
+    SiteCreated(usize),
 }
 
 /// How a room was created (RoomService CreateRoom, or a first join with the defaults).
@@ -171,6 +176,9 @@ pub struct RoomOptions {
     pub agents: Vec<lk::RoomAgentDispatch>,
     /// Recordings the room starts by itself (CreateRoom's `egress`, or a token's).
     pub egress: Option<crate::egress::auto::AutoEgress>,
+    /// The room's sid when it has one already (a cluster room moving to this node keeps
+    /// the sid of its first owner); a fresh one otherwise.
+    pub sid: Option<String>,
 }
 
 /// A room's state. Reached only from its own task.
@@ -232,6 +240,12 @@ pub struct Room {
     /// waits for their second track (see `egress`).
     pub(crate) auto_egress: Option<crate::egress::auto::AutoEgress>,
     pub(crate) auto_waiting: HashMap<ParticipantSid, Instant>,
+    /// The room's media on other nodes, and the relays between them (`sites`).
+    pub(crate) sites: super::sites::Sites,
+    /// Where other nodes send relayed media to this node (default: the first candidate IP).
+    pub(crate) relay_ip: Option<std::net::IpAddr>,
+    /// Whether relays between nodes are SRTP-protected.
+    pub(crate) relay_srtp: bool,
 }
 
 impl std::fmt::Debug for Room {
@@ -266,7 +280,7 @@ impl Room {
     ) -> Self {
         let or = |v: u32, d: u32| if v == 0 { d } else { v };
         Self {
-            sid: new_sid("RM_"),
+            sid: opts.sid.clone().unwrap_or_else(|| new_sid("RM_")),
             name,
             id: MediaRoomId::fresh(),
             created_at: now_ms(),
@@ -298,6 +312,9 @@ impl Room {
             egress_registry: defaults.egresses.clone(),
             auto_egress: opts.egress.clone(),
             auto_waiting: HashMap::new(),
+            sites: super::sites::Sites::default(),
+            relay_ip: defaults.relay_ip,
+            relay_srtp: defaults.relay_srtp,
         }
     }
 
@@ -374,12 +391,21 @@ impl Room {
             self.info_cache.clear();
         }
         match msg {
-            RoomMsg::Join(p, reply) => {
+            RoomMsg::Join(mut p, reply) => {
+                let site = match p.media_node.take() {
+                    Some(node) if !self.closed => self.site_for(node),
+                    _ => 0,
+                };
                 let r = self.join(*p);
+                if let (Ok(j), true) = (&r, site != 0) {
+                    if let Some(p) = self.participant_mut(&j.sid) {
+                        p.site = site;
+                    }
+                }
                 let _ = reply.send(r);
             }
             RoomMsg::Signal(sid, req) => {
-                if self.core.is_none() && needs_core(&req) {
+                if needs_core(&req) && self.site_core(self.site_of(&sid)).is_none() {
                     self.deferred.push(RoomMsg::Signal(sid, req));
                 } else {
                     self.on_signal(&sid, req);
@@ -399,17 +425,21 @@ impl Room {
     }
 
     /// Sends a command to the media plane without waiting; an error answer is logged.
+    /// It goes to the plane of the site whose media room it names (this node's, or
+    /// another node's for a room spanning nodes).
     pub(crate) fn command(&mut self, body: Cmd) {
-        if let Err(e) = self.media.send(self.id, body) {
+        let room = super::media_plane::room_of(&body).unwrap_or(self.id.0);
+        if let Err(e) = self.plane_of(room).send(MediaRoomId(room), body) {
             tracing::warn!(room = %self.name, error = %e, "media plane unreachable");
         }
     }
 
     /// Sends a command whose answer the room acts on.
     pub(crate) fn command_tracked(&mut self, body: Cmd, then: Pending) -> Result<(), RtcError> {
+        let room = super::media_plane::room_of(&body).unwrap_or(self.id.0);
         let id = self
-            .media
-            .send(self.id, body)
+            .plane_of(room)
+            .send(MediaRoomId(room), body)
             .map_err(|e| RtcError::MediaPlane(e.to_string()))?;
         self.pending.insert(id, then);
         Ok(())
@@ -555,8 +585,22 @@ impl Room {
             Some(Ev::TransportConnected(c)) => self.on_connected(TransportId(c.transport_id)),
             Some(Ev::TransportClosed(c)) => {
                 let t = TransportId(c.transport_id);
+                if self.relay_closed(t) {
+                    return;
+                }
                 if let Some(pid) = self.by_transport(t).map(|p| p.sid.clone()) {
                     tracing::info!(participant = %pid, reason = %c.reason, "transport closed");
+                    if self.site_lost(self.site_of(&pid)) {
+                        // Its media node is gone: it reconnects, and lands on a live one.
+                        let reason = lk::DisconnectReason::ConnectionTimeout;
+                        let was = std::mem::replace(
+                            &mut self.leave_action,
+                            lk::leave_request::Action::Reconnect,
+                        );
+                        self.remove_participant(&pid, reason, Some(reason));
+                        self.leave_action = was;
+                        return;
+                    }
                     self.close_session(
                         &pid,
                         &format!("media connection lost: {}", c.reason),
@@ -586,6 +630,18 @@ impl Room {
                 }
                 Err(e) => self.fail_room(&e),
             },
+            (Some(Pending::SiteCreated(site)), Some(Ev::RoomCreated(c))) => {
+                let r = core_params(&c)
+                    .map(|(a, fp)| (a, fp, c.tcp_local.parse().ok()))
+                    .map_err(|e| e.to_string());
+                self.on_site_created(site, r);
+            }
+            (Some(Pending::SiteCreated(site)), other) => {
+                self.on_site_created(
+                    site,
+                    Err(format!("unexpected answer to CreateRoom: {other:?}")),
+                );
+            }
             (Some(Pending::RoomCreated), other) => {
                 self.fail_room(&RtcError::MediaPlane(format!(
                     "unexpected answer to CreateRoom: {other:?}"
@@ -626,7 +682,7 @@ impl Room {
                     t.down_track_id = None;
                 }
             }
-            Some(Pending::RoomCreated) | None => {
+            Some(Pending::RoomCreated | Pending::SiteCreated(_)) | None => {
                 tracing::warn!(room = %self.name, error = %message, "media plane command failed");
             }
         }
@@ -675,6 +731,7 @@ impl Room {
         if !self.closed {
             self.closed = true;
             self.command(Cmd::CloseRoom(pb::CloseRoom { room_id: self.id.0 }));
+            self.close_sites();
         }
     }
 }

@@ -104,6 +104,7 @@ pub fn decide_answer(
             rtx_payload_type: rtx.map_or(0, |(_, pt)| u32::from(pt)),
             mid: s.mid.clone(),
             header_extensions: Some(extension_ids(m.extmaps.iter())),
+            pinned: false,
         }));
         down_tracks.push((i, down_track_id));
     }
@@ -177,24 +178,30 @@ impl Room {
             );
             return;
         }
+        let (kind, codec) = (track.kind, track.codec.clone());
+        let site = p.site;
+        // On another site than the publisher's, the subscriber gets the track's copy there.
+        let Some(track_id) = self.track_on_site(track_sid, site) else {
+            tracing::debug!(participant = %sub, track = %track_sid, site, "track not on the subscriber's site yet");
+            return;
+        };
         let ssrc = random_u32();
         let st = SubTrack {
             track_sid: track_sid.clone(),
             publisher_sid,
-            track_id: track.track_id,
+            track_id,
             ssrc,
-            rtx_ssrc: (track.kind == MediaKind::Video).then(|| loop {
+            rtx_ssrc: (kind == MediaKind::Video).then(|| loop {
                 let r = random_u32();
                 if r != ssrc {
                     break r;
                 }
             }),
-            codec: track.codec.clone(),
+            codec,
             down_track_id: None,
             spatial: 2,
             paused: false,
         };
-        let kind = track.kind;
         let Some(p) = self.participant_mut(sub) else {
             return;
         };
@@ -217,6 +224,7 @@ impl Room {
                 reusable: false,
             });
         }
+        self.refresh_copy(track_sid, site);
         self.negotiate(sub);
     }
 
@@ -228,7 +236,8 @@ impl Room {
         track_sid: &TrackSid,
         remove_down_track: bool,
     ) {
-        let room_id = self.id.0;
+        let site = self.site_of(sub);
+        let room_id = self.site_room(site).0;
         let Some(p) = self.participant_mut(sub) else {
             return;
         };
@@ -249,6 +258,9 @@ impl Room {
                 down_track_id: dt.0,
             }));
         }
+        if site != 0 || self.track(track_sid).is_some_and(|(q, _)| q.site != 0) {
+            self.drop_unused_copy(track_sid, site);
+        }
         if renegotiate {
             self.negotiate(sub);
         }
@@ -256,13 +268,14 @@ impl Room {
 
     /// Sends the subscriber a new offer, or remembers to once the one in flight is answered.
     pub(crate) fn negotiate(&mut self, pid: &ParticipantSid) {
-        let Some((addr, sha)) = self.core else {
+        let site = self.site_of(pid);
+        let Some((addr, sha)) = self.site_core(site) else {
             return;
         };
-        let candidates = super::node::candidates(&self.candidate_ips, addr);
-        let tcp_candidates = self
-            .tcp_candidate
-            .map(|t| super::node::candidates(&self.candidate_ips, t))
+        let (ips, tcp) = self.site_addresses(site);
+        let candidates = super::node::candidates(&ips, addr);
+        let tcp_candidates = tcp
+            .map(|t| super::node::candidates(&ips, t))
             .unwrap_or_default();
         let Some(p) = self.participant_mut(pid) else {
             return;
@@ -331,7 +344,7 @@ impl Room {
         if !p.subscriber.in_flight {
             return Ok(());
         }
-        let d = decide_answer(self.id, &p.subscriber, &answer)?;
+        let d = decide_answer(self.site_room(p.site), &p.subscriber, &answer)?;
         if let Some(c) = d.create {
             self.command_tracked(
                 Cmd::CreateWebrtcTransport(c),
@@ -438,7 +451,7 @@ impl Room {
     }
 
     pub(crate) fn on_track_settings(&mut self, pid: &ParticipantSid, s: &lk::UpdateTrackSettings) {
-        let room_id = self.id.0;
+        let room_id = self.site_room(self.site_of(pid)).0;
         let updates: Vec<(TrackSid, u32)> = s
             .track_sids
             .iter()
@@ -482,6 +495,18 @@ impl Room {
         }
         for c in cmds {
             self.command(c);
+        }
+        // The layers relayed to the subscriber's site follow what its subscribers want.
+        let site = self.site_of(pid);
+        if site != 0 || self.participants.iter().any(|p| p.site != 0) {
+            let sids: Vec<TrackSid> = s
+                .track_sids
+                .iter()
+                .map(|t| TrackSid::from(t.as_str()))
+                .collect();
+            for t in sids {
+                self.refresh_copy(&t, site);
+            }
         }
     }
 

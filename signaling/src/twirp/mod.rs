@@ -300,8 +300,13 @@ async fn serve(
             ))
         }
     };
-    if let (Some(cluster), room_service::SERVICE) = (&state.cluster, service) {
-        // Several nodes: the call runs on the room's owner.
+    let routed = [
+        room_service::SERVICE,
+        egress::SERVICE,
+        ingress_service::SERVICE,
+    ];
+    if let (Some(cluster), true) = (&state.cluster, routed.contains(&service)) {
+        // Several nodes: a call naming a room runs on the room's owner.
         let call = crate::cluster::api::TwirpCall {
             cluster,
             claims: &claims,
@@ -325,7 +330,7 @@ async fn serve(
             method: &desc,
             body: &body,
         };
-        call.run().await?
+        call.run().await
     } else if service == egress::SERVICE {
         let call = egress::Call {
             rooms: &state.rooms,
@@ -335,7 +340,7 @@ async fn serve(
             method: &desc,
             body: &body,
         };
-        call.run().await?
+        call.run().await
     } else if service == agent_dispatch::SERVICE {
         let call = agent_dispatch::Call {
             rooms: &state.rooms,
@@ -345,7 +350,7 @@ async fn serve(
             method: &desc,
             body: &body,
         };
-        call.run().await?
+        call.run().await
     } else {
         let call = room_service::Call {
             rooms: &state.rooms,
@@ -355,7 +360,31 @@ async fn serve(
             body: &body,
             options: state.room_service,
         };
-        call.run().await?
+        call.run().await
+    };
+    let out = match out {
+        // Several nodes: an egress or ingress named by id alone may live on another node.
+        Err(e) if e.code == Code::NotFound && !from_peer => {
+            let by_id = service == egress::SERVICE || service == ingress_service::SERVICE;
+            if let (Some(cluster), true) = (&state.cluster, by_id) {
+                let call = crate::cluster::api::TwirpCall {
+                    cluster,
+                    claims: &claims,
+                    codec,
+                    method: &desc,
+                    body: &body,
+                    path: &format!("/twirp/{path}"),
+                    content_type: &content_type,
+                    authorization: authorization.as_ref(),
+                    from_peer,
+                };
+                if let Some(r) = call.find_elsewhere().await {
+                    return Ok(r);
+                }
+            }
+            return Err(e);
+        }
+        out => out?,
     };
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut()

@@ -76,6 +76,7 @@ impl Call<'_> {
                     metadata: req.metadata.clone(),
                     agents: req.agents.clone(),
                     egress,
+                    sid: None,
                 };
                 let room = rooms.create_room(&RoomName::new(req.name), opts).await?;
                 self.reply(&room)

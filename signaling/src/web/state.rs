@@ -127,9 +127,12 @@ fn add_counters(a: &mut pb::Counters, b: &pb::Counters) {
 
 /// The whole snapshot.
 pub async fn snapshot(state: &AppState) -> Result<Value, String> {
+    // Read before the rooms: a node whose hold on its rooms lapsed (cluster) shows them
+    // fenced until its next check has closed those another node took.
+    let fenced = state.cluster.as_ref().is_some_and(|c| c.lapsed());
     let mut rooms = state.rooms.each(room_row).await;
     rooms.sort_by(|a, b| a.info["name"].as_str().cmp(&b.info["name"].as_str()));
-    let control = state.rooms.media().control().clone();
+    let control = state.rooms.control().clone();
     let stats = tokio::task::spawn_blocking(move || {
         control.request(
             pb::command::Body::GetStats(pb::GetStats {}),
@@ -177,6 +180,7 @@ pub async fn snapshot(state: &AppState) -> Result<Value, String> {
                 })
                 .collect();
             let mut v = r.info;
+            v["fenced"] = json!(fenced);
             v["participants"] = Value::Array(parts);
             v
         })

@@ -4,6 +4,7 @@
 //! (or, for a `live_client`, driven step by step through stdin and their event lines).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod media;
 pub mod netns;
 

@@ -93,6 +93,20 @@ async def commands() -> "asyncio.Queue[str | None]":
     return queue
 
 
+async def leave_room(room, stop, disconnected: "asyncio.Event", tasks: list) -> bool:
+    """Ends a LiveKit SDK client's stay: its feeds stopped (`stop`, an event, if it has
+    one), the room left (unless the server already disconnected it), its tasks cancelled.
+    Whether the server had disconnected it."""
+    if stop is not None:
+        stop.set()
+    by_server = disconnected.is_set()
+    if not by_server:
+        await room.disconnect()
+    for t in tasks:
+        t.cancel()
+    return by_server
+
+
 # ---- Synthetic media for LiveKit SDK publishers ----------------------------------------
 
 

@@ -22,7 +22,7 @@ import time
 
 from livekit import rtc
 
-from common import feed_audio, log, summary
+from common import feed_audio, leave_room, log, summary
 
 WIDTH, HEIGHT = 1280, 720
 
@@ -211,12 +211,7 @@ async def main() -> None:
         }
         for p in room.remote_participants.values()
     }
-    stop.set()
-    was_disconnected = disconnected.is_set()
-    if not was_disconnected:
-        await room.disconnect()
-    for t in tasks:
-        t.cancel()
+    was_disconnected = await leave_room(room, stop, disconnected, tasks)
     summary(
         connected=True,
         connect_s=round(connect_s, 3),

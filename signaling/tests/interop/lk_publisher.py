@@ -27,7 +27,7 @@ import time
 
 from livekit import rtc
 
-from common import commands, event, feed_audio, feed_video, log, parse_color, summary
+from common import commands, event, feed_audio, feed_video, leave_room, log, parse_color, summary
 
 
 def permissions(room: rtc.Room, allow: list, record: list) -> None:
@@ -175,12 +175,7 @@ async def main() -> None:
         else:
             log(f"unknown command {cmd!r}")
 
-    stop.set()
-    was_disconnected = disconnected.is_set()
-    if not was_disconnected:
-        await room.disconnect()
-    for t in tasks:
-        t.cancel()
+    was_disconnected = await leave_room(room, stop, disconnected, tasks)
     summary(
         connected=True,
         published=published,

@@ -11,8 +11,10 @@ participant has had --video-frames video and --audio-frames audio frames decoded
 Events (stdout, `event: NAME {json}`): `connected` {present}, `participant_connected`,
 `track_published`, `track_subscribed`, `track_subscription_failed`, `frames` {identity}
 (once an expected participant reached both frame counts), `participant_disconnected`, and
-`report` (the state so far, when asked). Commands (stdin): `report`, `stop`. It prints
-the state as one JSON line last.
+`report` (the state so far, when asked), `stats` {video, audio: packets received and lost,
+NACKs sent, as libwebrtc counts them on the subscriber side}, `quality` {quality}.
+Commands (stdin): `report`, `stats`, `quality LOW|MEDIUM|HIGH` (asks for that simulcast
+layer of every video track it receives), `stop`. It prints the state as one JSON line last.
 """
 
 import argparse
@@ -23,7 +25,7 @@ import time
 
 from livekit import rtc
 
-from common import commands, event, log, mean_rgb, summary
+from common import commands, event, leave_room, log, mean_rgb, summary
 
 
 def kind_name(value) -> str:
@@ -31,6 +33,21 @@ def kind_name(value) -> str:
         return rtc.ParticipantKind.Name(value)
     except ValueError:
         return str(value)
+
+
+async def receive_stats(room: rtc.Room) -> dict:
+    """Packets received and lost, and NACKs sent, per kind, over every inbound stream."""
+    stats = await room.get_rtc_stats()
+    out = {k: {"received": 0, "lost": 0, "nacks": 0} for k in ("video", "audio")}
+    for s in stats.subscriber_stats:
+        if s.WhichOneof("stats") != "inbound_rtp":
+            continue
+        kind = s.inbound_rtp.stream.kind
+        if kind in out:
+            out[kind]["received"] += s.inbound_rtp.received.packets_received
+            out[kind]["lost"] += s.inbound_rtp.received.packets_lost
+            out[kind]["nacks"] += s.inbound_rtp.inbound.nack_count
+    return out
 
 
 async def main() -> None:
@@ -189,16 +206,21 @@ async def main() -> None:
                 break
             if cmd == "report":
                 event("report", **state())
+            elif cmd == "stats":
+                event("stats", **(await receive_stats(room)))
+            elif cmd.startswith("quality "):
+                q = cmd.split()[1]
+                for p in room.remote_participants.values():
+                    for pub in p.track_publications.values():
+                        if pub.kind == rtc.TrackKind.KIND_VIDEO:
+                            pub.set_video_quality(rtc.VideoQuality.Value("VIDEO_QUALITY_" + q))
+                event("quality", quality=q)
             else:
                 log(f"unknown command {cmd!r}")
             nxt = asyncio.ensure_future(cmds.get())
     nxt.cancel()
 
-    was_disconnected = disconnected.is_set()
-    if not was_disconnected:
-        await room.disconnect()
-    for t in tasks:
-        t.cancel()
+    was_disconnected = await leave_room(room, None, disconnected, tasks)
     summary(connected=True, timed_out=timed_out, disconnected_by_server=was_disconnected, **state())
 
 

@@ -148,6 +148,8 @@ pub struct AfXdpEgress {
     mac: Mac,
     local: SocketAddrV4,
     kernel: UdpSocket,
+    /// Free send frames below which a turn submits what it queued so far.
+    low_water: usize,
     ip_id: u16,
     stats: IoStats,
     counters: XdpCounters,
@@ -510,6 +512,7 @@ impl AfXdpDriver {
             mac,
             local: cfg.local,
             kernel,
+            low_water: tx_frames as usize / 2,
             ip_id: 0,
             stats: IoStats::default(),
             counters: XdpCounters::default(),
@@ -587,6 +590,13 @@ impl AfXdpDriver {
                     handled += 1;
                 }
             }
+            // A fan-out takes a send frame per subscriber: once half of them are queued,
+            // send what is queued now and take back what completed, rather than run out
+            // of frames (and drop) before the turn ends. An error here shows again at the
+            // turn's own flush.
+            if eg.free.len() < eg.low_water {
+                let _ = submit(eg, &self.xsk);
+            }
             self.refill.push(umem.frame_start(d.addr));
         }
         self.fill.produce(&self.refill);
@@ -627,7 +637,15 @@ impl AfXdpDriver {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        // ppoll, not poll: the engine's waits are often under a millisecond (until its
+        // next tick), and poll's milliseconds would round them to zero and spin.
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+        });
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
         let mut fds = [
             libc::pollfd {
                 fd: self.xsk.raw_fd(),
@@ -645,8 +663,16 @@ impl AfXdpDriver {
                 revents: 0,
             },
         ];
-        // SAFETY: polls three live descriptors through a live array of its length.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        // SAFETY: polls three live descriptors through a live array of its length; the
+        // timeout is null or points to a live local; no signal mask is changed.
+        let r = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                ts_ptr,
+                std::ptr::null(),
+            )
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -660,6 +686,27 @@ impl AfXdpDriver {
         }
         Ok(())
     }
+}
+
+/// Publishes what `eg` queued on the TX ring, wakes the kernel if it asked, and takes back
+/// the frames it completed.
+fn submit(eg: &mut AfXdpEgress, xsk: &Xsk) -> io::Result<()> {
+    eg.flush_tx()?;
+    if eg.tx.needs_wakeup() {
+        // Copy mode sends one batch per kick: kick until the ring is empty, or until a kick
+        // moves nothing (the device is busy; the next turn tries again). A few system calls
+        // per turn, bounded by the ring's size over the kernel's batch.
+        let mut left = eg.tx.in_flight();
+        while xsk.kick_tx()? {
+            let now = eg.tx.in_flight();
+            if now == 0 || now >= left {
+                break;
+            }
+            left = now;
+        }
+    }
+    eg.reap();
+    Ok(())
 }
 
 impl Driver for AfXdpDriver {
@@ -698,12 +745,7 @@ impl Driver for AfXdpDriver {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.egress.flush_tx()?;
-        if self.egress.tx.needs_wakeup() {
-            self.xsk.kick_tx()?;
-        }
-        self.egress.reap();
-        Ok(())
+        submit(&mut self.egress, &self.xsk)
     }
 
     fn stats(&self) -> IoStats {

@@ -135,6 +135,11 @@ impl<T: Copy> Ring<T> {
 
     // --- as producer (fill, TX) ---
 
+    /// Entries produced that the kernel has not consumed yet.
+    pub fn in_flight(&self) -> u32 {
+        self.size - self.free()
+    }
+
     /// Free slots for us to produce into.
     pub fn free(&self) -> u32 {
         let prod = Self::load(self.producer, Ordering::Relaxed);
@@ -374,7 +379,10 @@ impl Xsk {
     }
 
     /// Tells the kernel to transmit what the TX ring holds (copy mode needs a kick).
-    pub fn kick_tx(&self) -> io::Result<()> {
+    /// Returns true when the kernel stopped with frames left on the ring: in copy mode one
+    /// kick sends at most one batch (32 frames in Linux's `xsk_generic_xmit`) and answers
+    /// `EAGAIN` if there were more, so the caller kicks again.
+    pub fn kick_tx(&self) -> io::Result<bool> {
         // SAFETY: a zero-length sendto on our own socket, no buffers involved.
         let r = unsafe {
             libc::sendto(
@@ -388,16 +396,14 @@ impl Xsk {
         };
         if r < 0 {
             let e = io::Error::last_os_error();
-            // Busy or no buffers: the kernel will get to it on the next kick.
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN)
-            ) {
-                return Ok(());
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(true),
+                // Busy or no buffers: the kernel will get to it on the next kick.
+                Some(libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN) => return Ok(false),
+                _ => return Err(e),
             }
-            return Err(e);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The kernel's drop counters for this socket.

@@ -3,9 +3,11 @@
 //! Settings are read lowest first from the configuration (a file, or the YAML text of
 //! `--config-body` / `LIVEKIT_CONFIG`), the environment and the flags. On SIGINT or
 //! SIGTERM the server stops accepting connections, tells every LiveKit participant to
-//! leave (`SERVER_SHUTDOWN`), and exits once the leaves are written. In a cluster it first
-//! gives its rooms and its directory entry up, and the leaves ask clients to reconnect,
-//! which brings them to other nodes.
+//! leave (`SERVER_SHUTDOWN`), and exits once the leaves are written. In a cluster it
+//! drains first (`cluster.drain_timeout`: no new rooms, existing rooms run until they end
+//! or the deadline, a second signal ends the drain), then hands its rooms and its
+//! directory entry off, and the leaves ask clients to reconnect, which brings them to
+//! other nodes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use prism_forwarder::io::DriverKind;
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 use prism_signaling::auth::{self, KeyStore, VideoGrant, DEV_KEY, DEV_SECRET};
+use prism_signaling::cluster::drain::DEFAULT_DRAIN_TIMEOUT;
 use prism_signaling::cluster::{Cluster, ClusterOptions, DEFAULT_CAPACITY_PER_CORE};
 use prism_signaling::config::{parse_keys, read_key_file, Config, PortSpec};
 use prism_signaling::external_ip;
@@ -266,7 +269,16 @@ pub fn run(flags: ServeArgs) -> Result<()> {
     let turn = crate::turn::setup(&file, &turn, fwd.bind_ip, &ips, api_secret, &mut warnings)?;
     fwd.turn = turn.front;
     let defaults = RoomDefaults::default();
+    let relay_ip: Option<IpAddr> = match &file.cluster.relay_ip {
+        Some(s) => Some(
+            s.parse()
+                .with_context(|| format!("cluster.relay_ip {s:?}: an IP address"))?,
+        ),
+        None => ips.first().copied().filter(|ip| !ip.is_unspecified()),
+    };
     let room_defaults = RoomDefaults {
+        relay_ip,
+        relay_srtp: file.cluster.relay_srtp.unwrap_or(true),
         empty_timeout: file.room.empty_timeout.unwrap_or(defaults.empty_timeout),
         departure_timeout: file
             .room
@@ -348,10 +360,14 @@ pub fn run(flags: ServeArgs) -> Result<()> {
     let mut state = AppState::with_options(keys, forwarder, dev, options)
         .context("starting the agent service")?;
     if redis.enabled() {
+        let http = internal_address(&file, &binds, &ips)?;
         let opts = ClusterOptions {
             secret: cluster_secret(&file, &key_map),
-            http: internal_address(&file, &binds, &ips)?,
+            http,
             media: media.iter().map(ToString::to_string).collect(),
+            media_ips: ips.clone(),
+            relay_ip: relay_ip.unwrap_or(http.ip()),
+            span_rooms: file.cluster.span_rooms.unwrap_or(true),
             capacity_pps: file
                 .cluster
                 .capacity_pps
@@ -365,8 +381,17 @@ pub fn run(flags: ServeArgs) -> Result<()> {
         };
         let c = Cluster::new(opts).map_err(anyhow::Error::msg)?;
         println!("prism: cluster node {} (Redis)", c.id);
+        // A room moving to this node keeps the sid it has in the directory.
+        let sids = c.clone();
+        state
+            .rooms
+            .set_room_sids(Arc::new(move |name| sids.room_sid(name.as_str())));
         state.cluster = Some(c);
     }
+    let drain_timeout = file
+        .cluster
+        .drain_timeout
+        .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_secs);
     let state = Arc::new(state);
     let rooms = state.rooms.clone();
     let rtmp_port = flags.rtmp_port.or(file.ingress.rtmp_port);
@@ -460,6 +485,17 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             .map(|l| tokio::spawn(server::serve(l, state.clone(), rx.clone())))
             .collect();
         shutdown_signal().await;
+        if let Some(c) = &state.cluster {
+            // Draining: rooms here run on (and take joins) until they end or the deadline.
+            println!(
+                "prism: draining: no new rooms here; rooms still open in {} s move to other \
+                 nodes (a second signal moves them now)",
+                drain_timeout.as_secs()
+            );
+            let end = c.drain_until(&rooms, drain_timeout, shutdown_signal()).await;
+            println!("prism: drain over: {end}");
+            tracing::info!(%end, "drain over");
+        }
         println!("prism: shutting down");
         tracing::info!("shutting down: telling every LiveKit participant to leave");
         // Stop accepting first, so nobody joins behind the leaves.
@@ -474,8 +510,7 @@ pub fn run(flags: ServeArgs) -> Result<()> {
             Some(c) => {
                 // Give the rooms up first, so that the clients told to reconnect land on
                 // other nodes, which take the rooms at once.
-                c.leave().await;
-                rooms.shutdown_moving().await;
+                c.move_away(&rooms).await;
             }
             None => rooms.shutdown().await,
         }
