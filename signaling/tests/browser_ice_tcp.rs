@@ -211,13 +211,7 @@ fn run_browser_in(
 
 /// A `/metrics` counter of the ICE-TCP front.
 fn front_metric(server: &Server, name: &str) -> f64 {
-    let (status, resp) = http(server, "GET", "/metrics", None, None);
-    assert_eq!(status, 200);
-    let prefix = format!("{name}{{front=\"ice_tcp\"}} ");
-    resp.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric(server, &format!("{name}{{front=\"ice_tcp\"}}"))
 }
 
 fn frames_decoded_by_python(summary: &Value) -> u64 {

@@ -183,6 +183,15 @@ fn record_and_check(setup: Setup) {
             "{}",
             r.summary
         );
+        // The recorders are the only subscribers: their NACKs (they see the gaps before
+        // the publisher's retransmissions fill them) must reach the forwarder. They went
+        // to the advertised address (the relay) once, where neither NACKs nor PLIs
+        // counted, and a recording stalled at its first loss until the end.
+        let nacks = metric(&server, "prism_nacks_received_total");
+        assert!(
+            nacks > 0.0,
+            "no NACK from the recorders reached the forwarder"
+        );
     }
 
     // Refusals, each saying why.

@@ -30,6 +30,7 @@ impl Engine {
                     room,
                     core: self.core,
                     local: self.local,
+                    bound: self.bound,
                     tcp_local: self
                         .cfg
                         .tcp_port

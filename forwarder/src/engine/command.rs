@@ -169,6 +169,8 @@ pub enum Reply {
         room: RoomId,
         core: u32,
         local: SocketAddr,
+        /// The core socket's own address, for peers on this host.
+        bound: SocketAddr,
         /// The passive ICE-TCP candidate, when the forwarder has a TCP front.
         tcp_local: Option<SocketAddr>,
         fingerprint: String,

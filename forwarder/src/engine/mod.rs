@@ -143,6 +143,10 @@ pub struct Engine {
     /// This core's address as clients reach it (its socket's, or `advertise_ip` with the
     /// socket's port).
     pub local: SocketAddr,
+    /// The address this core's socket is bound to (may be unspecified): where a peer on
+    /// this host sends, since the advertised `local` may be an address only clients use
+    /// (a NAT's, or a relay's in tests).
+    pub bound: SocketAddr,
     cfg: EngineConfig,
     pub counters: Counters,
     /// Rooms, transports, tracks and down tracks.
@@ -164,6 +168,7 @@ impl Engine {
             local: cfg
                 .advertise_ip
                 .map_or(local, |ip| SocketAddr::new(ip, local.port())),
+            bound: local,
             cfg,
             counters: Counters::default(),
             objs: Objects::default(),

@@ -177,11 +177,6 @@ fn spawn<S: Sink + Send + 'static>(
     socket.set_nonblocking(true)?;
     let addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel();
-    let forwarder = if forwarder.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], forwarder.port()))
-    } else {
-        forwarder
-    };
     std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || {

@@ -94,8 +94,8 @@ impl Room {
     /// Admits an RTMP session as a participant of kind `INGRESS` publishing over a plain
     /// transport; answers where its RTP goes.
     pub fn rtmp_publish(&mut self, spec: &RtmpPublish) -> Result<RtmpPublished, RtcError> {
-        let (core, _) = self
-            .core
+        let core = self
+            .core_on_host
             .ok_or_else(|| RtcError::MediaPlane("the room has no core yet".into()))?;
         let transport_id = TransportId::fresh();
         let mut tracks = Vec::new();

@@ -10,7 +10,7 @@
 //! and logged; it never affects another connection. A codec error is also the ingress's
 //! state (`ENDPOINT_ERROR` with the codec named), as LiveKit's ingress reports it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use prism_proto::livekit as lk;
@@ -472,13 +472,7 @@ impl Connection {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let mut core = published.core;
-        if core.ip().is_unspecified() {
-            core.set_ip(match core.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            });
-        }
+        let core = published.core;
         let local: SocketAddr = if core.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {

@@ -180,8 +180,8 @@ impl Room {
         req: EgressRequest,
         egresses: &Egresses,
     ) -> Result<lk::EgressInfo, RtcError> {
-        let (core, _) = self
-            .core
+        let core = self
+            .core_on_host
             .ok_or_else(|| RtcError::MediaPlane("the room has no core yet".into()))?;
         let (sids, identity) = self.egress_tracks(&req.source)?;
         let mut streams = Vec::new();

@@ -196,6 +196,9 @@ pub struct Room {
     pub participants: Vec<Participant>,
     /// The room's core: its address and certificate fingerprint, from `RoomCreated`.
     pub(crate) core: Option<(SocketAddr, [u8; 32])>,
+    /// Where a process on this host (a recorder, an ingress) sends to the core: its
+    /// socket's own address, which differs from `core` when an advertised IP is set.
+    pub(crate) core_on_host: Option<SocketAddr>,
     /// The addresses clients are given for media (see [`RoomDefaults::candidate_ips`]).
     pub(crate) candidate_ips: Arc<[std::net::IpAddr]>,
     /// TURN servers given to each participant that joins.
@@ -292,6 +295,7 @@ impl Room {
             ice_servers: defaults.ice_servers.clone(),
             participants: Vec::new(),
             core: None,
+            core_on_host: None,
             tcp_candidate: None,
             deferred: Vec::new(),
             empty_since: Some(Instant::now()),
@@ -623,6 +627,7 @@ impl Room {
             (Some(Pending::RoomCreated), Some(Ev::RoomCreated(c))) => match core_params(&c) {
                 Ok(core) => {
                     self.core = Some(core);
+                    self.core_on_host = Some(on_host(c.bound.parse().unwrap_or(core.0)));
                     self.tcp_candidate = c.tcp_local.parse().ok();
                     for m in std::mem::take(&mut self.deferred) {
                         self.handle(m);
@@ -743,6 +748,18 @@ fn needs_core(req: &lk::SignalRequest) -> bool {
 }
 
 /// The room core's address and fingerprint from a `RoomCreated` answer.
+/// `addr` as a process on this host reaches it: an unspecified IP (a socket bound to
+/// every interface) is read as loopback of the same family.
+pub(crate) fn on_host(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
 fn core_params(c: &pb::RoomCreated) -> Result<(SocketAddr, [u8; 32]), RtcError> {
     let addr: SocketAddr = c
         .local

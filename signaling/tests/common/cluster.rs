@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{http, Server};
+use super::Server;
 
 /// `redis-server` on a free port, killed on drop.
 pub struct Redis {
@@ -158,11 +158,7 @@ pub fn owner(redis: &Redis, room: &str) -> String {
 
 /// A counter or gauge of the node's `/metrics` (0 if absent).
 pub fn metric(node: &Node, name: &str) -> f64 {
-    let (_, body) = http(&node.server, "GET", "/metrics", None, None);
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    super::metric(&node.server, name)
 }
 
 /// A raw `/rtc` upgrade with extra header lines; the status.

@@ -201,12 +201,30 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if thread::panicking() {
+        if thread::panicking() || std::env::var("PRISM_TEST_LOG").as_deref() == Ok("1") {
             for text in &self.log {
                 eprintln!("---- prism serve ----\n{}", text.lock().unwrap());
             }
         }
     }
+}
+
+/// A value of `/metrics`: `series` is a name with its labels, as in
+/// `prism_front_datagrams_in_total{front="ice_tcp"}`, or a bare name, which sums every
+/// labelled sample of it (all cores); 0 when there is none.
+pub fn metric(server: &Server, series: &str) -> f64 {
+    let (status, body) = http(server, "GET", "/metrics", None, None);
+    assert_eq!(status, 200, "/metrics: {body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(key, _)| {
+            *key == series
+                || (!series.contains('{')
+                    && key.strip_prefix(series).is_some_and(|r| r.starts_with('{')))
+        })
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Mints a token with `prism token create`; `extra` adds options such as `--no-publish`.
