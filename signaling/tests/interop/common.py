@@ -7,6 +7,8 @@
 - `summary()`: the single JSON line each client prints last; the Rust driver parses it.
 - `event()` and `commands()`: how a client run step by step by the driver (its
   `live_client`) tells what happened and hears what to do next.
+- `run_sdk_client()`: runs a LiveKit SDK client's `main` and leaves without the
+  interpreter's teardown, in which the SDK's native library can abort.
 - `feed_video()`, `feed_audio()`: synthetic media for LiveKit SDK publishers, the video of
   one colour so that a receiver can tell publishers apart; `mean_rgb()` measures it.
 """
@@ -167,3 +169,29 @@ def mean_rgb(pixels, channels: int) -> list:
 
     a = numpy.frombuffer(pixels, dtype=numpy.uint8).reshape(-1, channels)[:, :3]
     return [round(float(v)) for v in a.mean(axis=0)]
+
+
+def run_sdk_client(main) -> None:
+    """Runs `main()` (a coroutine function) to its end, then exits at once.
+
+    The LiveKit SDK's native library can abort (SIGABRT, "panic in a function that cannot
+    unwind") while it tears itself down at interpreter exit, seen under load; by then
+    everything worth reporting is printed, so the process leaves without that teardown.
+    An exception in `main` still exits with 1, after its traceback."""
+    code = 0
+    try:
+        asyncio.run(main())
+    except SystemExit as e:
+        if isinstance(e.code, int):
+            code = e.code
+        elif e.code is not None:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # noqa: BLE001 - reported, then the exit code says it failed
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -16,7 +16,7 @@ import asyncio
 
 from livekit import api, rtc
 
-from common import commands, event, feed_audio, log, summary, tone_frequency
+from common import commands, event, feed_audio, log, run_sdk_client, summary, tone_frequency
 
 RATE = 48000
 
@@ -160,4 +160,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_sdk_client(main)

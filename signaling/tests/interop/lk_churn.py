@@ -7,13 +7,11 @@ a second, and leave. Prints one JSON line: rounds, joins, failures.
 
 import argparse
 import asyncio
-import os
-import sys
 import time
 
 from livekit import api, rtc
 
-from common import log, summary
+from common import log, run_sdk_client, summary
 
 
 def token(key: str, secret: str, room: str, identity: str) -> str:
@@ -67,8 +65,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
-    # The SDK's native library can abort while it tears itself down at interpreter exit
-    # (seen under load); everything worth reporting is printed by now.
-    sys.stdout.flush()
-    os._exit(0)
+    run_sdk_client(main)

@@ -16,13 +16,12 @@ It prints one JSON line last (see `common.summary`), which the Rust driver parse
 
 import argparse
 import asyncio
-import sys
 import os
 import time
 
 from livekit import rtc
 
-from common import feed_audio, leave_room, log, summary
+from common import feed_audio, leave_room, log, run_sdk_client, summary
 
 WIDTH, HEIGHT = 1280, 720
 
@@ -232,8 +231,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
-    # The SDK's native library can abort while it tears itself down at interpreter exit
-    # (seen under load); everything worth reporting is printed by now.
-    sys.stdout.flush()
-    os._exit(0)
+    run_sdk_client(main)

@@ -15,13 +15,11 @@ Events (stdout, `event: NAME {json}`): `connected` {sid}, `reconnecting`, `recon
 
 import argparse
 import asyncio
-import os
-import sys
 import time
 
 from livekit import rtc
 
-from common import commands, event, feed_video, leave_room, log, summary
+from common import commands, event, feed_video, leave_room, log, run_sdk_client, summary
 
 
 async def main() -> None:
@@ -139,7 +137,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
-    # As lk_client.py: the SDK's native library can abort while tearing down at exit.
-    sys.stdout.flush()
-    os._exit(0)
+    run_sdk_client(main)

@@ -21,13 +21,11 @@ It prints one JSON line last.
 
 import argparse
 import asyncio
-import os
-import sys
 import time
 
 from livekit import rtc
 
-from common import commands, event, feed_audio, feed_video, leave_room, log, parse_color, summary
+from common import commands, event, feed_audio, feed_video, leave_room, log, parse_color, run_sdk_client, summary
 
 
 def permissions(room: rtc.Room, allow: list, record: list) -> None:
@@ -187,7 +185,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
-    # As lk_client.py: the SDK's native library can abort while tearing down at exit.
-    sys.stdout.flush()
-    os._exit(0)
+    run_sdk_client(main)

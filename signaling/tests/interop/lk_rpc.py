@@ -15,7 +15,7 @@ from livekit import api, rtc
 from livekit.api.room_service import SVC
 from livekit.protocol.room import PerformRpcRequest, PerformRpcResponse
 
-from common import event, log, summary
+from common import event, log, run_sdk_client, summary
 
 
 async def main() -> None:
@@ -95,4 +95,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_sdk_client(main)

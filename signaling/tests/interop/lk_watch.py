@@ -19,13 +19,11 @@ layer of every video track it receives), `stop`. It prints the state as one JSON
 
 import argparse
 import asyncio
-import os
-import sys
 import time
 
 from livekit import rtc
 
-from common import commands, event, leave_room, log, mean_rgb, summary
+from common import commands, event, leave_room, log, mean_rgb, run_sdk_client, summary
 
 
 def kind_name(value) -> str:
@@ -225,6 +223,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
-    sys.stdout.flush()
-    os._exit(0)
+    run_sdk_client(main)
