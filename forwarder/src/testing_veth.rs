@@ -67,6 +67,30 @@ impl VethPair {
         ok.then_some(p)
     }
 
+    /// The MAC address of `va` (side A) or `vb` (side B).
+    pub fn mac(&self, side_b: bool) -> Option<[u8; 6]> {
+        let (ns, dev) = if side_b {
+            (&self.b, "vb")
+        } else {
+            (&self.a, "va")
+        };
+        let out = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show", dev])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)?;
+        let mut mac = [0u8; 6];
+        let mut parts = hex.split(':');
+        for m in &mut mac {
+            *m = u8::from_str_radix(parts.next()?, 16).ok()?;
+        }
+        Some(mac)
+    }
+
     /// Whether an XDP program is attached to `vb`.
     pub fn xdp_attached(&self) -> bool {
         Command::new("ip")

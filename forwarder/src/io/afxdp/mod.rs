@@ -25,6 +25,14 @@
 //!   body is copied into the TX frame only after the engine's handler has returned, so no
 //!   second reference into a received frame exists while the engine holds one.
 //!
+//! - Counting: frames the driver drops (by [`frame::Reject`], or for another address) and
+//!   the kernel-path datagrams are counted in [`XdpCounters`]; frames the program passes
+//!   to the kernel are counted by the program itself, per queue and
+//!   [`crate::bpf::PassReason`], in a BPF array map the driver reads only when asked for
+//!   stats ([`Driver::xdp_stats`]). Both reach `GetStats` (`CoreStats.xdp`, and `frame_*`
+//!   drop reasons) and `/metrics`: a bad frame never goes uncounted, whichever side of
+//!   the program it ends on.
+//!
 //! Nothing allocates per packet: batches, the pending-send list and the free-frame stack
 //! are sized at construction.
 
@@ -109,6 +117,43 @@ pub struct XdpCounters {
     pub no_frame: u64,
     /// Frames whose UDP checksum was partial (a sender with offload on this link).
     pub partial_checksums: u64,
+}
+
+impl XdpCounters {
+    /// Frames dropped by the driver, by drop reason (`frame_*`), zeros left out.
+    pub fn drops(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        frame::Reject::ALL
+            .iter()
+            .map(|r| (r.drop_name(), self.rejected[r.index()]))
+            .chain([("frame_wrong_destination", self.wrong_destination)])
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// What a core's AF_XDP driver reports for stats ([`Driver::xdp_stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XdpStats {
+    pub interface: String,
+    pub queue: u32,
+    /// Bound in zero-copy mode (else copy mode).
+    pub zero_copy: bool,
+    pub counters: XdpCounters,
+    /// Frames the program passed to the kernel from this queue, by [`bpf::PassReason`]
+    /// name (zeros left out).
+    pub passed: Vec<(&'static str, u64)>,
+    /// The kernel's socket counters (`XDP_STATISTICS`); zero if it could not be read.
+    pub kernel: XskStatistics,
+}
+
+/// `struct xdp_statistics`, owned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskStatistics {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
 }
 
 #[derive(Debug)]
@@ -333,6 +378,9 @@ pub struct AfXdpDriver {
     _link: OwnedFd,
     _prog: OwnedFd,
     _map: OwnedFd,
+    counts: OwnedFd,
+    interface: String,
+    queue: u32,
     xsk: Xsk,
     fill: Ring<u64>,
     rx: Ring<libc::xdp_desc>,
@@ -464,7 +512,9 @@ impl AfXdpDriver {
             .map_err(|e| refused("creating the XSKMAP", ifname, queue, e))?;
         bpf_sys::set_queue_socket(&map, queue, xsk.raw_fd())
             .map_err(|e| refused("registering the socket", ifname, queue, e))?;
-        let prog = bpf_sys::load_program(&map, ports)
+        let counts = bpf_sys::create_counters()
+            .map_err(|e| refused("creating the counters map", ifname, queue, e))?;
+        let prog = bpf_sys::load_program(&map, &counts, ports)
             .map_err(|e| refused("loading the XDP program", ifname, queue, e))?;
         let flags = match cfg.mode {
             XdpMode::Native => bpf_sys::XDP_FLAGS_DRV_MODE,
@@ -521,6 +571,9 @@ impl AfXdpDriver {
             _link: link,
             _prog: prog,
             _map: map,
+            counts,
+            interface: cfg.interface.clone(),
+            queue,
             xsk,
             fill,
             rx,
@@ -750,5 +803,35 @@ impl Driver for AfXdpDriver {
 
     fn stats(&self) -> IoStats {
         self.egress.stats
+    }
+
+    fn xdp_stats(&self) -> Option<XdpStats> {
+        let passed = crate::bpf::PassReason::ALL
+            .iter()
+            .filter_map(|r| {
+                let n = bpf_sys::read_counter(&self.counts, r.key(self.queue)).unwrap_or(0);
+                (n > 0).then_some((r.as_str(), n))
+            })
+            .collect();
+        let kernel = self
+            .xsk
+            .statistics()
+            .map(|k| XskStatistics {
+                rx_dropped: k.rx_dropped,
+                rx_invalid_descs: k.rx_invalid_descs,
+                tx_invalid_descs: k.tx_invalid_descs,
+                rx_ring_full: k.rx_ring_full,
+                rx_fill_ring_empty_descs: k.rx_fill_ring_empty_descs,
+                tx_ring_empty_descs: k.tx_ring_empty_descs,
+            })
+            .unwrap_or_default();
+        Some(XdpStats {
+            interface: self.interface.clone(),
+            queue: self.queue,
+            zero_copy: false,
+            counters: self.egress.counters,
+            passed,
+            kernel,
+        })
     }
 }
