@@ -42,6 +42,12 @@ impl VethPair {
     /// Creates the namespaces and the link, both ends up. None (after cleaning up) if any
     /// step fails, e.g. without root.
     pub fn new() -> Option<VethPair> {
+        Self::with_queues(1)
+    }
+
+    /// As [`VethPair::new`], with `queues` receive and transmit queues on each end (a
+    /// frame sent on `va`'s transmit queue *i* arrives on `vb`'s receive queue *i*).
+    pub fn with_queues(queues: u32) -> Option<VethPair> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = std::process::id() % 100_000;
         let subnet = (n % 250) as u8;
@@ -52,11 +58,30 @@ impl VethPair {
             ip_b: Ipv4Addr::new(10, 91, subnet, 2),
         };
         let (cidr_a, cidr_b) = (format!("{}/24", p.ip_a), format!("{}/24", p.ip_b));
+        let q = queues.max(1).to_string();
         let ok = ip(&["netns", "add", &p.a])
             && ip(&["netns", "add", &p.b])
             && ip(&[
-                "link", "add", "va", "netns", &p.a, "type", "veth", "peer", "name", "vb", "netns",
+                "link",
+                "add",
+                "va",
+                "netns",
+                &p.a,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "vb",
+                "netns",
                 &p.b,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
             ])
             && ip(&["-n", &p.a, "addr", "add", &cidr_a, "dev", "va"])
             && ip(&["-n", &p.b, "addr", "add", &cidr_b, "dev", "vb"])
@@ -89,6 +114,26 @@ impl VethPair {
             *m = u8::from_str_radix(parts.next()?, 16).ok()?;
         }
         Some(mac)
+    }
+
+    /// Steers what side A sends by CPU (XPS): a datagram sent from CPU *i* leaves `va` on
+    /// transmit queue *i*, so it arrives on `vb`'s receive queue *i*: what RSS or ntuple
+    /// rules do on a NIC. False if it could not be set.
+    pub fn steer_by_cpu(&self, queues: u32) -> bool {
+        let script: String = (0..queues)
+            .map(|i| {
+                format!(
+                    "printf %x {} > /sys/class/net/va/queues/tx-{i}/xps_cpus;",
+                    1u64 << i
+                )
+            })
+            .collect();
+        Command::new("ip")
+            .args(["netns", "exec", &self.a, "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Whether an XDP program is attached to `vb`.

@@ -30,7 +30,7 @@ pub mod packet;
 pub mod socket;
 pub mod uring;
 
-pub use afxdp::{XdpMode, XdpTarget};
+pub use afxdp::{XdpBind, XdpMode, XdpTarget};
 pub use mmsg::{MmsgConfig, MmsgDriver};
 pub use socket::{bind_udp, SocketConfig};
 pub use uring::{UringConfig, UringDriver};
