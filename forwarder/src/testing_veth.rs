@@ -136,6 +136,37 @@ impl VethPair {
             .is_ok_and(|s| s.success())
     }
 
+    /// Makes each side's neighbour entry for the other permanent, so no datagram waits
+    /// for ARP: one that does is sent later from whichever CPU handles the reply, which
+    /// defeats [`VethPair::steer_by_cpu`]. False if it could not be set.
+    pub fn static_neighbours(&self) -> bool {
+        let (Some(mac_a), Some(mac_b)) = (self.mac(false), self.mac(true)) else {
+            return false;
+        };
+        let hex = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let set = |ns: &str, addr: Ipv4Addr, mac: [u8; 6], dev: &str| {
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &hex(mac),
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])
+        };
+        set(&self.a, self.ip_b, mac_b, "va") && set(&self.b, self.ip_a, mac_a, "vb")
+    }
+
     /// Whether an XDP program is attached to `vb`.
     pub fn xdp_attached(&self) -> bool {
         Command::new("ip")

@@ -95,6 +95,7 @@ fn two_cores_share_one_xdp_program_each_on_its_own_queue() {
     }
     let Some(p) = pair(2) else { return };
     assert!(p.steer_by_cpu(2), "XPS on va");
+    assert!(p.static_neighbours(), "permanent neighbour entries");
     let cfg = ForwarderConfig {
         cores: vec![0, 1],
         pin: false,
@@ -253,6 +254,9 @@ fn zero_copy_is_refused_on_veth_and_auto_falls_back_to_copy() {
         let zc = AfXdpDriver::new(&cfg)
             .map(|_| ())
             .map_err(|e| e.to_string());
+        // Another port: the refused attempt's socket may outlive its drop for a moment
+        // (a child forked by a test running alongside holds it until it execs).
+        cfg.local.set_port(7991);
         cfg.bind = XdpBind::Auto;
         let auto = AfXdpDriver::new(&cfg).map(|d| d.xdp_stats().unwrap().zero_copy);
         (zc, auto.map_err(|e| e.to_string()))
