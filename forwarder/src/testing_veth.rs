@@ -42,6 +42,12 @@ impl VethPair {
     /// Creates the namespaces and the link, both ends up. None (after cleaning up) if any
     /// step fails, e.g. without root.
     pub fn new() -> Option<VethPair> {
+        Self::with_queues(1)
+    }
+
+    /// As [`VethPair::new`], with `queues` receive and transmit queues on each end (a
+    /// frame sent on `va`'s transmit queue *i* arrives on `vb`'s receive queue *i*).
+    pub fn with_queues(queues: u32) -> Option<VethPair> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = std::process::id() % 100_000;
         let subnet = (n % 250) as u8;
@@ -52,11 +58,30 @@ impl VethPair {
             ip_b: Ipv4Addr::new(10, 91, subnet, 2),
         };
         let (cidr_a, cidr_b) = (format!("{}/24", p.ip_a), format!("{}/24", p.ip_b));
+        let q = queues.max(1).to_string();
         let ok = ip(&["netns", "add", &p.a])
             && ip(&["netns", "add", &p.b])
             && ip(&[
-                "link", "add", "va", "netns", &p.a, "type", "veth", "peer", "name", "vb", "netns",
+                "link",
+                "add",
+                "va",
+                "netns",
+                &p.a,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "vb",
+                "netns",
                 &p.b,
+                "numrxqueues",
+                &q,
+                "numtxqueues",
+                &q,
             ])
             && ip(&["-n", &p.a, "addr", "add", &cidr_a, "dev", "va"])
             && ip(&["-n", &p.b, "addr", "add", &cidr_b, "dev", "vb"])
@@ -65,6 +90,81 @@ impl VethPair {
             && ip(&["-n", &p.a, "link", "set", "lo", "up"])
             && ip(&["-n", &p.b, "link", "set", "lo", "up"]);
         ok.then_some(p)
+    }
+
+    /// The MAC address of `va` (side A) or `vb` (side B).
+    pub fn mac(&self, side_b: bool) -> Option<[u8; 6]> {
+        let (ns, dev) = if side_b {
+            (&self.b, "vb")
+        } else {
+            (&self.a, "va")
+        };
+        let out = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show", dev])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)?;
+        let mut mac = [0u8; 6];
+        let mut parts = hex.split(':');
+        for m in &mut mac {
+            *m = u8::from_str_radix(parts.next()?, 16).ok()?;
+        }
+        Some(mac)
+    }
+
+    /// Steers what side A sends by CPU (XPS): a datagram sent from CPU *i* leaves `va` on
+    /// transmit queue *i*, so it arrives on `vb`'s receive queue *i*: what RSS or ntuple
+    /// rules do on a NIC. False if it could not be set.
+    pub fn steer_by_cpu(&self, queues: u32) -> bool {
+        let script: String = (0..queues)
+            .map(|i| {
+                format!(
+                    "printf %x {} > /sys/class/net/va/queues/tx-{i}/xps_cpus;",
+                    1u64 << i
+                )
+            })
+            .collect();
+        Command::new("ip")
+            .args(["netns", "exec", &self.a, "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Makes each side's neighbour entry for the other permanent, so no datagram waits
+    /// for ARP: one that does is sent later from whichever CPU handles the reply, which
+    /// defeats [`VethPair::steer_by_cpu`]. False if it could not be set.
+    pub fn static_neighbours(&self) -> bool {
+        let (Some(mac_a), Some(mac_b)) = (self.mac(false), self.mac(true)) else {
+            return false;
+        };
+        let hex = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let set = |ns: &str, addr: Ipv4Addr, mac: [u8; 6], dev: &str| {
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &hex(mac),
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])
+        };
+        set(&self.a, self.ip_b, mac_b, "va") && set(&self.b, self.ip_a, mac_a, "vb")
     }
 
     /// Whether an XDP program is attached to `vb`.

@@ -168,8 +168,19 @@ fn af_xdp_misconfigurations_are_refused_with_the_cause() {
             "no interface \"nope0\"",
         ),
         (
-            &["--cores", "0,1", "--interface", "lo"],
-            "runs one media core for now",
+            &[
+                "--cores",
+                "0,1",
+                "--interface",
+                "lo",
+                "--xdp-first-queue",
+                "70",
+            ],
+            "queue 70 may not exist on lo",
+        ),
+        (
+            &["--cores", "0", "--interface", "lo", "--xdp-bind", "fast"],
+            "invalid value 'fast' for '--xdp-bind <MODE>'",
         ),
         (
             &[

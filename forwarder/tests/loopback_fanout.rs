@@ -7,7 +7,11 @@
 //!
 //! The AF_XDP run is the same over a veth pair between two network namespaces (the
 //! forwarder on one side, every peer on the other), skipped with a printed reason where
-//! that is not permitted.
+//! that is not permitted. It also interleaves bad Ethernet frames, sent raw from the
+//! peers' side (an AF_PACKET socket): some the XDP program passes to the kernel (too
+//! short, IP options, a fragment, not UDP), some the driver rejects (truncated, wrong
+//! checksums); GetStats must count each by its reason, while the good packets are all
+//! accounted for as on the other drivers.
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,10 +22,12 @@ use std::time::{Duration, Instant};
 use pb::command::Body;
 use prism_forwarder::engine::stats::proto_drop;
 use prism_forwarder::engine::DropReason;
+use prism_forwarder::io::packet::PacketSocket;
 use prism_forwarder::io::{netns, DriverKind, XdpMode};
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
 use prism_forwarder::testing::veth::{is_root, VethPair};
 use prism_forwarder::testing::{cmd, SimulcastSource, Tag};
+use prism_forwarder::wire::frame::{write_headers, Checksum, Endpoints, HEADERS_LEN};
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
 
@@ -53,6 +59,84 @@ fn stats(fwd: &Forwarder) -> pb::Stats {
     match request(fwd, Body::GetStats(pb::GetStats {})).body {
         Some(pb::event::Body::Stats(s)) => s,
         other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// Bad Ethernet frames to the media port, one of each kind, built from a good one.
+struct BadFrames {
+    /// IPv4, cut before the UDP header: the program passes it (`too_short`).
+    too_short: Vec<u8>,
+    /// IPv4 options (four NOPs), valid checksums, an RTP-looking payload of an unknown
+    /// source: the program passes it (`ip_options`) and the kernel delivers it to the
+    /// media port's socket, where the engine drops it (unknown source).
+    options: Vec<u8>,
+    /// A first fragment (More Fragments): the program passes it (`fragment`), the kernel
+    /// waits for the rest in vain.
+    fragment: Vec<u8>,
+    /// IPv4 protocol 253: the program passes it (`not_udp`).
+    not_udp: Vec<u8>,
+    /// Shorter than its IPv4 total length: the driver drops it (`frame_truncated`).
+    truncated: Vec<u8>,
+    /// Wrong UDP checksum: the driver drops it (`frame_bad_udp_checksum`).
+    bad_udp_checksum: Vec<u8>,
+    /// Wrong IPv4 header checksum: the driver drops it (`frame_bad_ip_checksum`).
+    bad_ip_checksum: Vec<u8>,
+}
+
+impl BadFrames {
+    fn new(ends: &Endpoints, payload: &[u8], ip_id: u16) -> Self {
+        let good = {
+            let mut f = vec![0u8; HEADERS_LEN + payload.len()];
+            f[HEADERS_LEN..].copy_from_slice(payload);
+            write_headers(&mut f, ends, payload.len(), ip_id).unwrap();
+            f
+        };
+        let fix_ip = |f: &mut Vec<u8>| {
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            f[24..26].copy_from_slice(&[0, 0]);
+            let mut c = Checksum::new();
+            c.add(&f[14..14 + ihl]);
+            let sum = c.finish();
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+        };
+        let mut options = good[..34].to_vec();
+        options.extend_from_slice(&[1, 1, 1, 1]);
+        options.extend_from_slice(&good[34..]);
+        options[14] = 0x46;
+        let total = u16::from_be_bytes([options[16], options[17]]) + 4;
+        options[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ip(&mut options);
+        let mut fragment = good.clone();
+        fragment[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+        fix_ip(&mut fragment);
+        let mut not_udp = good.clone();
+        not_udp[23] = 253;
+        fix_ip(&mut not_udp);
+        let mut bad_udp_checksum = good.clone();
+        bad_udp_checksum[40] ^= 0x5a;
+        let mut bad_ip_checksum = good.clone();
+        bad_ip_checksum[24] ^= 0x5a;
+        BadFrames {
+            too_short: good[..30].to_vec(),
+            options,
+            fragment,
+            not_udp,
+            truncated: good[..HEADERS_LEN + payload.len() / 2].to_vec(),
+            bad_udp_checksum,
+            bad_ip_checksum,
+        }
+    }
+
+    fn all(&self) -> [&[u8]; 7] {
+        [
+            &self.too_short,
+            &self.options,
+            &self.fragment,
+            &self.not_udp,
+            &self.truncated,
+            &self.bad_udp_checksum,
+            &self.bad_ip_checksum,
+        ]
     }
 }
 
@@ -115,6 +199,31 @@ fn run(kind: DriverKind, net: Net) {
         Box::new(move || (0..SUBSCRIBERS + 2).map(|_| socket(peer_ip)).collect()),
     );
     let core = fwd.core_addrs()[0];
+    // Over veth: a raw sender on the peers' side and the bad frames it sends each round.
+    let raw = match &net {
+        Net::Loopback => None,
+        Net::Veth(p) => {
+            let a = p.a.clone();
+            let sock = thread::spawn(move || {
+                netns::enter(&a).expect("entering the peers' namespace");
+                PacketSocket::open("va").expect("an AF_PACKET socket on va")
+            })
+            .join()
+            .unwrap();
+            let std::net::SocketAddr::V4(dst) = core else {
+                panic!("IPv4 media address")
+            };
+            let ends = Endpoints {
+                src_mac: p.mac(false).expect("va's MAC"),
+                dst_mac: p.mac(true).expect("vb's MAC"),
+                src: std::net::SocketAddrV4::new(p.ip_a, 9),
+                dst,
+            };
+            let mut rtp = vec![0x80u8, 96, 0, 9, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+            rtp.extend_from_slice(&[0u8; 20]);
+            Some((sock, BadFrames::new(&ends, &rtp, 0x4242)))
+        }
+    };
     let publisher = peers.pop().unwrap();
     let stranger = peers.pop().unwrap();
     let mut src = SimulcastSource::three_layers(0xa000, 0);
@@ -196,11 +305,20 @@ fn run(kind: DriverKind, net: Net) {
                     bad_sent += 1;
                 }
             }
+            if let Some((sock, frames)) = &raw {
+                for f in frames.all() {
+                    sock.send(f).unwrap();
+                }
+            }
         }
         thread::sleep(Duration::from_millis(2));
     }
     // Wait for the forwarder to have handled everything, then stop the receivers.
-    let expected_in: u64 = sent_per_layer.iter().sum::<usize>() as u64 + bad_sent;
+    let rounds = FRAMES / 10;
+    // Of the raw frames, the driver sees the three it rejects and the one with options
+    // (through the kernel's socket).
+    let raw_in = if raw.is_some() { 4 * rounds } else { 0 };
+    let expected_in: u64 = sent_per_layer.iter().sum::<usize>() as u64 + bad_sent + raw_in;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut s = stats(&fwd);
     while s.cores[0].datagrams_received < expected_in && Instant::now() < deadline {
@@ -253,7 +371,6 @@ fn run(kind: DriverKind, net: Net) {
         .map(|i| sent_per_layer.iter().sum::<usize>() as u64 - sent_per_layer[i % 3] as u64)
         .sum();
     assert_eq!(proto_drop(&c, DropReason::LayerNotSelected), not_selected);
-    let rounds = FRAMES / 10;
     assert_eq!(
         proto_drop(&c, DropReason::Truncated),
         rounds,
@@ -272,11 +389,17 @@ fn run(kind: DriverKind, net: Net) {
     );
     assert_eq!(proto_drop(&c, DropReason::UnknownSsrc), rounds);
     assert_eq!(proto_drop(&c, DropReason::Oversized), 2 * rounds);
+    // The raw frame with IP options reaches the engine through the kernel's socket, from
+    // a source nobody registered.
+    let raw_unknown = if raw.is_some() { rounds } else { 0 };
     assert_eq!(
         proto_drop(&c, DropReason::UnknownSource),
-        2 * rounds,
+        2 * rounds + raw_unknown,
         "the stranger's RTP-looking datagrams (truncated, unknown SSRC)"
     );
+    if raw.is_some() {
+        check_bad_frames(core_stats, &c, rounds);
+    }
     let pub_stats = s.transports.iter().find(|t| t.transport_id == 1).unwrap();
     let pc = pub_stats.counters.clone().unwrap();
     assert_eq!(
@@ -312,6 +435,51 @@ fn run(kind: DriverKind, net: Net) {
     assert!(cs.loop_turns > 0 && cs.batches_sent > 0 && cs.max_send_batch >= 1);
     assert_eq!((cs.send_errors, cs.queue_full), (0, 0));
     fwd.shutdown();
+}
+
+/// Every bad Ethernet frame counted by its reason, on the AF_XDP run.
+fn check_bad_frames(cs: &pb::CoreStats, c: &pb::Counters, rounds: u64) {
+    let drop = |reason: &str| {
+        c.drops
+            .iter()
+            .find(|d| d.reason == reason)
+            .map_or(0, |d| d.count)
+    };
+    let frame_drops: Vec<(&str, u64)> = c
+        .drops
+        .iter()
+        .filter(|d| d.reason.starts_with("frame_"))
+        .map(|d| (d.reason.as_str(), d.count))
+        .collect();
+    eprintln!("driver drops: {frame_drops:?}");
+    assert_eq!(drop("frame_truncated"), rounds);
+    assert_eq!(drop("frame_bad_udp_checksum"), rounds);
+    assert_eq!(drop("frame_bad_ip_checksum"), rounds);
+    assert_eq!(
+        frame_drops.len(),
+        3,
+        "no other frame drops: {frame_drops:?}"
+    );
+    let x = cs.xdp.as_ref().expect("xdp stats on af_xdp");
+    eprintln!("xdp stats: {x:?}");
+    assert_eq!((x.interface.as_str(), x.queue), ("vb", 0));
+    assert_eq!(x.bind_mode, "copy", "veth has no zero-copy");
+    let passed = |reason: &str| {
+        x.passed
+            .iter()
+            .find(|d| d.reason == reason)
+            .map_or(0, |d| d.count)
+    };
+    assert_eq!(passed("too_short"), rounds);
+    assert_eq!(passed("ip_options"), rounds);
+    assert_eq!(passed("not_udp"), rounds);
+    // The raw fragment, and the fragments of the two oversized (3000-byte) datagrams the
+    // peers' kernel split to fit the 1500-byte MTU (1480 bytes of IPv4 payload each).
+    let oversized_fragments = 2 * (3000u64 + 8).div_ceil(1480);
+    assert_eq!(passed("fragment"), rounds * (1 + oversized_fragments));
+    // Through the kernel's socket: the frame with options and the reassembled oversized
+    // datagrams.
+    assert_eq!(x.kernel_received, rounds * (1 + 2));
 }
 
 #[test]

@@ -307,6 +307,7 @@ pub async fn render(state: &AppState) -> Result<String, String> {
             let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(cs));
         }
     }
+    xdp(&mut out, &stats.cores);
     fronts(&mut out, &stats.fronts);
     if let Some(c) = &state.cluster {
         c.render_metrics(&mut out);
@@ -328,6 +329,81 @@ pub async fn render(state: &AppState) -> Result<String, String> {
     }
     state.ingresses.render_metrics(&mut out);
     Ok(out)
+}
+
+/// The af_xdp driver's frame-level path, for cores that run it (its drops are in
+/// `prism_dropped_packets_total`, with `frame_*` reasons).
+fn xdp(out: &mut String, cores: &[pb::CoreStats]) {
+    let xdp: Vec<(u32, &pb::XdpStats)> = cores
+        .iter()
+        .filter_map(|c| c.xdp.as_ref().map(|x| (c.core, x)))
+        .collect();
+    if xdp.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "prism_xdp_zero_copy",
+        "gauge",
+        "1 if the core's AF_XDP socket is bound in zero-copy mode, 0 in copy mode.",
+    );
+    for (core, x) in &xdp {
+        let zc = u8::from(x.bind_mode == "zerocopy");
+        let _ = writeln!(
+            out,
+            "prism_xdp_zero_copy{{core=\"{core}\",interface=\"{}\",queue=\"{}\"}} {zc}",
+            x.interface, x.queue
+        );
+    }
+    header(
+        out,
+        "prism_xdp_passed_frames_total",
+        "counter",
+        "Frames the XDP program passed to the kernel instead of the core's socket, by reason.",
+    );
+    for (core, x) in &xdp {
+        for d in &x.passed {
+            let _ = writeln!(
+                out,
+                "prism_xdp_passed_frames_total{{core=\"{core}\",reason=\"{}\"}} {}",
+                d.reason, d.count
+            );
+        }
+    }
+    header(
+        out,
+        "prism_xdp_kernel_path_total",
+        "counter",
+        "Datagrams of the media port that went through the kernel's socket instead.",
+    );
+    for (core, x) in &xdp {
+        for (dir, n) in [("received", x.kernel_received), ("sent", x.kernel_sent)] {
+            let _ = writeln!(
+                out,
+                "prism_xdp_kernel_path_total{{core=\"{core}\",direction=\"{dir}\"}} {n}"
+            );
+        }
+    }
+    header(
+        out,
+        "prism_xdp_socket_drops_total",
+        "counter",
+        "The kernel's AF_XDP socket counters (XDP_STATISTICS), by reason.",
+    );
+    for (core, x) in &xdp {
+        for (reason, n) in [
+            ("rx_dropped", x.rx_dropped),
+            ("rx_ring_full", x.rx_ring_full),
+            ("rx_fill_ring_empty", x.rx_fill_ring_empty),
+            ("rx_invalid_descs", x.rx_invalid_descs),
+            ("tx_invalid_descs", x.tx_invalid_descs),
+        ] {
+            let _ = writeln!(
+                out,
+                "prism_xdp_socket_drops_total{{core=\"{core}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
 }
 
 /// The user-space fronts (ICE over TCP): connections and datagrams, closes and drops by

@@ -6,7 +6,9 @@
 //! What passing proves: an aiortc publisher connects over WHIP and a viewer over WHEP
 //! (ICE, DTLS and SRTP all complete on the AF_XDP path) and decodes its VP8 video and Opus
 //! audio, the server reports the af_xdp driver, and its receive batches (counted on the
-//! AF_XDP ring only) show the media came that way.
+//! AF_XDP ring only) show the media came that way. Asked for `--xdp-bind auto`, it runs in
+//! copy mode (veth has no zero-copy) and `/metrics` says so, with the frame-level
+//! counters of the driver.
 //!
 //! Needs root (namespaces, XDP) and the project venv; skips with the reason otherwise.
 
@@ -51,6 +53,8 @@ fn whip_publisher_and_whep_viewer_over_af_xdp() {
             SERVER_IP,
             "--tcp-port",
             "0",
+            "--xdp-bind",
+            "auto",
         ],
     );
     assert!(
@@ -95,7 +99,15 @@ fn whip_publisher_and_whep_viewer_over_af_xdp() {
     // Receive batches are counted on the AF_XDP ring only (datagrams the kernel delivers
     // to the media socket instead are not batched): media came through the bypass.
     let metrics = clients.exec(&["curl", "-sf", &format!("{base}/metrics")]);
-    let batches: f64 = String::from_utf8_lossy(&metrics.stdout)
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "prism_xdp_zero_copy{core=\"0\",interface=\"s0\",queue=\"0\"} 0",
+        "prism_xdp_kernel_path_total{core=\"0\",direction=\"received\"}",
+        "prism_xdp_socket_drops_total{core=\"0\",reason=\"rx_ring_full\"}",
+    ] {
+        assert!(text.contains(line), "/metrics has {line}:\n{text}");
+    }
+    let batches: f64 = text
         .lines()
         .filter(|l| l.starts_with("prism_recv_batches_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

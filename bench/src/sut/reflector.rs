@@ -41,6 +41,7 @@ pub fn serve(cfg: &ReflectorConfig, control: &Path) -> Result<()> {
         interface: i.clone(),
         queue: 0,
         mode: XdpMode::Native,
+        bind: prism_forwarder::io::XdpBind::Copy,
     });
     cfg.driver
         .open_on(sock, xdp.as_ref(), Reflect { control })

@@ -49,9 +49,17 @@ struct Cli {
     /// I/O driver (af_xdp needs --interface and --bind to that interface's IPv4 address).
     #[arg(long, value_name = "KIND", default_value = "auto", value_parser = ["auto", "io_uring", "uring", "mmsg", "af_xdp"])]
     driver: String,
-    /// The interface the af_xdp driver attaches to (core i serves its queue i).
+    /// The interface the af_xdp driver attaches to (core i serves its queue
+    /// --xdp-first-queue + i).
     #[arg(long, value_name = "IF")]
     interface: Option<String>,
+    /// The receive queue core 0 serves with af_xdp.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    xdp_first_queue: u32,
+    /// How af_xdp sockets bind: copy, zerocopy (refused where the NIC's driver has no
+    /// zero-copy) or auto (zero-copy where possible, else copy).
+    #[arg(long, value_name = "MODE", default_value = "copy", value_parser = ["copy", "zerocopy", "auto"])]
+    xdp_bind: String,
     /// Attach the XDP program in the generic path instead of the NIC driver.
     #[arg(long)]
     xdp_generic: bool,
@@ -80,6 +88,8 @@ fn main() -> Result<()> {
         };
         (i, mode)
     });
+    cfg.xdp_first_queue = cli.xdp_first_queue;
+    cfg.xdp_bind = cli.xdp_bind.parse().map_err(anyhow::Error::msg)?;
     let secret = cli.secret;
     let log = cli
         .log

@@ -26,10 +26,11 @@ use std::time::Duration;
 pub mod afxdp;
 pub mod mmsg;
 pub mod netns;
+pub mod packet;
 pub mod socket;
 pub mod uring;
 
-pub use afxdp::{XdpMode, XdpTarget};
+pub use afxdp::{XdpBind, XdpMode, XdpTarget};
 pub use mmsg::{MmsgConfig, MmsgDriver};
 pub use socket::{bind_udp, SocketConfig};
 pub use uring::{UringConfig, UringDriver};
@@ -99,6 +100,12 @@ pub trait Driver {
     fn flush(&mut self) -> io::Result<()>;
 
     fn stats(&self) -> IoStats;
+
+    /// The frame-level counters of a driver below UDP (AF_XDP); None for the socket
+    /// drivers. Called for stats requests, not per packet (it may make system calls).
+    fn xdp_stats(&self) -> Option<afxdp::XdpStats> {
+        None
+    }
 }
 
 /// Which driver a core uses.

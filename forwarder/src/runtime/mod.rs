@@ -27,7 +27,7 @@ use prism_proto::control as pb;
 use crate::control::{self, ControlClient, ControlServer};
 use crate::engine::{Engine, EngineConfig};
 use crate::io::socket::{bind_udp, SocketConfig};
-use crate::io::{Driver, DriverKind, DriverUser, Waker, XdpMode, XdpTarget};
+use crate::io::{Driver, DriverKind, DriverUser, Waker, XdpBind, XdpMode, XdpTarget};
 use crate::tunnel::ice_tcp::{IceTcpConfig, IceTcpFront};
 use crate::tunnel::{self, CoreTunnels, FrontCounters, FrontEnd, FrontKind, IceRoutes};
 use crate::turn::front::TurnFront;
@@ -56,8 +56,13 @@ pub struct ForwarderConfig {
     pub ice_tcp: IceTcpConfig,
     /// The embedded TURN server; its peers are filled in with the cores' addresses.
     pub turn: Option<crate::turn::front::FrontConfig>,
-    /// The interface (and XDP mode) of the `AfXdp` driver; core `i` serves its queue `i`.
+    /// The interface (and XDP mode) of the `AfXdp` driver: one XDP program for every core
+    /// on it, core `i` on receive queue `xdp_first_queue + i`.
     pub xdp: Option<(String, XdpMode)>,
+    /// The receive queue core 0 serves with af_xdp; core `i` serves `xdp_first_queue + i`.
+    pub xdp_first_queue: u32,
+    /// How the af_xdp sockets are bound (copy, zero-copy, or zero-copy where possible).
+    pub xdp_bind: XdpBind,
 }
 
 impl Default for ForwarderConfig {
@@ -76,6 +81,8 @@ impl Default for ForwarderConfig {
             ice_tcp: IceTcpConfig::default(),
             turn: None,
             xdp: None,
+            xdp_first_queue: 0,
+            xdp_bind: XdpBind::Copy,
         }
     }
 }
@@ -134,21 +141,11 @@ impl Forwarder {
             ));
         }
         let kind = cfg.driver.resolve();
-        if kind == DriverKind::AfXdp {
-            if cfg.xdp.is_none() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the af_xdp driver needs an interface (--interface or rtc.interface)",
-                ));
-            }
-            // One XDP program per interface: several cores need one shared attachment
-            // and a queue each, which is not built yet.
-            if cpus.len() != 1 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the af_xdp driver runs one media core for now: give one CPU (--cores)",
-                ));
-            }
+        if kind == DriverKind::AfXdp && cfg.xdp.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the af_xdp driver needs an interface (--interface or rtc.interface)",
+            ));
         }
         let (events_tx, events_rx) = bounded::<pb::Event>(65_536);
         let mut ecfg = cfg.engine;
@@ -209,8 +206,9 @@ impl Forwarder {
             }
             let xdp = cfg.xdp.as_ref().map(|(interface, mode)| XdpTarget {
                 interface: interface.clone(),
-                queue: i as u32,
+                queue: cfg.xdp_first_queue + i as u32,
                 mode: *mode,
+                bind: cfg.xdp_bind,
             });
             let worker = spawn(
                 i,

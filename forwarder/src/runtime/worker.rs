@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use prism_proto::control as pb;
 
 use crate::engine::Engine;
+use crate::io::afxdp::XdpStats;
 use crate::io::{Driver, IoStats};
 use crate::tunnel::CoreTunnels;
 
@@ -58,6 +59,9 @@ pub(crate) fn run<D: Driver>(
             let mut ev = engine.handle_command(now, cmd);
             if stats_request {
                 fill_io_stats(&mut ev, driver.name(), &driver.stats());
+                if let Some(x) = driver.xdp_stats() {
+                    fill_xdp_stats(&mut ev, &x);
+                }
             }
             if events.send(ev).is_err() {
                 return;
@@ -123,5 +127,38 @@ fn fill_io_stats(ev: &mut pb::Event, driver: &str, io: &IoStats) {
                 }
             }
         }
+    }
+}
+
+/// The AF_XDP driver's frame-level counters: its drops join the core's drops (`frame_*`
+/// reasons), the rest goes in `CoreStats.xdp`.
+fn fill_xdp_stats(ev: &mut pb::Event, x: &XdpStats) {
+    let Some(pb::event::Body::Stats(s)) = ev.body.as_mut() else {
+        return;
+    };
+    let count = |(reason, count): (&str, u64)| pb::DropCount {
+        reason: reason.to_string(),
+        count,
+    };
+    for c in &mut s.cores {
+        if let Some(counters) = c.counters.as_mut() {
+            counters.drops.extend(x.counters.drops().map(count));
+        }
+        let k = &x.kernel;
+        c.xdp = Some(pb::XdpStats {
+            interface: x.interface.clone(),
+            queue: x.queue,
+            bind_mode: if x.zero_copy { "zerocopy" } else { "copy" }.to_string(),
+            passed: x.passed.iter().copied().map(count).collect(),
+            kernel_received: x.counters.kernel_received,
+            kernel_sent: x.counters.kernel_sent,
+            partial_checksums: x.counters.partial_checksums,
+            rx_dropped: k.rx_dropped,
+            rx_invalid_descs: k.rx_invalid_descs,
+            tx_invalid_descs: k.tx_invalid_descs,
+            rx_ring_full: k.rx_ring_full,
+            rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
+            tx_ring_empty: k.tx_ring_empty_descs,
+        });
     }
 }

@@ -99,6 +99,22 @@ impl Reject {
         }
     }
 
+    /// The drop reason in stats and metrics: the name, prefixed `frame_`.
+    pub fn drop_name(self) -> &'static str {
+        match self {
+            Reject::Truncated => "frame_truncated",
+            Reject::NotIpv4 => "frame_not_ipv4",
+            Reject::BadVersion => "frame_bad_ip_version",
+            Reject::IpOptions => "frame_ip_options",
+            Reject::Fragment => "frame_fragment",
+            Reject::NotUdp => "frame_not_udp",
+            Reject::BadIpLength => "frame_bad_ip_length",
+            Reject::BadIpChecksum => "frame_bad_ip_checksum",
+            Reject::BadUdpLength => "frame_bad_udp_length",
+            Reject::BadUdpChecksum => "frame_bad_udp_checksum",
+        }
+    }
+
     /// Index into a counter array laid out as [`Reject::ALL`].
     pub fn index(self) -> usize {
         self as usize
@@ -585,6 +601,7 @@ mod tests {
         for (i, r) in Reject::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
             assert!(!r.as_str().is_empty());
+            assert_eq!(r.drop_name(), format!("frame_{}", r.as_str()));
         }
     }
 }

@@ -40,6 +40,8 @@ pub(super) const PRISM: &[&str] = &[
     "rtc.cores",
     "rtc.driver",
     "rtc.interface",
+    "rtc.xdp_first_queue",
+    "rtc.xdp_bind",
     "logging.level",
     "logging.json",
     "room.empty_timeout",

@@ -5,7 +5,8 @@
 //! so an operator's `livekit.yaml` starts Prism as it is. LiveKit keys Prism does not
 //! implement are accepted with a warning each; keys that are nobody's are refused
 //! ([`keys`] says which is which). Prism's own settings (`rtc.ip`, `rtc.cores`,
-//! `rtc.driver`) sit beside LiveKit's.
+//! `rtc.driver`, `rtc.interface`, `rtc.xdp_first_queue`, `rtc.xdp_bind`) sit beside
+//! LiveKit's.
 //!
 //! Precedence, lowest first: the file (or `--config-body` / `LIVEKIT_CONFIG`), then the
 //! environment, then command-line flags. See `prism.example.yaml` at the repository root
@@ -98,6 +99,10 @@ pub struct RtcConfig {
     pub driver: Option<String>,
     /// The interface of the `af_xdp` driver.
     pub interface: Option<String>,
+    /// The receive queue the first media core serves with `af_xdp` (0).
+    pub xdp_first_queue: Option<u32>,
+    /// `copy`, `zerocopy` or `auto`: how `af_xdp` sockets bind (`copy`).
+    pub xdp_bind: Option<String>,
 }
 
 /// `rtc.udp_port`: one port, or LiveKit's `"first-last"` range.
@@ -557,7 +562,7 @@ mod tests {
         let c = Config::parse(
             "port: 9000\nbind_address: 0.0.0.0\nkeys:\n  k1: s1\n  k2: s2\n\
              rtc:\n  ip: 10.0.0.5\n  port_range_start: 50000\n  port_range_end: 50003\n  \
-             cores: [0, 1]\n  driver: mmsg\n\
+             cores: [0, 1]\n  driver: mmsg\n  xdp_first_queue: 2\n  xdp_bind: auto\n\
              logging:\n  level: debug\n  json: true\n\
              room:\n  empty_timeout: 60\n  departure_timeout: 5\n  enable_remote_unmute: true\n",
         )
@@ -568,6 +573,8 @@ mod tests {
         assert_eq!(c.rtc.ip, Some("10.0.0.5".parse().unwrap()));
         assert_eq!(c.rtc.cores, Some(vec![0, 1]));
         assert_eq!(c.rtc.driver.as_deref(), Some("mmsg"));
+        assert_eq!(c.rtc.xdp_first_queue, Some(2));
+        assert_eq!(c.rtc.xdp_bind.as_deref(), Some("auto"));
         assert_eq!(c.logging.json, Some(true));
         assert_eq!(c.room.departure_timeout, Some(5));
         assert_eq!(c.room.enable_remote_unmute, Some(true));

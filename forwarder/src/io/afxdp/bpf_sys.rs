@@ -1,4 +1,5 @@
-//! The `bpf` syscalls the AF_XDP driver needs: an XSKMAP, the XDP program
+//! The `bpf` syscalls the AF_XDP driver needs: an XSKMAP, a ports map, a counters array,
+//! the XDP program
 //! ([`crate::bpf`]) loaded through the verifier, a map entry per queue, and a bpf_link
 //! attaching the program to the interface.
 //!
@@ -14,9 +15,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use crate::bpf::{self, Insn};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `enum bpf_attach_type`: BPF_XDP.
@@ -69,10 +73,30 @@ pub fn create_xskmap(queues: u32) -> io::Result<OwnedFd> {
     sys_bpf(BPF_MAP_CREATE, &mut a).map(owned)
 }
 
-/// Registers the AF_XDP socket `xsk` for receive queue `queue`.
-pub fn set_queue_socket(map: &OwnedFd, queue: u32, xsk: RawFd) -> io::Result<()> {
-    let key = queue;
-    let value = xsk as u32;
+/// The program's counters: an array of `u64`, [`bpf::PASS_REASONS`] slots per queue for
+/// [`bpf::COUNTED_QUEUES`] queues.
+pub fn create_counters() -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32_at(0, BPF_MAP_TYPE_ARRAY)
+        .u32_at(4, 4)
+        .u32_at(8, 8)
+        .u32_at(12, bpf::COUNTED_QUEUES * bpf::PASS_REASONS);
+    sys_bpf(BPF_MAP_CREATE, &mut a).map(owned)
+}
+
+/// The ports map: an array of `u32` indexed by UDP port, the owning queue + 1 (0: not a
+/// media port).
+pub fn create_ports() -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32_at(0, BPF_MAP_TYPE_ARRAY)
+        .u32_at(4, 4)
+        .u32_at(8, 4)
+        .u32_at(12, bpf::PORTS);
+    sys_bpf(BPF_MAP_CREATE, &mut a).map(owned)
+}
+
+/// Sets `map[key] = value` for a map of `u32` keys and values.
+pub fn set_u32(map: &OwnedFd, key: u32, value: u32) -> io::Result<()> {
     let mut a = Attr::new();
     a.u32_at(0, map.as_raw_fd() as u32)
         .u64_at(8, &key as *const u32 as u64)
@@ -81,10 +105,35 @@ pub fn set_queue_socket(map: &OwnedFd, queue: u32, xsk: RawFd) -> io::Result<()>
     sys_bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(|_| ())
 }
 
-/// Loads the redirect program for `map` and `ports`; a refusal carries the verifier's
-/// log.
-pub fn load_program(map: &OwnedFd, ports: std::ops::RangeInclusive<u16>) -> io::Result<OwnedFd> {
-    let program: Vec<Insn> = bpf::redirect_program(map.as_raw_fd(), ports);
+/// Removes `map[key]` (an XSKMAP slot).
+pub fn delete(map: &OwnedFd, key: u32) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.u32_at(0, map.as_raw_fd() as u32)
+        .u64_at(8, &key as *const u32 as u64);
+    sys_bpf(BPF_MAP_DELETE_ELEM, &mut a).map(|_| ())
+}
+
+/// One counter of the array `map` (a system call: for stats, not the fast path).
+pub fn read_counter(map: &OwnedFd, key: u32) -> io::Result<u64> {
+    let mut value = 0u64;
+    let mut a = Attr::new();
+    a.u32_at(0, map.as_raw_fd() as u32)
+        .u64_at(8, &key as *const u32 as u64)
+        .u64_at(16, &mut value as *mut u64 as u64);
+    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a)?;
+    Ok(value)
+}
+
+/// Registers the AF_XDP socket `xsk` for receive queue `queue`.
+pub fn set_queue_socket(map: &OwnedFd, queue: u32, xsk: RawFd) -> io::Result<()> {
+    set_u32(map, queue, xsk as u32)
+}
+
+/// Loads the redirect program for the XSKMAP `map`, the `ports` map and `counters`; a
+/// refusal carries the verifier's log.
+pub fn load_program(map: &OwnedFd, ports: &OwnedFd, counters: &OwnedFd) -> io::Result<OwnedFd> {
+    let program: Vec<Insn> =
+        bpf::redirect_program(map.as_raw_fd(), ports.as_raw_fd(), counters.as_raw_fd());
     let bytes = bpf::to_bytes(&program);
     let license = CString::new("GPL").expect("no NUL");
     let mut log = vec![0u8; 64 * 1024];

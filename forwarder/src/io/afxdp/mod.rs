@@ -8,10 +8,17 @@
 //! ([`crate::wire::frame`]), the next-hop MAC table ([`crate::wire::neigh`]) and the
 //! program itself ([`crate::bpf`]).
 //!
-//! Shape (one driver per core and NIC queue, nothing shared):
+//! Shape (one driver per core and NIC queue; only the XDP program is shared):
 //! - [`xsk`]: the socket, its UMEM (half the frames for receiving, half for sending) and
-//!   its four rings; [`bpf_sys`]: the XSKMAP, the program and its bpf_link (detached when
-//!   the driver is dropped or the process dies).
+//!   its four rings; [`bpf_sys`]: the maps, the program and its bpf_link.
+//! - [`attach`]: one program per interface for every core on it (an interface takes one
+//!   XDP program). Core *i* serves receive queue *first_queue + i* and owns one media
+//!   port; it registers its socket at its queue and its port as that queue's, and the
+//!   program redirects a port's frames only on its owner's queue. A media frame that RSS
+//!   puts on another queue is passed to the kernel and reaches the port's normal UDP
+//!   socket, which the owning core reads as its fallback (counted as `wrong_queue` on the
+//!   queue it arrived on and `kernel_received` on the owner). The program leaves the
+//!   interface with the last core's driver, or with the process.
 //! - A normal UDP socket stays bound on the media port: the kernel never answers the
 //!   port with ICMP or gives it to another process, datagrams the program passes to the
 //!   kernel (IP options, fragments) still arrive through it, and sends to a peer whose
@@ -25,9 +32,18 @@
 //!   body is copied into the TX frame only after the engine's handler has returned, so no
 //!   second reference into a received frame exists while the engine holds one.
 //!
+//! - Counting: frames the driver drops (by [`frame::Reject`], or for another address) and
+//!   the kernel-path datagrams are counted in [`XdpCounters`]; frames the program passes
+//!   to the kernel are counted by the program itself, per queue and
+//!   [`crate::bpf::PassReason`], in a BPF array map the driver reads only when asked for
+//!   stats ([`Driver::xdp_stats`]). Both reach `GetStats` (`CoreStats.xdp`, and `frame_*`
+//!   drop reasons) and `/metrics`: a bad frame never goes uncounted, whichever side of
+//!   the program it ends on.
+//!
 //! Nothing allocates per packet: batches, the pending-send list and the free-frame stack
 //! are sized at construction.
 
+pub mod attach;
 pub mod bpf_sys;
 pub mod xsk;
 
@@ -54,6 +70,40 @@ pub enum XdpMode {
     Generic,
 }
 
+/// How the AF_XDP socket is bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpBind {
+    /// Copy mode (`XDP_COPY`): works on every interface with XDP.
+    #[default]
+    Copy,
+    /// Zero-copy (`XDP_ZEROCOPY`): the NIC DMAs into and out of the UMEM; refused (an
+    /// error) where its driver has none.
+    ZeroCopy,
+    /// Zero-copy where the driver has it, else copy mode (one log line says so).
+    Auto,
+}
+
+impl XdpBind {
+    /// The names [`FromStr`](std::str::FromStr) takes.
+    pub const NAMES: &'static str = "copy, zerocopy, auto";
+}
+
+impl std::str::FromStr for XdpBind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "copy" => Ok(XdpBind::Copy),
+            "zerocopy" | "zero_copy" | "zero-copy" => Ok(XdpBind::ZeroCopy),
+            "auto" => Ok(XdpBind::Auto),
+            other => Err(format!(
+                "unknown AF_XDP bind mode {other:?} (one of: {})",
+                XdpBind::NAMES
+            )),
+        }
+    }
+}
+
 /// Where a core's AF_XDP driver attaches: chosen by the operator (`--interface`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XdpTarget {
@@ -61,6 +111,7 @@ pub struct XdpTarget {
     /// The receive queue this core serves.
     pub queue: u32,
     pub mode: XdpMode,
+    pub bind: XdpBind,
 }
 
 /// What the AF_XDP driver serves.
@@ -73,6 +124,7 @@ pub struct AfXdpConfig {
     /// The media address (an address of `interface`, and the port).
     pub local: SocketAddrV4,
     pub mode: XdpMode,
+    pub bind: XdpBind,
     pub sizes: XskSizes,
     /// Frames taken from the RX ring at once.
     pub batch: usize,
@@ -87,6 +139,7 @@ impl AfXdpConfig {
             queue: 0,
             local,
             mode: XdpMode::Native,
+            bind: XdpBind::Copy,
             sizes: XskSizes::default(),
             batch: 64,
             neighbours: 4096,
@@ -109,6 +162,43 @@ pub struct XdpCounters {
     pub no_frame: u64,
     /// Frames whose UDP checksum was partial (a sender with offload on this link).
     pub partial_checksums: u64,
+}
+
+impl XdpCounters {
+    /// Frames dropped by the driver, by drop reason (`frame_*`), zeros left out.
+    pub fn drops(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        frame::Reject::ALL
+            .iter()
+            .map(|r| (r.drop_name(), self.rejected[r.index()]))
+            .chain([("frame_wrong_destination", self.wrong_destination)])
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// What a core's AF_XDP driver reports for stats ([`Driver::xdp_stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XdpStats {
+    pub interface: String,
+    pub queue: u32,
+    /// Bound in zero-copy mode (else copy mode).
+    pub zero_copy: bool,
+    pub counters: XdpCounters,
+    /// Frames the program passed to the kernel from this queue, by [`bpf::PassReason`]
+    /// name (zeros left out).
+    pub passed: Vec<(&'static str, u64)>,
+    /// The kernel's socket counters (`XDP_STATISTICS`); zero if it could not be read.
+    pub kernel: XskStatistics,
+}
+
+/// `struct xdp_statistics`, owned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskStatistics {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
 }
 
 #[derive(Debug)]
@@ -329,10 +419,12 @@ impl Egress for AfXdpEgress {
 /// One core's media port on AF_XDP.
 #[derive(Debug)]
 pub struct AfXdpDriver {
-    // Dropped first: detaching the program before the socket closes.
-    _link: OwnedFd,
-    _prog: OwnedFd,
-    _map: OwnedFd,
+    /// The interface's program, shared with the other cores on it; this driver's socket
+    /// and port are registered in its maps until the driver is dropped.
+    attachment: Arc<attach::Attachment>,
+    interface: String,
+    queue: u32,
+    zero_copy: bool,
     xsk: Xsk,
     fill: Ring<u64>,
     rx: Ring<libc::xdp_desc>,
@@ -346,6 +438,8 @@ pub struct AfXdpDriver {
     tick: u64,
 }
 
+const ZERO_COPY_STEP: &str = "binding the AF_XDP socket in zero-copy mode";
+
 /// An error with the step that failed and what usually fixes it.
 fn refused(step: &str, interface: &str, queue: u32, e: io::Error) -> io::Error {
     let hint = match e.raw_os_error() {
@@ -358,9 +452,13 @@ fn refused(step: &str, interface: &str, queue: u32, e: io::Error) -> io::Error {
                 .to_string()
         }
         Some(libc::ENODEV) => format!("no interface {interface:?} (see `ip link`)"),
-        Some(libc::EINVAL) if step == "binding the AF_XDP socket" => format!(
+        Some(libc::EINVAL) if step.starts_with("binding the AF_XDP socket") => format!(
             "queue {queue} may not exist on {interface}: `ethtool -l {interface}` lists them, \
              `ethtool -L {interface} combined N` sets them"
+        ),
+        Some(libc::EOPNOTSUPP) if step == ZERO_COPY_STEP => format!(
+            "{interface}'s driver has no AF_XDP zero-copy: bind in copy mode \
+             (--xdp-bind copy or auto; rtc.xdp_bind)"
         ),
         Some(libc::EOPNOTSUPP) => {
             format!(
@@ -448,30 +546,54 @@ impl AfXdpDriver {
         let mut cfg = AfXdpConfig::new(target.interface.clone(), local);
         cfg.queue = target.queue;
         cfg.mode = target.mode;
+        cfg.bind = target.bind;
         Self::with_socket(sock, &cfg)
     }
 
     /// The driver on `kernel`, the media port's bound socket.
     pub fn with_socket(kernel: UdpSocket, cfg: &AfXdpConfig) -> io::Result<Self> {
-        let ports = cfg.local.port()..=cfg.local.port();
         let (ifname, queue) = (cfg.interface.as_str(), cfg.queue);
         kernel.set_nonblocking(true)?;
         let (ifindex, mac) = interface(&kernel, ifname)
             .map_err(|e| refused("finding the interface", ifname, queue, e))?;
-        let (xsk, rings) = Xsk::open(ifindex, queue, cfg.sizes)
-            .map_err(|e| refused("binding the AF_XDP socket", ifname, queue, e))?;
-        let map = bpf_sys::create_xskmap(queue + 1)
-            .map_err(|e| refused("creating the XSKMAP", ifname, queue, e))?;
-        bpf_sys::set_queue_socket(&map, queue, xsk.raw_fd())
-            .map_err(|e| refused("registering the socket", ifname, queue, e))?;
-        let prog = bpf_sys::load_program(&map, ports)
-            .map_err(|e| refused("loading the XDP program", ifname, queue, e))?;
-        let flags = match cfg.mode {
-            XdpMode::Native => bpf_sys::XDP_FLAGS_DRV_MODE,
-            XdpMode::Generic => bpf_sys::XDP_FLAGS_SKB_MODE,
+        let copy = || {
+            Xsk::open(ifindex, queue, cfg.sizes, false)
+                .map_err(|e| refused("binding the AF_XDP socket", ifname, queue, e))
         };
-        let link = bpf_sys::attach(&prog, ifindex, flags)
-            .map_err(|e| refused("attaching the XDP program", ifname, queue, e))?;
+        let zero_copy = || {
+            Xsk::open(ifindex, queue, cfg.sizes, true)
+                .map_err(|e| refused(ZERO_COPY_STEP, ifname, queue, e))
+        };
+        let (xsk, rings) = match cfg.bind {
+            XdpBind::Copy => copy()?,
+            XdpBind::ZeroCopy => zero_copy()?,
+            XdpBind::Auto => match zero_copy() {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::info!(
+                        interface = ifname,
+                        queue,
+                        "AF_XDP zero-copy refused, binding in copy mode: {e}"
+                    );
+                    copy()?
+                }
+            },
+        };
+        // What the kernel runs, whatever was asked.
+        let zero_copy = xsk.is_zero_copy().unwrap_or(false);
+        let attachment =
+            attach::join(ifindex, cfg.mode).map_err(|(step, e)| refused(step, ifname, queue, e))?;
+        attachment
+            .register(queue, cfg.local.port(), xsk.raw_fd())
+            .map_err(|(step, e)| refused(step, ifname, queue, e))?;
+        tracing::info!(
+            interface = ifname,
+            queue,
+            port = cfg.local.port(),
+            mode = ?cfg.mode,
+            bind = if zero_copy { "zerocopy" } else { "copy" },
+            "AF_XDP socket bound"
+        );
 
         // SAFETY: plain eventfd(2).
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -518,9 +640,10 @@ impl AfXdpDriver {
             counters: XdpCounters::default(),
         };
         Ok(Self {
-            _link: link,
-            _prog: prog,
-            _map: map,
+            attachment,
+            interface: cfg.interface.clone(),
+            queue,
+            zero_copy,
             xsk,
             fill,
             rx,
@@ -688,6 +811,14 @@ impl AfXdpDriver {
     }
 }
 
+impl Drop for AfXdpDriver {
+    fn drop(&mut self) {
+        // Before the socket closes: the program passes this port's frames to the kernel
+        // from now on. The attachment itself goes with its last driver.
+        self.attachment.unregister(self.queue, self.local.port());
+    }
+}
+
 /// Publishes what `eg` queued on the TX ring, wakes the kernel if it asked, and takes back
 /// the frames it completed.
 fn submit(eg: &mut AfXdpEgress, xsk: &Xsk) -> io::Result<()> {
@@ -750,5 +881,29 @@ impl Driver for AfXdpDriver {
 
     fn stats(&self) -> IoStats {
         self.egress.stats
+    }
+
+    fn xdp_stats(&self) -> Option<XdpStats> {
+        let passed = self.attachment.passed(self.queue);
+        let kernel = self
+            .xsk
+            .statistics()
+            .map(|k| XskStatistics {
+                rx_dropped: k.rx_dropped,
+                rx_invalid_descs: k.rx_invalid_descs,
+                tx_invalid_descs: k.tx_invalid_descs,
+                rx_ring_full: k.rx_ring_full,
+                rx_fill_ring_empty_descs: k.rx_fill_ring_empty_descs,
+                tx_ring_empty_descs: k.tx_ring_empty_descs,
+            })
+            .unwrap_or_default();
+        Some(XdpStats {
+            interface: self.interface.clone(),
+            queue: self.queue,
+            zero_copy: self.zero_copy,
+            counters: self.egress.counters,
+            passed,
+            kernel,
+        })
     }
 }

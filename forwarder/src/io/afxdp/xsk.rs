@@ -279,8 +279,14 @@ fn setsockopt<T>(fd: RawFd, opt: libc::c_int, value: &T) -> io::Result<()> {
 
 impl Xsk {
     /// Opens a socket, registers a UMEM, maps the rings and binds to `ifindex`/`queue`
-    /// in copy mode with need-wakeup.
-    pub fn open(ifindex: u32, queue: u32, sizes: XskSizes) -> io::Result<(Self, Rings)> {
+    /// with need-wakeup, in zero-copy mode if `zero_copy` (refused with `EOPNOTSUPP` where
+    /// the NIC's driver has none), else in copy mode.
+    pub fn open(
+        ifindex: u32,
+        queue: u32,
+        sizes: XskSizes,
+        zero_copy: bool,
+    ) -> io::Result<(Self, Rings)> {
         if !sizes.ring.is_power_of_two() || !sizes.frame_size.is_power_of_two() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -338,7 +344,11 @@ impl Xsk {
 
         let sa = libc::sockaddr_xdp {
             sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP,
+            sxdp_flags: if zero_copy {
+                libc::XDP_ZEROCOPY
+            } else {
+                libc::XDP_COPY
+            } | libc::XDP_USE_NEED_WAKEUP,
             sxdp_ifindex: ifindex,
             sxdp_queue_id: queue,
             sxdp_shared_umem_fd: 0,
@@ -363,6 +373,27 @@ impl Xsk {
                 tx,
             },
         ))
+    }
+
+    /// Whether the kernel runs the socket in zero-copy mode (`XDP_OPTIONS`).
+    pub fn is_zero_copy(&self) -> io::Result<bool> {
+        // SAFETY: all-zero is a valid `xdp_options`.
+        let mut o: libc::xdp_options = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::xdp_options>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `o`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_OPTIONS,
+                (&mut o as *mut libc::xdp_options).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(o.flags & libc::XDP_OPTIONS_ZEROCOPY != 0)
     }
 
     pub fn raw_fd(&self) -> RawFd {

@@ -113,9 +113,17 @@ pub struct ServeArgs {
     /// --interface and --media-ip set to that interface's IPv4 address).
     #[arg(long, value_name = "KIND")]
     pub driver: Option<String>,
-    /// The interface the af_xdp driver attaches to (core i serves its queue i).
+    /// The interface the af_xdp driver attaches to (core i serves its queue
+    /// --xdp-first-queue + i).
     #[arg(long, value_name = "IF")]
     pub interface: Option<String>,
+    /// The receive queue the first media core serves with af_xdp (default 0).
+    #[arg(long, value_name = "N")]
+    pub xdp_first_queue: Option<u32>,
+    /// How af_xdp sockets bind: copy (default), zerocopy, or auto (zero-copy where the
+    /// NIC's driver has it, else copy).
+    #[arg(long, value_name = "MODE")]
+    pub xdp_bind: Option<String>,
     /// Redis `host:port`: several nodes share rooms through it (docs/cluster.md); wins
     /// over the file's `redis.address`.
     #[arg(long, value_name = "HOST:PORT", env = "REDIS_HOST")]

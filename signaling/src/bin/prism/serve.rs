@@ -221,6 +221,12 @@ pub fn run(flags: ServeArgs) -> Result<()> {
     if let Some(i) = flags.interface.clone().or(file.rtc.interface.clone()) {
         fwd.xdp = Some((i, prism_forwarder::io::XdpMode::Native));
     }
+    if let Some(q) = flags.xdp_first_queue.or(file.rtc.xdp_first_queue) {
+        fwd.xdp_first_queue = q;
+    }
+    if let Some(b) = flags.xdp_bind.as_deref().or(file.rtc.xdp_bind.as_deref()) {
+        fwd.xdp_bind = b.parse().map_err(anyhow::Error::msg)?;
+    }
     let core_count = if fwd.cores.is_empty() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
