@@ -68,6 +68,9 @@ pub struct IoStats {
     pub recv_no_buffers: u64,
     /// Receive errors reported by the kernel (counted, the loop carries on).
     pub recv_errors: u64,
+    /// Datagrams dropped unhandled because they had waited longer than the driver's bound
+    /// on queueing (io_uring): a standing queue is shed rather than forwarded late.
+    pub recv_shed: u64,
 }
 
 /// One core's socket and its I/O loop.
