@@ -202,7 +202,7 @@ pub trait DriverUser {
     fn run<D: Driver>(self, driver: D) -> Self::Output;
 }
 
-/// Whether io_uring with multishot `recvmsg`, provided-buffer rings and `sendmsg` works in
+/// Whether io_uring with multishot `recvmsg`, provided-buffer rings and sends works in
 /// this process (kernel version, seccomp, `io_uring_disabled`). Probed once, then cached.
 pub fn uring_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
