@@ -315,6 +315,44 @@ fn io_uring_rearms_after_running_out_of_buffers() {
     assert!(stats.recv_no_buffers > 0, "{stats:?}");
 }
 
+/// io_uring only: once a turn found a datagram that waited as long as `max_sojourn`, the
+/// next turn drops such datagrams unhandled and counts them. With a zero bound every
+/// datagram is late: the first batch is handled (one late turn is a stall, not a standing
+/// queue), the second is shed.
+#[test]
+fn io_uring_sheds_what_waited_too_long() {
+    if !uring_available() {
+        eprintln!("io_uring unavailable here: skipping");
+        return;
+    }
+    let cfg = UringConfig {
+        max_sojourn: Some(Duration::ZERO),
+        ..UringConfig::default()
+    };
+    let mut driver = UringDriver::new(bind_udp(&loopback()).unwrap(), &cfg).unwrap();
+    let client = client();
+    let mut handled = 0;
+    for batch in 0..2u32 {
+        for seq in 0..8 {
+            client
+                .send_to(&datagram(batch * 8 + seq), driver.local_addr())
+                .unwrap();
+        }
+        for _ in 0..200 {
+            let s = driver.stats();
+            if handled + s.recv_shed as usize == 8 * (batch as usize + 1) {
+                break;
+            }
+            handled += driver
+                .turn(Some(Duration::from_millis(50)), &mut |_, _, _: &mut _| {})
+                .unwrap();
+        }
+    }
+    let stats = driver.stats();
+    assert_eq!(handled, 8, "{stats:?}");
+    assert_eq!(stats.recv_shed, 8, "{stats:?}");
+}
+
 macro_rules! for_both_drivers {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {

@@ -69,6 +69,9 @@ pub struct IoStats {
     pub recv_no_buffers: u64,
     /// Receive errors reported by the kernel (counted, the loop carries on).
     pub recv_errors: u64,
+    /// Datagrams dropped unhandled because they had waited longer than the driver's bound
+    /// on queueing (io_uring): a standing queue is shed rather than forwarded late.
+    pub recv_shed: u64,
 }
 
 /// One core's socket and its I/O loop.
@@ -206,7 +209,7 @@ pub trait DriverUser {
     fn run<D: Driver>(self, driver: D) -> Self::Output;
 }
 
-/// Whether io_uring with multishot `recvmsg`, provided-buffer rings and `sendmsg` works in
+/// Whether io_uring with multishot `recvmsg`, provided-buffer rings and sends works in
 /// this process (kernel version, seccomp, `io_uring_disabled`). Probed once, then cached.
 pub fn uring_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();

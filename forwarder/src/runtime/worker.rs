@@ -119,6 +119,12 @@ fn fill_io_stats(ev: &mut pb::Event, driver: &str, io: &IoStats) {
             c.queue_full = io.queue_full;
             c.recv_no_buffers = io.recv_no_buffers;
             if let Some(counters) = c.counters.as_mut() {
+                if io.recv_shed > 0 {
+                    counters.drops.push(pb::DropCount {
+                        reason: "io_shed".to_string(),
+                        count: io.recv_shed,
+                    });
+                }
                 if io.oversized > 0 {
                     counters.drops.push(pb::DropCount {
                         reason: crate::engine::DropReason::Oversized.name().to_string(),
