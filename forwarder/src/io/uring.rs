@@ -83,7 +83,7 @@ const SLOT_WAITS: u32 = 20;
 const SLOT_WAIT: Duration = Duration::from_millis(5);
 
 /// Default bound on how long a received datagram may wait to be handled.
-pub const MAX_SOJOURN: Duration = Duration::from_millis(20);
+pub const MAX_SOJOURN: Duration = Duration::from_millis(50);
 /// Datagrams handled between two readings of the clock for the sojourn check.
 const CLOCK_EVERY: usize = 16;
 
