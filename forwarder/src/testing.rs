@@ -462,6 +462,19 @@ pub mod cmd {
         }
     }
 
+    /// Sends `body` to a running forwarder and returns its answer, panicking when it does
+    /// not answer within 5 s or answers with an error.
+    pub fn request(fwd: &crate::runtime::Forwarder, body: Body) -> pb::Event {
+        let ev = fwd
+            .client()
+            .request(body, std::time::Duration::from_secs(5))
+            .expect("forwarder answers");
+        if let Some(pb::event::Body::Error(e)) = &ev.body {
+            panic!("command failed: {}", e.message);
+        }
+        ev
+    }
+
     /// Applies `body` to `engine` and returns the answer, panicking on an error answer.
     pub fn expect_ok(
         engine: &mut crate::engine::Engine,

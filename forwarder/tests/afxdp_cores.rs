@@ -20,24 +20,13 @@ use prism_forwarder::engine::DropReason;
 use prism_forwarder::io::afxdp::{AfXdpConfig, AfXdpDriver};
 use prism_forwarder::io::{netns, Driver, DriverKind, XdpBind, XdpMode};
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
-use prism_forwarder::testing::cmd;
+use prism_forwarder::testing::cmd::{self, request};
 use prism_forwarder::testing::veth::{is_root, VethPair};
 use prism_proto::control as pb;
 
 const PACKETS: u16 = 400;
 const SUBSCRIBERS: usize = 4;
 const STRAY: u64 = 25;
-
-fn request(fwd: &Forwarder, body: Body) -> pb::Event {
-    let ev = fwd
-        .client()
-        .request(body, Duration::from_secs(5))
-        .expect("forwarder answers");
-    if let Some(pb::event::Body::Error(e)) = &ev.body {
-        panic!("command failed: {}", e.message);
-    }
-    ev
-}
 
 fn stats(fwd: &Forwarder) -> pb::Stats {
     match request(fwd, Body::GetStats(pb::GetStats {})).body {

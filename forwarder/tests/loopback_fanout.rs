@@ -25,8 +25,9 @@ use prism_forwarder::engine::DropReason;
 use prism_forwarder::io::packet::PacketSocket;
 use prism_forwarder::io::{netns, DriverKind, XdpMode};
 use prism_forwarder::runtime::{Forwarder, ForwarderConfig};
+use prism_forwarder::testing::cmd::{self, request};
 use prism_forwarder::testing::veth::{is_root, VethPair};
-use prism_forwarder::testing::{cmd, SimulcastSource, Tag};
+use prism_forwarder::testing::{SimulcastSource, Tag};
 use prism_forwarder::wire::frame::{write_headers, Checksum, Endpoints, HEADERS_LEN};
 use prism_forwarder::wire::rtp::RtpPacket;
 use prism_proto::control as pb;
@@ -34,17 +35,6 @@ use prism_proto::control as pb;
 const SUBSCRIBERS: usize = 50;
 const FRAMES: u64 = 150;
 const ROOM: u64 = 7;
-
-fn request(fwd: &Forwarder, body: Body) -> pb::Event {
-    let ev = fwd
-        .client()
-        .request(body, Duration::from_secs(5))
-        .expect("forwarder answers");
-    if let Some(pb::event::Body::Error(e)) = &ev.body {
-        panic!("command failed: {}", e.message);
-    }
-    ev
-}
 
 fn socket(ip: Ipv4Addr) -> UdpSocket {
     let s = UdpSocket::bind((ip, 0)).unwrap();

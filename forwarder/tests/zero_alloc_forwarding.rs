@@ -133,10 +133,7 @@ fn is_extra(d: &[u8]) -> bool {
 }
 
 fn request(fwd: &Forwarder, body: Body) {
-    let ev = fwd.client().request(body, Duration::from_secs(5)).unwrap();
-    if let Some(pb::event::Body::Error(e)) = ev.body {
-        panic!("{}", e.message);
-    }
+    cmd::request(fwd, body);
 }
 
 /// Sends `frames` frames and waits until every subscriber has drained what it expects.
