@@ -82,14 +82,6 @@ fn relay(listen: &str, to: &str) -> Arc<Link> {
     link
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Relayed RTP packets per second over `window`, and the streams seen meanwhile.
 fn rate(link: &Link, window: Duration) -> (f64, HashSet<u32>) {
     link.ssrcs.lock().unwrap().clear();

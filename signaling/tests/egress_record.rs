@@ -35,18 +35,6 @@ use common::media::*;
 use common::*;
 use serde_json::Value;
 
-/// A UDP port free on 127.0.0.1 and 127.0.0.2 (the forwarder binds the first, the relay
-/// the second).
-fn free_udp_port() -> u16 {
-    loop {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.2", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// The `dropped` counts of the server's "egress ended" log lines (video frames the
 /// recorders dropped for loss).
 fn recorder_drops(server: &Server) -> Vec<u64> {

@@ -425,16 +425,23 @@ mod tests {
         tag.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    const SECRET: &[u8] = b"cluster secret";
+    const ME: &str = "10.0.0.2:7880";
+
+    /// This node (`ME`) checking requests signed with `SECRET`, remembering them in `seen`.
+    fn verifier(seen: &Mutex<Seen>) -> Verifier<'_> {
+        Verifier {
+            secret: SECRET,
+            me: ME,
+            seen,
+        }
+    }
+
     #[test]
     fn signatures_verify_and_forgeries_do_not() {
-        let secret = b"cluster secret";
-        let me = "10.0.0.2:7880";
+        let (secret, me) = (SECRET, ME);
         let seen = Mutex::new(Seen::default());
-        let v = Verifier {
-            secret,
-            me,
-            seen: &seen,
-        };
+        let v = verifier(&seen);
         let path = "/rtc?access_token=x&auto_subscribe=1";
         let auth = sign(secret, "ND_a", me, "GET", path);
         let good = req("GET", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)]);
@@ -515,14 +522,9 @@ mod tests {
 
     #[test]
     fn a_replayed_request_is_refused() {
-        let secret = b"cluster secret";
-        let me = "10.0.0.2:7880";
+        let (secret, me) = (SECRET, ME);
         let seen = Mutex::new(Seen::default());
-        let v = Verifier {
-            secret,
-            me,
-            seen: &seen,
-        };
+        let v = verifier(&seen);
         let path = "/twirp/livekit.RoomService/ListParticipants";
         let auth = sign(secret, "ND_a", me, "POST", path);
         let r = req("POST", path, &[(PEER_HEADER, "ND_a"), (AUTH_HEADER, &auth)]);

@@ -305,20 +305,22 @@ async fn serve(
         egress::SERVICE,
         ingress_service::SERVICE,
     ];
+    let full_path = format!("/twirp/{path}");
+    // This call, as the cluster carries it to another node.
+    let remote = |cluster| crate::cluster::api::TwirpCall {
+        cluster,
+        claims: &claims,
+        codec,
+        method: &desc,
+        body: &body,
+        path: &full_path,
+        content_type: &content_type,
+        authorization: authorization.as_ref(),
+        from_peer,
+    };
     if let (Some(cluster), true) = (&state.cluster, routed.contains(&service)) {
         // Several nodes: a call naming a room runs on the room's owner.
-        let call = crate::cluster::api::TwirpCall {
-            cluster,
-            claims: &claims,
-            codec,
-            method: &desc,
-            body: &body,
-            path: &format!("/twirp/{path}"),
-            content_type: &content_type,
-            authorization: authorization.as_ref(),
-            from_peer,
-        };
-        if let Some(r) = call.route().await? {
+        if let Some(r) = remote(cluster).route().await? {
             return Ok(r);
         }
     }
@@ -367,18 +369,7 @@ async fn serve(
         Err(e) if e.code == Code::NotFound && !from_peer => {
             let by_id = service == egress::SERVICE || service == ingress_service::SERVICE;
             if let (Some(cluster), true) = (&state.cluster, by_id) {
-                let call = crate::cluster::api::TwirpCall {
-                    cluster,
-                    claims: &claims,
-                    codec,
-                    method: &desc,
-                    body: &body,
-                    path: &format!("/twirp/{path}"),
-                    content_type: &content_type,
-                    authorization: authorization.as_ref(),
-                    from_peer,
-                };
-                if let Some(r) = call.find_elsewhere().await {
+                if let Some(r) = remote(cluster).find_elsewhere().await {
                     return Ok(r);
                 }
             }

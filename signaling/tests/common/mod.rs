@@ -209,6 +209,18 @@ impl Drop for Server {
     }
 }
 
+/// A UDP port free on both 127.0.0.1 and 127.0.0.2: tests bind a server's media port on
+/// the first and a relay of their own in front of it on the second.
+pub fn free_udp_port() -> u16 {
+    loop {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.2", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A value of `/metrics`: `series` is a name with its labels, as in
 /// `prism_front_datagrams_in_total{front="ice_tcp"}`, or a bare name, which sums every
 /// labelled sample of it (all cores); 0 when there is none.
