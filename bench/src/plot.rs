@@ -55,7 +55,7 @@ pub fn write(outcomes: &[Outcome], title: &str, path: &Path) -> Result<()> {
     chart
         .configure_mesh()
         .x_desc("subscribers (fan-out 1→N: solid; meeting N×N: thin, triangles)")
-        .y_desc("egress kpps at ≤ 0.1% loss")
+        .y_desc("egress kpps at ≤ 0.1% loss, p50 ≤ 50 ms")
         .draw()
         .map_err(|e| anyhow!("{e:?}"))?;
     for sys in SystemKind::ALL {

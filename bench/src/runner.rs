@@ -2,9 +2,16 @@
 //!
 //! A trial drives the generator and the sinks from one loop for a fixed time at one load
 //! factor, then drains what is still in flight. The search doubles the offered egress rate
-//! until a trial loses more than [`MAX_LOSS`] (or the generator cannot keep up), then
-//! bisects between the last passing and the first failing rate. Latency is measured in a
-//! separate trial at half the highest passing rate.
+//! until a trial loses more than [`MAX_LOSS`], delivers half its packets later than
+//! [`MAX_QUEUE`] (or the generator cannot keep up), then bisects between the last passing
+//! and the first failing rate. Latency is measured in a separate trial at half the highest
+//! passing rate.
+//!
+//! Why a bound on the median latency: a system past its limit with megabytes of socket
+//! buffer loses nothing in a 2-second trial: it queues, and delivers everything late
+//! (medians of 100-400 ms were seen). Counted as passing, the trial would credit it with a
+//! rate it cannot sustain, and a system that sheds a standing queue (Prism's drivers) would
+//! look slower than one that lets it stand.
 //!
 //! For an SRTP system the generator and the sinks get their keys before the first trial;
 //! a trial in which any sink saw a tag that did not verify fails, whatever its loss.
@@ -24,6 +31,11 @@ use crate::sut::{proc, Env, System, SystemKind};
 
 /// Highest loss fraction a trial may show and still pass.
 pub const MAX_LOSS: f64 = 0.001;
+
+/// Highest median one-way latency a trial may show and still pass: above it a queue stands
+/// in front of the system. The same bound as the forwarder's drivers shed at
+/// (`prism_forwarder::io::MAX_SOJOURN`); idle, the median is under 2 ms on loopback and veth.
+pub const MAX_QUEUE: Duration = Duration::from_millis(50);
 
 /// How long trials last and how hard the search works.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -121,8 +133,11 @@ pub struct Trial {
     pub srtp_replayed: u64,
     pub srtcp_failures: u64,
     pub latency: Latency,
-    /// Loss within limits, the generator kept its schedule, and (SRTP) every tag verified.
+    /// Loss within limits, no standing queue, the generator kept its schedule, and (SRTP)
+    /// every tag verified.
     pub pass: bool,
+    /// Half the packets or more arrived later than [`MAX_QUEUE`].
+    pub queued: bool,
     /// The generator fell behind its schedule (the trial measured the generator).
     pub generator_limited: bool,
 }
@@ -291,6 +306,8 @@ impl Rig<'_> {
         let alive = self.sys.alive();
         let refused = self.sinks.srtp;
         let srtp_auth_failed = refused.auth_failed - refused0.auth_failed;
+        let latency = Latency::of(&tally);
+        let queued = latency.p50_us > MAX_QUEUE.as_secs_f64() * 1e6;
         Ok(Trial {
             sut_core,
             load_core,
@@ -315,12 +332,14 @@ impl Rig<'_> {
             srtp_auth_failed,
             srtp_replayed: refused.replayed - refused0.replayed,
             srtcp_failures: sent.srtcp_failures,
-            latency: Latency::of(&tally),
+            latency,
             pass: alive
                 && loss <= MAX_LOSS
+                && !queued
                 && !generator_limited
                 && totals.unique > 0
                 && srtp_auth_failed == 0,
+            queued,
             generator_limited,
         })
     }
@@ -329,12 +348,13 @@ impl Rig<'_> {
 fn progress(topo: &Topology, kind: SystemKind, what: &str, t: &Trial) {
     eprintln!(
         "  [{:<18} {:<20}] {what:<8} target {:>8.0} pps → egress {:>8.0} pps, loss {:>7.3}%, \
-         p99 {:>8.0} µs, sut cpu {:>3.0}%, load cpu {:>3.0}%{}{}{}",
+         p50 {:>8.0} p99 {:>8.0} µs, sut cpu {:>3.0}%, load cpu {:>3.0}%{}{}{}{}",
         topo.name,
         kind.short(),
         t.target_egress_pps,
         t.egress_pps,
         t.loss * 100.0,
+        t.latency.p50_us,
         t.latency.p99_us,
         t.sut_cpu_s / t.seconds * 100.0,
         t.load_cpu_share * 100.0,
@@ -348,6 +368,7 @@ fn progress(topo: &Topology, kind: SystemKind, what: &str, t: &Trial) {
         } else {
             String::new()
         },
+        if t.queued { ", queue stands" } else { "" },
         if t.pass { "" } else { "  FAIL" },
     );
 }
@@ -441,6 +462,7 @@ pub fn measure(env: &Env, topo: &Topology, kind: SystemKind, plan: &Plan) -> Res
     }
     let limited_by = match (&best, &fail) {
         (_, Some(f)) if f.generator_limited => "generator".to_string(),
+        (_, Some(f)) if f.queued && f.loss <= MAX_LOSS => "queue".to_string(),
         (_, Some(_)) => "loss".to_string(),
         (_, None) if plan.smoke => "smoke".to_string(),
         (_, None) => "cap".to_string(),

@@ -315,7 +315,7 @@ fn io_uring_rearms_after_running_out_of_buffers() {
     assert!(stats.recv_no_buffers > 0, "{stats:?}");
 }
 
-/// io_uring only: once a turn found a datagram that waited as long as `max_sojourn`, the
+/// io_uring: once a turn found a datagram that waited as long as `max_sojourn`, the
 /// next turn drops such datagrams unhandled and counts them. With a zero bound every
 /// datagram is late: the first batch is handled (one late turn is a stall, not a standing
 /// queue), the second is shed.
@@ -351,6 +351,65 @@ fn io_uring_sheds_what_waited_too_long() {
     let stats = driver.stats();
     assert_eq!(handled, 8, "{stats:?}");
     assert_eq!(stats.recv_shed, 8, "{stats:?}");
+}
+
+/// Both drivers: a datagram's wait counts from its arrival in the host (the kernel's
+/// stamp), so what waited in the socket's queue before any turn counts as waiting. 64
+/// datagrams age 80 ms in the socket; with a 30 ms bound and turns that take at most 8
+/// (mmsg) or 16 (io_uring's 16 buffers), the first turn forwards what it takes (one late
+/// turn is a stall) and the next ones shed the rest. Stamped when the driver first saw
+/// them, they would all have looked fresh.
+fn sheds_what_waited_in_the_socket<D: Driver>(mut driver: D) {
+    let client = client();
+    for seq in 0..64u32 {
+        client
+            .send_to(&seq.to_le_bytes(), driver.local_addr())
+            .unwrap();
+    }
+    thread::sleep(Duration::from_millis(80));
+    let wait = Some(Duration::from_millis(50));
+    let first = driver.turn(wait, &mut |_, _, _: &mut _| {}).unwrap();
+    let mut handled = first;
+    for _ in 0..200 {
+        if handled + driver.stats().recv_shed as usize == 64 {
+            break;
+        }
+        handled += driver.turn(wait, &mut |_, _, _: &mut _| {}).unwrap();
+    }
+    let stats = driver.stats();
+    assert!(
+        first > 0 && first < 64,
+        "first turn took {first}: {stats:?}"
+    );
+    assert_eq!(handled, first, "only the first turn forwards: {stats:?}");
+    assert_eq!(stats.recv_shed as usize, 64 - first, "{stats:?}");
+}
+
+#[test]
+fn io_uring_sheds_what_waited_in_the_socket() {
+    if !uring_available() {
+        eprintln!("io_uring unavailable here: skipping");
+        return;
+    }
+    let cfg = UringConfig {
+        recv_buffers: 16,
+        max_sojourn: Some(Duration::from_millis(30)),
+        ..UringConfig::default()
+    };
+    sheds_what_waited_in_the_socket(
+        UringDriver::new(bind_udp(&loopback()).unwrap(), &cfg).unwrap(),
+    );
+}
+
+#[test]
+fn mmsg_sheds_what_waited_in_the_socket() {
+    let cfg = MmsgConfig {
+        batch: 8,
+        max_batches_per_turn: 1,
+        max_sojourn: Some(Duration::from_millis(30)),
+        ..MmsgConfig::default()
+    };
+    sheds_what_waited_in_the_socket(MmsgDriver::new(bind_udp(&loopback()).unwrap(), &cfg).unwrap());
 }
 
 macro_rules! for_both_drivers {

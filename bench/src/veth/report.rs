@@ -12,7 +12,7 @@ use prism_forwarder::testing::veth::VethPair;
 use serde::Serialize;
 
 use crate::machine::Machine;
-use crate::runner::{Outcome, Plan, Trial};
+use crate::runner::{Outcome, Plan, Trial, MAX_LOSS, MAX_QUEUE};
 use crate::sut::proc::CoreTimes;
 use crate::sut::SystemKind;
 
@@ -163,6 +163,76 @@ impl VethReport {
         v.into_iter().map(|m| &m.outcome).collect()
     }
 
+    /// CPU per egress packet at the offered rates every system passed in every round (the
+    /// search's ramp runs each system at the same rates), as a table: the drivers compared
+    /// at equal work, apart from how far past its knee each one's search went.
+    fn equal_load(&self, scenario: &str) -> String {
+        let systems = self.systems();
+        let per_sys: Vec<Vec<&Outcome>> = systems.iter().map(|&k| self.of(scenario, k)).collect();
+        let rounds = per_sys.iter().map(Vec::len).min().unwrap_or(0);
+        if systems.len() < 2 || rounds == 0 {
+            return String::new();
+        }
+        // The rates the first system passed in its first round, kept if every system passed
+        // them in every round.
+        let cpu_at = |o: &Outcome, rate: f64| {
+            o.trials
+                .iter()
+                .find(|t| t.pass && t.received > 0 && (t.target_egress_pps - rate).abs() < 0.5)
+                .map(|t| t.sut_cpu_s / t.received as f64 * 1e6)
+        };
+        let mut rows = String::new();
+        for t in per_sys[0][0].trials.iter().filter(|t| t.pass) {
+            let rate = t.target_egress_pps;
+            let cells: Option<Vec<Vec<f64>>> = per_sys
+                .iter()
+                .map(|os| os.iter().map(|o| cpu_at(o, rate)).collect())
+                .collect();
+            let Some(cells) = cells else { continue };
+            let means: Vec<f64> = cells.iter().map(|c| mean(c)).collect();
+            let pair = |a: SystemKind, b: SystemKind| {
+                let i = systems.iter().position(|&k| k == a)?;
+                let j = systems.iter().position(|&k| k == b)?;
+                let r: Vec<f64> = cells[i].iter().zip(&cells[j]).map(|(x, y)| x / y).collect();
+                Some(mean(&r))
+            };
+            let _ = writeln!(
+                rows,
+                "| {:.0} | {} | {} |",
+                rate / 1000.0,
+                means
+                    .iter()
+                    .map(|m| format!("{m:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                pair(SystemKind::PrismUring, SystemKind::PrismMmsg)
+                    .map_or("—".into(), |r| format!("{r:.2}")),
+            );
+        }
+        if rows.is_empty() {
+            return rows;
+        }
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "
+µs CPU per egress packet at the offered rates every system passed in every round              (mean of the rounds; the last column is the mean of the rounds' ratios, below 1 is              io_uring cheaper):
+"
+        );
+        let _ = writeln!(
+            s,
+            "| offered kpps | {} | Prism io_uring / mmsg |",
+            systems
+                .iter()
+                .map(|k| k.label())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(s, "|---|{}---|", "---|".repeat(systems.len()));
+        s.push_str(&rows);
+        s
+    }
+
     /// Per round, `f(a) / f(b)` where both were measured (and neither is zero).
     fn ratios(
         &self,
@@ -245,7 +315,12 @@ impl VethReport {
              the kernel did while it ran included) over the packets the sinks received; \
              egress per core is its inverse. The core columns split the SUT CPU's and the load \
              CPU's whole time in the trial at max (`/proc/stat`: user, system, softirq), \
-             whoever ran there.\n"
+             whoever ran there. Max egress is the highest rate of a passing trial: at most \
+             {:.1}% loss and a median one-way latency of at most {} ms (\"limited by\": \
+             `loss`, `queue` when the system kept up only by letting a queue stand, \
+             `generator`).\n",
+            MAX_LOSS * 100.0,
+            MAX_QUEUE.as_millis()
         );
         for scen in self.scenarios() {
             let _ = writeln!(s, "### {scen}\n");
@@ -336,6 +411,7 @@ impl VethReport {
                     mean(&egress)
                 );
             }
+            s.push_str(&self.equal_load(&scen));
             let _ = writeln!(s);
         }
         let gains = self.af_xdp_gain();

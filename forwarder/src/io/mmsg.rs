@@ -10,7 +10,10 @@
 //!   `recvmmsg` reuses those buffers (the queue is flushed after each batch, and mid-batch
 //!   when it fills);
 //! - the socket is edge-triggered under mio, so the driver remembers whether it drained it
-//!   (a short batch or `EAGAIN`) and only then goes back to waiting.
+//!   (a short batch or `EAGAIN`) and only then goes back to waiting;
+//! - no standing queue: the kernel stamps each datagram as it arrives (`SO_TIMESTAMPNS`), and
+//!   one that waited in the socket's queue [`MAX_SOJOURN`] or more is dropped unhandled
+//!   (`recv_shed`) when the previous turn was late too (see [`super::sojourn`]).
 
 use std::fmt;
 use std::io;
@@ -25,6 +28,7 @@ use std::time::Duration;
 use mio::{Events, Interest, Poll, Token};
 
 use super::socket::{read_sockaddr, write_sockaddr};
+use super::sojourn::{self, Sojourn, CONTROL_LEN, MAX_SOJOURN};
 use super::{Driver, IoStats, RawBuf, Waker};
 use crate::egress::{Egress, HEAD_CAP, MAX_DATAGRAM};
 
@@ -44,6 +48,10 @@ pub struct MmsgConfig {
     pub max_batches_per_turn: usize,
     /// Sends queued at once; a full queue is flushed with `sendmmsg` and reused.
     pub max_sends: usize,
+    /// Datagrams that waited this long or longer since the kernel received them are dropped
+    /// unhandled (counted in `recv_shed`) when the previous turn had such a datagram too.
+    /// None: never (and no receive timestamps are asked for).
+    pub max_sojourn: Option<Duration>,
 }
 
 impl Default for MmsgConfig {
@@ -52,6 +60,7 @@ impl Default for MmsgConfig {
             batch: 64,
             max_batches_per_turn: 16,
             max_sends: 1024,
+            max_sojourn: Some(MAX_SOJOURN),
         }
     }
 }
@@ -112,6 +121,12 @@ pub struct MmsgDriver {
     rx_hdrs: Box<[libc::mmsghdr]>,
     rx_iovs: Box<[libc::iovec]>,
     rx_addrs: Box<[libc::sockaddr_storage]>,
+    /// Control-message space per receive header (the kernel's timestamp); u64 words keep
+    /// it aligned as `cmsghdr` wants.
+    rx_ctrl: Box<[[u64; CONTROL_LEN / 8]]>,
+    /// The kernel stamps what it receives (`max_sojourn` set and the option took).
+    stamped: bool,
+    sojourn: Sojourn,
     /// Backs `rx_iovs`; only reached through them.
     _rx_bufs: RawBuf,
     /// The socket may hold more datagrams: do not wait before reading.
@@ -144,7 +159,16 @@ impl MmsgDriver {
             batch: cfg.batch.clamp(1, 1024),
             max_batches_per_turn: cfg.max_batches_per_turn.max(1),
             max_sends: cfg.max_sends.clamp(1, 1 << 16),
+            max_sojourn: cfg.max_sojourn,
         };
+        let stamped = cfg.max_sojourn.is_some()
+            && match sojourn::enable_rx_timestamps(socket.as_raw_fd()) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(%err, "no receive timestamps: no sojourn bound");
+                    false
+                }
+            };
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
         let mut socket = mio::net::UdpSocket::from_std(socket);
@@ -162,11 +186,17 @@ impl MmsgDriver {
             .collect();
         let mut rx_addrs: Box<[libc::sockaddr_storage]> =
             (0..cfg.batch).map(|_| zeroed()).collect();
+        let sojourn = Sojourn::new(cfg.max_sojourn);
+        let mut rx_ctrl: Box<[[u64; CONTROL_LEN / 8]]> =
+            (0..cfg.batch).map(|_| [0; CONTROL_LEN / 8]).collect();
         let mut rx_hdrs: Box<[libc::mmsghdr]> = (0..cfg.batch).map(|_| zeroed()).collect();
         for (i, h) in rx_hdrs.iter_mut().enumerate() {
             h.msg_hdr.msg_name = ptr::addr_of_mut!(rx_addrs[i]).cast();
             h.msg_hdr.msg_iov = ptr::addr_of_mut!(rx_iovs[i]);
             h.msg_hdr.msg_iovlen = 1;
+            if stamped {
+                h.msg_hdr.msg_control = rx_ctrl[i].as_mut_ptr().cast();
+            }
         }
 
         let n = cfg.max_sends;
@@ -202,6 +232,9 @@ impl MmsgDriver {
             rx_hdrs,
             rx_iovs,
             rx_addrs,
+            rx_ctrl,
+            stamped,
+            sojourn,
             _rx_bufs: rx_bufs,
             readable: true,
         })
@@ -218,6 +251,7 @@ impl MmsgDriver {
         H: FnMut(SocketAddr, &mut [u8], &mut MmsgEgress),
     {
         let mut handled = 0;
+        self.sojourn.begin();
         for _ in 0..self.cfg.max_batches_per_turn {
             let n = match self.recv_batch() {
                 Ok(n) => n,
@@ -257,6 +291,21 @@ impl MmsgDriver {
                     self.egress.stats.recv_errors += 1;
                     continue;
                 };
+                if self.stamped {
+                    let clen = (h.msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
+                    // SAFETY: `rx_ctrl[i]` is CONTROL_LEN live bytes of which the kernel
+                    // filled `clen`.
+                    let control = unsafe {
+                        std::slice::from_raw_parts(self.rx_ctrl[i].as_ptr().cast::<u8>(), clen)
+                    };
+                    if let Some(stamp) = sojourn::rx_timestamp(control) {
+                        if self.sojourn.shed(stamp) {
+                            // Behind by more than the bound, turn after turn.
+                            self.egress.stats.recv_shed += 1;
+                            continue;
+                        }
+                    }
+                }
                 let payload = self.rx_iovs[i].iov_base.cast::<u8>();
                 self.egress.current = Some(Current { payload, len });
                 // SAFETY: the kernel wrote `len` ≤ MAX_DATAGRAM bytes into this buffer,
@@ -275,13 +324,16 @@ impl MmsgDriver {
                 break;
             }
         }
+        self.sojourn.end();
         handled
     }
 
     /// One `recvmmsg`; Ok(0) when nothing is waiting.
     fn recv_batch(&mut self) -> io::Result<usize> {
+        let controllen = if self.stamped { CONTROL_LEN } else { 0 };
         for h in self.rx_hdrs.iter_mut() {
             h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_controllen = controllen as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }

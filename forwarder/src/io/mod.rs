@@ -28,11 +28,13 @@ pub mod mmsg;
 pub mod netns;
 pub mod packet;
 pub mod socket;
+pub mod sojourn;
 pub mod uring;
 
 pub use afxdp::{XdpBind, XdpMode, XdpTarget};
 pub use mmsg::{MmsgConfig, MmsgDriver};
 pub use socket::{bind_udp, SocketConfig};
+pub use sojourn::MAX_SOJOURN;
 pub use uring::{UringConfig, UringDriver};
 
 // The engine's side of the seam lives in `crate::egress`; re-exported here because driver
@@ -70,7 +72,8 @@ pub struct IoStats {
     /// Receive errors reported by the kernel (counted, the loop carries on).
     pub recv_errors: u64,
     /// Datagrams dropped unhandled because they had waited longer than the driver's bound
-    /// on queueing (io_uring): a standing queue is shed rather than forwarded late.
+    /// on queueing since the kernel received them (the socket drivers, see [`sojourn`]): a
+    /// standing queue is shed rather than forwarded late.
     pub recv_shed: u64,
 }
 

@@ -15,12 +15,13 @@
 //!   soon as its datagram is handled. A body that does not fit one slot goes out as
 //!   `SENDMSG` with two iovecs, the receive buffer held until the send completed.
 //!
-//! No standing queue in the driver: a datagram is stamped when its completion is reaped,
-//! and one that waited [`MAX_SOJOURN`] or more before its turn came is dropped unhandled
-//! (counted as `recv_shed`) if the previous turn was late too (one stall of the thread
-//! sheds nothing). Without it, a core past its limit forwarded everything late, out of
-//! its 1024 receive buffers. The socket's receive queue in front of them is the kernel's
-//! and is not bounded in time (see docs/performance.md).
+//! No standing queue: the kernel stamps each datagram as it arrives (`SO_TIMESTAMPNS`, a
+//! control message in the receive buffer), and one that waited [`MAX_SOJOURN`] or more,
+//! in the socket's queue and then in the driver's backlog, is dropped unhandled (counted as
+//! `recv_shed`) if the previous turn was late too (one stall of the thread sheds nothing;
+//! see [`super::sojourn`]). Without it, a core past its limit forwarded everything late: out
+//! of its 1024 receive buffers, and behind them out of a socket queue of seconds. Where
+//! the kernel gives no stamp, the datagram is stamped when its completion is reaped.
 //!
 //! Memory the kernel sees (receive buffers, the buffer ring, send slots with their msghdr,
 //! iovecs and sockaddr, the receive msghdr, the eventfd read buffer) is allocated once at
@@ -47,11 +48,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::socket::{read_sockaddr, write_sockaddr};
+use super::sojourn::{self, Sojourn, CONTROL_LEN, MAX_SOJOURN};
 use super::{Driver, IoStats, RawBuf, Waker};
 use crate::egress::{Egress, HEAD_CAP, MAX_DATAGRAM};
 
@@ -59,8 +61,9 @@ use crate::egress::{Egress, HEAD_CAP, MAX_DATAGRAM};
 const RECV_OUT_LEN: usize = 16;
 /// Room reserved for the peer address in each receive buffer (a `sockaddr_in6` is 28).
 const NAME_LEN: usize = 32;
-/// Where the payload starts in a receive buffer.
-const PAYLOAD_OFF: usize = RECV_OUT_LEN + NAME_LEN;
+/// Where the payload starts in a receive buffer: after the header, the name and the
+/// control messages (the kernel's receive timestamp).
+const PAYLOAD_OFF: usize = RECV_OUT_LEN + NAME_LEN + CONTROL_LEN;
 /// One provided receive buffer.
 const RX_BUF_LEN: usize = PAYLOAD_OFF + MAX_DATAGRAM;
 /// Buffer group id of our provided-buffer ring.
@@ -81,11 +84,6 @@ const REAP_CHUNK: usize = 256;
 /// A full send queue waits for completions at most this many times this long.
 const SLOT_WAITS: u32 = 20;
 const SLOT_WAIT: Duration = Duration::from_millis(5);
-
-/// Default bound on how long a received datagram may wait to be handled.
-pub const MAX_SOJOURN: Duration = Duration::from_millis(50);
-/// Datagrams handled between two readings of the clock for the sojourn check.
-const CLOCK_EVERY: usize = 16;
 
 /// `opcode::$op::new(socket, args…).setters(…).build()` on the driver's socket: the fixed
 /// file when it is registered, else the descriptor.
@@ -119,9 +117,10 @@ pub struct UringConfig {
     /// send slot (`send_split` copies the body): no msghdr or iovec array for the kernel
     /// to copy in, and the receive buffer goes back to the kernel as soon as it is handled.
     pub sendto: bool,
-    /// Datagrams that waited this long or longer since they were reaped are dropped unhandled
-    /// (counted in `recv_shed`) when the previous turn had such a datagram too: when the
-    /// loop falls behind, the queue is shed instead of standing. None: never.
+    /// Datagrams that waited this long or longer since the kernel received them are dropped
+    /// unhandled (counted in `recv_shed`) when the previous turn had such a datagram too:
+    /// when the loop falls behind, the queue is shed instead of standing. None: never (and
+    /// no receive timestamps are asked for).
     pub max_sojourn: Option<Duration>,
 }
 
@@ -184,8 +183,9 @@ struct Pending {
     bid: u16,
     len: u32,
     from: SocketAddr,
-    /// When its completion was reaped.
-    at: Instant,
+    /// When the kernel received it (or, without a stamp, when its completion was reaped),
+    /// nanoseconds since the epoch.
+    at: i64,
 }
 
 /// The datagram being handled: the one `send_split` bodies refer to.
@@ -216,9 +216,7 @@ pub struct UringEgress {
     fixed: bool,
     /// Single-buffer sends go out as `IORING_OP_SEND` with a destination.
     sendto: bool,
-    max_sojourn: Option<Duration>,
-    /// The last turn that handled anything found a datagram older than `max_sojourn`.
-    late: bool,
+    sojourn: Sojourn,
     /// False until the first enter of a ring set up disabled (`defer_taskrun`).
     enabled: bool,
     /// Deferred task work: receive completions need an enter with GETEVENTS.
@@ -337,8 +335,18 @@ impl UringDriver {
             slot.hdr.msg_name = ptr::addr_of_mut!(slot.addr).cast();
             slot.hdr.msg_iov = slot.iov.as_mut_ptr();
         }
-        // Multishot recvmsg only reads the name and control lengths.
+        // Multishot recvmsg only reads the name and control lengths; they fix where the
+        // payload lies in every buffer (`PAYLOAD_OFF`), stamps or not.
         mem.recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
+        mem.recv_hdr.msg_controllen = CONTROL_LEN as _;
+        if cfg.max_sojourn.is_some() {
+            if let Err(err) = sojourn::enable_rx_timestamps(fd) {
+                tracing::warn!(
+                    %err,
+                    "no receive timestamps: the sojourn bound counts from the driver's reap"
+                );
+            }
+        }
 
         // SAFETY: the buffer ring memory is page aligned, `nbufs` entries long, and lives in
         // `mem`, which outlives the registration (unregistered or leaked on drop).
@@ -357,8 +365,7 @@ impl UringDriver {
             fd,
             fixed: cfg.fixed_file,
             sendto: cfg.sendto,
-            max_sojourn: cfg.max_sojourn,
-            late: false,
+            sojourn: Sojourn::new(cfg.max_sojourn),
             enabled: !defer,
             defer,
             wake_fd: Arc::new(EventFd::new()?),
@@ -437,31 +444,18 @@ impl Driver for UringDriver {
         let limit = io.nbufs as usize;
         let mut handled = 0;
         let mut seen = 0;
-        let mut clock = Instant::now();
-        // Shed only when the previous turn was late as well: one stall (the thread
-        // preempted mid-turn) delays a turn's datagrams without making the queue stand.
-        let shed = io.late;
-        let mut late = false;
+        io.sojourn.begin();
         while seen < limit {
             let Some(p) = io.backlog.pop_front() else {
                 break;
             };
             seen += 1;
-            if let Some(max) = io.max_sojourn {
-                if seen % CLOCK_EVERY == 0 {
-                    clock = Instant::now();
-                }
-                if clock.saturating_duration_since(p.at) >= max {
-                    late = true;
-                    if shed {
-                        // Behind by more than the bound, turn after turn: forwarding it
-                        // would only add to a standing queue. Its buffer goes straight
-                        // back to the kernel.
-                        io.stats.recv_shed += 1;
-                        io.recycle(p.bid);
-                        continue;
-                    }
-                }
+            if io.sojourn.shed(p.at) {
+                // Behind by more than the bound, turn after turn: forwarding it would only
+                // add to a standing queue. Its buffer goes straight back to the kernel.
+                io.stats.recv_shed += 1;
+                io.recycle(p.bid);
+                continue;
             }
             let payload = io.payload_ptr(p.bid);
             let len = p.len as usize;
@@ -482,9 +476,7 @@ impl Driver for UringDriver {
             io.stats.datagrams_received += 1;
             io.stats.bytes_received += len as u64;
         }
-        if seen > 0 {
-            io.late = late;
-        }
+        io.sojourn.end();
         if handled > 0 {
             io.stats.recv_batches += 1;
             io.stats.max_recv_batch = io.stats.max_recv_batch.max(handled as u64);
@@ -666,7 +658,11 @@ impl UringEgress {
 
     /// Take every completion out of the CQ: sends finish here, datagrams go to the backlog.
     fn reap(&mut self) {
-        let now = Instant::now();
+        let now = if self.sojourn.enabled() {
+            sojourn::now_ns()
+        } else {
+            0
+        };
         loop {
             let mut n = 0;
             {
@@ -692,7 +688,7 @@ impl UringEgress {
         }
     }
 
-    fn on_recv(&mut self, res: i32, flags: u32, now: Instant) {
+    fn on_recv(&mut self, res: i32, flags: u32, now: i64) {
         if !cqueue::more(flags) {
             self.recv_armed = false;
         }
@@ -723,16 +719,17 @@ impl UringEgress {
                     out.is_payload_truncated(),
                     read_sockaddr(out.name_data()),
                     out.payload_data().len(),
+                    sojourn::rx_timestamp(out.control_data()),
                 )
             });
         match parsed {
-            Some((false, Some(from), plen)) => self.backlog.push_back(Pending {
+            Some((false, Some(from), plen, stamp)) => self.backlog.push_back(Pending {
                 bid,
                 len: plen as u32,
                 from,
-                at: now,
+                at: stamp.unwrap_or(now),
             }),
-            Some((true, _, _)) => {
+            Some((true, _, _, _)) => {
                 self.stats.oversized += 1;
                 self.recycle(bid);
             }
