@@ -292,6 +292,8 @@ impl MmsgDriver {
                     continue;
                 };
                 if self.stamped {
+                    // size_t on glibc, socklen_t on musl.
+                    #[allow(clippy::unnecessary_cast)]
                     let clen = (h.msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
                     // SAFETY: `rx_ctrl[i]` is CONTROL_LEN live bytes of which the kernel
                     // filled `clen`.
