@@ -97,7 +97,7 @@ impl Latency {
 }
 
 /// One trial's figures.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Trial {
     /// Where the SUT's CPU and the load's CPU spent the trial (all of it, whoever ran:
     /// on a shared machine other work shows here too).
