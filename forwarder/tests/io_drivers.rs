@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use prism_forwarder::egress::{Egress, MAX_DATAGRAM};
 use prism_forwarder::io::{
     bind_udp, uring_available, Driver, IoStats, MmsgConfig, MmsgDriver, SocketConfig, UringConfig,
-    UringDriver, Waker,
+    UringDriver, Waker, SHED_AFTER,
 };
 
 type Make<D> = fn(usize) -> D;
@@ -315,10 +315,10 @@ fn io_uring_rearms_after_running_out_of_buffers() {
     assert!(stats.recv_no_buffers > 0, "{stats:?}");
 }
 
-/// io_uring: once a turn found a datagram that waited as long as `max_sojourn`, the
-/// next turn drops such datagrams unhandled and counts them. With a zero bound every
-/// datagram is late: the first batch is handled (one late turn is a stall, not a standing
-/// queue), the second is shed.
+/// io_uring: once every datagram for `SHED_AFTER` waited as long as `max_sojourn`, such
+/// datagrams are dropped unhandled and counted. With a zero bound every datagram is late:
+/// the first batch is handled (lateness that has not lasted is a stall, not a standing
+/// queue), the second, sent `SHED_AFTER` later, is shed.
 #[test]
 fn io_uring_sheds_what_waited_too_long() {
     if !uring_available() {
@@ -333,6 +333,9 @@ fn io_uring_sheds_what_waited_too_long() {
     let client = client();
     let mut handled = 0;
     for batch in 0..2u32 {
+        if batch == 1 {
+            thread::sleep(SHED_AFTER + Duration::from_millis(20));
+        }
         for seq in 0..8 {
             client
                 .send_to(&datagram(batch * 8 + seq), driver.local_addr())
@@ -356,9 +359,10 @@ fn io_uring_sheds_what_waited_too_long() {
 /// Both drivers: a datagram's wait counts from its arrival in the host (the kernel's
 /// stamp), so what waited in the socket's queue before any turn counts as waiting. 64
 /// datagrams age 80 ms in the socket; with a 30 ms bound and turns that take at most 8
-/// (mmsg) or 16 (io_uring's 16 buffers), the first turn forwards what it takes (one late
-/// turn is a stall) and the next ones shed the rest. Stamped when the driver first saw
-/// them, they would all have looked fresh.
+/// (mmsg) or 16 (io_uring's 16 buffers), the first turn forwards what it takes (lateness
+/// that has not lasted is a stall). `SHED_AFTER` later the rest, still queued and later
+/// still, is shed. Stamped when the driver first saw them, they would all have looked
+/// fresh.
 fn sheds_what_waited_in_the_socket<D: Driver>(mut driver: D) {
     let client = client();
     for seq in 0..64u32 {
@@ -369,6 +373,7 @@ fn sheds_what_waited_in_the_socket<D: Driver>(mut driver: D) {
     thread::sleep(Duration::from_millis(80));
     let wait = Some(Duration::from_millis(50));
     let first = driver.turn(wait, &mut |_, _, _: &mut _| {}).unwrap();
+    thread::sleep(SHED_AFTER + Duration::from_millis(20));
     let mut handled = first;
     for _ in 0..200 {
         if handled + driver.stats().recv_shed as usize == 64 {

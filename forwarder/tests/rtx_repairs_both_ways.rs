@@ -324,7 +324,8 @@ fn rtx_from_the_publisher_fills_the_gap_it_left() {
     assert!(nacked(&later, ssrcs[1]).is_empty());
 
     // A second copy is a duplicate; a truncated one and one under a payload type with no
-    // apt= are malformed. None reaches a subscriber.
+    // apt= are malformed; a padding-only probe is counted as padding. None reaches a
+    // subscriber.
     let drops = |e: &Engine, r| e.transport_counters(10).unwrap().dropped(r);
     let duplicates = drops(&e, DropReason::Duplicate);
     eg.feed(&mut e, now, addr(PUB), &answer);
@@ -334,10 +335,18 @@ fn rtx_from_the_publisher_fills_the_gap_it_left() {
     let mut wrong_pt = answer.clone();
     wrong_pt[1] = 98;
     eg.feed(&mut e, now, addr(PUB), &wrong_pt);
+    // A bandwidth probe on the RTX stream: no payload, 4 bytes of padding.
+    let mut probe = answer[..12].to_vec();
+    probe[0] |= 0x20;
+    probe[2..4].copy_from_slice(&778u16.to_be_bytes());
+    probe.extend_from_slice(&[0, 0, 0, 4]);
+    eg.feed(&mut e, now, addr(PUB), &probe);
     assert!(media_to(&eg.take(), SUB_RTX).is_empty());
     assert_eq!(drops(&e, DropReason::Duplicate), duplicates + 1);
     assert_eq!(drops(&e, DropReason::RtxTruncated), 1);
     assert_eq!(drops(&e, DropReason::RtxUnknownApt), 1);
+    assert_eq!(drops(&e, DropReason::Padding), 1, "a probe, not bad input");
+    assert_eq!(drops(&e, DropReason::BadPayload), 0);
     let c = e.transport_counters(10).unwrap();
     assert_eq!((c.rtx_received, c.rtx_recovered), (2, 1));
 }

@@ -138,7 +138,7 @@ impl Engine {
                     entry.dt.skip_padding(&rx.incoming);
                 }
             }
-            counters.drop(DropReason::BadPayload);
+            counters.drop(DropReason::Padding);
             return;
         }
         fan_out(track, &rx, down_tracks, transports, counters, eg);

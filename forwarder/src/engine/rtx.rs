@@ -83,8 +83,8 @@ pub fn wrap(
 /// up to `payload_end`, padding after) back into the packet it repairs, in place: the OSN
 /// becomes the sequence number, `pt` and `ssrc` those of the original stream. Returns
 /// the new length. A payload with no room for the OSN is [`DropReason::RtxTruncated`]; a
-/// padding-only packet (libwebrtc probes this way) is [`DropReason::BadPayload`], as on
-/// the original stream.
+/// padding-only packet (libwebrtc probes this way) is [`DropReason::Padding`], as on the
+/// original stream.
 pub fn unwrap(
     buf: &mut [u8],
     header_len: usize,
@@ -97,7 +97,7 @@ pub fn unwrap(
         return Err(DropReason::Malformed);
     }
     match payload_end - header_len {
-        0 => return Err(DropReason::BadPayload),
+        0 => return Err(DropReason::Padding),
         1 => return Err(DropReason::RtxTruncated),
         _ => {}
     }
@@ -282,7 +282,7 @@ mod tests {
         let mut probe = packet(1, &[], 8);
         assert_eq!(
             unwrap(&mut probe, 12, 12, Pt(96), Ssrc(1)),
-            Err(DropReason::BadPayload)
+            Err(DropReason::Padding)
         );
         let mut bad = packet(1, &[1, 2, 3], 0);
         assert_eq!(

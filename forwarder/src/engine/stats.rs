@@ -62,10 +62,13 @@ pub enum DropReason {
     /// An RTX packet on a known RTX SSRC whose payload type is not the RTX payload type
     /// negotiated for the track (no `apt=` maps it to the codec).
     RtxUnknownApt,
+    /// A video packet with nothing but padding: a sender's bandwidth probe (libwebrtc sends
+    /// them by the hundred), not forwarded; each down track closes its sequence gap.
+    Padding,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 25;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
         DropReason::BadVersion,
@@ -91,6 +94,7 @@ impl DropReason {
         DropReason::DtlsRejected,
         DropReason::RtxTruncated,
         DropReason::RtxUnknownApt,
+        DropReason::Padding,
     ];
 
     pub fn index(self) -> usize {
@@ -124,6 +128,7 @@ impl DropReason {
             DropReason::DtlsRejected => "dtls_rejected",
             DropReason::RtxTruncated => "rtx_truncated",
             DropReason::RtxUnknownApt => "rtx_unknown_apt",
+            DropReason::Padding => "padding",
         }
     }
 

@@ -13,7 +13,8 @@
 //!   (a short batch or `EAGAIN`) and only then goes back to waiting;
 //! - no standing queue: the kernel stamps each datagram as it arrives (`SO_TIMESTAMPNS`), and
 //!   one that waited in the socket's queue [`MAX_SOJOURN`] or more is dropped unhandled
-//!   (`recv_shed`) when the previous turn was late too (see [`super::sojourn`]).
+//!   (`recv_shed`) once every datagram for the last 100 ms waited that long (see
+//!   [`super::sojourn`]).
 
 use std::fmt;
 use std::io;
@@ -49,8 +50,9 @@ pub struct MmsgConfig {
     /// Sends queued at once; a full queue is flushed with `sendmmsg` and reused.
     pub max_sends: usize,
     /// Datagrams that waited this long or longer since the kernel received them are dropped
-    /// unhandled (counted in `recv_shed`) when the previous turn had such a datagram too.
-    /// None: never (and no receive timestamps are asked for).
+    /// unhandled (counted in `recv_shed`) once every datagram for the last
+    /// [`SHED_AFTER`](super::sojourn::SHED_AFTER) waited that long. None: never (and no
+    /// receive timestamps are asked for).
     pub max_sojourn: Option<Duration>,
 }
 
@@ -302,7 +304,7 @@ impl MmsgDriver {
                     };
                     if let Some(stamp) = sojourn::rx_timestamp(control) {
                         if self.sojourn.shed(stamp) {
-                            // Behind by more than the bound, turn after turn.
+                            // Behind by more than the bound for a while.
                             self.egress.stats.recv_shed += 1;
                             continue;
                         }
@@ -326,7 +328,6 @@ impl MmsgDriver {
                 break;
             }
         }
-        self.sojourn.end();
         handled
     }
 

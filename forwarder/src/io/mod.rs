@@ -34,7 +34,7 @@ pub mod uring;
 pub use afxdp::{XdpBind, XdpMode, XdpTarget};
 pub use mmsg::{MmsgConfig, MmsgDriver};
 pub use socket::{bind_udp, SocketConfig};
-pub use sojourn::MAX_SOJOURN;
+pub use sojourn::{MAX_SOJOURN, SHED_AFTER};
 pub use uring::{UringConfig, UringDriver};
 
 // The engine's side of the seam lives in `crate::egress`; re-exported here because driver

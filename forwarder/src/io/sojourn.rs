@@ -8,14 +8,16 @@
 //! datagram as it enters the host's stack and hands the stamp over as a control message;
 //! the sojourn is the time from that stamp to the datagram's turn, whatever queue it sat
 //! in. The stamp is `CLOCK_REALTIME` (the only clock the option offers): a stamp from the
-//! future (the clock stepped back) counts as no wait, and a step forward makes one turn's
-//! datagrams look old, which the two-turn rule below absorbs unless a queue stands anyway.
+//! future (the clock stepped back) counts as no wait, and a step forward makes the
+//! datagrams queued across it look old, which the rule below absorbs unless a queue
+//! stands anyway.
 //!
-//! The rule: a datagram that waited [`MAX_SOJOURN`] or longer is dropped unhandled (the
-//! driver counts it as `recv_shed`) only if the previous turn that handled anything found
-//! such a datagram too. One late turn is a stall (the thread was preempted, the handler
-//! took a lock-free command that was slow): its datagrams are forwarded. A second late turn
-//! in a row means a queue stands: forwarding it would keep every later datagram late too.
+//! The rule (CoDel's distinction between a queue that drains and one that stands): a
+//! datagram that waited [`MAX_SOJOURN`] or longer is dropped unhandled (the driver counts it
+//! as `recv_shed`) only when every datagram judged for the last [`SHED_AFTER`] waited that
+//! long too. A stall (the thread preempted, a slow command) leaves a backlog that a core
+//! with spare capacity works off within that time: none of it is lost. A core that stays
+//! behind sheds, and keeps its queue near the bound instead of letting it grow.
 
 use std::io;
 use std::mem;
@@ -24,6 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Default bound on how long a received datagram may wait to be handled.
 pub const MAX_SOJOURN: Duration = Duration::from_millis(50);
+
+/// How long every datagram must have waited over the bound before any is shed.
+pub const SHED_AFTER: Duration = Duration::from_millis(100);
 
 /// Bytes of control-message space for one `SCM_TIMESTAMPNS`: `CMSG_SPACE(16)` on 64-bit
 /// Linux (a 16-byte header, a 16-byte `timespec`). 32-bit targets need less.
@@ -103,22 +108,30 @@ pub(crate) fn now_ns() -> i64 {
 pub(crate) struct Sojourn {
     /// The bound in nanoseconds; `None`: never shed.
     max_ns: Option<i64>,
-    /// The last turn that judged anything found a late datagram.
-    late_before: bool,
-    /// This turn sheds late datagrams.
-    shedding: bool,
-    late: bool,
+    /// [`SHED_AFTER`] in nanoseconds.
+    after_ns: i64,
+    /// When (on `now`'s clock) the run of late datagrams began; None while the last one
+    /// judged was on time.
+    late_since: Option<i64>,
     judged: u32,
     now: i64,
 }
 
+fn nanos(d: Duration) -> i64 {
+    d.as_nanos().min(i64::MAX as u128) as i64
+}
+
 impl Sojourn {
     pub(crate) fn new(max: Option<Duration>) -> Self {
+        Self::with_persistence(max, SHED_AFTER)
+    }
+
+    /// As [`Sojourn::new`], shedding once datagrams were late for `after` on end.
+    pub(crate) fn with_persistence(max: Option<Duration>, after: Duration) -> Self {
         Self {
-            max_ns: max.map(|d| d.as_nanos().min(i64::MAX as u128) as i64),
-            late_before: false,
-            shedding: false,
-            late: false,
+            max_ns: max.map(nanos),
+            after_ns: nanos(after),
+            late_since: None,
             judged: 0,
             now: 0,
         }
@@ -130,8 +143,6 @@ impl Sojourn {
 
     /// Start judging a turn's datagrams.
     pub(crate) fn begin(&mut self) {
-        self.shedding = self.late_before;
-        self.late = false;
         self.judged = 0;
         if self.enabled() {
             self.now = now_ns();
@@ -148,17 +159,11 @@ impl Sojourn {
             self.now = now_ns();
         }
         if self.now.saturating_sub(stamp_ns) < max {
+            self.late_since = None;
             return false;
         }
-        self.late = true;
-        self.shedding
-    }
-
-    /// End the turn; a turn that judged nothing leaves the previous verdict standing.
-    pub(crate) fn end(&mut self) {
-        if self.judged > 0 {
-            self.late_before = self.late;
-        }
+        let since = *self.late_since.get_or_insert(self.now);
+        self.now - since >= self.after_ns
     }
 }
 
@@ -211,46 +216,35 @@ mod tests {
     }
 
     #[test]
-    fn sheds_only_on_the_second_late_turn() {
-        let mut s = Sojourn::new(Some(Duration::from_millis(50)));
+    fn sheds_only_once_lateness_persists() {
+        let mut s = Sojourn::with_persistence(Some(Duration::from_millis(50)), Duration::ZERO);
         let old = now_ns() - 200_000_000;
         s.begin();
-        assert!(!s.shed(old), "one late turn is a stall");
-        assert!(!s.shed(now_ns()));
-        s.end();
-        s.begin();
-        assert!(s.shed(old), "a second late turn sheds");
+        assert!(s.shed(old), "late, and no persistence asked for");
         assert!(
             !s.shed(now_ns() + 1_000_000_000),
             "a stamp from the future waited 0"
         );
-        s.end();
-        // A turn with nothing to judge keeps the verdict.
+
+        let mut s = Sojourn::new(Some(Duration::from_millis(50)));
         s.begin();
-        s.end();
-        s.begin();
+        for _ in 0..100 {
+            assert!(!s.shed(old), "late for less than SHED_AFTER: a stall");
+        }
+        // Pretend the run of late datagrams began long ago: now it sheds...
+        s.late_since = Some(s.now - nanos(SHED_AFTER));
         assert!(s.shed(old));
+        // ...until one on time ends the run, and the next late one starts a new one.
         assert!(!s.shed(now_ns()));
-        s.end();
-        // A turn whose datagrams were all fresh ends the shedding.
-        s.begin();
-        assert!(s.shed(old));
-        s.end();
-        s.begin();
-        assert!(!s.shed(now_ns()));
-        s.end();
-        s.begin();
-        assert!(!s.shed(old), "a fresh turn resets the rule");
-        s.end();
+        assert!(!s.shed(old));
     }
 
     #[test]
     fn without_a_bound_nothing_is_shed() {
-        let mut s = Sojourn::new(None);
+        let mut s = Sojourn::with_persistence(None, Duration::ZERO);
         for _ in 0..3 {
             s.begin();
             assert!(!s.shed(0));
-            s.end();
         }
     }
 }
