@@ -86,6 +86,52 @@ pub fn bind_udp(cfg: &SocketConfig) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// `setsockopt(fd, level, opt, value)` with `value`'s exact size.
+pub(crate) fn setsockopt<T>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live `T` and its exact size; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `getsockopt(fd, level, opt)` into a zeroed `T`.
+///
+/// # Safety
+/// `T` must be a plain C type for which all-zero bytes (and any bytes the kernel writes)
+/// are a valid value: integers and structs of them.
+pub(crate) unsafe fn getsockopt<T>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+) -> io::Result<T> {
+    // SAFETY: the caller promises all-zero is a valid `T`.
+    let mut value: T = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `value`, a live `T`.
+    let r = unsafe { libc::getsockopt(fd, level, opt, (&mut value as *mut T).cast(), &mut len) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(value)
+    }
+}
+
 /// Write `addr` into `out` as a `sockaddr_in`/`sockaddr_in6` and return its length. On an
 /// IPv6 socket (`v6_socket`), IPv4 addresses are written as IPv4-mapped IPv6.
 pub(crate) fn write_sockaddr(

@@ -17,6 +17,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::io::socket::{getsockopt, setsockopt};
+
 /// An anonymous mapping, unmapped on drop.
 #[derive(Debug)]
 struct Mapping {
@@ -259,24 +261,6 @@ impl Umem {
     }
 }
 
-fn setsockopt<T>(fd: RawFd, opt: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live `T` and its exact size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_XDP,
-            opt,
-            (value as *const T).cast(),
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 impl Xsk {
     /// Opens a socket, registers a UMEM, maps the rings and binds to `ifindex`/`queue`
     /// with need-wakeup, in zero-copy mode if `zero_copy` (refused with `EOPNOTSUPP` where
@@ -310,28 +294,20 @@ impl Xsk {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
-        setsockopt(raw, libc::XDP_UMEM_FILL_RING, &sizes.ring)?;
-        setsockopt(raw, libc::XDP_UMEM_COMPLETION_RING, &sizes.ring)?;
-        setsockopt(raw, libc::XDP_RX_RING, &sizes.ring)?;
-        setsockopt(raw, libc::XDP_TX_RING, &sizes.ring)?;
+        setsockopt(raw, libc::SOL_XDP, libc::XDP_UMEM_REG, &reg)?;
+        setsockopt(raw, libc::SOL_XDP, libc::XDP_UMEM_FILL_RING, &sizes.ring)?;
+        setsockopt(
+            raw,
+            libc::SOL_XDP,
+            libc::XDP_UMEM_COMPLETION_RING,
+            &sizes.ring,
+        )?;
+        setsockopt(raw, libc::SOL_XDP, libc::XDP_RX_RING, &sizes.ring)?;
+        setsockopt(raw, libc::SOL_XDP, libc::XDP_TX_RING, &sizes.ring)?;
 
-        // SAFETY: all-zero is a valid `xdp_mmap_offsets` (plain integers).
-        let mut off: libc::xdp_mmap_offsets = unsafe { mem::zeroed() };
-        let mut len = mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `off`.
-        let r = unsafe {
-            libc::getsockopt(
-                raw,
-                libc::SOL_XDP,
-                libc::XDP_MMAP_OFFSETS,
-                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: `xdp_mmap_offsets` is plain integers.
+        let off: libc::xdp_mmap_offsets =
+            unsafe { getsockopt(raw, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS)? };
         let fill = Ring::map(raw, &off.fr, sizes.ring, libc::XDP_UMEM_PGOFF_FILL_RING)?;
         let completion = Ring::map(
             raw,
@@ -377,22 +353,9 @@ impl Xsk {
 
     /// Whether the kernel runs the socket in zero-copy mode (`XDP_OPTIONS`).
     pub fn is_zero_copy(&self) -> io::Result<bool> {
-        // SAFETY: all-zero is a valid `xdp_options`.
-        let mut o: libc::xdp_options = unsafe { mem::zeroed() };
-        let mut len = mem::size_of::<libc::xdp_options>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `o`.
-        let r = unsafe {
-            libc::getsockopt(
-                self.raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_OPTIONS,
-                (&mut o as *mut libc::xdp_options).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: `xdp_options` is plain integers.
+        let o: libc::xdp_options =
+            unsafe { getsockopt(self.raw_fd(), libc::SOL_XDP, libc::XDP_OPTIONS)? };
         Ok(o.flags & libc::XDP_OPTIONS_ZEROCOPY != 0)
     }
 
@@ -439,22 +402,7 @@ impl Xsk {
 
     /// The kernel's drop counters for this socket.
     pub fn statistics(&self) -> io::Result<libc::xdp_statistics> {
-        // SAFETY: all-zero is a valid `xdp_statistics`.
-        let mut s: libc::xdp_statistics = unsafe { mem::zeroed() };
-        let mut len = mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `s`.
-        let r = unsafe {
-            libc::getsockopt(
-                self.raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                (&mut s as *mut libc::xdp_statistics).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(s)
+        // SAFETY: `xdp_statistics` is plain integers.
+        unsafe { getsockopt(self.raw_fd(), libc::SOL_XDP, libc::XDP_STATISTICS) }
     }
 }
